@@ -1,7 +1,233 @@
-"""CLI commands: images (filled in by its issue)."""
+"""CLI commands of the image pipeline: extract, build-index, search, info, add, remove, models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import click
 
+from ._common import configure_logging, handle_errors
+
+WEIGHTS_HELP = (
+    "'imagenet' (Keras download, cached in ~/.keras), 'random' (untrained, for tests), "
+    "or the path of a local weights file."
+)
+
+
+def _print_results(results: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(results.to_dict(), indent=2, ensure_ascii=False))
+        return
+    key = results.item_key
+    click.echo(f"{'rank':>4}  {'id':>7}  {'score':>7}  {key}")
+    for m in results:
+        item = m.item if key == "path" else m.item.replace("\n", " ")
+        click.echo(f"{m.rank:>4}  {m.id:>7}  {m.score:>7.4f}  {item}")
+    mode = "exact" if results.params.get("exact") else ", ".join(f"{k}={v}" for k, v in results.params.items()
+                                                                 if k != "exact")
+    click.echo(f"({len(results)} results, search {results.search_ms:.2f} ms, total {results.total_ms:.0f} ms, "
+               f"{mode or 'index defaults'})")
+
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to ``group``."""
+    """Add the image commands to ``group``."""
+
+    @group.command()
+    @click.argument("images", type=click.Path(exists=True, path_type=Path))
+    @click.argument("db", type=click.Path(file_okay=False, path_type=Path))
+    @click.option("--model", "-m", default="vgg16-fc2", show_default=True,
+                  help="Feature extractor; see 'similar-images models'.")
+    @click.option("--weights", "-w", default="imagenet", show_default=True, help=WEIGHTS_HELP)
+    @click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(1), help="Images per model call.")
+    @click.option("--workers", type=click.IntRange(1), default=None, help="Decoding threads [default: CPU count, max 8].")
+    @click.option("--shard-size", default=1024, show_default=True, type=click.IntRange(1),
+                  help="Images per committed shard (the most an interruption can lose).")
+    @click.option("--force", is_flag=True, help="Replace an existing database at DB.")
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log messages.")
+    @click.option("--verbose", "-v", count=True, help="More log messages.")
+    @handle_errors
+    def extract(images: Path, db: Path, model: str, weights: str, batch_size: int, workers: int | None,
+                shard_size: int, force: bool, quiet: bool, verbose: int) -> None:
+        """Extract feature vectors of IMAGES into the database folder DB.
+
+        IMAGES is a folder (searched recursively for jpg, jpeg, png, bmp, gif,
+        webp and tiff files) or a text file listing one image path per line.
+        Unreadable images are skipped and listed in DB/failures.csv. If the run
+        is interrupted, running the same command again resumes it.
+
+        Example: similar-images extract photos/ photos-db --model vgg16-avg
+        """
+        configure_logging(verbose, quiet)
+        from ..features import ExtractConfig, extract_features
+
+        config = ExtractConfig(model=model, weights=weights, batch_size=batch_size, workers=workers,
+                               shard_size=shard_size, verbose=not quiet)
+        s = extract_features(images, db, config, force=force)
+        resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
+        click.echo(f"Extracted {s.extracted} of {s.total} images{resumed} into {db} in {s.seconds:.1f} s "
+                   f"({s.images_per_second:.1f} images/s); {s.failed} failed"
+                   + (f", listed in {db / 'failures.csv'}" if s.failed else ""))
+        click.echo(f"Next: similar-images build-index {db}")
+
+    @group.command("build-index")
+    @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @click.option("--index", "factory", default=None,
+                  help="Faiss index_factory string, e.g. 'Flat', 'IVF256,PQ16', 'OPQ16,IVF256,PQ16', 'HNSW32' "
+                       "[default: IVF{sqrt N},PQ16].")
+    @click.option("--train-size", type=click.IntRange(1), default=None,
+                  help="Vectors sampled for training [default: all, at most 100,000].")
+    @click.option("--nprobe", type=click.IntRange(1), default=None,
+                  help="IVF lists visited per query, saved as the default [default: nlist/8].")
+    @click.option("--ef-search", type=click.IntRange(1), default=None, help="HNSW efSearch, saved as the default.")
+    @click.option("--k-factor", type=click.IntRange(1), default=None, help="Re-ranking depth for ',RFlat' indexes.")
+    @click.option("--eval-queries", type=click.IntRange(0), default=1000, show_default=True,
+                  help="Database vectors used as queries to measure recall@10 (0 skips it).")
+    @click.option("--force", is_flag=True, help="Replace an existing index.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
+    @click.option("--quiet", "-q", is_flag=True, help="Only the result.")
+    @handle_errors
+    def build_index(db: Path, factory: str | None, train_size: int | None, nprobe: int | None,
+                    ef_search: int | None, k_factor: int | None, eval_queries: int, force: bool,
+                    as_json: bool, quiet: bool) -> None:
+        """Train a Faiss index over the vectors of DB and measure it.
+
+        Prints recall@10 against exact search, the index size and the build
+        time; all are also saved in DB/manifest.json.
+
+        Example: similar-images build-index photos-db --index IVF64,PQ16 --nprobe 8
+        """
+        configure_logging(0, quiet or as_json)
+        from ..database import Database
+        from ..index import IndexConfig
+
+        config = IndexConfig(factory=factory, train_size=train_size, nprobe=nprobe, ef_search=ef_search,
+                             k_factor=k_factor, eval_queries=eval_queries)
+        database = Database.open(db, load_index=False)
+        report = database.build_index(config, force=force)
+        if as_json:
+            click.echo(json.dumps(report.to_dict(), indent=2))
+            return
+        recall = "n/a" if report.recall_at_10 is None else f"{report.recall_at_10:.3f}"
+        params = ", ".join(f"{k}={v}" for k, v in report.search_params.items()) or "none"
+        click.echo(f"Index {report.factory} over {report.n_vectors} vectors (trained on {report.n_train})\n"
+                   f"  recall@10 vs exact: {recall} ({report.n_eval_queries} queries)\n"
+                   f"  size: {report.index_bytes:,} bytes\n"
+                   f"  build time: {report.build_seconds:.2f} s\n"
+                   f"  search defaults: {params}")
+
+    @group.command()
+    @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @click.argument("query")
+    @click.option("-k", default=8, show_default=True, type=click.IntRange(1, 10_000), help="Number of results.")
+    @click.option("--id", "by_id", is_flag=True, help="QUERY is a database id (reuses its stored vector).")
+    @click.option("--exact", is_flag=True, help="Exact search over all vectors instead of the index.")
+    @click.option("--nprobe", type=click.IntRange(1), default=None, help="IVF lists to visit for this query.")
+    @click.option("--ef-search", type=click.IntRange(1), default=None, help="HNSW efSearch for this query.")
+    @click.option("--weights", "-w", default=None, help="Weights for embedding the query, overriding the database's. "
+                  + WEIGHTS_HELP)
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    @handle_errors
+    def search(db: Path, query: str, k: int, by_id: bool, exact: bool, nprobe: int | None, ef_search: int | None,
+               weights: str | None, as_json: bool) -> None:
+        """Find the images (or texts) in DB most similar to QUERY.
+
+        QUERY is an image path, an http(s) URL, or with --id a database id;
+        for a text database, the query text.
+
+        Example: similar-images search photos-db cat.jpg -k 8
+        """
+        configure_logging(0, True)
+        from ..database import Database
+
+        database = Database.open(db, weights=weights)
+        q: Any = query
+        if by_id:
+            try:
+                q = int(query)
+            except ValueError:
+                raise click.BadParameter(f"--id needs an integer, got {query!r}", param_hint="QUERY") from None
+        results = database.search(q, k, exact=exact, nprobe=nprobe, ef_search=ef_search)
+        _print_results(results, as_json)
+
+    @group.command()
+    @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+    @handle_errors
+    def info(db: Path, as_json: bool) -> None:
+        """Describe the database DB: model, counts, index and its measured recall.
+
+        Example: similar-images info photos-db
+        """
+        from ..database import Database
+
+        database = Database.open(db, load_index=False)
+        m = database.manifest
+        if as_json:
+            click.echo(json.dumps(m, indent=2, ensure_ascii=False))
+            return
+        c = m["counts"]
+        click.echo(f"Database {db} ({m['kind']})\n"
+                   f"  model: {m['model']['name']} ({m['model'].get('layer', '')}, {m['model']['dim']}-d, "
+                   f"weights {m['model'].get('weights', 'n/a')})\n"
+                   f"  items: {c['items']} ({len(database)} searchable, {c['removed']} removed), failed: {c['failed']}")
+        idx = m.get("index")
+        if idx:
+            click.echo(f"  index: {idx['factory']}, {c['indexed']} vectors ({c['added_after_training']} added after "
+                       f"training), recall@10 {idx.get('recall_at_10')}, {idx['index_bytes']:,} bytes, "
+                       f"search defaults {idx.get('search_params')}")
+        else:
+            click.echo(f"  index: none yet (run: similar-images build-index {db})")
+        click.echo(f"  created {m['created_at']}, updated {m['updated_at']}")
+
+    @group.command()
+    @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @click.argument("images", type=click.Path(exists=True, path_type=Path))
+    @click.option("--weights", "-w", default=None, help="Weights overriding the database's. " + WEIGHTS_HELP)
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+    @handle_errors
+    def add(db: Path, images: Path, weights: str | None, quiet: bool) -> None:
+        """Add the images in IMAGES (a folder or file list) to DB without retraining.
+
+        New images get new ids; images already in DB are skipped.
+
+        Example: similar-images add photos-db more-photos/
+        """
+        configure_logging(0, quiet)
+        from ..database import Database
+
+        database = Database.open(db, weights=weights)
+        summary = database.add(images, verbose=not quiet)
+        first = f" (ids {summary.ids[0]}..{summary.ids[-1]})" if summary.ids else ""
+        click.echo(f"Added {len(summary.ids)} images{first}; {len(summary.failures)} failed")
+        for path, reason in summary.failures:
+            click.echo(f"  failed: {path}: {reason}", err=True)
+
+    @group.command()
+    @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @click.argument("targets", nargs=-1, required=True)
+    @handle_errors
+    def remove(db: Path, targets: tuple[str, ...]) -> None:
+        """Remove items from DB by id or by path (TARGETS); other ids do not change.
+
+        Example: similar-images remove photos-db 12 photos/dup.jpg
+        """
+        from ..database import Database
+
+        database = Database.open(db)
+        parsed: list[int | str] = [int(t) if t.isdigit() else t for t in targets]
+        removed = database.remove(parsed)
+        click.echo(f"Removed {len(removed)} items: ids {', '.join(map(str, removed))}")
+
+    @group.command()
+    def models() -> None:
+        """List the available feature extractors.
+
+        Example: similar-images models
+        """
+        from ..models import available_models, get_model_spec
+
+        for name in available_models():
+            spec = get_model_spec(name)
+            click.echo(f"{name:<14} {spec.dim:>5}-d  {spec.description}")

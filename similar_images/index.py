@@ -1,0 +1,384 @@
+"""Building, training and measuring Faiss indexes for cosine similarity.
+
+All vectors are L2-normalised, so cosine similarity equals the inner
+product, and every index is created with ``METRIC_INNER_PRODUCT`` (the
+coarse quantizer, the PQ codes and any refinement stage alike).
+
+The default index follows the original design: an inverted file with about
+``sqrt(N)`` lists and product quantization with 16 sub-quantizers of 8 bits
+(``IVF{sqrt N},PQ16``). Any Faiss ``index_factory`` string can be used instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _io
+from .errors import IndexTrainingError
+
+__all__ = [
+    "IndexConfig",
+    "BuildReport",
+    "default_factory",
+    "default_search_params",
+    "make_index",
+    "min_training_vectors",
+    "build_index",
+    "add_vectors",
+    "set_search_params",
+    "exact_search",
+    "recall_at_k",
+    "measure_recall",
+    "index_nbytes",
+    "write_index",
+    "read_index",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _faiss() -> Any:
+    import faiss  # noqa: PLC0415
+
+    return faiss
+
+
+@dataclass
+class IndexConfig:
+    """Settings of the index stage.
+
+    Attributes:
+        factory: A Faiss ``index_factory`` string; ``None`` picks :func:`default_factory`.
+        train_size: Vectors sampled for training (default: all, at most 100,000).
+        nprobe: IVF lists visited per query (saved as the database default).
+        ef_search: HNSW search depth (saved as the database default).
+        k_factor: Re-ranking depth of a refine stage (``...,RFlat``).
+        eval_queries: Database vectors used as queries to measure recall@10.
+        seed: Seed of the training and evaluation samples.
+        add_batch_size: Vectors added per call (bounds memory).
+    """
+
+    factory: str | None = None
+    train_size: int | None = None
+    nprobe: int | None = None
+    ef_search: int | None = None
+    k_factor: int | None = None
+    eval_queries: int = 1000
+    seed: int = 1234
+    add_batch_size: int = 65_536
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "nprobe", "ef_search", "k_factor"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if self.eval_queries < 0:
+            raise ValueError(f"eval_queries must be >= 0, got {self.eval_queries}")
+
+
+@dataclass
+class BuildReport:
+    """Measured facts about a built index (all stored in the manifest)."""
+
+    factory: str
+    n_vectors: int
+    n_train: int
+    train_seconds: float
+    add_seconds: float
+    build_seconds: float
+    index_bytes: int
+    recall_at_10: float | None
+    n_eval_queries: int
+    search_params: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_factory(n: int, d: int) -> str:
+    """The default index: ``IVF{round(sqrt(n))},PQ{m}`` with m = 16 (or the largest divisor of d below it)."""
+    nlist = max(1, int(round(math.sqrt(max(n, 1)))))
+    m = next(m for m in range(16, 0, -1) if d % m == 0)
+    return f"IVF{nlist},PQ{m}"
+
+
+def _unwrap(index: Any) -> list[Any]:
+    """The chain of (downcast) indexes inside wrappers: IDMap, PreTransform, Refine."""
+    faiss = _faiss()
+    chain = []
+    cur = faiss.downcast_index(index)
+    while cur is not None:
+        chain.append(cur)
+        nxt = None
+        if isinstance(cur, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
+            nxt = cur.index
+        elif isinstance(cur, faiss.IndexRefine):
+            nxt = cur.base_index
+        cur = faiss.downcast_index(nxt) if nxt is not None else None
+    return chain
+
+
+def default_search_params(index: Any) -> dict[str, int]:
+    """Search-time defaults: nprobe = ceil(nlist / 8) for IVF, efSearch = 64 for HNSW, k_factor 4 for refine."""
+    faiss = _faiss()
+    params: dict[str, int] = {}
+    for sub in _unwrap(index):
+        if isinstance(sub, faiss.IndexIVF):
+            params["nprobe"] = max(1, math.ceil(sub.nlist / 8))
+        elif isinstance(sub, faiss.IndexHNSW):
+            params["efSearch"] = 64
+        elif isinstance(sub, faiss.IndexRefine):
+            params["k_factor"] = 4
+    return params
+
+
+def set_search_params(index: Any, params: dict[str, int | None]) -> dict[str, int]:
+    """Apply search parameters (``nprobe``, ``efSearch``, ``k_factor``); ``None`` values are skipped.
+
+    Returns:
+        The parameters that were applied.
+
+    Raises:
+        ValueError: If the index has no such parameter.
+    """
+    faiss = _faiss()
+    applied: dict[str, int] = {}
+    chain = _unwrap(index)
+    for name, value in params.items():
+        if value is None:
+            continue
+        value = int(value)
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+        if name == "k_factor":
+            refine = [s for s in chain if isinstance(s, faiss.IndexRefine)]
+            if not refine:
+                raise ValueError("k_factor applies only to indexes with a refine stage (',RFlat')")
+            refine[0].k_factor = value
+        elif name == "nprobe":
+            ivf = [s for s in chain if isinstance(s, faiss.IndexIVF)]
+            if not ivf:
+                raise ValueError("nprobe applies only to IVF indexes")
+            ivf[0].nprobe = min(value, ivf[0].nlist)
+            value = ivf[0].nprobe
+        elif name == "efSearch":
+            hnsw = [s for s in chain if isinstance(s, faiss.IndexHNSW)]
+            if not hnsw:
+                raise ValueError("efSearch applies only to HNSW indexes")
+            hnsw[0].hnsw.efSearch = value
+        else:
+            raise ValueError(f"Unknown search parameter {name!r}; use nprobe, efSearch or k_factor")
+        applied[name] = value
+    return applied
+
+
+def make_index(factory: str, d: int) -> Any:
+    """Create an untrained inner-product index that accepts explicit ids.
+
+    IVF indexes store ids natively; every other index is wrapped in
+    ``IndexIDMap2`` so database ids survive additions and removals.
+
+    Raises:
+        IndexTrainingError: If Faiss does not understand ``factory``.
+    """
+    faiss = _faiss()
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexTrainingError(
+            f"Invalid index description {factory!r} for {d}-d vectors: {str(exc).splitlines()[-1]}. "
+            "Examples: 'Flat', 'IVF256,Flat', 'IVF256,PQ16', 'OPQ16,IVF256,PQ16', 'HNSW32', 'IVF256,SQ8'."
+        ) from exc
+    top = faiss.downcast_index(index)
+    native_ids = isinstance(top, (faiss.IndexIVF, faiss.IndexIDMap, faiss.IndexIDMap2)) or (
+        isinstance(top, faiss.IndexPreTransform) and isinstance(faiss.downcast_index(top.index), faiss.IndexIVF)
+    )
+    return index if native_ids else faiss.IndexIDMap2(index)
+
+
+def min_training_vectors(index: Any) -> int:
+    """The fewest training vectors Faiss accepts for ``index`` (0 if it needs no training)."""
+    faiss = _faiss()
+    need = 0
+    for sub in _unwrap(index):
+        if isinstance(sub, faiss.IndexIVF):
+            need = max(need, sub.nlist)
+        pq = getattr(sub, "pq", None)
+        if pq is not None and hasattr(pq, "ksub"):
+            need = max(need, int(pq.ksub))
+        if isinstance(sub, faiss.IndexPreTransform):
+            for i in range(sub.chain.size()):
+                vt = faiss.downcast_VectorTransform(sub.chain.at(i))
+                if isinstance(vt, faiss.OPQMatrix):
+                    need = max(need, 2 ** 8)
+        if not sub.is_trained:
+            need = max(need, 1)
+    return need
+
+
+def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if size >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
+def add_vectors(index: Any, vectors: np.ndarray, ids: np.ndarray, batch_size: int = 65_536) -> None:
+    """Add vectors with explicit int64 ids, in batches (``vectors`` may be a memmap)."""
+    for start in range(0, len(ids), batch_size):
+        stop = min(start + batch_size, len(ids))
+        xb = np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
+        index.add_with_ids(xb, np.ascontiguousarray(ids[start:stop], dtype=np.int64))
+
+
+def exact_search(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    *,
+    ids: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+    block_size: int = 65_536,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product search over ``vectors``, block by block (bounded memory).
+
+    Args:
+        vectors: ``(n, d)`` database vectors (a memmap is fine).
+        queries: ``(q, d)`` query vectors.
+        k: Neighbours per query.
+        ids: Id of each row (default: row numbers).
+        exclude: Boolean mask of rows to ignore (e.g. removed images).
+        block_size: Rows per block.
+
+    Returns:
+        ``(scores, ids)`` of shape ``(q, k)``, best first; missing results have id -1.
+    """
+    faiss = _faiss()
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    n = len(vectors)
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        xb = np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
+        kk = min(k, stop - start)
+        scores, rows = faiss.knn(queries, xb, kk, metric=faiss.METRIC_INNER_PRODUCT)
+        if exclude is not None:
+            dropped = exclude[start:stop][np.maximum(rows, 0)] | (rows < 0)
+            scores = np.where(dropped, -np.inf, scores).astype(np.float32)
+            rows = np.where(dropped, -1, rows)
+        block_ids = np.where(rows >= 0, (ids[start:stop][np.maximum(rows, 0)] if ids is not None else rows + start), -1)
+        heap.add_result(scores.astype(np.float32), block_ids.astype(np.int64))
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean fraction of the true top-k ids that appear in the found top-k ids."""
+    if len(truth) == 0:
+        return float("nan")
+    hits = sum(len(set(f[:k].tolist()) & set(t[:k].tolist()) - {-1}) for f, t in zip(found, truth))
+    return hits / (len(truth) * k)
+
+
+def measure_recall(index: Any, vectors: np.ndarray, *, n_queries: int = 1000, k: int = 10, seed: int = 0,
+                   ids: np.ndarray | None = None) -> tuple[float, int]:
+    """Recall@k of ``index`` against exact search, with database vectors as queries.
+
+    Returns:
+        ``(recall, number of queries)``.
+    """
+    n = len(vectors)
+    if n == 0 or n_queries == 0:
+        return float("nan"), 0
+    rows = _sample_rows(n, n_queries, seed)
+    xq = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    _, truth = exact_search(vectors, xq, k, ids=ids)
+    _, found = index.search(xq, k)
+    return recall_at_k(found, truth, k), len(rows)
+
+
+def index_nbytes(index: Any) -> int:
+    """Size of the serialised index in bytes (what it occupies on disk and, roughly, in memory)."""
+    return int(_faiss().serialize_index(index).size)
+
+
+def build_index(vectors: np.ndarray, config: IndexConfig | None = None,
+                ids: np.ndarray | None = None) -> tuple[Any, BuildReport]:
+    """Train an index on a sample of ``vectors``, add them all, and measure it.
+
+    Args:
+        vectors: ``(n, d)`` L2-normalised float32 vectors (a memmap is fine).
+        config: Index settings.
+        ids: Id of each vector (default: ``0 .. n-1``).
+
+    Returns:
+        ``(index, report)``; search defaults are already applied to the index.
+
+    Raises:
+        IndexTrainingError: If there are too few vectors to train the index.
+    """
+    faiss = _faiss()
+    config = config or IndexConfig()
+    n, d = vectors.shape
+    ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    factory = config.factory or default_factory(n, d)
+    t_start = time.perf_counter()
+    index = make_index(factory, d)
+    need = min_training_vectors(index)
+    n_train = min(n, config.train_size or 100_000)
+    if need > n_train:
+        raise IndexTrainingError(
+            f"Index {factory!r} needs at least {need:,} training vectors, but only {n_train:,} are available"
+            f"{' (raise --train-size)' if n_train < n else ''}. Use a smaller index (for example "
+            f"'IVF{max(1, int(math.sqrt(n) // 2))},Flat', or 'Flat' for exact search), or add more images."
+        )
+    train_seconds = 0.0
+    if not index.is_trained:
+        rows = _sample_rows(n, n_train, config.seed)
+        xt = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+        logger.info("Training %s on %d of %d vectors", factory, len(xt), n)
+        t0 = time.perf_counter()
+        try:
+            index.train(xt)
+        except RuntimeError as exc:
+            raise IndexTrainingError(f"Training {factory!r} failed: {str(exc).splitlines()[-1]}") from exc
+        train_seconds = time.perf_counter() - t0
+    else:
+        n_train = 0
+    t0 = time.perf_counter()
+    add_vectors(index, vectors, ids, config.add_batch_size)
+    add_seconds = time.perf_counter() - t0
+    params = default_search_params(index)
+    overrides = {"nprobe": config.nprobe, "efSearch": config.ef_search, "k_factor": config.k_factor}
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    params = set_search_params(index, params)
+    build_seconds = time.perf_counter() - t_start
+    recall, n_eval = measure_recall(index, vectors, n_queries=config.eval_queries, seed=config.seed + 1, ids=ids)
+    report = BuildReport(
+        factory=factory, n_vectors=n, n_train=n_train, train_seconds=round(train_seconds, 3),
+        add_seconds=round(add_seconds, 3), build_seconds=round(build_seconds, 3), index_bytes=index_nbytes(index),
+        recall_at_10=None if math.isnan(recall) else round(recall, 4), n_eval_queries=n_eval, search_params=params,
+    )
+    logger.info("Built %s: recall@10 %.3f, %d bytes, %.1f s", factory, recall, report.index_bytes, build_seconds)
+    return index, report
+
+
+def write_index(index: Any, path: str | Path) -> None:
+    """Atomically write a Faiss index."""
+    faiss = _faiss()
+    with _io.atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def read_index(path: str | Path, *, mmap: bool = False) -> Any:
+    """Read a Faiss index (optionally memory-mapped, for indexes that support it)."""
+    faiss = _faiss()
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    return faiss.read_index(str(path), flags)

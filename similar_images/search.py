@@ -1,0 +1,263 @@
+"""Searching a database with any kind of query.
+
+A query can be a database id (its stored vector is reused, no model run), an
+image path, raw image bytes, a PIL image, an http(s) URL, a vector, or, for
+a text database, a string. Scores are cosine similarities: higher is more
+similar, 1.0 is identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from .errors import QueryError
+from .fetch import FetchConfig, fetch_url, is_url
+
+if TYPE_CHECKING:
+    from .database import Database
+
+__all__ = ["Match", "Results", "query_vectors", "search", "search_batch", "search_vectors"]
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 10_000
+
+
+@dataclass(frozen=True)
+class Match:
+    """One search result.
+
+    Attributes:
+        rank: 1 for the most similar.
+        id: Database id.
+        score: Cosine similarity (higher is more similar).
+        item: Image path (image database) or text (text database).
+    """
+
+    rank: int
+    id: int
+    score: float
+    item: str
+
+    @property
+    def path(self) -> str:
+        return self.item
+
+    @property
+    def text(self) -> str:
+        return self.item
+
+    def to_dict(self, item_key: str = "path") -> dict[str, Any]:
+        return {"rank": self.rank, "id": self.id, "score": round(self.score, 6), item_key: self.item}
+
+
+class Results(list):  # list[Match]
+    """The matches of one query, best first, with timing.
+
+    Attributes:
+        search_ms: Time of the index search alone, in milliseconds.
+        total_ms: Time including embedding the query.
+        query_id: Database id of the query, when it was one.
+        params: Search parameters used (``exact``, ``nprobe``, ...).
+    """
+
+    def __init__(self, matches: Sequence[Match], *, search_ms: float, total_ms: float, query_id: int | None,
+                 params: dict[str, Any], item_key: str = "path") -> None:
+        super().__init__(matches)
+        self.search_ms = search_ms
+        self.total_ms = total_ms
+        self.query_id = query_id
+        self.params = params
+        self.item_key = item_key
+
+    @property
+    def ids(self) -> list[int]:
+        return [m.id for m in self]
+
+    @property
+    def scores(self) -> list[float]:
+        return [m.score for m in self]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query_id": self.query_id,
+            "search_ms": round(self.search_ms, 3),
+            "total_ms": round(self.total_ms, 3),
+            "params": self.params,
+            "results": [m.to_dict(self.item_key) for m in self],
+        }
+
+
+def _as_vector(db: Database, vec: np.ndarray) -> np.ndarray:
+    v = np.asarray(vec, dtype=np.float32).reshape(1, -1)
+    if v.shape[1] != db.dim:
+        raise QueryError(f"Query vector has dimension {v.shape[1]}, the database {db.dim}")
+    norm = float(np.linalg.norm(v))
+    if not np.isfinite(norm) or norm == 0:
+        raise QueryError("Query vector is zero or not finite")
+    return v / norm
+
+
+def query_vectors(db: Database, queries: Sequence[Any], *,
+                  fetch_config: FetchConfig | None = None) -> tuple[np.ndarray, list[int | None]]:
+    """Turn queries into normalised vectors (running the model once for all that need it).
+
+    Returns:
+        ``(vectors, ids)`` where ``ids[i]`` is the database id of query ``i`` or ``None``.
+
+    Raises:
+        QueryError: For an unknown id, an unreachable URL, or an unsupported type.
+        ImageLoadError: For an unreadable image.
+    """
+    vecs: list[np.ndarray | None] = [None] * len(queries)
+    ids: list[int | None] = [None] * len(queries)
+    to_embed: list[tuple[int, Any]] = []
+    for i, q in enumerate(queries):
+        if isinstance(q, (bool, np.bool_)):
+            raise QueryError("A query cannot be a boolean")
+        if isinstance(q, (int, np.integer)):
+            ids[i] = db.check_id(int(q))
+            vecs[i] = db.vectors[ids[i]].reshape(1, -1).astype(np.float32)
+        elif isinstance(q, np.ndarray) and q.dtype.kind == "f":
+            vecs[i] = _as_vector(db, q)
+        elif db.kind == "text":
+            if not isinstance(q, str):
+                raise QueryError(f"A text database takes str queries (or ids/vectors), got {type(q).__name__}")
+            if not q.strip():
+                raise QueryError("The query is empty: type some text")
+            to_embed.append((i, q))
+        elif isinstance(q, (str, os.PathLike)):
+            s = str(q)
+            if is_url(s):
+                to_embed.append((i, fetch_url(s, fetch_config)))
+            else:
+                if not Path(s).expanduser().exists():
+                    raise QueryError(f"No such image file: {s} (give a path, an http(s) URL, or a database id)")
+                to_embed.append((i, Path(s).expanduser()))
+        elif isinstance(q, (bytes, bytearray, memoryview, Image.Image)) or hasattr(q, "read"):
+            to_embed.append((i, q))
+        else:
+            raise QueryError(
+                f"Unsupported query type {type(q).__name__}; use an id, a path, a URL, bytes, a PIL image or a vector"
+            )
+    if to_embed:
+        embedded = db.embedder.embed([q for _, q in to_embed])
+        for (i, _), v in zip(to_embed, embedded):
+            vecs[i] = v.reshape(1, -1)
+    return np.concatenate(vecs).astype(np.float32), ids  # type: ignore[arg-type]
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
+        raise QueryError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+    return int(k)
+
+
+def search_vectors(db: Database, xq: np.ndarray, k: int, *, exact: bool = False, nprobe: int | None = None,
+                   ef_search: int | None = None, k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                                      dict[str, Any]]:
+    """Search normalised query vectors; removed items are never returned.
+
+    Returns:
+        ``(scores, ids, params)``; rows hold ``k`` results padded with id -1.
+    """
+    k = _check_k(k)
+    k_eff = min(k, max(len(db), 1))
+    if exact or db.index is None:
+        from .index import exact_search  # noqa: PLC0415
+
+        removed = db.removed if db.removed.any() else None
+        scores, ids = exact_search(db.vectors, xq, k_eff, exclude=removed)
+        params: dict[str, Any] = {"exact": True}
+    else:
+        from .index import set_search_params  # noqa: PLC0415
+
+        info = db.manifest["index"]
+        filtered = info.get("filtered_ids", [])
+        defaults = dict(info.get("search_params", {}))
+        overrides = {"nprobe": nprobe, "efSearch": ef_search, "k_factor": k_factor}
+        wanted = {**defaults, **{n: v for n, v in overrides.items() if v is not None}}
+        with db._lock:  # search parameters live on the shared index
+            try:
+                used = set_search_params(db.index, wanted)
+            except ValueError as exc:
+                raise QueryError(str(exc)) from exc
+            scores, ids = db.index.search(np.ascontiguousarray(xq), min(k_eff + len(filtered), db.index.ntotal or 1))
+            set_search_params(db.index, defaults)
+        params = {"exact": False, **used}
+        if filtered:
+            keep = ~np.isin(ids, np.asarray(filtered, dtype=np.int64))
+            scores = np.stack([np.concatenate([s[m], np.full(len(s), -np.inf)])[:k_eff] for s, m in zip(scores, keep)])
+            ids = np.stack([np.concatenate([i[m], np.full(len(i), -1)])[:k_eff] for i, m in zip(ids, keep)])
+    return scores, ids, params
+
+
+def _results(db: Database, scores: np.ndarray, ids: np.ndarray, *, search_ms: float, total_ms: float,
+             query_id: int | None, params: dict[str, Any]) -> Results:
+    matches = [Match(rank=r + 1, id=int(i), score=float(s), item=db.items[int(i)])
+               for r, (s, i) in enumerate((s, i) for s, i in zip(scores, ids) if i >= 0)]
+    key = "path" if db.kind == "image" else "text"
+    return Results(matches, search_ms=search_ms, total_ms=total_ms, query_id=query_id, params=params, item_key=key)
+
+
+def search(db: Database, query: Any, k: int = 8, *, exact: bool = False, nprobe: int | None = None,
+           ef_search: int | None = None, k_factor: int | None = None,
+           fetch_config: FetchConfig | None = None) -> Results:
+    """Find the ``k`` items most similar to ``query``.
+
+    Args:
+        db: The database.
+        query: A database id, an image path, bytes, a PIL image, an http(s)
+            URL, a vector, or (text database) a string.
+        k: Number of results (fewer if the database is smaller).
+        exact: Brute-force search over the stored vectors instead of the index.
+        nprobe: IVF lists to visit (default: the database's).
+        ef_search: HNSW search depth (default: the database's).
+        k_factor: Re-ranking depth of a refine stage.
+        fetch_config: Limits for URL queries.
+
+    Returns:
+        :class:`Results`, best first.
+
+    Raises:
+        QueryError: For a bad query or parameter.
+        ImageLoadError: For an unreadable image.
+    """
+    t0 = time.perf_counter()
+    k = _check_k(k)
+    xq, qids = query_vectors(db, [query], fetch_config=fetch_config)
+    t1 = time.perf_counter()
+    scores, ids, params = search_vectors(db, xq, k, exact=exact, nprobe=nprobe, ef_search=ef_search,
+                                         k_factor=k_factor)
+    t2 = time.perf_counter()
+    return _results(db, scores[0], ids[0], search_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3,
+                    query_id=qids[0], params=params)
+
+
+def search_batch(db: Database, queries: Sequence[Any], k: int = 8, **kwargs: Any) -> list[Results]:
+    """Search several queries in one model call and one index call.
+
+    Takes the same keyword arguments as :func:`search`.
+    """
+    t0 = time.perf_counter()
+    k = _check_k(k)
+    fetch_config = kwargs.pop("fetch_config", None)
+    if not len(queries):
+        return []
+    xq, qids = query_vectors(db, list(queries), fetch_config=fetch_config)
+    t1 = time.perf_counter()
+    scores, ids, params = search_vectors(db, xq, k, **kwargs)
+    t2 = time.perf_counter()
+    per_query = (t2 - t1) * 1e3 / len(queries)
+    return [_results(db, s, i, search_ms=per_query, total_ms=(t2 - t0) * 1e3 / len(queries), query_id=q,
+                     params=params) for s, i, q in zip(scores, ids, qids)]
+
