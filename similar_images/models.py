@@ -170,9 +170,18 @@ def _load_applications_model(factory: Callable[..., Any], weights: str | None, w
 
 def _build_vgg16_fc2(weights: str | None) -> Any:
     keras = _keras()
-    base = _load_applications_model(
-        keras.applications.VGG16, weights, "VGG16 with its fully connected layers (fc2)", include_top=True
-    )
+    try:
+        base = _load_applications_model(
+            keras.applications.VGG16, weights, "VGG16 with its fully connected layers (fc2)", include_top=True
+        )
+    except WeightsError as exc:
+        if weights not in (None, "imagenet") and "fc1" in str(exc):
+            raise WeightsError(
+                f"{weights} holds only VGG16's convolutional base, without the fully connected layers that fc2 "
+                "needs. Pass the full VGG16 weights (vgg16_weights_tf_dim_ordering_tf_kernels.h5, 553 MB), "
+                "or use this file with --model vgg16-avg or --model vgg16-max."
+            ) from exc
+        raise
     return keras.Model(base.inputs, base.get_layer("fc2").output, name="vgg16_fc2")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = ROOT / "tests" / "plugins"  # test-only models, e.g. ``tiny_model`` (16-d)
+sys.path.insert(0, str(PLUGINS))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -28,6 +31,14 @@ def _assets_dir() -> Path:
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.environ.get("CI") and not (_assets_dir() / "README.md").exists():
         pytest.exit(f"CI needs the offline assets at {_assets_dir()} (set SIMILAR_IMAGES_ASSETS)", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    """Register the tiny 16-d test model and return its name."""
+    import tiny_model  # noqa: F401
+
+    return "tiny"
 
 
 @pytest.fixture(scope="session")

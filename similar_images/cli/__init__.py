@@ -8,6 +8,7 @@ import TensorFlow, torch and Faiss only inside the command functions, so
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
@@ -21,7 +22,22 @@ def main() -> None:
 
     Typical use: ``similar-images extract IMAGES DB`` then
     ``similar-images build-index DB`` then ``similar-images search DB QUERY``.
+
+    Custom models: set SIMILAR_IMAGES_PLUGINS to a comma-separated list of
+    modules that call similar_images.models.register_model on import.
     """
+    load_plugins()
+
+
+def load_plugins() -> list[str]:
+    """Import the modules named in ``SIMILAR_IMAGES_PLUGINS`` (they register models)."""
+    names = [n.strip() for n in os.environ.get("SIMILAR_IMAGES_PLUGINS", "").split(",") if n.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise click.ClickException(f"Cannot import plugin {name!r} from SIMILAR_IMAGES_PLUGINS: {exc}") from exc
+    return names
 
 
 # One module per concern; each defines ``register(group)``.

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to the running app:
+#   install -> get images -> extract features -> build the index -> open the notebook.
+#
+# Usage: bash data_scripts/quickstart.sh [--images DIR_OR_LIST] [--model NAME] [--weights W]
+#                                        [--db DIR] [--app lab|notebook|voila|none]
+# Defaults: download MS-COCO val2014 (6.2 GB) into data/coco, model vgg16-fc2 with
+# Keras' ImageNet weights, database data/coco-db, open JupyterLab.
+# Every step is resumable and skipped when already done, so re-running is cheap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IMAGES=""; MODEL="vgg16-fc2"; WEIGHTS="imagenet"; DB="data/coco-db"; APP="lab"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --images) IMAGES="$2"; shift 2 ;;
+    --model) MODEL="$2"; shift 2 ;;
+    --weights) WEIGHTS="$2"; shift 2 ;;
+    --db) DB="$2"; shift 2 ;;
+    --app) APP="$2"; shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+echo "==> Installing (torch CPU build first, then requirements and the package)"
+python -m pip install -q torch==2.13.0
+python -m pip install -q -r requirements.txt
+python -m pip install -q --no-deps -e .
+
+if [ -z "$IMAGES" ]; then
+  echo "==> Downloading MS-COCO 2014 validation images into data/coco"
+  IMAGES="$(bash data_scripts/get_ms_coco_dataset.sh data/coco | tail -n 1)"
+fi
+
+if [ -f "$DB/manifest.json" ]; then
+  echo "==> Database $DB exists; skipping extraction"
+else
+  echo "==> Extracting $MODEL features of $IMAGES into $DB (resumes if interrupted)"
+  similar-images extract "$IMAGES" "$DB" --model "$MODEL" --weights "$WEIGHTS"
+fi
+if similar-images info "$DB" | grep -q "index: none"; then
+  echo "==> Building the index"
+  similar-images build-index "$DB"
+fi
+similar-images info "$DB"
+
+export SIMILAR_IMAGES_DB="$(cd "$DB" && pwd)"
+case "$APP" in
+  lab) exec jupyter lab notebooks/similar_images.ipynb ;;
+  notebook) exec jupyter notebook notebooks/similar_images.ipynb ;;
+  voila) exec voila notebooks/similar_images.ipynb ;;
+  none) echo "Done. Open notebooks/similar_images.ipynb with SIMILAR_IMAGES_DB=$SIMILAR_IMAGES_DB" ;;
+  *) echo "unknown --app $APP" >&2; exit 2 ;;
+esac
