@@ -196,6 +196,12 @@ def make_index(factory: str, d: int) -> Any:
             f"Invalid index description {factory!r} for {d}-d vectors: {str(exc).splitlines()[-1]}. "
             "Examples: 'Flat', 'IVF256,Flat', 'IVF256,PQ16', 'OPQ16,IVF256,PQ16', 'HNSW32', 'IVF256,SQ8'."
         ) from exc
+    # The factory turns on polysemous training for "PQ<m>" (not "PQ<m>np"): a slow
+    # code reordering (a minute for a few thousand vectors) that only helps
+    # polysemous search, which this package never uses.
+    for sub in _unwrap(index):
+        if getattr(sub, "do_polysemous_training", False):
+            sub.do_polysemous_training = False
     top = faiss.downcast_index(index)
     native_ids = isinstance(top, (faiss.IndexIVF, faiss.IndexIDMap, faiss.IndexIDMap2)) or (
         isinstance(top, faiss.IndexPreTransform) and isinstance(faiss.downcast_index(top.index), faiss.IndexIVF)
@@ -221,6 +227,15 @@ def min_training_vectors(index: Any) -> int:
         if not sub.is_trained:
             need = max(need, 1)
     return need
+
+
+def _quiet_clustering(index: Any) -> None:
+    """Silence Faiss' per-quantizer "please provide at least N training points" lines on stderr
+    (one warning through ``logging`` replaces them)."""
+    for sub in _unwrap(index):
+        for cp in (getattr(sub, "cp", None), getattr(getattr(sub, "pq", None), "cp", None)):
+            if cp is not None and hasattr(cp, "min_points_per_centroid"):
+                cp.min_points_per_centroid = 1
 
 
 def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
@@ -341,6 +356,10 @@ def build_index(vectors: np.ndarray, config: IndexConfig | None = None,
         )
     train_seconds = 0.0
     if not index.is_trained:
+        _quiet_clustering(index)
+        if n_train < 39 * need:
+            logger.warning("Training %s on %d vectors; Faiss recommends at least %d (39 per centroid)",
+                           factory, n_train, 39 * need)
         rows = _sample_rows(n, n_train, config.seed)
         xt = np.ascontiguousarray(vectors[rows], dtype=np.float32)
         logger.info("Training %s on %d of %d vectors", factory, len(xt), n)

@@ -1,0 +1,123 @@
+"""The command-line interface, in-process with click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from conftest import ROOT
+from similar_images.cli import main
+
+
+def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    out = []
+    for name, cmd in sorted(group.commands.items()):
+        out.append(((*prefix, name), cmd))
+        if isinstance(cmd, click.Group):
+            out += _all_commands(cmd, (*prefix, name))
+    return out
+
+
+def test_every_command_and_option_has_help() -> None:
+    commands = _all_commands(main)
+    assert {"extract", "build-index", "search", "info", "add", "remove", "models", "download-coco"} <= {
+        c[0][0] for c in commands
+    }
+    runner = CliRunner()
+    for path, cmd in commands:
+        result = runner.invoke(main, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert cmd.help and len(cmd.help.strip()) > 20, f"{' '.join(path)} has no help text"
+        for param in cmd.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                assert param.help, f"{' '.join(path)} {param.opts} has no help"
+
+
+def test_help_is_fast_and_imports_nothing_heavy() -> None:
+    code = ("import sys, time; t=time.perf_counter(); from similar_images.cli import main; "
+            "import click.testing as ct; r=ct.CliRunner().invoke(main, ['--help']); "
+            "heavy=[m for m in ('tensorflow','keras','torch','faiss','cv2','sentence_transformers','fastapi') "
+            "if m in sys.modules]; print(heavy, r.exit_code, time.perf_counter()-t)")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    heavy, exit_code, _ = out.stdout.rsplit(" ", 2)
+    assert heavy == "[]" and exit_code == "0", out.stdout
+    assert time.perf_counter() - t0 < 10
+
+
+def test_full_flow(tmp_path: Path, synthetic_images: Path, tiny_model: str) -> None:
+    runner = CliRunner()
+    db = tmp_path / "db"
+    (synthetic_images / "corrupt.jpg").write_bytes(b"\xff\xd8 broken")
+    r = runner.invoke(main, ["extract", str(synthetic_images), str(db), "--model", tiny_model, "--weights", "random",
+                             "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "Extracted 12 of 13 images" in r.output and "1 failed" in r.output
+
+    r = runner.invoke(main, ["extract", str(synthetic_images), str(db), "--model", tiny_model, "-w", "random", "-q"])
+    assert r.exit_code == 1 and "--force" in r.output
+
+    r = runner.invoke(main, ["build-index", str(db), "--index", "IVF4,PQ4", "--quiet"])
+    assert r.exit_code == 1 and "at least 256 training vectors" in r.output and "Flat" in r.output
+
+    r = runner.invoke(main, ["build-index", str(db), "--index", "Flat", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["factory"] == "Flat" and report["recall_at_10"] == 1.0
+
+    r = runner.invoke(main, ["search", str(db), "3", "--id", "-k", "4"])
+    assert r.exit_code == 0 and r.output.splitlines()[1].split()[:2] == ["1", "3"], r.output
+    assert len([line for line in r.output.splitlines() if line.strip()[:1].isdigit()]) == 4
+
+    img = sorted(synthetic_images.rglob("img05*"))[0]
+    r = runner.invoke(main, ["search", str(db), str(img), "-k", "2", "--json"])
+    out = json.loads(r.output)
+    assert out["results"][0]["path"] == str(img) and out["results"][0]["score"] == pytest.approx(1, abs=1e-4)
+
+    r = runner.invoke(main, ["search", str(db), "x", "--id"])
+    assert r.exit_code == 2 and "--id needs an integer" in r.output
+    r = runner.invoke(main, ["search", str(db), "99", "--id"])
+    assert r.exit_code == 1 and "Unknown id 99" in r.output
+
+    r = runner.invoke(main, ["info", str(db)])
+    assert "items: 12 (12 searchable, 0 removed), failed: 1" in r.output and "index: Flat" in r.output
+    assert json.loads(runner.invoke(main, ["info", str(db), "--json"]).output)["counts"]["failed"] == 1
+
+    more = tmp_path / "more"
+    more.mkdir()
+    (more / "a.png").write_bytes(img.read_bytes())
+    r = runner.invoke(main, ["add", str(db), str(more), "-q"])
+    assert r.exit_code == 0 and "Added 1 images (ids 12..12)" in r.output
+
+    r = runner.invoke(main, ["remove", str(db), "0", str(more / "a.png")])
+    assert r.exit_code == 0 and "ids 0, 12" in r.output
+    assert "11 searchable, 2 removed" in runner.invoke(main, ["info", str(db)]).output
+
+
+def test_missing_database_says_how_to_build_one(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(main, ["search", str(tmp_path / "empty"), "q.jpg"])
+    assert r.exit_code == 1
+    assert "similar-images extract IMAGES_FOLDER" in r.output and "build-index" in r.output
+
+
+def test_models_lists_builtins() -> None:
+    r = CliRunner().invoke(main, ["models"])
+    assert r.exit_code == 0 and "vgg16-fc2" in r.output and "4096-d" in r.output
+
+
+def test_data_scripts_are_thin_wrappers(tmp_path: Path) -> None:
+    for script, command in (("extract_image_vectors.py", "extract"), ("build_search_db.py", "build-index")):
+        out = subprocess.run([sys.executable, str(ROOT / "data_scripts" / script), "--help"], capture_output=True,
+                             text=True, check=True)
+        assert f"{command} [OPTIONS]" in out.stdout
+    out = subprocess.run(["bash", str(ROOT / "data_scripts" / "quickstart.sh"), "--help"], capture_output=True,
+                         text=True, check=True)
+    assert "--images" in out.stdout

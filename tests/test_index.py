@@ -1,0 +1,114 @@
+"""Faiss index building on synthetic vectors: metric, training limits, recall, parameters."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from similar_images.errors import IndexTrainingError
+from similar_images.features import l2_normalize
+from similar_images.index import (
+    IndexConfig,
+    build_index,
+    default_factory,
+    exact_search,
+    make_index,
+    min_training_vectors,
+    recall_at_k,
+    set_search_params,
+)
+
+
+def clustered(n: int, d: int, seed: int = 0, centers: int = 50) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, d))
+    x = c[rng.integers(0, centers, n)] + 0.5 * rng.normal(size=(n, d))
+    return l2_normalize(x.astype(np.float32))
+
+
+def test_default_factory_follows_original_design() -> None:
+    assert default_factory(40_504, 4096) == "IVF201,PQ16"
+    assert default_factory(256, 512) == "IVF16,PQ16"
+    assert default_factory(1000, 100) == "IVF32,PQ10"  # 16 does not divide 100
+
+
+@pytest.mark.parametrize("factory", ["IVF16,PQ8", "OPQ8,IVF16,PQ8", "IVF16,Flat", "IVF16,PQ8,RFlat", "HNSW16",
+                                     "Flat", "IVF16,SQ8", "PCA32,IVF16,PQ8"])
+def test_every_part_uses_inner_product(factory: str) -> None:
+    index = make_index(factory, 64)
+    parts = [index]
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        parts += [ivf, ivf.quantizer]
+    assert all(p.metric_type == faiss.METRIC_INNER_PRODUCT for p in parts)
+
+
+def test_polysemous_training_disabled() -> None:
+    for factory in ("IVF16,PQ8", "PQ8", "OPQ8,IVF16,PQ8"):
+        index = make_index(factory, 64)
+        pq_parts = [faiss.downcast_index(index), faiss.try_extract_index_ivf(index)]
+        assert not any(getattr(p, "do_polysemous_training", False) for p in pq_parts if p is not None)
+
+
+def test_too_few_vectors_says_how_many(tmp_path: object) -> None:
+    x = clustered(100, 32)
+    with pytest.raises(IndexTrainingError, match=r"at least 256 training vectors.*'Flat'"):
+        build_index(x, IndexConfig(factory="IVF10,PQ8"))
+    assert min_training_vectors(make_index("IVF300,Flat", 32)) == 300
+    assert min_training_vectors(make_index("HNSW8", 32)) == 0
+
+
+def test_invalid_factory_is_a_clear_error() -> None:
+    with pytest.raises(IndexTrainingError, match="Examples"):
+        make_index("IVF12,Bogus", 32)
+
+
+def test_flat_has_perfect_recall_and_ids() -> None:
+    x = clustered(500, 32)
+    ids = np.arange(1000, 1500)
+    index, report = build_index(x, IndexConfig(factory="Flat", eval_queries=100), ids=ids)
+    assert report.recall_at_10 == 1.0 and report.n_eval_queries == 100
+    _, found = index.search(x[:5], 1)
+    assert found[:, 0].tolist() == ids[:5].tolist()
+
+
+def test_ivfpq_recall_measured_against_exact_and_nprobe_matters() -> None:
+    x = clustered(4000, 64)
+    index, report = build_index(x, IndexConfig(factory="IVF64,PQ16", nprobe=64, eval_queries=200))
+    assert report.search_params == {"nprobe": 64}
+    assert report.index_bytes > 0 and report.n_train == 4000 and report.build_seconds > 0
+    _, truth = exact_search(x, x[:200], 10)
+    _, found = index.search(x[:200], 10)
+    assert recall_at_k(found, truth, 10) == pytest.approx(report.recall_at_10, abs=0.1)
+    set_search_params(index, {"nprobe": 1})
+    _, found1 = index.search(x[:200], 10)
+    assert recall_at_k(found1, truth, 10) < recall_at_k(found, truth, 10)
+
+
+def test_default_nprobe_and_hnsw_params() -> None:
+    x = clustered(1024, 32)
+    _, report = build_index(x, IndexConfig(factory="IVF32,Flat", eval_queries=0))
+    assert report.search_params == {"nprobe": 4} and report.recall_at_10 is None
+    index, report = build_index(x, IndexConfig(factory="HNSW16", ef_search=40, eval_queries=50))
+    assert report.search_params == {"efSearch": 40}
+    with pytest.raises(ValueError, match="only to IVF"):
+        set_search_params(index, {"nprobe": 3})
+
+
+def test_exact_search_blocks_ids_and_exclusions() -> None:
+    x = clustered(300, 16)
+    scores, ids = exact_search(x, x[:3], 5, block_size=64)
+    brute = x[:3] @ x.T
+    np.testing.assert_array_equal(ids, np.argsort(-brute, axis=1)[:, :5])
+    np.testing.assert_allclose(scores, -np.sort(-brute, axis=1)[:, :5], rtol=1e-5)
+    exclude = np.zeros(300, dtype=bool)
+    exclude[[0, 1, 2]] = True
+    _, ids2 = exact_search(x, x[:3], 5, exclude=exclude, block_size=64)
+    assert not set(ids2.ravel()) & {0, 1, 2}
+
+
+def test_recall_at_k_counts_overlap() -> None:
+    truth = np.array([[1, 2, 3], [4, 5, 6]])
+    found = np.array([[3, 2, 9], [7, 8, 9]])
+    assert recall_at_k(found, truth, 3) == pytest.approx(2 / 6)

@@ -1,0 +1,165 @@
+"""Search API: every kind of query, URL limits and errors, against a real database."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from similar_images import Database, FetchConfig
+from similar_images.errors import ImageLoadError, QueryError
+from similar_images.fetch import fetch_url, is_url
+
+
+@pytest.fixture(scope="module")
+def db(small_db: Path) -> Database:
+    return Database.open(small_db)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    routes: dict[str, tuple[int, str, bytes, dict[str, str]]] = {}
+
+    def do_GET(self) -> None:  # noqa: N802
+        status, ctype, body, headers = self.routes.get(self.path, (404, "text/plain", b"missing", {}))
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(db: Database) -> Iterator[str]:
+    photo = Path(db.items[3]).read_bytes()
+    _Handler.routes = {
+        "/photo.jpg": (200, "image/jpeg", photo, {}),
+        "/page.html": (200, "text/html", b"<html></html>", {}),
+        "/garbage.jpg": (200, "image/jpeg", b"not really a jpeg", {}),
+        "/to-file": (302, "text/plain", b"", {"Location": "file:///etc/passwd"}),
+        "/to-photo": (302, "text/plain", b"", {"Location": "/photo.jpg"}),
+    }
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_query_by_id_reuses_stored_vector(db: Database) -> None:
+    db.embedder._model = None  # an id query must not need the model
+    res = db.search(7, k=5)
+    assert res.ids[0] == 7 and res.query_id == 7 and res.scores[0] == pytest.approx(1.0, abs=1e-4)
+    assert db.embedder._model is None
+    assert res.scores == sorted(res.scores, reverse=True) and [m.rank for m in res] == [1, 2, 3, 4, 5]
+    assert res[0].path == db.items[7] and res.search_ms > 0
+
+
+def test_path_bytes_pil_and_url_queries_agree(db: Database, server: str) -> None:
+    path = db.items[3]
+    by_path = db.search(path, k=3)
+    by_bytes = db.search(Path(path).read_bytes(), k=3)
+    by_pil = db.search(Image.open(path), k=3)
+    by_url = db.search(f"{server}/photo.jpg", k=3)
+    by_redirect = db.search(f"{server}/to-photo", k=3)
+    for res in (by_path, by_bytes, by_pil, by_url, by_redirect):
+        assert res.ids[0] == 3 and res.scores[0] > 0.99
+    np.testing.assert_allclose(by_path.scores, by_url.scores, rtol=1e-5)
+
+
+def test_batch_search(db: Database) -> None:
+    out = db.search_batch([0, db.items[1], 2], k=4)
+    assert [r.ids[0] for r in out] == [0, 1, 2] and all(len(r) == 4 for r in out)
+    assert db.search_batch([], k=3) == []
+
+
+def test_k_is_clipped_and_validated(db: Database) -> None:
+    assert len(db.search(0, k=500)) == len(db)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(QueryError, match="k must be"):
+            db.search(0, k=bad)  # type: ignore[arg-type]
+
+
+def test_exact_and_nprobe_options(db: Database) -> None:
+    res = db.search(0, k=5, exact=True)
+    assert res.params == {"exact": True} and res.ids[0] == 0
+    assert db.search(0, k=5).ids == res.ids  # the small db has a Flat index
+    with pytest.raises(QueryError, match="nprobe applies only to IVF"):
+        db.search(0, nprobe=4)
+
+
+@pytest.mark.parametrize(
+    "query, error, pattern",
+    [
+        (10_000, QueryError, "Unknown id"),
+        ("/no/such/file.jpg", QueryError, "No such image file"),
+        ("ftp://example.com/a.jpg", QueryError, "Only http:// and https://"),
+        ("file:///etc/passwd", QueryError, "Only http:// and https://"),
+        (b"\x00\x01 garbage", ImageLoadError, "not a readable image"),
+        ({"a": 1}, QueryError, "Unsupported query type"),
+        (np.zeros(5, np.float32), QueryError, "dimension 5"),
+    ],
+)
+def test_bad_queries(db: Database, query: object, error: type, pattern: str) -> None:
+    with pytest.raises(error, match=pattern):
+        db.search(query, k=3)
+
+
+@pytest.mark.parametrize(
+    "route, pattern",
+    [
+        ("/page.html", "did not return an image"),
+        ("/missing.jpg", "HTTP 404"),
+        ("/to-file", "Refused a redirect to a file://"),
+    ],
+)
+def test_url_errors(db: Database, server: str, route: str, pattern: str) -> None:
+    with pytest.raises(QueryError, match=pattern):
+        db.search(server + route, k=3)
+
+
+def test_url_garbage_image_and_size_limit(db: Database, server: str) -> None:
+    with pytest.raises(ImageLoadError):
+        db.search(f"{server}/garbage.jpg")
+    with pytest.raises(QueryError, match="too large"):
+        fetch_url(f"{server}/photo.jpg", FetchConfig(max_bytes=1000))
+
+
+def test_unreachable_url_fails_fast() -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(QueryError, match="Could not reach"):
+        fetch_url(f"http://127.0.0.1:{port}/x.jpg", FetchConfig(timeout=3))
+    with pytest.raises(QueryError, match="Could not reach"):
+        fetch_url("http://nonexistent.invalid/x.jpg", FetchConfig(timeout=3))
+    assert time.monotonic() - t0 < 10
+
+
+def test_is_url() -> None:
+    assert is_url("https://a/b.jpg") and is_url("ftp://x")
+    assert not is_url("/tmp/a.jpg") and not is_url("C:\\pics\\a.jpg") and not is_url("cat.jpg")
+
+
+def test_results_to_dict(db: Database) -> None:
+    d = db.search(1, k=2).to_dict()
+    assert d["query_id"] == 1 and [r["rank"] for r in d["results"]] == [1, 2]
+    assert set(d["results"][0]) == {"rank", "id", "score", "path"}
+    buf = io.BytesIO()
+    Image.open(db.items[1]).save(buf, format="PNG")
+    assert db.search(buf.getvalue(), k=1).query_id is None
