@@ -317,12 +317,12 @@ def extract_features(
 
     workers = config.workers or min(8, os.cpu_count() or 1)
     todo = (i for s in todo_shards for i in range(s * size, min(n, (s + 1) * size)))
+    if todo_shards:
+        _ = embedder.model  # build it before the clock starts: the speed reported is the pipeline's
     t0 = time.perf_counter()
     processed = 0
     with tqdm(total=n, initial=done_before, unit="img", desc=f"extract {embedder.spec.name}",
               disable=not config.verbose, smoothing=0.1) as bar:
-        if todo_shards:
-            _ = embedder.model  # build before the clock of the first batch
         cur = -1
         ok: list[int] = []
         vecs: list[np.ndarray] = []
