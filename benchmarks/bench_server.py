@@ -1,0 +1,365 @@
+"""Load check of the HTTP search service.
+
+Starts ``similar-images serve`` on 127.0.0.1 (a free port), sends a fixed
+number of requests from concurrent client threads (each with its own
+keep-alive ``httpx`` client) for each scenario, checks every answer, prints
+throughput and latency percentiles, and stops the server.
+
+Scenarios:
+
+* ``health``: ``GET /health`` -- the HTTP and framework overhead, the baseline;
+* ``id``: ``GET /search?id=N&k=8`` -- a stored vector, no model run;
+* ``upload``: ``POST /search`` with a real photo (multipart) -- decoding, a CNN
+  forward pass, the index search; the answer's top hit must be the photo itself.
+
+With ``--compare-batching`` the upload scenario is compared with a second
+server started with ``--no-batching`` (one model call per query); with
+``--compare-faiss-threads`` the id scenario with a second server started with
+``--faiss-threads 0`` (Faiss' default OpenMP threads instead of one per
+search). Both servers are up at once and take turns (``--rounds``), so both
+see the same load of a shared machine.
+
+Without ``--db`` a database of the offline COCO photos (256) is built first in
+a temporary folder with MobileNetV2 (or ``--model vgg16-avg``), real weights,
+and a Flat index.
+
+    python benchmarks/bench_server.py                      # builds a COCO DB, 1,000 requests x 8 clients
+    python benchmarks/bench_server.py --db my-db --requests 2000 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-c", "from similar_images.cli import main; main()"]
+WEIGHTS = {
+    "mobilenetv2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
+    "vgg16-avg": "vgg16_imagenet_notop.weights.h5",
+}
+
+
+@dataclass
+class Outcome:
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    search_ms: list[float] = field(default_factory=list)  # the server's own index-search time
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_by_time: bool = False
+
+    def merge(self, other: Outcome) -> None:
+        self.latencies += other.latencies
+        self.search_ms += other.search_ms
+        self.errors += other.errors
+        self.seconds += other.seconds
+        self.stopped_by_time |= other.stopped_by_time
+
+    @property
+    def done(self) -> int:
+        return len(self.latencies) + len(self.errors)
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
+
+    def row(self, baseline: float | None) -> str:
+        lat = np.asarray(self.latencies) * 1e3 if self.latencies else np.zeros(1)
+        p50, p90, p99 = np.percentile(lat, [50, 90, 99])
+        ratio = f"{self.rate / baseline:8.3f}" if baseline else f"{'1.000':>8}"
+        flag = " (time limit)" if self.stopped_by_time else ""
+        index = f"{np.median(self.search_ms):>9.3f}" if self.search_ms else f"{'-':>9}"
+        return (f"{self.name:<28} {self.done:>6} {len(self.errors):>6} {self.seconds:>7.1f} {self.rate:>8.1f} "
+                f"{ratio} {p50:>8.1f} {p90:>8.1f} {p99:>8.1f} {lat.max():>8.1f} {index}{flag}")
+
+
+HEADER = (f"{'scenario':<28} {'reqs':>6} {'errors':>6} {'secs':>7} {'req/s':>8} {'vs base':>8} {'p50 ms':>8} "
+          f"{'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} {'index ms':>9}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(db: Path, workers: int, extra: list[str], log: Path, start_timeout: float) -> Iterator[str]:
+    """Start the CLI server, wait until it answers /health, and always stop it."""
+    port = free_port()
+    cmd = [*CLI, "serve", str(db), "--port", str(port), "--workers", str(workers), "--no-access-log", *extra]
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        t0 = time.monotonic()
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited with {proc.returncode}; see {log}")
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"server did not start within {start_timeout:.0f} s; see {log}")
+            time.sleep(0.5)
+        options = ", " + " ".join(extra) if extra else ""
+        print(f"server up in {time.monotonic() - t0:.1f} s ({workers} worker(s){options})", flush=True)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+Request = Callable[[httpx.Client, int], "tuple[str | None, float | None]"]
+
+
+def run_load(name: str, url: str, make_request: Request, n: int, concurrency: int, time_limit: float) -> Outcome:
+    """Send ``n`` requests from ``concurrency`` threads.
+
+    ``make_request`` returns ``(error text or None, the server's search_ms or None)``.
+    """
+    out = Outcome(name)
+    lock = threading.Lock()
+    counter = iter(range(n))
+    t_end = time.monotonic() + time_limit
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                if time.monotonic() > t_end:
+                    out.stopped_by_time = True
+                    return
+                t0 = time.perf_counter()
+                server_ms = None
+                try:
+                    err, server_ms = make_request(client, i)
+                except httpx.HTTPError as exc:
+                    err = f"{type(exc).__name__}: {exc}"
+                dt = time.perf_counter() - t0
+                with lock:
+                    if err is None:
+                        out.latencies.append(dt)
+                        if server_ms is not None:
+                            out.search_ms.append(server_ms)
+                    else:
+                        out.errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def id_request(n_items: int, k: int) -> Request:
+    rng = random.Random(0)
+    ids = [rng.randrange(n_items) for _ in range(100_000)]
+
+    def request(client: httpx.Client, i: int) -> tuple[str | None, float | None]:
+        q = ids[i % len(ids)]
+        r = client.get("/search", params={"id": q, "k": k})
+        if r.status_code != 200:
+            return f"HTTP {r.status_code}: {r.text[:200]}", None
+        body = r.json()
+        res = body["results"]
+        if len(res) != min(k, n_items) or res[0]["id"] != q:
+            return f"wrong answer for id {q}: {res[:1]}", None
+        return None, float(body["search_ms"])
+
+    return request
+
+
+def upload_request(photos: list[tuple[int, bytes]], k: int) -> Request:
+    def request(client: httpx.Client, i: int) -> tuple[str | None, float | None]:
+        item, data = photos[i % len(photos)]
+        r = client.post("/search", files={"file": ("query.jpg", data, "image/jpeg")}, data={"k": str(k)})
+        if r.status_code != 200:
+            return f"HTTP {r.status_code}: {r.text[:200]}", None
+        body = r.json()
+        top = body["results"][0]
+        if top["id"] != item or top["score"] < 0.99:
+            return f"wrong answer for photo {item}: {top}", None
+        return None, float(body["search_ms"])
+
+    return request
+
+
+def health_request(client: httpx.Client, i: int) -> tuple[str | None, float | None]:
+    r = client.get("/health")
+    return (None if r.status_code == 200 and r.json()["status"] == "ok" else f"HTTP {r.status_code}"), None
+
+
+def build_db(dest: Path, model: str, assets: Path) -> Path:
+    coco = assets / "images" / "coco"
+    weights = assets / "weights" / WEIGHTS[model]
+    if not weights.exists():
+        raise SystemExit(f"weights not found: {weights} (set --assets or SIMILAR_IMAGES_ASSETS)")
+    db = dest / f"coco-{model}"
+    t0 = time.perf_counter()
+    subprocess.run([*CLI, "extract", str(coco), str(db), "--model", model, "--weights", str(weights), "-q"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*CLI, "build-index", str(db), "--index", "Flat", "--eval-queries", "0", "-q"], check=True,
+                   stdout=subprocess.DEVNULL)
+    print(f"built {db} from {coco} with {model} in {time.perf_counter() - t0:.1f} s", flush=True)
+    return db
+
+
+def main(argv: list[str] | None = None) -> int:
+    default_assets = Path(os.environ.get("SIMILAR_IMAGES_ASSETS", ROOT.parent / "shared" / "assets"))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--db", type=Path, help="database to serve [default: build one from the COCO assets]")
+    ap.add_argument("--model", choices=sorted(WEIGHTS), default="mobilenetv2",
+                    help="model of the database built without --db [default: mobilenetv2]")
+    ap.add_argument("--assets", type=Path, default=default_assets, help="offline assets folder")
+    ap.add_argument("--requests", type=int, default=1000, help="requests per scenario [default: 1000]")
+    ap.add_argument("--concurrency", type=int, default=8, help="client threads [default: 8]")
+    ap.add_argument("--workers", type=int, default=1, help="server worker processes [default: 1]")
+    ap.add_argument("-k", type=int, default=8, help="results per query [default: 8]")
+    ap.add_argument("--scenarios", default="health,id,upload", help="comma-separated: health, id, upload")
+    ap.add_argument("--compare-batching", action="store_true",
+                    help="also run the upload scenario against a server started with --no-batching")
+    ap.add_argument("--compare-faiss-threads", action="store_true",
+                    help="also run the id scenario against a server started with --faiss-threads 0")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="alternating rounds of a comparison (each server gets --requests in all) [default: 5]")
+    ap.add_argument("--photos", type=int, default=64, help="distinct photos uploaded in turn [default: 64]")
+    ap.add_argument("--time-limit", type=float, default=300.0, help="seconds per scenario at most [default: 300]")
+    ap.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for the server to start")
+    args = ap.parse_args(argv)
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(scenarios) - {"health", "id", "upload"}
+    if unknown or args.requests < 1 or args.concurrency < 1 or args.rounds < 1:
+        ap.error(f"bad --scenarios {sorted(unknown)} or --requests/--concurrency")
+
+    from similar_images.database import Database  # noqa: PLC0415  (no TensorFlow: only the folder is read)
+
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
+        tmp_path = Path(tmp)
+        db_path = args.db or build_db(tmp_path, args.model, args.assets)
+        db = Database.open(db_path, load_index=False)
+        live = [int(i) for i in db.live_ids()]
+        rng = random.Random(1)
+        picked = rng.sample(live, min(args.photos, len(live)))
+        photos = [(i, Path(db.items[i]).read_bytes()) for i in picked if Path(db.items[i]).is_file()]
+        mean_kb = np.mean([len(p) for _, p in photos]) / 1024 if photos else 0
+        print(f"database {db_path}: {len(db)} items, model {db.model_name}, index "
+              f"{(db.manifest.get('index') or {}).get('factory', 'none')}; {len(photos)} upload photos "
+              f"(mean {mean_kb:.0f} KiB); {os.cpu_count()} CPUs; {args.requests} requests x {args.concurrency} "
+              f"clients per scenario", flush=True)
+        log = tmp_path / "server.log"
+        results: list[Outcome] = []
+        pairs: list[tuple[str, Outcome, Outcome]] = []
+        calls: dict[str, list[int]] = {}
+
+        def model_calls(url: str) -> int:
+            return int(httpx.get(url + "/health", timeout=30).json()["model_calls"])
+
+        def make_request(name: str) -> Request:
+            if name == "health":
+                return health_request
+            if name == "id":
+                if db.removed.any():
+                    raise SystemExit("the id scenario needs a database without removed items")
+                return id_request(len(live), args.k)
+            return upload_request(photos, args.k)
+
+        def measure(url: str, name: str, label: str, n: int) -> Outcome:
+            req = make_request(name)
+            before = model_calls(url) if args.workers == 1 else 0
+            out = run_load(label, url, req, n, args.concurrency, args.time_limit)
+            if args.workers == 1 and name == "upload":
+                counts = calls.setdefault(label, [0, 0])
+                counts[0] += out.done
+                counts[1] += model_calls(url) - before
+            return out
+
+        comparisons = []
+        if args.compare_batching and "upload" in scenarios:
+            comparisons.append((["--no-batching"], "upload", "batching", "no batching"))
+        if args.compare_faiss_threads and "id" in scenarios:
+            comparisons.append((["--faiss-threads", "0"], "id", "1 Faiss thread", "Faiss default threads"))
+        try:
+            with running_server(db_path, args.workers, [], log, args.start_timeout) as url:
+                for name in scenarios:
+                    run_load(name, url, make_request(name), min(16, args.requests), args.concurrency, 60)  # warm-up
+                    out = measure(url, name, name, args.requests)
+                    results.append(out)
+                    print(f"  {name}: {out.done} requests in {out.seconds:.1f} s, {len(out.errors)} errors",
+                          flush=True)
+                for extra, name, label_a, label_b in comparisons:
+                    # Both servers run at once and take turns, so that both see the same machine load.
+                    with running_server(db_path, args.workers, extra, log, args.start_timeout) as vurl:
+                        run_load(name, vurl, make_request(name), min(16, args.requests), args.concurrency, 60)
+                        a, b = Outcome(f"{name} ({label_a})"), Outcome(f"{name} ({label_b})")
+                        chunk = max(1, args.requests // args.rounds)
+                        for r in range(args.rounds):  # the order alternates too
+                            for out, where in ((a, url), (b, vurl))[:: 1 if r % 2 == 0 else -1]:
+                                out.merge(measure(where, name, out.name, chunk))
+                        pairs.append((f"{name} throughput, {label_a} / {label_b}", a, b))
+                        print(f"  {a.name} vs {b.name}: {a.done} + {b.done} requests in {args.rounds} alternating "
+                              f"rounds, {len(a.errors) + len(b.errors)} errors", flush=True)
+        finally:
+            everything = results + [o for _, a, b in pairs for o in (a, b)]
+            if any(o.errors for o in everything) and log.exists():
+                print("--- server log (tail) ---\n" + log.read_text()[-3000:])
+
+    base = next((o.rate for o in results if o.name == "health"), None)
+    print(f"\n{HEADER}")
+    for o in results:
+        print(o.row(base if o.name != "health" else None))
+    if base is None:
+        print("(no health baseline in this run: 'vs base' is 1)")
+    else:
+        print("vs base = throughput / throughput of GET /health (HTTP + framework overhead only), same run")
+    print("index ms = median of the server's own index-search time (search_ms in the answers)")
+    if pairs:
+        print(f"\nComparisons: two servers up at once, {args.rounds} alternating rounds each ('vs base' = a / b)")
+        print(HEADER)
+        for title, a, b in pairs:
+            print(a.row(b.rate))
+            print(b.row(None))
+            print(f"  {title}: {a.rate / b.rate if b.rate else float('nan'):.2f}x")
+    for label, (n, m) in calls.items():
+        print(f"{label}: {n} queries in {m} model calls (mean batch {n / max(m, 1):.2f})")
+    everything = results + [o for _, a, b in pairs for o in (a, b)]
+    errors = sum(len(o.errors) for o in everything)
+    for o in everything:
+        for e in o.errors[:5]:
+            print(f"error in {o.name}: {e}")
+    print(f"total errors: {errors}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
