@@ -186,7 +186,8 @@ def load_image(
             )
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # animated GIF/WebP/TIFF: first frame
-        if draft_size is not None and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
+        owned = not isinstance(source, Image.Image)  # never change a caller's image in place
+        if draft_size is not None and owned and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
             # Orientation may swap axes; ask for enough pixels on both.
             side = max(draft_size)
             img.draft(img.mode, (side, side))

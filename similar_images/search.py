@@ -30,6 +30,8 @@ __all__ = ["Match", "Results", "query_vectors", "search", "search_batch", "searc
 logger = logging.getLogger(__name__)
 
 MAX_K = 10_000
+#: Batches up to this size are searched with one Faiss thread (see index.faiss_threads).
+SINGLE_THREAD_MAX_QUERIES = 4
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ def search_vectors(db: Database, xq: np.ndarray, k: int, *, exact: bool = False,
         scores, ids = exact_search(db.vectors, xq, k_eff, exclude=removed)
         params: dict[str, Any] = {"exact": True}
     else:
-        from .index import set_search_params  # noqa: PLC0415
+        from .index import faiss_threads, set_search_params  # noqa: PLC0415
 
         info = db.manifest["index"]
         filtered = info.get("filtered_ids", [])
@@ -191,7 +193,9 @@ def search_vectors(db: Database, xq: np.ndarray, k: int, *, exact: bool = False,
                 used = set_search_params(db.index, wanted)
             except ValueError as exc:
                 raise QueryError(str(exc)) from exc
-            scores, ids = db.index.search(np.ascontiguousarray(xq), min(k_eff + len(filtered), db.index.ntotal or 1))
+            with faiss_threads(1 if len(xq) <= SINGLE_THREAD_MAX_QUERIES else None):
+                scores, ids = db.index.search(np.ascontiguousarray(xq),
+                                              min(k_eff + len(filtered), db.index.ntotal or 1))
             set_search_params(db.index, defaults)
         params = {"exact": False, **used}
         if filtered:

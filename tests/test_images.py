@@ -149,3 +149,11 @@ def test_prepare_array_resizes_with_jpeg_draft(tmp_path: Path) -> None:
     # Same image content as the full decode, up to resampling differences.
     full = np.asarray(Image.open(path).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR), dtype=float)
     assert np.abs(arr.astype(float) - full).mean() < 12
+
+
+def test_pil_input_is_not_modified(tmp_path: Path) -> None:
+    path = make_image(tmp_path / "big.jpg", seed=6, size=(1600, 1200))
+    img = Image.open(path)
+    prepare_array(img, (224, 224))
+    assert img.size == (1600, 1200)
+    assert np.asarray(img).shape == (1200, 1600, 3)
