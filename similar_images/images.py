@@ -14,7 +14,6 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, Union
 

@@ -363,7 +363,6 @@ def build_index(vectors: np.ndarray, config: IndexConfig | None = None,
     Raises:
         IndexTrainingError: If there are too few vectors to train the index.
     """
-    faiss = _faiss()
     config = config or IndexConfig()
     n, d = vectors.shape
     ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)

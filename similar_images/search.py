@@ -174,14 +174,15 @@ def search_vectors(db: Database, xq: np.ndarray, k: int, *, exact: bool = False,
     """
     k = _check_k(k)
     k_eff = min(k, max(len(db), 1))
-    if exact or db.index is None:
-        from .index import exact_search  # noqa: PLC0415
+    from .index import exact_search, faiss_threads, set_search_params  # noqa: PLC0415
 
+    threads = 1 if len(xq) <= SINGLE_THREAD_MAX_QUERIES else None
+    if exact or db.index is None:
         removed = db.removed if db.removed.any() else None
-        scores, ids = exact_search(db.vectors, xq, k_eff, exclude=removed)
+        with faiss_threads(threads):
+            scores, ids = exact_search(db.vectors, xq, k_eff, exclude=removed)
         params: dict[str, Any] = {"exact": True}
     else:
-        from .index import faiss_threads, set_search_params  # noqa: PLC0415
 
         info = db.manifest["index"]
         filtered = info.get("filtered_ids", [])
@@ -193,7 +194,7 @@ def search_vectors(db: Database, xq: np.ndarray, k: int, *, exact: bool = False,
                 used = set_search_params(db.index, wanted)
             except ValueError as exc:
                 raise QueryError(str(exc)) from exc
-            with faiss_threads(1 if len(xq) <= SINGLE_THREAD_MAX_QUERIES else None):
+            with faiss_threads(threads):
                 scores, ids = db.index.search(np.ascontiguousarray(xq),
                                               min(k_eff + len(filtered), db.index.ntotal or 1))
             set_search_params(db.index, defaults)

@@ -31,7 +31,6 @@ import html
 import logging
 import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -179,26 +178,6 @@ def _clean(exc: BaseException) -> str:
     if "cannot identify image file" in text:
         return "not a readable image: unknown or unsupported file format"
     return re.sub(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>", "the data", text)
-
-
-@contextlib.contextmanager
-def _one_search_thread() -> Iterator[None]:
-    """Run Faiss single-threaded in this thread for the duration.
-
-    One query is far too small to split over threads: on a busy machine,
-    OpenMP's thread start-up made a one-query search take ~25 ms instead of
-    ~0.05 ms. The setting is per calling thread, and restored afterwards.
-    """
-    faiss = sys.modules.get("faiss")
-    if faiss is None:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 class ResultCard:
@@ -568,8 +547,7 @@ class SimilarImagesApp:
         if self.speed_param and not kwargs["exact"]:
             kwargs["nprobe" if self.speed_param == "nprobe" else "ef_search"] = int(self.speed_slider.value)
         target: Any = query.id if query.id is not None else query.vector
-        with _one_search_thread():
-            results = self.db.search(target, self.k, **kwargs)
+        results = self.db.search(target, self.k, **kwargs)  # one query: one Faiss thread (see search.py)
         if query.id is None:
             results.query_id = None
         return results
