@@ -273,6 +273,7 @@ def extract_features(
     config: ExtractConfig | None = None,
     *,
     force: bool = False,
+    embedder: ImageEmbedder | None = None,
 ) -> ExtractSummary:
     """Extract feature vectors of images into a new database folder.
 
@@ -281,6 +282,8 @@ def extract_features(
         db_path: The database folder to create (or the interrupted one to resume).
         config: Extraction settings.
         force: Replace an existing database at ``db_path``.
+        embedder: An already-loaded embedder to reuse (its model must be
+            ``config.model``); by default one is built from ``config``.
 
     Returns:
         A summary with counts, speed and the list of ``(path, reason)`` failures.
@@ -304,8 +307,12 @@ def extract_features(
     if force and partial.exists():
         shutil.rmtree(partial)
 
-    embedder = ImageEmbedder(config.model, config.weights, batch_size=config.batch_size, seed=config.seed,
-                             max_pixels=config.max_pixels)
+    if embedder is None:
+        embedder = ImageEmbedder(config.model, config.weights, batch_size=config.batch_size, seed=config.seed,
+                                 max_pixels=config.max_pixels)
+    elif embedder.spec.name != config.model:
+        raise ValueError(f"The embedder runs {embedder.spec.name!r} but config.model is {config.model!r}; "
+                         "make them the same")
     paths = _load_or_create_plan(partial, collect_inputs(inputs), _plan_settings(embedder, config))
     n = len(paths)
     size = config.shard_size

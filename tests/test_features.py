@@ -90,6 +90,17 @@ def test_extract_never_overwrites_without_force(tmp_path: Path, synthetic_images
     assert summary.extracted == 12 and Database.open(db).manifest["created_at"]
 
 
+def test_reuses_a_loaded_embedder(tmp_path: Path, synthetic_images: Path, tiny_model: str) -> None:
+    from similar_images import ImageEmbedder
+
+    emb = ImageEmbedder(tiny_model, "random")
+    model = emb.model
+    extract_features(synthetic_images, tmp_path / "db", _config(tiny_model), embedder=emb)
+    assert emb.model is model and len(Database.open(tmp_path / "db")) == 12
+    with pytest.raises(ValueError, match="make them the same"):
+        extract_features(synthetic_images, tmp_path / "db2", _config("mobilenetv2"), embedder=emb)
+
+
 def test_empty_input_is_a_clear_error(tmp_path: Path, tiny_model: str) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="No images found"):
