@@ -203,18 +203,27 @@ def set_search_params(index: Any, params: dict[str, int | None]) -> dict[str, in
     return applied
 
 
-def make_index(factory: str, d: int) -> Any:
-    """Create an untrained inner-product index that accepts explicit ids.
+def make_index(factory: str, d: int, *, metric: str = "ip") -> Any:
+    """Create an untrained index that accepts explicit ids.
 
     IVF indexes store ids natively; every other index is wrapped in
     ``IndexIDMap2`` so database ids survive additions and removals.
+
+    Args:
+        factory: A Faiss ``index_factory`` string.
+        d: Vector dimension.
+        metric: ``"ip"`` (inner product: cosine on normalised vectors, used for
+            all feature vectors) or ``"l2"`` (e.g. SIFT descriptors).
 
     Raises:
         IndexTrainingError: If Faiss does not understand ``factory``.
     """
     faiss = _faiss()
+    metrics = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+    if metric not in metrics:
+        raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
     try:
-        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(d, factory, metrics[metric])
     except RuntimeError as exc:
         raise IndexTrainingError(
             f"Invalid index description {factory!r} for {d}-d vectors: {str(exc).splitlines()[-1]}. "

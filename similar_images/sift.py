@@ -198,29 +198,14 @@ def root_sift(desc: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- index
-def _make_index(factory: str) -> Any:
-    faiss = _faiss()
-    try:
-        index = faiss.index_factory(SIFT_DIM, factory, faiss.METRIC_L2)
-    except RuntimeError as exc:
-        raise IndexTrainingError(
-            f"Invalid descriptor index {factory!r}: {str(exc).splitlines()[-1]}. "
-            "Examples: 'Flat', 'IVF1024,Flat', 'HNSW32', 'IVF1024,SQ8'."
-        ) from exc
-    top = faiss.downcast_index(index)
-    if isinstance(top, (faiss.IndexIVF, faiss.IndexIDMap, faiss.IndexIDMap2)):
-        return index
-    return faiss.IndexIDMap2(index)
-
-
 class _IndexBuilder:
     """Adds descriptors to a Faiss index as they come; buffers the first ones if the index needs training."""
 
     def __init__(self, factory: str, train_size: int) -> None:
-        from .index import min_training_vectors  # noqa: PLC0415
+        from .index import make_index, min_training_vectors  # noqa: PLC0415
 
         self.factory = factory
-        self.index = _make_index(factory)
+        self.index = make_index(factory, SIFT_DIM, metric="l2")
         self.train_size = train_size
         self.need = min_training_vectors(self.index)
         self.buffer: list[np.ndarray] = []
