@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 MAX_K = 10_000
 #: Batches up to this size are searched with one Faiss thread (see index.faiss_threads).
 SINGLE_THREAD_MAX_QUERIES = 4
+#: Index candidates fetched per wanted result and re-ranked with the stored vectors.
+DEFAULT_RERANK = 4
 
 
 @dataclass(frozen=True)
@@ -164,15 +166,42 @@ def _check_k(k: int) -> int:
     return int(k)
 
 
+def _rerank(db: Database, xq: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score candidate ids with the stored vectors (exact cosine) and keep the best ``k`` of each row."""
+    scores = np.full((len(xq), k), -np.inf, dtype=np.float32)
+    ids = np.full((len(xq), k), -1, dtype=np.int64)
+    for row, (q, c) in enumerate(zip(xq, cand)):
+        c = c[c >= 0]
+        exact = np.asarray(db.vectors[c], dtype=np.float32) @ q
+        order = np.argsort(-exact, kind="stable")[:k]
+        scores[row, :len(order)] = exact[order]
+        ids[row, :len(order)] = c[order]
+    return scores, ids
+
+
 def search_vectors(db: Database, xq: np.ndarray, k: int, *, exact: bool = False, nprobe: int | None = None,
-                   ef_search: int | None = None, k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray,
-                                                                                      dict[str, Any]]:
+                   ef_search: int | None = None, k_factor: int | None = None,
+                   rerank: int = DEFAULT_RERANK) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Search normalised query vectors; removed items are never returned.
+
+    Args:
+        db: The database.
+        xq: ``(q, dim)`` normalised query vectors.
+        k: Results per query.
+        exact: Brute force over the stored vectors instead of the index.
+        nprobe, ef_search, k_factor: Index search parameters (default: the database's).
+        rerank: Fetch ``k * rerank`` candidates from the index and re-rank
+            them with the stored vectors, so that scores are exact cosine
+            similarities (a compressed index's own scores are approximate, and
+            PQ's are biased low) and the ranking improves. ``1`` (or ``0``)
+            keeps the index's own ranking and scores.
 
     Returns:
         ``(scores, ids, params)``; rows hold ``k`` results padded with id -1.
     """
     k = _check_k(k)
+    if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0:
+        raise QueryError(f"rerank must be a non-negative integer, got {rerank!r}")
     k_eff = min(k, max(len(db), 1))
     from .index import exact_search, faiss_threads, set_search_params  # noqa: PLC0415
 
@@ -181,28 +210,30 @@ def search_vectors(db: Database, xq: np.ndarray, k: int, *, exact: bool = False,
         removed = db.removed if db.removed.any() else None
         with faiss_threads(threads):
             scores, ids = exact_search(db.vectors, xq, k_eff, exclude=removed)
-        params: dict[str, Any] = {"exact": True}
-    else:
+        return scores, ids, {"exact": True}
 
-        info = db.manifest["index"]
-        filtered = info.get("filtered_ids", [])
-        defaults = dict(info.get("search_params", {}))
-        overrides = {"nprobe": nprobe, "efSearch": ef_search, "k_factor": k_factor}
-        wanted = {**defaults, **{n: v for n, v in overrides.items() if v is not None}}
-        with db._lock:  # search parameters live on the shared index
-            try:
-                used = set_search_params(db.index, wanted)
-            except ValueError as exc:
-                raise QueryError(str(exc)) from exc
-            with faiss_threads(threads):
-                scores, ids = db.index.search(np.ascontiguousarray(xq),
-                                              min(k_eff + len(filtered), db.index.ntotal or 1))
-            set_search_params(db.index, defaults)
-        params = {"exact": False, **used}
-        if filtered:
-            keep = ~np.isin(ids, np.asarray(filtered, dtype=np.int64))
-            scores = np.stack([np.concatenate([s[m], np.full(len(s), -np.inf)])[:k_eff] for s, m in zip(scores, keep)])
-            ids = np.stack([np.concatenate([i[m], np.full(len(i), -1)])[:k_eff] for i, m in zip(ids, keep)])
+    info = db.manifest["index"]
+    filtered = info.get("filtered_ids", [])
+    defaults = dict(info.get("search_params", {}))
+    overrides = {"nprobe": nprobe, "efSearch": ef_search, "k_factor": k_factor}
+    wanted = {**defaults, **{n: v for n, v in overrides.items() if v is not None}}
+    k_index = min(k_eff * rerank, MAX_K) if rerank > 1 else k_eff
+    with db._lock:  # search parameters live on the shared index
+        try:
+            used = set_search_params(db.index, wanted)
+        except ValueError as exc:
+            raise QueryError(str(exc)) from exc
+        with faiss_threads(threads):
+            scores, ids = db.index.search(np.ascontiguousarray(xq), min(k_index + len(filtered), db.index.ntotal or 1))
+        set_search_params(db.index, defaults)
+    params: dict[str, Any] = {"exact": False, **used}
+    if filtered:
+        keep = ~np.isin(ids, np.asarray(filtered, dtype=np.int64))
+        scores = np.stack([np.concatenate([s[m], np.full(len(s), -np.inf)])[:k_index] for s, m in zip(scores, keep)])
+        ids = np.stack([np.concatenate([i[m], np.full(len(i), -1)])[:k_index] for i, m in zip(ids, keep)])
+    if rerank > 1:
+        scores, ids = _rerank(db, xq, ids, k_eff)
+        params["rerank"] = int(rerank)
     return scores, ids, params
 
 
@@ -215,7 +246,7 @@ def _results(db: Database, scores: np.ndarray, ids: np.ndarray, *, search_ms: fl
 
 
 def search(db: Database, query: Any, k: int = 8, *, exact: bool = False, nprobe: int | None = None,
-           ef_search: int | None = None, k_factor: int | None = None,
+           ef_search: int | None = None, k_factor: int | None = None, rerank: int = DEFAULT_RERANK,
            fetch_config: FetchConfig | None = None) -> Results:
     """Find the ``k`` items most similar to ``query``.
 
@@ -228,6 +259,9 @@ def search(db: Database, query: Any, k: int = 8, *, exact: bool = False, nprobe:
         nprobe: IVF lists to visit (default: the database's).
         ef_search: HNSW search depth (default: the database's).
         k_factor: Re-ranking depth of a refine stage.
+        rerank: Index candidates per result re-ranked with the stored vectors,
+            so scores are exact cosine similarities; ``1`` keeps the index's
+            own ranking and (for compressed indexes, approximate) scores.
         fetch_config: Limits for URL queries.
 
     Returns:
@@ -242,7 +276,7 @@ def search(db: Database, query: Any, k: int = 8, *, exact: bool = False, nprobe:
     xq, qids = query_vectors(db, [query], fetch_config=fetch_config)
     t1 = time.perf_counter()
     scores, ids, params = search_vectors(db, xq, k, exact=exact, nprobe=nprobe, ef_search=ef_search,
-                                         k_factor=k_factor)
+                                         k_factor=k_factor, rerank=rerank)
     t2 = time.perf_counter()
     return _results(db, scores[0], ids[0], search_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3,
                     query_id=qids[0], params=params)

@@ -57,6 +57,7 @@ import numpy as np
 
 from . import _io
 from .errors import DatabaseError, DatabaseExistsError, DownloadError, QueryError, SimilarImagesError, WeightsError
+from .search import DEFAULT_RERANK
 
 __all__ = [
     "DEFAULT_TEXT_ENCODER",
@@ -738,39 +739,6 @@ def build_text_index(db: Any, *, factory: str | None = None, nprobe: int | None 
 # Searching with exact re-ranking
 # ---------------------------------------------------------------------------
 
-#: Candidates fetched from the index per wanted result, then re-ranked exactly.
-DEFAULT_RERANK = 4
-
-
-def _search_reranked(db: Any, xq: np.ndarray, k: int, *, rerank: int, exact: bool,
-                     nprobe: int | None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    from .search import MAX_K, search_vectors  # noqa: PLC0415
-
-    if exact or db.index is None or rerank <= 1:
-        return search_vectors(db, xq, k, exact=exact, nprobe=nprobe)
-    _, cand, params = search_vectors(db, xq, min(k * rerank, MAX_K), nprobe=nprobe)
-    k_eff = min(k, cand.shape[1])
-    scores = np.full((len(xq), k_eff), -np.inf, dtype=np.float32)
-    ids = np.full((len(xq), k_eff), -1, dtype=np.int64)
-    for row, (q, c) in enumerate(zip(xq, cand)):
-        c = c[c >= 0]
-        exact_scores = np.asarray(db.vectors[c], dtype=np.float32) @ q  # the stored vectors: exact cosine
-        order = np.argsort(-exact_scores, kind="stable")[:k_eff]
-        scores[row, :len(order)] = exact_scores[order]
-        ids[row, :len(order)] = c[order]
-    return scores, ids, {**params, "rerank": rerank}
-
-
-def _to_results(db: Any, scores: np.ndarray, ids: np.ndarray, *, search_ms: float, total_ms: float,
-                query_id: int | None, params: dict[str, Any]) -> Any:
-    from .search import Match, Results  # noqa: PLC0415
-
-    matches = [Match(rank=r + 1, id=int(i), score=float(sc), item=db.items[int(i)])
-               for r, (sc, i) in enumerate((sc, i) for sc, i in zip(scores, ids) if i >= 0)]
-    return Results(matches, search_ms=search_ms, total_ms=total_ms, query_id=query_id, params=params,
-                   item_key="text")
-
-
 def search_texts(db: Any, queries: Sequence[Any], k: int = 8, *, rerank: int = DEFAULT_RERANK, exact: bool = False,
                  nprobe: int | None = None) -> list[Any]:
     """Search a text database; the index's candidates are re-ranked with the stored vectors.
@@ -796,22 +764,9 @@ def search_texts(db: Any, queries: Sequence[Any], k: int = 8, *, rerank: int = D
     Raises:
         QueryError: For an empty text, an unknown id, or a bad ``k``.
     """
-    from .search import MAX_K, query_vectors  # noqa: PLC0415
+    from .search import search_batch  # noqa: PLC0415
 
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
-        raise QueryError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-    if rerank < 0:
-        raise QueryError(f"rerank must be >= 0, got {rerank}")
-    if not len(queries):
-        return []
-    t0 = time.perf_counter()
-    xq, qids = query_vectors(db, list(queries))
-    t1 = time.perf_counter()
-    scores, ids, params = _search_reranked(db, xq, int(k), rerank=rerank, exact=exact, nprobe=nprobe)
-    t2 = time.perf_counter()
-    n = len(queries)
-    return [_to_results(db, sc, i, search_ms=(t2 - t1) * 1e3 / n, total_ms=(t2 - t0) * 1e3 / n, query_id=q,
-                        params=params) for sc, i, q in zip(scores, ids, qids)]
+    return search_batch(db, list(queries), k, rerank=rerank, exact=exact, nprobe=nprobe)
 
 
 def search_text(db: Any, query: Any, k: int = 8, **kwargs: Any) -> Any:

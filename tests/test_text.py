@@ -139,7 +139,7 @@ def test_edited_tweets_find_their_source_with_the_default_pq_index(tweets_db: Pa
     sources = rng.sample(candidates, 50)
     queries = [edit_tweet(db.items[i], rng) for i in sources]
     assert all(q != db.items[i] for q, i in zip(queries, sources))
-    by_index = db.search_batch(queries, k=3)  # the index alone: PQ16 ranking
+    by_index = db.search_batch(queries, k=3, rerank=1)  # the index alone: PQ16 ranking
     reranked = search_texts(db, queries, k=3)  # what the CLI and the app show
     exact = db.search_batch(queries, k=3, exact=True)
     assert all(r.params == {"exact": False} for r in by_index)
@@ -336,7 +336,7 @@ def test_index_defaults_and_custom_factories(tmp_path: Path, hash_encoder: dict,
     assert 0 < report.recall_at_10 < 1.0 and report.n_eval_queries == 200
     db = Database.open(tmp_path / "db")
     r = db.search(db.items[7], k=5)
-    assert r.params == {"exact": False, "nprobe": 4} and len(r) == 5
+    assert r.params == {"exact": False, "nprobe": 4, "rerank": 4} and len(r) == 5
     assert db.search(db.items[7], k=1, exact=True).ids == [7]
 
 
@@ -345,7 +345,7 @@ def test_reranking_gives_exact_cosine_scores(tweets_db: Path) -> None:
     db = Database.open(tweets_db)
     query = "so tired of this rain, I want the sun back"
     q = db.embedder.embed([query])[0]
-    plain = db.search(query, k=10)
+    plain = db.search(query, k=10, rerank=1)
     reranked = search_text(db, query, k=10, rerank=4)
     exact = search_text(db, query, k=10, exact=True)
     true_scores = np.asarray(db.vectors[reranked.ids]) @ q
