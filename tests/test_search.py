@@ -163,3 +163,27 @@ def test_results_to_dict(db: Database) -> None:
     buf = io.BytesIO()
     Image.open(db.items[1]).save(buf, format="PNG")
     assert db.search(buf.getvalue(), k=1).query_id is None
+
+
+def test_rerank_gives_exact_cosine_scores_on_a_pq_index(tmp_path: Path) -> None:
+    from similar_images import IndexConfig, write_database
+    from similar_images.features import l2_normalize
+
+    rng = np.random.default_rng(0)
+    x = l2_normalize(rng.normal(size=(2000, 64)).astype(np.float32) + rng.normal(size=(20, 64))[rng.integers(0, 20,
+                                                                                                           2000)])
+    write_database(tmp_path / "db", kind="image", model={"name": "synthetic", "dim": 64},
+                   items=[f"/img/{i}.jpg" for i in range(2000)], vector_chunks=[x])
+    Database.open(tmp_path / "db").build_index(IndexConfig(factory="IVF16,PQ8", nprobe=16, eval_queries=0))
+    db = Database.open(tmp_path / "db")
+    q = x[5] + 0.3 * rng.normal(size=64).astype(np.float32)
+    raw = db.search(q, k=10, rerank=1)
+    reranked = db.search(q, k=10)
+    exact = db.search(q, k=10, exact=True)
+    qn = q / np.linalg.norm(q)
+    np.testing.assert_allclose(reranked.scores, x[reranked.ids] @ qn, atol=1e-5)
+    assert reranked.params["rerank"] == 4 and "rerank" not in raw.params
+    assert np.abs(np.array(raw.scores) - x[raw.ids] @ qn).max() > 1e-3  # PQ scores are approximate
+    assert len(set(reranked.ids) & set(exact.ids)) >= len(set(raw.ids) & set(exact.ids))
+    with pytest.raises(QueryError, match="rerank"):
+        db.search(q, rerank=-1)
