@@ -11,8 +11,9 @@ Throughput, on the same images, model and batch size, in one run:
   ``keras.utils.load_img``, preprocess, ``predict_on_batch`` per batch,
   ``np.concatenate`` at the end).
 
-The bare model is measured before and after the others and averaged, since
-these machines are noisy. Peak memory (VmHWM) is measured in fresh
+The three are measured in interleaved rounds, in a rotating order, and the
+per-round ratios are reported with their median, since these machines are
+noisy. Peak memory (VmHWM) is measured in fresh
 subprocesses extracting two collections of different sizes.
 
     python benchmarks/bench_extract.py                       # 256 COCO photos, vgg16-fc2 (random weights)
@@ -85,6 +86,7 @@ def main() -> None:
     ap.add_argument("--model", default="vgg16-fc2", help="model name")
     ap.add_argument("--weights", default="random", help="'random', 'imagenet' or a weights file")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of bare / pipeline / naive")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (256 vs 4,064 images)")
     ap.add_argument("--memory-model", default="mobilenetv2", help="model for the memory runs")
     ap.add_argument("--memory-weights", default=str(ASSETS / "weights" /
@@ -100,22 +102,35 @@ def main() -> None:
     print(f"{len(paths)} images from {args.images}, model {args.model} ({args.weights} weights), "
           f"batch {args.batch_size}, {os.cpu_count()} CPUs")
 
-    bare1 = bare_throughput(emb, arrays, args.batch_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        # The same warm embedder as the baseline: both are measured after the model's one-time build and trace.
-        s = extract_features(paths, Path(tmp) / "db", ExtractConfig(model=args.model, weights=args.weights,
-                                                                    batch_size=args.batch_size, verbose=False),
-                             embedder=emb)
-    pipeline = s.images_per_second
-    naive = naive_throughput(emb.model, paths, args.batch_size, emb.spec.preprocess)
-    bare2 = bare_throughput(emb, arrays, args.batch_size)
-    bare = (bare1 + bare2) / 2
+    def pipeline_throughput() -> float:
+        # The same warm embedder as the baseline: both measured after the model's one-time build and trace.
+        with tempfile.TemporaryDirectory() as tmp:
+            s = extract_features(paths, Path(tmp) / "db", ExtractConfig(model=args.model, weights=args.weights,
+                                                                        batch_size=args.batch_size, verbose=False),
+                                 embedder=emb)
+        return s.images_per_second
 
-    print(f"bare model (decoded arrays): {bare:7.2f} images/s  (runs: {bare1:.2f}, {bare2:.2f})")
-    print(f"pipeline (extract_features): {pipeline:7.2f} images/s  = {pipeline / bare:.1%} of bare "
-          f"(target >= 90%) -> {'PASS' if pipeline >= 0.9 * bare else 'FAIL'}")
-    print(f"naive serial loop          : {naive:7.2f} images/s  -> pipeline is {pipeline / naive:.2f}x "
-          f"{'faster' if pipeline > naive else 'SLOWER'}")
+    runners = {
+        "bare": lambda: bare_throughput(emb, arrays, args.batch_size),
+        "pipeline": pipeline_throughput,
+        "naive": lambda: naive_throughput(emb.model, paths, args.batch_size, emb.spec.preprocess),
+    }
+    names = list(runners)
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):  # interleaved, in a rotating order, so load drift hits all three alike
+        for name in names[r % 3:] + names[:r % 3]:
+            rates[name].append(runners[name]())
+        print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.2f}" for n in names) + " images/s")
+    ratio_bare = [p / b for p, b in zip(rates["pipeline"], rates["bare"])]
+    ratio_naive = [p / n for p, n in zip(rates["pipeline"], rates["naive"])]
+    med = {n: float(np.median(v)) for n, v in rates.items()}
+    print(f"bare model (decoded arrays): {med['bare']:7.2f} images/s (median of {args.rounds})")
+    print(f"pipeline (extract_features): {med['pipeline']:7.2f} images/s = {np.median(ratio_bare):.1%} of bare "
+          f"(per round: {', '.join(f'{x:.0%}' for x in ratio_bare)}; target >= 90%) -> "
+          f"{'PASS' if np.median(ratio_bare) >= 0.9 else 'FAIL'}")
+    print(f"naive serial loop          : {med['naive']:7.2f} images/s -> pipeline is {np.median(ratio_naive):.2f}x "
+          f"{'faster' if np.median(ratio_naive) > 1 else 'SLOWER'} (per round: "
+          f"{', '.join(f'{x:.2f}x' for x in ratio_naive)})")
 
     if args.memory:
         small = peak_memory(ASSETS / "images" / "coco", args.memory_model, args.memory_weights)
