@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import IndexTrainingError
-from .evaluation import drop_self, measure_latency, sample_query_ids
+from .evaluation import drop_self, measure_latency, rerank_exact, sample_query_ids
 from .index import faiss_threads
 
 if TYPE_CHECKING:
@@ -89,6 +89,10 @@ class TuneConfig:
         threads: Faiss threads while searching and timing (builds use Faiss' default).
         max_latency_ms: If set, the pick must also answer a single query within this median time.
         memory_fractions: Memory budgets, as fractions of ``Flat``, for which the best recall is reported.
+        rerank: Depth of the exact re-ranking that :meth:`Database.search <similar_images.database.Database.search>`
+            applies by default (``k * rerank`` index candidates re-scored with the stored vectors); every
+            setting is also measured that way ("served"). 0 or 1 skips it.
+        served: Pick by the served recall and latency instead of the index's own.
         seed: Seed of the query sample.
     """
 
@@ -101,9 +105,15 @@ class TuneConfig:
     threads: int | None = 1
     max_latency_ms: float | None = None
     memory_fractions: tuple[float, ...] = (0.25, 0.125)
+    rerank: int = 4
+    served: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.rerank < 0:
+            raise ValueError(f"rerank must be >= 0, got {self.rerank}")
+        if self.served and self.rerank < 2:
+            raise ValueError("served=True needs rerank >= 2 (the depth of the search's exact re-ranking)")
         if not 0.0 < self.target_recall <= 1.0:
             raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
         for name in ("k", "n_queries", "latency_queries"):
@@ -128,11 +138,14 @@ class Candidate:
         family: A short group name for tables and plots.
         chains: Lists of parameter settings, each ordered from least to most search effort
             (a chain stops early once recall stops growing).
+        min_effort: A chain never stops before these values: the original nprobe 4 and build-index's
+            default ``ceil(nlist / 8)``, efSearch 64, so those settings are always measured.
     """
 
     factory: str
     family: str
     chains: list[list[dict[str, int]]] = field(default_factory=lambda: [[{}]])
+    min_effort: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,7 +163,17 @@ class TunePoint:
     bytes_per_vector: float
     memory_ratio: float
     build_seconds: float
+    recall_served: float | None = None
+    latency_served_ms: float | None = None
     pareto: bool = False
+
+    def recall_in(self, served: bool) -> float:
+        """Recall of the index alone, or as served (after the search's exact re-ranking)."""
+        return float(self.recall_served if served and self.recall_served is not None else self.recall)
+
+    def latency_in(self, served: bool) -> float:
+        """Median single-query latency of the index alone, or as served."""
+        return float(self.latency_served_ms if served and self.latency_served_ms is not None else self.latency_ms)
 
     @property
     def label(self) -> str:
@@ -161,14 +184,24 @@ class TunePoint:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for key in ("recall", "latency_ms", "p99_ms", "batch_ms", "memory_ratio", "bytes_per_vector",
-                    "build_seconds"):
-            d[key] = round(float(d[key]), 5)
+                    "build_seconds", "recall_served", "latency_served_ms"):
+            if d[key] is not None:
+                d[key] = round(float(d[key]), 5)
         return d
 
 
 @dataclass
 class TuneReport:
-    """Everything :func:`tune_vectors` measured and decided."""
+    """Everything :func:`tune_vectors` measured, and the decisions drawn from it.
+
+    Each point has two recalls: the index's own (``recall``: what the index
+    returns, its memory being every byte that search needs) and, when
+    ``rerank >= 2``, the recall as :meth:`Database.search
+    <similar_images.database.Database.search>` serves it by default
+    (``recall_served``: ``k * rerank`` index candidates re-scored exactly with
+    the stored vectors, which it reads from the database's ``vectors.f32``).
+    ``served`` says which one the pick uses.
+    """
 
     n_vectors: int
     dim: int
@@ -181,11 +214,11 @@ class TuneReport:
     flat_bytes: int
     points: list[TunePoint]
     skipped: list[tuple[str, str]]
-    chosen: TunePoint | None
-    fastest: TunePoint | None
-    budgets: dict[float, TunePoint | None]
     default_factory: str
     tune_seconds: float
+    rerank: int = 1
+    served: bool = False
+    memory_fractions: tuple[float, ...] = (0.25, 0.125)
 
     def find(self, factory: str, **params: int) -> TunePoint | None:
         """The point of ``factory`` whose parameters include ``params`` (e.g. ``nprobe=4``)."""
@@ -193,6 +226,32 @@ class TuneReport:
             if p.factory == factory and all(p.params.get(k) == v for k, v in params.items()):
                 return p
         return None
+
+    def _mode(self, served: bool | None) -> bool:
+        return self.served if served is None else (served and self.rerank >= 2)
+
+    def pick(self, served: bool | None = None, by: str = "memory") -> TunePoint | None:
+        """The smallest (``by="memory"``) or fastest (``"latency"``) setting meeting the target."""
+        return pick_point(self.points, self.target_recall, self.max_latency_ms, by, served=self._mode(served))
+
+    @property
+    def chosen(self) -> TunePoint | None:
+        """The pick: the least memory reaching the target (by the mode in ``served``)."""
+        return self.pick()
+
+    @property
+    def fastest(self) -> TunePoint | None:
+        """The fastest setting reaching the target."""
+        return self.pick(by="latency")
+
+    def budgets(self, served: bool | None = None) -> dict[float, TunePoint | None]:
+        """The best recall within each memory budget (a fraction of Flat's memory)."""
+        mode = self._mode(served)
+        out: dict[float, TunePoint | None] = {}
+        for frac in self.memory_fractions:
+            within = [p for p in self.points if p.memory_bytes <= frac * self.flat_bytes]
+            out[frac] = max(within, key=lambda p: (p.recall_in(mode), -p.latency_in(mode))) if within else None
+        return out
 
     @property
     def original(self) -> TunePoint | None:
@@ -208,49 +267,67 @@ class TuneReport:
             return None
         return self.find(self.default_factory, nprobe=max(1, math.ceil(nlist / 8)))
 
-    def by_factory(self) -> list[TunePoint]:
+    def by_factory(self, served: bool | None = None) -> list[TunePoint]:
         """One point per index: the fastest that reaches the target, else the one with the best recall."""
+        mode = self._mode(served)
         rows: list[TunePoint] = []
         seen: dict[str, list[TunePoint]] = {}
         for p in self.points:
             seen.setdefault(p.factory, []).append(p)
         for pts in seen.values():
-            ok = [p for p in pts if p.recall >= self.target_recall]
-            rows.append(min(ok, key=lambda p: p.latency_ms) if ok else max(pts, key=lambda p: (p.recall,
-                                                                                              -p.latency_ms)))
+            ok = [p for p in pts if p.recall_in(mode) >= self.target_recall]
+            rows.append(min(ok, key=lambda p: p.latency_in(mode)) if ok
+                        else max(pts, key=lambda p: (p.recall_in(mode), -p.latency_in(mode))))
         return rows
+
+    def _decision(self, served: bool) -> dict[str, Any]:
+        def d(p: TunePoint | None) -> dict[str, Any] | None:
+            return p.to_dict() if p else None
+
+        return {"chosen": d(self.pick(served)), "fastest": d(self.pick(served, by="latency")),
+                "budgets": {f"{frac:g}": d(p) for frac, p in self.budgets(served).items()}}
 
     def to_dict(self) -> dict[str, Any]:
         orig, cur = self.original, self.current_default
-        return {
+        out = {
             "n_vectors": self.n_vectors, "dim": self.dim, "k": self.k, "n_queries": self.n_queries,
             "queries": self.queries, "target_recall": self.target_recall, "max_latency_ms": self.max_latency_ms,
             "threads": self.threads, "flat_bytes": self.flat_bytes, "default_factory": self.default_factory,
-            "tune_seconds": round(self.tune_seconds, 2),
-            "chosen": self.chosen.to_dict() if self.chosen else None,
-            "fastest": self.fastest.to_dict() if self.fastest else None,
-            "budgets": {f"{frac:g}": (p.to_dict() if p else None) for frac, p in self.budgets.items()},
+            "rerank": self.rerank, "served": self.served, "tune_seconds": round(self.tune_seconds, 2),
+            **self._decision(self.served),
+            "index_alone": self._decision(False),
+            "as_served": self._decision(True) if self.rerank >= 2 else None,
             "original": orig.to_dict() if orig else None,
             "current_default": cur.to_dict() if cur else None,
             "points": [p.to_dict() for p in self.points],
             "skipped": [{"factory": f, "reason": r} for f, r in self.skipped],
         }
+        return out
 
     def format_table(self, all_points: bool = False) -> str:
         """A plain-text table (one row per index, or every setting) and the decision."""
         rows = self.points if all_points else self.by_factory()
+        srv = self.rerank >= 2
         head = (f"{'index':<34}{'params':<20}{f'recall@{self.k}':>10}{'ms/query':>10}{'p99 ms':>9}{'batch ms':>9}"
-                f"{'memory':>12}{'x Flat':>8}{'B/vec':>8}{'build s':>9}")
+                + (f"{'served':>8}{'srv ms':>8}" if srv else "")
+                + f"{'memory':>11}{'x Flat':>7}{'B/vec':>7}{'build s':>9}")
         lines = [f"{self.n_vectors:,} vectors, {self.dim}-d; {self.n_queries} queries ({self.queries}); "
                  f"latency with {self.threads or 'default'} Faiss thread(s)", head, "-" * len(head)]
+        chosen = self.chosen
         for p in rows:
             params = " ".join(f"{k}={v}" for k, v in p.params.items()) or "-"
-            mark = " *" if p is self.chosen else ("  " if not p.pareto else " +")
+            mark = " *" if p is chosen else ("  " if not p.pareto else " +")
+            served = (f"{p.recall_served:>8.4f}{p.latency_served_ms:>8.3f}"
+                      if srv and p.recall_served is not None and p.latency_served_ms is not None else "")
             lines.append(f"{p.factory[:33]:<34}{params[:19]:<20}{p.recall:>10.4f}{p.latency_ms:>10.3f}"
-                         f"{p.p99_ms:>9.3f}{p.batch_ms:>9.3f}{_human(p.memory_bytes):>12}{p.memory_ratio:>8.3f}"
-                         f"{p.bytes_per_vector:>8.0f}{p.build_seconds:>9.2f}{mark}")
-        lines.append("(* the pick; + on the recall/latency/memory Pareto frontier; memory = serialised index, "
-                     "stored vectors included where the index keeps them)")
+                         f"{p.p99_ms:>9.3f}{p.batch_ms:>9.3f}{served}{_human(p.memory_bytes):>11}"
+                         f"{p.memory_ratio:>7.3f}{p.bytes_per_vector:>7.0f}{p.build_seconds:>9.2f}{mark}")
+        lines.append("(* the pick; + on the recall/latency/memory Pareto frontier of the index alone; memory = the "
+                     "serialised index: every byte its search needs, full vectors included where it keeps them)")
+        if srv:
+            lines.append(f"(served = as Database.search returns it by default: {self.k} x {self.rerank} index "
+                         "candidates re-scored with the stored vectors, which it reads from vectors.f32 on top of "
+                         "the index's memory)")
         for name, reason in self.skipped:
             lines.append(f"skipped {name}: {reason}")
         lines.append("")
@@ -258,46 +335,60 @@ class TuneReport:
         return "\n".join(lines)
 
     def summary_lines(self) -> list[str]:
-        """The decision in a few sentences."""
-        lines = []
-        cond = f"recall@{self.k} >= {self.target_recall:g}"
-        if self.max_latency_ms is not None:
-            cond += f" and median latency <= {self.max_latency_ms:g} ms"
-        if self.chosen:
-            c = self.chosen
-            lines.append(f"Pick (smallest with {cond}): {c.label}: recall {c.recall:.4f}, {c.latency_ms:.3f} ms, "
-                         f"{_human(c.memory_bytes)} = {c.memory_ratio:.3f} x Flat")
-            lines.append("  apply with: similar-images build-index DB --force " + _cli_args(c))
-        else:
-            best = max(self.points, key=lambda p: p.recall) if self.points else None
-            lines.append(f"No setting reaches {cond}" + (f"; best recall {best.recall:.4f} ({best.label})"
-                                                         if best else ""))
-        if self.fastest and self.fastest is not self.chosen:
-            f = self.fastest
-            lines.append(f"Fastest with {cond}: {f.label}: recall {f.recall:.4f}, {f.latency_ms:.3f} ms, "
-                         f"{_human(f.memory_bytes)} = {f.memory_ratio:.3f} x Flat")
-        for frac, p in self.budgets.items():
-            if p is None:
-                lines.append(f"Within {_frac(frac)} of Flat's memory: nothing fits")
+        """The decision in a few sentences, for the index alone and, when measured, as served."""
+        lines: list[str] = []
+        modes = [False, True] if self.rerank >= 2 else [False]
+        for served in modes:
+            rec = f"recall@{self.k}" + (f" served (re-rank x{self.rerank})" if served else "")
+            cond = f"{rec} >= {self.target_recall:g}"
+            if self.max_latency_ms is not None:
+                cond += f" and median latency <= {self.max_latency_ms:g} ms"
+            title = ("As served by Database.search (index candidates re-ranked with the stored vectors)" if served
+                     else "Index alone (memory = every byte its search needs)")
+            lines.append(title + (":  <- used for the pick" if served == self.served and len(modes) > 1 else ":"))
+            chosen, fastest = self.pick(served), self.pick(served, by="latency")
+            if chosen:
+                lines.append(f"  Pick (smallest with {cond}): {chosen.label}: recall {chosen.recall_in(served):.4f}, "
+                             f"{chosen.latency_in(served):.3f} ms, {_human(chosen.memory_bytes)} = "
+                             f"{chosen.memory_ratio:.3f} x Flat")
+                if served == self.served:
+                    lines.append("    apply with: similar-images build-index DB --force " + _cli_args(chosen))
             else:
-                lines.append(f"Best recall within {_frac(frac)} of Flat's memory: {p.recall:.4f} with {p.label} "
-                             f"({p.memory_ratio:.3f} x Flat, {p.latency_ms:.3f} ms)")
-        for name, p in (("Original design", self.original), ("Current build-index default", self.current_default)):
-            if p is not None:
-                lines.append(f"{name} {p.label}: recall {p.recall:.4f}, {p.latency_ms:.3f} ms, "
-                             f"{p.memory_ratio:.3f} x Flat")
+                best = max(self.points, key=lambda p: p.recall_in(served)) if self.points else None
+                lines.append(f"  No setting reaches {cond}" + (
+                    f"; best recall {best.recall_in(served):.4f} ({best.label})" if best else ""))
+            if fastest and fastest is not chosen:
+                lines.append(f"  Fastest with {cond}: {fastest.label}: recall {fastest.recall_in(served):.4f}, "
+                             f"{fastest.latency_in(served):.3f} ms, {fastest.memory_ratio:.3f} x Flat")
+            for frac, p in self.budgets(served).items():
+                if p is None:
+                    lines.append(f"  Within {_frac(frac)} of Flat's memory: nothing fits")
+                else:
+                    lines.append(f"  Best recall within {_frac(frac)} of Flat's memory: {p.recall_in(served):.4f} "
+                                 f"with {p.label} ({p.memory_ratio:.3f} x Flat, {p.latency_in(served):.3f} ms)")
+            for name, p in (("Original design", self.original), ("Current build-index default",
+                                                                 self.current_default)):
+                if p is not None:
+                    lines.append(f"  {name} {p.label}: recall {p.recall_in(served):.4f}, "
+                                 f"{p.latency_in(served):.3f} ms, {p.memory_ratio:.3f} x Flat")
         return lines
 
     def markdown_table(self) -> str:
         """One row per index (see :meth:`by_factory`) as a Markdown table, for reports and READMEs."""
-        out = [f"| index | search params | recall@{self.k} | ms/query (1 thread) | memory | x Flat | build s |",
-               "|---|---|---:|---:|---:|---:|---:|"]
+        srv = self.rerank >= 2
+        out = [f"| index | search params | recall@{self.k} | ms/query (1 thread) | "
+               + (f"served recall (re-rank x{self.rerank}) | served ms | " if srv else "")
+               + "memory | x Flat | build s |",
+               "|---|---|---:|---:|" + ("---:|---:|" if srv else "") + "---:|---:|---:|"]
+        chosen = self.chosen
         for p in sorted(self.by_factory(), key=lambda p: p.memory_bytes):
             params = ", ".join(f"{k}={v}" for k, v in p.params.items()) or "-"
-            name = f"**{p.factory}**" if p is self.chosen or (self.chosen and p.factory == self.chosen.factory) \
-                else p.factory
-            out.append(f"| {name} | {params} | {p.recall:.3f} | {p.latency_ms:.3f} | {_human(p.memory_bytes)} | "
-                       f"{p.memory_ratio:.3f} | {p.build_seconds:.1f} |")
+            name = f"**{p.factory}**" if chosen is not None and p.factory == chosen.factory else p.factory
+            served = (f"{p.recall_served:.3f} | {p.latency_served_ms:.3f} | "
+                      if srv and p.recall_served is not None and p.latency_served_ms is not None else
+                      ("- | - | " if srv else ""))
+            out.append(f"| {name} | {params} | {p.recall:.3f} | {p.latency_ms:.3f} | {served}"
+                       f"{_human(p.memory_bytes)} | {p.memory_ratio:.3f} | {p.build_seconds:.1f} |")
         return "\n".join(out)
 
 
@@ -380,7 +471,9 @@ def candidate_for(factory: str) -> Candidate:
             chains.append([{"efSearch": v, **base} for v in EF_SEARCH])
         else:
             chains.append([dict(base)])
-    return Candidate(factory=factory, family=_family(factory), chains=chains)
+    min_effort = ({"nprobe": min(nlist, max(ORIGINAL_NPROBE, math.ceil(nlist / 8)))} if nlist
+                  else {"efSearch": 64} if "HNSW" in f else {})
+    return Candidate(factory=factory, family=_family(factory), chains=chains, min_effort=min_effort)
 
 
 def default_candidates(n: int, d: int) -> list[Candidate]:
@@ -443,14 +536,18 @@ def pareto_points(points: Sequence[TunePoint]) -> list[TunePoint]:
 
 
 def pick_point(points: Sequence[TunePoint], target_recall: float, max_latency_ms: float | None = None,
-               by: str = "memory") -> TunePoint | None:
-    """The point with the least memory (``by="memory"``) or latency (``by="latency"``) that meets the target."""
-    ok = [p for p in points if p.recall >= target_recall and (max_latency_ms is None or p.latency_ms <= max_latency_ms)]
+               by: str = "memory", *, served: bool = False) -> TunePoint | None:
+    """The point with the least memory (``by="memory"``) or latency (``by="latency"``) that meets the target.
+
+    With ``served``, recall and latency are those after the search's exact re-ranking.
+    """
+    ok = [p for p in points if p.recall_in(served) >= target_recall
+          and (max_latency_ms is None or p.latency_in(served) <= max_latency_ms)]
     if not ok:
         return None
     if by == "memory":
-        return min(ok, key=lambda p: (p.memory_bytes, p.latency_ms))
-    return min(ok, key=lambda p: (p.latency_ms, p.memory_bytes))
+        return min(ok, key=lambda p: (p.memory_bytes, p.latency_in(served)))
+    return min(ok, key=lambda p: (p.latency_in(served), p.memory_bytes))
 
 
 def _stalled(recalls: list[float]) -> bool:
@@ -535,6 +632,7 @@ def tune_vectors(vectors: np.ndarray, config: TuneConfig | None = None, *, ids: 
     if not any(c.factory == "Flat" for c in candidates):
         candidates.insert(0, candidate_for("Flat"))
     candidates.sort(key=lambda c: c.factory != "Flat")  # Flat first: it is the memory reference
+    served = _Reranker(vectors, ids, config.rerank, extra) if config.rerank >= 2 else None
     points: list[TunePoint] = []
     skipped: list[tuple[str, str]] = []
     flat_bytes = 0
@@ -554,6 +652,7 @@ def tune_vectors(vectors: np.ndarray, config: TuneConfig | None = None, *, ids: 
             flat_bytes = mem
         for chain in cand.chains:
             recalls: list[float] = []
+            recalls_served: list[float] = []
             for params in chain:
                 applied = set_search_params(index, params)
                 if points and any(p.factory == cand.factory and p.params == applied for p in points):
@@ -564,13 +663,26 @@ def tune_vectors(vectors: np.ndarray, config: TuneConfig | None = None, *, ids: 
                 recall = float(recall_at_k(found, truth, k))
                 lat = measure_latency(index.search, xq, k + extra, n_single=config.latency_queries,
                                       threads=config.threads)
-                points.append(TunePoint(
+                point = TunePoint(
                     factory=cand.factory, family=cand.family, params=dict(applied), recall=recall,
                     latency_ms=lat.median_ms, p99_ms=lat.p99_ms, batch_ms=lat.batch_ms_per_query, memory_bytes=mem,
-                    bytes_per_vector=mem / n, memory_ratio=0.0, build_seconds=report.build_seconds))
-                logger.info("  %s: recall@%d %.4f, %.3f ms", points[-1].label, k, recall, lat.median_ms)
+                    bytes_per_vector=mem / n, memory_ratio=0.0, build_seconds=report.build_seconds)
                 recalls.append(recall)
-                if _stalled(recalls):
+                if served is not None:
+                    search = served.searcher(index)
+                    with faiss_threads(config.threads):
+                        _, found_s = search(xq, k + extra)
+                    found_s, _ = drop_self(found_s, self_ids, k)
+                    point.recall_served = float(recall_at_k(found_s, truth, k))
+                    point.latency_served_ms = measure_latency(search, xq, k + extra, n_single=config.latency_queries,
+                                                              threads=config.threads).median_ms
+                    recalls_served.append(point.recall_served)
+                points.append(point)
+                logger.info("  %s: recall@%d %.4f, %.3f ms%s", point.label, k, recall, lat.median_ms,
+                            f"; served {point.recall_served:.4f}, {point.latency_served_ms:.3f} ms"
+                            if point.recall_served is not None else "")
+                if (_stalled(recalls) and (served is None or _stalled(recalls_served))
+                        and all(applied.get(name, 0) >= v for name, v in cand.min_effort.items())):
                     break
         del index
     if not points:
@@ -581,17 +693,34 @@ def tune_vectors(vectors: np.ndarray, config: TuneConfig | None = None, *, ids: 
         p.memory_ratio = p.memory_bytes / flat_bytes
     for p in pareto_points(points):
         p.pareto = True
-    budgets = {}
-    for frac in config.memory_fractions:
-        within = [p for p in points if p.memory_bytes <= frac * flat_bytes]
-        budgets[frac] = max(within, key=lambda p: (p.recall, -p.latency_ms)) if within else None
     return TuneReport(
         n_vectors=n, dim=d, k=k, n_queries=len(xq), queries=qdesc, target_recall=config.target_recall,
         max_latency_ms=config.max_latency_ms, threads=config.threads, flat_bytes=flat_bytes, points=points,
-        skipped=skipped, chosen=pick_point(points, config.target_recall, config.max_latency_ms, "memory"),
-        fastest=pick_point(points, config.target_recall, config.max_latency_ms, "latency"), budgets=budgets,
-        default_factory=default_factory(n, d), tune_seconds=time.perf_counter() - t_start,
+        skipped=skipped, default_factory=default_factory(n, d), tune_seconds=time.perf_counter() - t_start,
+        rerank=config.rerank if config.rerank >= 2 else 1, served=config.served,
+        memory_fractions=tuple(config.memory_fractions),
     )
+
+
+class _Reranker:
+    """The search's default exact re-ranking over arbitrary row ids: ``k * depth`` index candidates re-scored
+    with the stored vectors (as :func:`similar_images.search.search_vectors` does). ``extra`` result slots
+    are for the query itself (dropped afterwards), so it gets one more candidate, not ``depth`` more."""
+
+    def __init__(self, vectors: np.ndarray, ids: np.ndarray, depth: int, extra: int) -> None:
+        self.vectors = vectors
+        self.ids = ids
+        self.depth = depth
+        self.extra = extra
+        self.row_of = np.full(int(ids.max()) + 1 if len(ids) else 1, -1, dtype=np.int64)
+        self.row_of[ids] = np.arange(len(ids))
+
+    def searcher(self, index: Any) -> Any:
+        def search(xq: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+            _, cand = index.search(xq, min((kk - self.extra) * self.depth + self.extra, index.ntotal))
+            return rerank_exact(self.vectors, xq, cand, kk, ids=self.ids, row_of=self.row_of)
+
+        return search
 
 
 def tune_database(db: Database, config: TuneConfig | None = None, *,
@@ -615,8 +744,15 @@ def apply_choice(db: Database, point: TunePoint, *, train_size: int | None = Non
 
 # --------------------------------------------------------------------------- the plot
 def plot_tuning(report: TuneReport, path: str | os.PathLike[str] | None = None, *,
-                title: str | None = None) -> Figure:
+                title: str | None = None, served: bool | None = None) -> Figure:
     """Recall@k against single-query latency, marker area showing memory; optionally saved as a PNG.
+
+    Args:
+        report: The tuning report.
+        path: Where to save the PNG (atomically); ``None`` only returns the figure.
+        title: Figure title.
+        served: Plot the recall and latency as served (after the search's exact re-ranking) instead of the
+            index's own (default: the report's mode).
 
     Uses matplotlib's object API (no pyplot, no GUI backend), so it works headless.
     """
@@ -624,7 +760,7 @@ def plot_tuning(report: TuneReport, path: str | os.PathLike[str] | None = None, 
     from matplotlib.lines import Line2D  # noqa: PLC0415
     from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
 
-    fig = Figure(figsize=(11, 6.8), dpi=100)
+    fig = Figure(figsize=(11, 6.8), dpi=80)
     ax = fig.add_subplot(1, 1, 1)
     families = sorted({p.family for p in report.points})
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -635,7 +771,15 @@ def plot_tuning(report: TuneReport, path: str | os.PathLike[str] | None = None, 
     def size(mem: float) -> float:
         return 12 + 420 * math.sqrt(mem / max_mem)
 
-    best = {p.factory: p for p in report.by_factory()}
+    mode = report._mode(served)
+
+    def rec(p: TunePoint) -> float:
+        return p.recall_in(mode)
+
+    def lat(p: TunePoint) -> float:
+        return p.latency_in(mode)
+
+    best = {p.factory: p for p in report.by_factory(mode)}
     by_factory: dict[str, list[TunePoint]] = {}
     for p in report.points:
         # for re-ranking indexes, draw only the k_factor chain of the index's best setting
@@ -644,22 +788,22 @@ def plot_tuning(report: TuneReport, path: str | os.PathLike[str] | None = None, 
         by_factory.setdefault(p.factory, []).append(p)
     for factory, pts in by_factory.items():
         colour = colours[pts[0].family]
-        ax.plot([p.latency_ms for p in pts], [p.recall for p in pts], "-", color=colour, alpha=0.45, lw=1)
-        ax.scatter([p.latency_ms for p in pts], [p.recall for p in pts], s=[size(p.memory_bytes) for p in pts],
+        ax.plot([lat(p) for p in pts], [rec(p) for p in pts], "-", color=colour, alpha=0.45, lw=1)
+        ax.scatter([lat(p) for p in pts], [rec(p) for p in pts], s=[size(p.memory_bytes) for p in pts],
                    color=colour, alpha=0.5, edgecolors="white", linewidths=0.5)
         b = best[factory]
-        ax.annotate(factory, (b.latency_ms, b.recall), textcoords="offset points", xytext=(4, 3), fontsize=6,
+        ax.annotate(factory, (lat(b), rec(b)), textcoords="offset points", xytext=(4, 3), fontsize=6,
                     color=colour, alpha=0.9)
     ax.axhline(report.target_recall, color="grey", ls="--", lw=1)
-    ax.text(min(p.latency_ms for p in report.points), report.target_recall,
+    ax.text(min(lat(p) for p in report.points), report.target_recall,
             f" target {report.target_recall:g}", va="bottom", fontsize=8, color="grey")
     marks = [("original: ", report.original, "X", "black", (10, -24)),
-             ("pick: ", report.chosen, "*", "red", (-40, -34))]
+             ("pick: ", report.pick(mode), "*", "red", (-40, -34))]
     for prefix, p, marker, colour, offset in marks:
         if p is None:
             continue
-        ax.scatter([p.latency_ms], [p.recall], marker=marker, s=200, color=colour, zorder=5)
-        ax.annotate(prefix + p.label + f"\n({p.memory_ratio:.3f} x Flat memory)", (p.latency_ms, p.recall),
+        ax.scatter([lat(p)], [rec(p)], marker=marker, s=200, color=colour, zorder=5)
+        ax.annotate(prefix + p.label + f"\n({p.memory_ratio:.3f} x Flat memory)", (lat(p), rec(p)),
                     textcoords="offset points", xytext=offset, fontsize=8, color=colour, zorder=6,
                     bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
     ax.set_xscale("log")
@@ -667,8 +811,9 @@ def plot_tuning(report: TuneReport, path: str | os.PathLike[str] | None = None, 
     ax.xaxis.set_minor_formatter(FuncFormatter(
         lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""))
     ax.set_xlabel(f"single-query latency, median ms ({report.threads or 'default'} Faiss thread(s), log scale)")
-    ax.set_ylabel(f"recall@{report.k} vs exact search")
-    ax.set_ylim(max(0.0, min(p.recall for p in report.points) - 0.05), 1.01)
+    ax.set_ylabel(f"recall@{report.k} vs exact search" + (
+        f", served (index candidates x{report.rerank} re-ranked exactly)" if mode else ", index alone"))
+    ax.set_ylim(max(0.0, min(rec(p) for p in report.points) - 0.05), 1.01)
     ax.grid(True, which="both", alpha=0.25)
     handles = [Line2D([0], [0], marker="o", ls="", color=colours[f], label=f, markersize=7) for f in families]
     for frac in (1.0, 0.25, 1 / 16):
@@ -677,7 +822,7 @@ def plot_tuning(report: TuneReport, path: str | os.PathLike[str] | None = None, 
                               label=f"memory {_frac(frac) if frac < 1 else '1'} x Flat"))
     ax.legend(handles=handles, fontsize=7, loc="lower right", ncol=2, framealpha=0.85, labelspacing=1.1)
     ax.set_title(title or f"{report.n_vectors:,} vectors, {report.dim}-d: recall@{report.k} / latency / memory "
-                 "(marker area ~ memory)", fontsize=10)
+                 "(marker area ~ index memory)", fontsize=10)
     fig.tight_layout()
     if path is not None:
         from . import _io  # noqa: PLC0415

@@ -25,6 +25,7 @@ from similar_images.evaluation import (
     precision_at_k,
     read_labels_csv,
     recall_table,
+    rerank_exact,
 )
 from similar_images.tuning import clustered_vectors
 
@@ -88,6 +89,18 @@ def test_drop_self_removes_own_id_and_pads() -> None:
     assert out.tolist() == [[5, 3], [2, 9], [1, -1]]
 
 
+def test_rerank_exact_orders_candidates_by_true_score() -> None:
+    vectors = _angle_vectors()  # angles 0, 12, 27, 45, 100, 118 degrees
+    q = vectors[[0]]
+    scores, ids = rerank_exact(vectors, q, np.array([[4, 2, -1, 1, 3]]), 3)
+    assert ids.tolist() == [[1, 2, 3]]  # nearest of the candidates to 0 degrees: 12, 27, 45
+    assert scores[0].tolist() == pytest.approx(np.cos(np.deg2rad([12, 27, 45])).tolist(), abs=1e-6)
+    # explicit ids and rows: row r holds id 100 + r
+    _, ids = rerank_exact(vectors, q, np.array([[105, 101]]), 3, ids=np.arange(100, 106),
+                          row_of=np.concatenate([np.full(100, -1), np.arange(6)]))
+    assert ids.tolist() == [[101, 105, -1]]
+
+
 def test_recall_table_matches_hand_count() -> None:
     truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     found = np.array([[1, 9, 3, 2], [6, 5, 0, 0]])
@@ -134,7 +147,7 @@ def test_hand_made_labeled_set_precision_and_map(labeled_db: Database) -> None:
     assert exact.map == pytest.approx(HAND_MAP)
     for c in exact.per_class:
         assert (c.precision, c.map) == pytest.approx(HAND_CLASS[c.label])
-    served = next(q for q in report.quality if q.search == "index")
+    served = next(q for q in report.quality if q.search == "served")
     assert served.precision == pytest.approx(HAND_P)
     assert exact.chance == pytest.approx(2 / 5)
 
@@ -169,6 +182,11 @@ def test_approximate_index_recall_below_one_and_flat_is_exact(tmp_path: Path) ->
     ivf = Database.open(tmp_path / "ivf")
     r_ivf = evaluate_database(ivf, cfg, labels="none")
     assert 0.0 < r_ivf.recall[10] < 1.0
+    # the search's default exact re-ranking of k x 4 candidates can only find more true neighbours
+    assert r_ivf.rerank == 4 and r_ivf.recall[10] < r_ivf.recall_served[10] <= 1.0
+    assert r_ivf.latency_served is not None
+    alone = evaluate_database(ivf, EvalConfig(ks=(10,), n_queries=200, latency_queries=5, rerank=1), labels="none")
+    assert alone.recall[10] == r_ivf.recall[10] and alone.recall_served == {} and alone.latency_served is None
     assert r_ivf.index_bytes is not None and r_ivf.index_bytes < r_flat.index_bytes / 2
     assert r_ivf.latency is not None and r_ivf.latency.n_single == 20
     text = r_ivf.format_table()
@@ -210,6 +228,7 @@ def test_cli_evaluate_small_db(small_db: Path) -> None:
     res = runner.invoke(main, ["evaluate", str(small_db), "--labels", "none", "--latency-queries", "5"])
     assert res.exit_code == 0, res.output
     assert "recall@10" in res.output and "latency median" in res.output and "Retrieval quality" not in res.output
+    assert "served" in res.output
 
 
 def test_cli_evaluate_errors(small_db: Path, tmp_path: Path) -> None:

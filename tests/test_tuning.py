@@ -95,10 +95,21 @@ def test_tune_on_clustered_vectors_meets_target(tmp_path: Path) -> None:
     ivf = [p for p in report.points if p.factory == "IVF40,Flat"]
     assert len(ivf) >= 3 and ivf[0].params["nprobe"] == 1
     assert ivf[-1].recall >= ivf[0].recall
-    assert report.budgets[0.25] is None or report.budgets[0.25].memory_bytes <= 0.25 * report.flat_bytes
+    quarter = report.budgets()[0.25]
+    assert quarter is None or quarter.memory_bytes <= 0.25 * report.flat_bytes
+    # every setting is also measured as served (k x 4 candidates re-ranked exactly): for IVF it can only help
+    assert report.rerank == 4
+    for p in report.points:
+        assert p.recall_served is not None and p.latency_served_ms is not None and p.latency_served_ms > 0
+        if p.factory.startswith("IVF"):
+            assert p.recall_served >= p.recall - 1e-9
+    served_pick = report.pick(served=True)
+    assert served_pick is not None and served_pick.recall_served >= 0.9
+    assert served_pick.memory_bytes <= chosen.memory_bytes
     assert "Pick (smallest" in report.format_table() and "| index |" in report.markdown_table()
     data = json.loads(json.dumps(report.to_dict()))
     assert data["chosen"]["factory"] == chosen.factory and len(data["points"]) == len(report.points)
+    assert data["as_served"]["chosen"]["factory"] == served_pick.factory
     fig = plot_tuning(report, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert fig.axes[0].get_xscale() == "log"
@@ -106,14 +117,17 @@ def test_tune_on_clustered_vectors_meets_target(tmp_path: Path) -> None:
 
 def test_tune_reports_untrainable_and_unreachable() -> None:
     x = clustered_vectors(200, 16, seed=2)
-    report = tune_vectors(x, TuneConfig(target_recall=1.0, n_queries=40, latency_queries=5,
+    report = tune_vectors(x, TuneConfig(target_recall=1.0, n_queries=40, latency_queries=5, rerank=0,
                                         factories=["IVF14,PQ4", "IVF14,Flat"]))
+    assert all(p.recall_served is None for p in report.points) and report.rerank == 1
     assert any(f == "IVF14,PQ4" and "training vectors" in r for f, r in report.skipped)
     assert report.chosen is not None  # Flat (always added) reaches 1.0
     with pytest.raises(ValueError, match="factories is empty"):
         TuneConfig(factories=[" "])
     with pytest.raises(ValueError, match="target_recall"):
         TuneConfig(target_recall=1.5)
+    with pytest.raises(ValueError, match="rerank >= 2"):
+        TuneConfig(served=True, rerank=1)
 
 
 def test_apply_choice_rebuilds_database(tmp_path: Path) -> None:
@@ -148,9 +162,12 @@ def test_cli_tune_and_apply(small_db: Path, tmp_path: Path) -> None:
     assert manifest["index"]["factory"] == chosen["factory"] == data["applied"]["factory"]
     assert manifest["index"]["search_params"] == chosen["params"]
     # the table form, and the default plot path inside the database folder
-    res = runner.invoke(main, ["tune", str(db), "--holdout", "10", "--latency-queries", "3", "--index", "IVF6,Flat"])
+    res = runner.invoke(main, ["tune", str(db), "--holdout", "10", "--latency-queries", "3", "--index", "IVF6,Flat",
+                               "--served"])
     assert res.exit_code == 0, res.output
     assert "recall@10" in res.output and "Pick (smallest" in res.output and (db / "tune.png").exists()
+    served_section = res.output.split("As served by Database.search")[1]
+    assert "used for the pick" in served_section.splitlines()[0] and "apply with" in served_section
 
 
 def test_cli_tune_apply_refuses_unreachable_target(small_db: Path, tmp_path: Path) -> None:

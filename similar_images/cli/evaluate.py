@@ -47,20 +47,25 @@ def register(group: click.Group) -> None:
                   help="Queries timed one at a time (median and p99); all queries are also timed as one batch.")
     @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
                   help="Faiss threads while searching and timing.")
+    @click.option("--rerank", type=click.IntRange(0), default=None,
+                  help="Re-ranking depth of the 'served' figures: k x RERANK index candidates re-ranked with the "
+                       "stored vectors, as 'search' does [default: the search's default, 4]; 0 or 1: index alone only.")
     @click.option("--weights", default=None, help="Weights to embed query images with (overrides the database's).")
     @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the query samples.")
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
     @click.option("--quiet", "-q", is_flag=True, help="No log messages.")
     @handle_errors
     def evaluate(db: Path, n_queries: int, queries: Path | None, ks: str, labels: str, quality_k: int,
-                 quality_queries: int | None, latency_queries: int, threads: int, weights: str | None, seed: int,
-                 as_json: bool, quiet: bool) -> None:
+                 quality_queries: int | None, latency_queries: int, threads: int, rerank: int | None,
+                 weights: str | None, seed: int, as_json: bool, quiet: bool) -> None:
         """Measure the index of DB: recall@k against exact search, latency, size, and retrieval quality.
 
         Recall@1/10/100 compares the index's results with exact (brute-force)
-        search. Unless --queries is given, --holdout database vectors serve as
-        queries and each is removed from both its result lists, so the index
-        is measured exactly as it serves searches, without rebuilding it.
+        search, for the index alone and as 'search' serves them by default
+        (index candidates re-ranked exactly with the stored vectors). Unless
+        --queries is given, --holdout database vectors serve as queries and
+        each is removed from both its result lists, so the index is measured
+        as it is, without rebuilding it.
         Latency is the median and 99th percentile of single-query calls, and
         the per-query time of one batched call. When the images sit in class
         sub-folders (or --labels names a CSV), each labeled image is also a
@@ -74,7 +79,8 @@ def register(group: click.Group) -> None:
         from ..evaluation import EvalConfig, evaluate_database
 
         config = EvalConfig(ks=_parse_ks(ks), n_queries=n_queries, latency_queries=latency_queries,
-                            quality_k=quality_k, quality_queries=quality_queries, threads=threads, seed=seed)
+                            quality_k=quality_k, quality_queries=quality_queries, threads=threads, rerank=rerank,
+                            seed=seed)
         database = Database.open(db, weights=weights)
         report = evaluate_database(database, config, queries=queries, labels=labels)
         if as_json:
@@ -101,6 +107,12 @@ def register(group: click.Group) -> None:
                   help="Queries timed one at a time per setting.")
     @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
                   help="Faiss threads while searching and timing (builds use all cores).")
+    @click.option("--rerank", type=click.IntRange(0), default=4, show_default=True,
+                  help="Also measure every setting as 'similar-images search' serves it by default: k x RERANK index "
+                       "candidates re-ranked with the stored vectors (0 or 1: skip).")
+    @click.option("--served", is_flag=True,
+                  help="Pick by the served recall and latency (after re-ranking) instead of the index's own. The "
+                       "re-ranking reads the stored vectors (vectors.f32) besides the index's memory.")
     @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="Where to save the recall/latency/memory plot (PNG) [default: DB/tune.png].")
     @click.option("--no-plot", is_flag=True, help="Do not draw the plot.")
@@ -115,8 +127,8 @@ def register(group: click.Group) -> None:
     @handle_errors
     def tune(db: Path, target_recall: float, k: int, n_queries: int, queries: Path | None,
              factories: tuple[str, ...], max_latency_ms: float | None, train_size: int | None, latency_queries: int,
-             threads: int, plot_path: Path | None, no_plot: bool, all_points: bool, apply_: bool, seed: int,
-             as_json: bool, quiet: bool, verbose: int) -> None:
+             threads: int, rerank: int, served: bool, plot_path: Path | None, no_plot: bool, all_points: bool,
+             apply_: bool, seed: int, as_json: bool, quiet: bool, verbose: int) -> None:
         """Measure a sweep of Faiss indexes on the vectors of DB and pick the smallest that reaches the target.
 
         Every index is built on the database's own vectors and searched with
@@ -124,9 +136,11 @@ def register(group: click.Group) -> None:
         setting it reports recall@k against exact search, single-query latency
         (median, p99) and batched latency, memory (the serialised index: every
         byte a search needs, including the full vectors where the index keeps
-        them, as Flat, HNSW and RFlat do) and build time. The pick is the
-        setting with the least memory that reaches --target-recall; --apply
-        builds it into DB.
+        them, as Flat, HNSW and RFlat do) and build time. Each setting is also
+        measured as 'search' serves it by default (--rerank: index candidates
+        re-ranked exactly with the stored vectors). The pick is the setting with
+        the least memory that reaches --target-recall, with the index alone (or
+        as served, with --served); --apply builds it into DB.
 
         Example: similar-images tune flowers-db --target-recall 0.95 --apply
         """
@@ -137,7 +151,7 @@ def register(group: click.Group) -> None:
 
         config = TuneConfig(target_recall=target_recall, k=k, n_queries=n_queries, latency_queries=latency_queries,
                             factories=list(factories) or None, train_size=train_size, threads=threads,
-                            max_latency_ms=max_latency_ms, seed=seed)
+                            max_latency_ms=max_latency_ms, rerank=rerank, served=served, seed=seed)
         database = Database.open(db, load_index=False)
         xq = load_query_vectors(database, queries) if queries is not None else None
         report = tune_database(database, config, queries=xq)
@@ -150,6 +164,7 @@ def register(group: click.Group) -> None:
             if report.chosen is None:
                 raise click.ClickException(
                     f"No index setting reaches recall@{report.k} >= {target_recall:g}"
+                    + (" as served" if served else "")
                     + (f" within {max_latency_ms:g} ms" if max_latency_ms else "")
                     + "; nothing applied. Lower --target-recall or try other --index descriptions.")
             applied = apply_choice(database, report.chosen, train_size=train_size)
