@@ -180,5 +180,6 @@ def register(group: click.Group) -> None:
         if applied:
             params = ", ".join(f"{n}={v}" for n, v in applied.search_params.items()) or "none"
             recall = "n/a" if applied.recall_at_10 is None else f"{applied.recall_at_10:.3f}"
-            click.echo(f"Applied: {applied.factory} over {applied.n_vectors} vectors, search defaults {params}; "
-                       f"recall@10 {recall} (build-index's own check), {applied.index_bytes:,} bytes")
+            click.echo(f"Applied: {applied.factory} over {applied.n_vectors} vectors, search defaults {params}, "
+                       f"{applied.index_bytes:,} bytes; build-index's own check of the index alone: recall@10 "
+                       f"{recall}. Measure it as served with: similar-images evaluate {db}")
