@@ -21,6 +21,7 @@ from PIL import Image
 
 from .errors import QueryError
 from .fetch import FetchConfig, fetch_url, is_url
+from .index import DEFAULT_RERANK
 
 if TYPE_CHECKING:
     from .database import Database
@@ -32,8 +33,6 @@ logger = logging.getLogger(__name__)
 MAX_K = 10_000
 #: Batches up to this size are searched with one Faiss thread (see index.faiss_threads).
 SINGLE_THREAD_MAX_QUERIES = 4
-#: Index candidates fetched per wanted result and re-ranked with the stored vectors.
-DEFAULT_RERANK = 4
 
 
 @dataclass(frozen=True)

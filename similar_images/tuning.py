@@ -2,7 +2,8 @@
 
 :func:`tune_vectors` (or :func:`tune_database`) builds a sweep of Faiss
 indexes -- exact ``Flat``; ``IVF,Flat``; ``IVF,PQ`` with several code sizes;
-OPQ and PCA transforms before PQ; ``HNSW``; scalar quantization (SQ8, SQ6, SQ4);
+OPQ and PCA transforms before PQ; ``HNSW``; scalar quantization (SQ8, SQ6, SQ4),
+also after a Hadamard rotation (``HR``);
 re-ranking of PQ candidates with exact distances (``RFlat``) or with SQ8 codes
 (``Refine(SQ8)``) -- and sweeps each one's search-time parameters (``nprobe``,
 ``efSearch``, ``k_factor``). For every setting it measures:
@@ -139,7 +140,8 @@ class Candidate:
         chains: Lists of parameter settings, each ordered from least to most search effort
             (a chain stops early once recall stops growing).
         min_effort: A chain never stops before these values: the original nprobe 4 and build-index's
-            default ``ceil(nlist / 8)``, efSearch 64, so those settings are always measured.
+            unmeasured default ``min(nlist, max(16, ceil(nlist / 8)))``, efSearch 64, so those settings are
+            always measured.
     """
 
     factory: str
@@ -216,6 +218,7 @@ class TuneReport:
     skipped: list[tuple[str, str]]
     default_factory: str
     tune_seconds: float
+    original_factory: str = ""
     rerank: int = 1
     served: bool = False
     memory_fractions: tuple[float, ...] = (0.25, 0.125)
@@ -256,16 +259,21 @@ class TuneReport:
     @property
     def original(self) -> TunePoint | None:
         """The original design: ``IVF{sqrt N},PQ16`` searched with nprobe 4."""
-        return self.find(self.default_factory, nprobe=ORIGINAL_NPROBE)
+        return self.find(self.original_factory, nprobe=ORIGINAL_NPROBE)
 
     @property
     def current_default(self) -> TunePoint | None:
-        """What ``build-index`` builds today: the default factory with nprobe = ceil(nlist / 8)."""
-        try:
-            nlist = int(self.default_factory.split(",")[0][3:])
-        except ValueError:
-            return None
-        return self.find(self.default_factory, nprobe=max(1, math.ceil(nlist / 8)))
+        """What ``build-index`` builds by default: :func:`~similar_images.index.default_factory`, with the
+        nprobe its calibration would choose from these measurements (the smallest within
+        :data:`~similar_images.index.NPROBE_TOLERANCE` of the best served recall)."""
+        from .index import choose_nprobe  # noqa: PLC0415
+
+        pts = [p for p in self.points if p.factory == self.default_factory and "k_factor" not in p.params]
+        with_nprobe = {p.params["nprobe"]: p for p in pts if "nprobe" in p.params}
+        if not with_nprobe:
+            return pts[0] if pts else None
+        mode = self._mode(True)
+        return with_nprobe[choose_nprobe({n: p.recall_in(mode) for n, p in with_nprobe.items()})]
 
     def by_factory(self, served: bool | None = None) -> list[TunePoint]:
         """One point per index: the fastest that reaches the target, else the one with the best recall."""
@@ -293,6 +301,7 @@ class TuneReport:
             "n_vectors": self.n_vectors, "dim": self.dim, "k": self.k, "n_queries": self.n_queries,
             "queries": self.queries, "target_recall": self.target_recall, "max_latency_ms": self.max_latency_ms,
             "threads": self.threads, "flat_bytes": self.flat_bytes, "default_factory": self.default_factory,
+            "original_factory": self.original_factory,
             "rerank": self.rerank, "served": self.served, "tune_seconds": round(self.tune_seconds, 2),
             **self._decision(self.served),
             "index_alone": self._decision(False),
@@ -413,9 +422,14 @@ def _cli_args(p: TunePoint) -> str:
 
 
 # --------------------------------------------------------------------------- the sweep
+def _fallback_nprobe(nlist: int) -> int:
+    """build-index's nprobe when it measures nothing (see :func:`similar_images.index.default_search_params`)."""
+    return min(nlist, max(16, math.ceil(nlist / 8)))
+
+
 def _nprobes(nlist: int) -> list[int]:
     values = {v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v < nlist}
-    values |= {nlist, max(1, math.ceil(nlist / 8)), min(ORIGINAL_NPROBE, nlist)}
+    values |= {nlist, _fallback_nprobe(nlist), min(ORIGINAL_NPROBE, nlist)}
     return sorted(values)
 
 
@@ -444,6 +458,8 @@ def _family(factory: str) -> str:
         return "PCA + " + ("PQ" if "PQ" in f else "SQ")
     if parts[0].startswith("RR"):
         return "rotation + SQ" if "SQ" in f else "rotation + PQ"
+    if parts[0].startswith("HR"):
+        return "Hadamard + SQ" if "SQ" in f else "Hadamard + PQ"
     if "HNSW" in f:
         return "HNSW" + (" SQ" if "SQ" in f else "")
     if "PQ" in f:
@@ -471,7 +487,7 @@ def candidate_for(factory: str) -> Candidate:
             chains.append([{"efSearch": v, **base} for v in EF_SEARCH])
         else:
             chains.append([dict(base)])
-    min_effort = ({"nprobe": min(nlist, max(ORIGINAL_NPROBE, math.ceil(nlist / 8)))} if nlist
+    min_effort = ({"nprobe": _fallback_nprobe(nlist)} if nlist
                   else {"efSearch": 64} if "HNSW" in f else {})
     return Candidate(factory=factory, family=_family(factory), chains=chains, min_effort=min_effort)
 
@@ -482,6 +498,10 @@ def default_candidates(n: int, d: int) -> list[Candidate]:
     * exact ``Flat`` (the reference) and ``IVF,Flat``;
     * scalar quantization, 8, 6 and 4 bits per dimension, in an IVF and as an exhaustive scan
       (no coarse centroids: the least fixed overhead, which matters for small databases);
+    * the same after a Hadamard rotation (``HR``: seeded sign flips and fast Walsh-Hadamard transforms,
+      stored as a seed, not a matrix; ``d`` is padded to the next power of two). CNN features are skewed:
+      a few dimensions carry large values, and a per-dimension SQ range wastes its levels on them; the
+      rotation spreads every vector's energy evenly over the dimensions first;
     * ``IVF,PQ`` with code sizes from 16 bytes up to ``d / 4`` bytes (at most 256);
     * OPQ (a learned rotation, and reduction to ``8 m`` dimensions) before PQ, for the smallest code
       (OPQ training is the slowest of the sweep; larger codes can be tried with ``factories``);
@@ -489,22 +509,25 @@ def default_candidates(n: int, d: int) -> list[Candidate]:
       inner-product rankings (a query ranks by ``<q - mean, y>``), so with non-negative CNN features
       it usually loses many neighbours; it is measured to show it;
     * a random rotation before SQ6 (when ``d <= 1024``: the ``d x d`` matrix is part of the memory),
-      which spreads skewed features evenly over the dimensions;
+      the stored-matrix counterpart of ``HR``;
     * ``HNSW32`` with full vectors and with SQ8;
-    * the default ``IVF,PQ16`` re-ranked with exact distances (``RFlat``, full vectors kept) or with
-      SQ8 codes (``Refine(SQ8)``).
+    * the original ``IVF,PQ16`` re-ranked with exact distances (``RFlat``, full vectors kept) or with
+      SQ8 codes (``Refine(SQ8)``);
+    * build-index's default (:func:`~similar_images.index.default_factory`) and the original design
+      (:func:`~similar_images.index.original_factory`).
 
     IVF indexes use ``nlist = round(sqrt(n))`` coarse lists, as the default index does.
     """
-    from .index import default_factory  # noqa: PLC0415
+    from .index import default_factory, original_factory  # noqa: PLC0415
 
     nl = max(1, int(round(math.sqrt(max(n, 1)))))
     ivf = f"IVF{nl}"
     ms = [m for m in (16, 32, 64, 128, 256) if d % m == 0 and m <= d // 4] or \
         [m for m in range(min(16, d), 0, -1) if d % m == 0][:1]
-    default = default_factory(n, d)
+    original = original_factory(n, d)
     names = ["Flat", f"{ivf},Flat", f"{ivf},SQ8", f"{ivf},SQ6", f"{ivf},SQ4", "SQ8", "SQ6",
-             "HNSW32", "HNSW32,SQ8", default]
+             "HR,SQ8", "HR,SQ6", "HR,SQ4", f"HR,{ivf},SQ6", "HNSW32", "HNSW32,SQ8", original,
+             default_factory(n, d)]
     names += [f"{ivf},PQ{m}" for m in ms]
     d_out = min(d, 8 * ms[0])
     names.append(f"OPQ{ms[0]}_{d_out - d_out % ms[0]},{ivf},PQ{ms[0]}")
@@ -514,8 +537,7 @@ def default_candidates(n: int, d: int) -> list[Candidate]:
         names.append(f"PCAR{dp},{ivf},PQ{mp}")
     if d <= 1024:
         names.append(f"RR{d},{ivf},SQ6")
-    m0 = int(default.split("PQ")[1])
-    names += [f"{ivf},PQ{m0},RFlat", f"{ivf},PQ{m0},Refine(SQ8)"]
+    names += [f"{original},RFlat", f"{original},Refine(SQ8)"]
     seen: set[str] = set()
     unique = [x for x in names if not (x in seen or seen.add(x))]  # type: ignore[func-returns-value]
     return [candidate_for(x) for x in unique]
@@ -599,6 +621,7 @@ def tune_vectors(vectors: np.ndarray, config: TuneConfig | None = None, *, ids: 
         build_index,
         default_factory,
         exact_search,
+        original_factory,
         index_nbytes,
         recall_at_k,
         set_search_params,
@@ -697,6 +720,7 @@ def tune_vectors(vectors: np.ndarray, config: TuneConfig | None = None, *, ids: 
         n_vectors=n, dim=d, k=k, n_queries=len(xq), queries=qdesc, target_recall=config.target_recall,
         max_latency_ms=config.max_latency_ms, threads=config.threads, flat_bytes=flat_bytes, points=points,
         skipped=skipped, default_factory=default_factory(n, d), tune_seconds=time.perf_counter() - t_start,
+        original_factory=original_factory(n, d),
         rerank=config.rerank if config.rerank >= 2 else 1, served=config.served,
         memory_fractions=tuple(config.memory_fractions),
     )

@@ -53,7 +53,7 @@ def comparison_for(db: Database, report: TuneReport | None, query_id: int, which
         point = report.original if which == "original" else report.chosen
         if point is None and which == "original":
             logger.warning("The original configuration %s could not be built here; showing the pick instead",
-                           report.default_factory)
+                           report.original_factory)
             point = report.chosen
         if point is None:
             raise ValueError("The tuning report has no such configuration; name an index description instead")

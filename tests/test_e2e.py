@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from similar_images import Database, ExtractConfig, IndexConfig, extract_features
+from similar_images.index import original_factory
 
 
 def _edit(path: str, how: str) -> bytes:
@@ -34,8 +35,9 @@ def test_edited_copies_find_their_original(coco_dir: Path, vgg_weights: Path, tm
                                                                 verbose=False))
     assert summary.total == 256 and summary.extracted == 256 and summary.failed == 0
     db = Database.open(db_path)
-    report = db.build_index(IndexConfig())  # the default: IVF{sqrt N},PQ16
-    assert report.factory == "IVF16,PQ16" and report.recall_at_10 is not None
+    # the original design's IVF-PQ (the default for 256 vectors is Flat), nprobe measured at build time
+    report = db.build_index(IndexConfig(factory=original_factory(256, 512)))
+    assert report.factory == "IVF16,PQ16" and report.recall_at_10 is not None and report.nprobe_recalls
     db = Database.open(db_path)
 
     chosen = random.Random(42).sample(range(len(db.items)), 50)

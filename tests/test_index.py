@@ -9,13 +9,18 @@ import pytest
 from similar_images.errors import IndexTrainingError
 from similar_images.features import l2_normalize
 from similar_images.index import (
+    MIN_PQ_VECTORS,
     IndexConfig,
     build_index,
+    calibrate_nprobe,
+    choose_nprobe,
     default_factory,
     exact_search,
     make_index,
     min_training_vectors,
+    original_factory,
     recall_at_k,
+    recall_within,
     set_search_params,
 )
 
@@ -27,10 +32,73 @@ def clustered(n: int, d: int, seed: int = 0, centers: int = 50) -> np.ndarray:
     return l2_normalize(x.astype(np.float32))
 
 
-def test_default_factory_follows_original_design() -> None:
-    assert default_factory(40_504, 4096) == "IVF201,PQ16"
-    assert default_factory(256, 512) == "IVF16,PQ16"
-    assert default_factory(1000, 100) == "IVF32,PQ10"  # 16 does not divide 100
+def test_original_factory_is_ivf_sqrt_n_pq16() -> None:
+    assert original_factory(40_504, 4096) == "IVF201,PQ16"
+    assert original_factory(256, 512) == "IVF16,PQ16"
+    assert original_factory(1000, 100) == "IVF32,PQ10"  # 16 does not divide 100
+
+
+def test_default_factory_flat_when_small_else_pq_of_d_over_16() -> None:
+    assert MIN_PQ_VECTORS == 9984
+    assert default_factory(4064, 512) == "Flat"
+    assert default_factory(MIN_PQ_VECTORS - 1, 4096) == "Flat"
+    assert default_factory(40_504, 4096) == "IVF201,PQ256"
+    assert default_factory(20_000, 512) == "IVF141,PQ32"
+    assert default_factory(20_000, 384) == "IVF141,PQ24"
+    assert default_factory(50_000, 1280) == "IVF224,PQ80"
+    assert default_factory(10_000, 100) == "IVF100,PQ10"  # at least 16 bytes, a divisor of d
+    assert default_factory(10**6, 8192) == "IVF1000,PQ256"  # capped at 256 bytes
+
+
+def test_choose_nprobe_smallest_within_tolerance_of_best() -> None:
+    recalls = {1: 0.50, 2: 0.80, 4: 0.969, 8: 0.972, 16: 0.973}
+    assert choose_nprobe(recalls) == 4
+    assert choose_nprobe(recalls, tolerance=0.001) == 8
+    assert choose_nprobe({1: 1.0}) == 1
+    with pytest.raises(ValueError):
+        choose_nprobe({})
+
+
+def test_recall_within_equals_recall_after_exact_reranking() -> None:
+    x = clustered(2000, 32)
+    index, _ = build_index(x, IndexConfig(factory="IVF32,PQ4", nprobe=2, eval_queries=0))
+    q = x[1000:1100] + 0.05 * np.random.default_rng(1).normal(size=(100, 32)).astype(np.float32)
+    _, truth = exact_search(x, q, 10)
+    _, cand = index.search(q, 40)
+    rescored = np.take_along_axis(cand, np.argsort(-np.einsum("qd,qkd->qk", q, x[cand]), axis=1), axis=1)
+    assert recall_within(cand, truth, 10) == pytest.approx(recall_at_k(rescored, truth, 10))
+    assert recall_within(cand, truth, 10) > recall_at_k(cand, truth, 10)
+
+
+def test_build_calibrates_nprobe_by_measured_served_recall() -> None:
+    x = clustered(4000, 64, centers=200)
+    index, report = build_index(x, IndexConfig(factory="IVF64,PQ8", eval_queries=300))
+    measured = {int(p): r for p, r in report.nprobe_recalls.items()}
+    assert list(measured)[:3] == [1, 2, 4]
+    chosen = report.search_params["nprobe"]
+    assert chosen == choose_nprobe(measured) and faiss.extract_index_ivf(index).nprobe == chosen
+    assert max(measured.values()) - measured[chosen] <= 0.005 + 1e-9
+    assert measured[1] < measured[chosen]  # one list is not enough on this data
+    assert report.recall_at_10_served >= report.recall_at_10
+    # the calibration alone, on its own sample, agrees within sampling noise
+    again, recalls = calibrate_nprobe(index, x, n_queries=300, seed=7)
+    assert abs(recalls[again] - measured[chosen]) < 0.05
+    # a given nprobe is kept, and nothing is calibrated
+    _, fixed = build_index(x, IndexConfig(factory="IVF64,PQ8", nprobe=3, eval_queries=100))
+    assert fixed.search_params == {"nprobe": 3} and fixed.nprobe_recalls is None
+    with pytest.raises(ValueError, match="IVF"):
+        calibrate_nprobe(make_index("Flat", 64), x)
+
+
+def test_hadamard_rotation_keeps_inner_products_and_round_trips() -> None:
+    x = clustered(3000, 96)  # padded to 128 by the rotation
+    index, report = build_index(x, IndexConfig(factory="HR,SQ8", eval_queries=200))
+    assert report.recall_at_10 > 0.9 and report.search_params == {}
+    copy = faiss.deserialize_index(faiss.serialize_index(index))
+    d1, i1 = index.search(x[:20], 5)
+    d2, i2 = copy.search(x[:20], 5)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(d1[:, 0], 1.0, atol=0.02)  # each vector finds itself with cosine ~1
 
 
 @pytest.mark.parametrize("factory", ["IVF16,PQ8", "OPQ8,IVF16,PQ8", "IVF16,Flat", "IVF16,PQ8,RFlat", "HNSW16",
@@ -89,7 +157,9 @@ def test_ivfpq_recall_measured_against_exact_and_nprobe_matters() -> None:
 def test_default_nprobe_and_hnsw_params() -> None:
     x = clustered(1024, 32)
     _, report = build_index(x, IndexConfig(factory="IVF32,Flat", eval_queries=0))
-    assert report.search_params == {"nprobe": 4} and report.recall_at_10 is None
+    assert report.search_params == {"nprobe": 16} and report.recall_at_10 is None  # min(nlist, max(16, nlist/8))
+    _, report = build_index(x, IndexConfig(factory="IVF8,Flat", eval_queries=0))
+    assert report.search_params == {"nprobe": 8}
     index, report = build_index(x, IndexConfig(factory="HNSW16", ef_search=40, eval_queries=50))
     assert report.search_params == {"efSearch": 40}
     with pytest.raises(ValueError, match="only to IVF"):

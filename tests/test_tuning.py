@@ -16,6 +16,7 @@ from similar_images.cli import main
 from similar_images.tuning import (
     TuneConfig,
     TunePoint,
+    TuneReport,
     apply_choice,
     candidate_for,
     clustered_vectors,
@@ -59,6 +60,12 @@ def test_candidates_cover_the_families() -> None:
     assert "RR4096,IVF201,SQ6" not in [c.factory for c in default_candidates(40504, 4096)]
     assert any(n.startswith("OPQ") for n in names) and any(n.startswith("PCAR") for n in names)
     assert "IVF64,PQ16,RFlat" in names and len(names) == len(set(names))
+    # Hadamard rotation before scalar quantization (no stored matrix), exhaustive and in an IVF
+    assert {"HR,SQ8", "HR,SQ6", "HR,SQ4", "HR,IVF64,SQ6"} <= set(names)
+    assert candidate_for("HR,SQ6").family == "Hadamard + SQ"
+    # the original design and build-index's default are both measured (Flat for 4,064 vectors)
+    big = [c.factory for c in default_candidates(40504, 4096)]
+    assert "IVF201,PQ16" in big and "IVF201,PQ256" in big and "IVF201,PQ16,RFlat" in big
     ivf = candidate_for("IVF64,PQ16")
     nprobes = [p["nprobe"] for p in ivf.chains[0]]
     assert nprobes == sorted(nprobes) and {1, 4, 8, 64} <= set(nprobes) and max(nprobes) == 64
@@ -67,6 +74,35 @@ def test_candidates_cover_the_families() -> None:
     refine = candidate_for("IVF64,PQ16,RFlat")
     assert len(refine.chains) > 1 and all("k_factor" in p and "nprobe" in p for c in refine.chains for p in c)
     assert candidate_for("Flat").chains == [[{}]]
+
+
+def test_hadamard_rotation_helps_scalar_quantization_of_skewed_features() -> None:
+    rng = np.random.default_rng(0)
+    n, d = 2000, 64
+    scale = np.exp(rng.normal(0, 1.0, d)).astype(np.float32)  # a few dimensions carry large values, as in CNNs
+    centres = rng.normal(size=(40, d))
+    x = np.maximum(centres[rng.integers(0, 40, n)] + 0.7 * rng.normal(size=(n, d)), 0).astype(np.float32) * scale
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    report = tune_vectors(x, TuneConfig(n_queries=200, latency_queries=5, rerank=0, factories=["SQ4", "HR,SQ4"]))
+    plain, rotated = report.find("SQ4"), report.find("HR,SQ4")
+    assert plain is not None and rotated is not None
+    assert rotated.memory_bytes == pytest.approx(plain.memory_bytes, rel=0.01)  # a seed, not a matrix
+    assert rotated.recall > plain.recall + 0.02
+
+
+def test_current_default_uses_the_build_calibration_rule() -> None:
+    def pt(nprobe: int, served: float) -> TunePoint:
+        p = _point("IVF100,PQ16", 0.5, 0.1 * nprobe, 1000)
+        p.params, p.recall_served = {"nprobe": nprobe}, served
+        return p
+
+    points = [_point("Flat", 1.0, 1.0, 4000), pt(1, 0.6), pt(2, 0.9), pt(4, 0.968), pt(8, 0.972), pt(16, 0.972)]
+    report = TuneReport(n_vectors=10_000, dim=16, k=10, n_queries=10, queries="q", target_recall=0.95,
+                        max_latency_ms=None, threads=1, flat_bytes=4000, points=points, skipped=[],
+                        default_factory="IVF100,PQ16", tune_seconds=0.0, original_factory="IVF100,PQ16", rerank=4)
+    assert report.current_default.params == {"nprobe": 4}  # the smallest within 0.005 of the best served recall
+    report.default_factory = "Flat"
+    assert report.current_default.factory == "Flat"
 
 
 def test_pick_and_pareto_rules() -> None:

@@ -42,7 +42,13 @@ def handle_errors(func: F) -> F:
 def echo_build_report(report: Any) -> None:
     """Print an index build report: recall@10 against exact search, size, time, search defaults."""
     recall = "n/a" if report.recall_at_10 is None else f"{report.recall_at_10:.3f}"
+    served = report.recall_at_10_served
+    if served is not None:
+        recall += f" index alone, {served:.3f} as served (candidates re-ranked exactly)"
     params = ", ".join(f"{k}={v}" for k, v in report.search_params.items()) or "none"
+    calibration = report.nprobe_recalls
+    if calibration:
+        params += " (measured recall by nprobe: " + ", ".join(f"{p}: {r:.3f}" for p, r in calibration.items()) + ")"
     click.echo(f"Index {report.factory} over {report.n_vectors} vectors (trained on {report.n_train})\n"
                f"  recall@10 vs exact: {recall} ({report.n_eval_queries} queries)\n"
                f"  size: {report.index_bytes:,} bytes\n"

@@ -48,7 +48,8 @@ def register(group: click.Group) -> None:
                   help="Texts per committed chunk (the most an interruption can lose).")
     @click.option("--index", "factory", default=None, help=_INDEX_HELP)
     @click.option("--nprobe", type=click.IntRange(1), default=None,
-                  help="IVF lists visited per query, saved as the default [default: nlist/8].")
+                  help="IVF lists visited per query, saved as the default [default: measured: the smallest nprobe "
+                       "within 0.005 of the best recall@10].")
     @click.option("--train-size", type=click.IntRange(1), default=None,
                   help="Vectors sampled for training [default: all, at most 100,000].")
     @click.option("--eval-queries", type=click.IntRange(0), default=1000, show_default=True,
@@ -96,7 +97,8 @@ def register(group: click.Group) -> None:
     @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @click.option("--index", "factory", default=None, help=_INDEX_HELP)
     @click.option("--nprobe", type=click.IntRange(1), default=None,
-                  help="IVF lists visited per query, saved as the default [default: nlist/8].")
+                  help="IVF lists visited per query, saved as the default [default: measured: the smallest nprobe "
+                       "within 0.005 of the best recall@10].")
     @click.option("--train-size", type=click.IntRange(1), default=None,
                   help="Vectors sampled for training [default: all, at most 100,000].")
     @click.option("--eval-queries", type=click.IntRange(0), default=1000, show_default=True,
