@@ -219,6 +219,7 @@ class TuneReport:
     default_factory: str
     tune_seconds: float
     original_factory: str = ""
+    default_nprobe_cap: int | None = None
     rerank: int = 1
     served: bool = False
     memory_fractions: tuple[float, ...] = (0.25, 0.125)
@@ -265,11 +266,13 @@ class TuneReport:
     def current_default(self) -> TunePoint | None:
         """What ``build-index`` builds by default: :func:`~similar_images.index.default_factory`, with the
         nprobe its calibration would choose from these measurements (the smallest within
-        :data:`~similar_images.index.NPROBE_TOLERANCE` of the best served recall)."""
+        :data:`~similar_images.index.NPROBE_TOLERANCE` of the best served recall, up to its scan budget)."""
         from .index import choose_nprobe  # noqa: PLC0415
 
         pts = [p for p in self.points if p.factory == self.default_factory and "k_factor" not in p.params]
-        with_nprobe = {p.params["nprobe"]: p for p in pts if "nprobe" in p.params}
+        cap = self.default_nprobe_cap
+        with_nprobe = {p.params["nprobe"]: p for p in pts if "nprobe" in p.params
+                       and (cap is None or p.params["nprobe"] <= cap)}
         if not with_nprobe:
             return pts[0] if pts else None
         mode = self._mode(True)
@@ -301,7 +304,7 @@ class TuneReport:
             "n_vectors": self.n_vectors, "dim": self.dim, "k": self.k, "n_queries": self.n_queries,
             "queries": self.queries, "target_recall": self.target_recall, "max_latency_ms": self.max_latency_ms,
             "threads": self.threads, "flat_bytes": self.flat_bytes, "default_factory": self.default_factory,
-            "original_factory": self.original_factory,
+            "original_factory": self.original_factory, "default_nprobe_cap": self.default_nprobe_cap,
             "rerank": self.rerank, "served": self.served, "tune_seconds": round(self.tune_seconds, 2),
             **self._decision(self.served),
             "index_alone": self._decision(False),
@@ -621,6 +624,7 @@ def tune_vectors(vectors: np.ndarray, config: TuneConfig | None = None, *, ids: 
         build_index,
         default_factory,
         exact_search,
+        nprobe_cap,
         original_factory,
         index_nbytes,
         recall_at_k,
@@ -656,6 +660,7 @@ def tune_vectors(vectors: np.ndarray, config: TuneConfig | None = None, *, ids: 
         candidates.insert(0, candidate_for("Flat"))
     candidates.sort(key=lambda c: c.factory != "Flat")  # Flat first: it is the memory reference
     served = _Reranker(vectors, ids, config.rerank, extra) if config.rerank >= 2 else None
+    default, default_cap = default_factory(n, d), None
     points: list[TunePoint] = []
     skipped: list[tuple[str, str]] = []
     flat_bytes = 0
@@ -673,6 +678,8 @@ def tune_vectors(vectors: np.ndarray, config: TuneConfig | None = None, *, ids: 
         mem = index_nbytes(index)
         if cand.factory == "Flat":
             flat_bytes = mem
+        if cand.factory == default:
+            default_cap = nprobe_cap(index)
         for chain in cand.chains:
             recalls: list[float] = []
             recalls_served: list[float] = []
@@ -719,8 +726,8 @@ def tune_vectors(vectors: np.ndarray, config: TuneConfig | None = None, *, ids: 
     return TuneReport(
         n_vectors=n, dim=d, k=k, n_queries=len(xq), queries=qdesc, target_recall=config.target_recall,
         max_latency_ms=config.max_latency_ms, threads=config.threads, flat_bytes=flat_bytes, points=points,
-        skipped=skipped, default_factory=default_factory(n, d), tune_seconds=time.perf_counter() - t_start,
-        original_factory=original_factory(n, d),
+        skipped=skipped, default_factory=default, tune_seconds=time.perf_counter() - t_start,
+        original_factory=original_factory(n, d), default_nprobe_cap=default_cap,
         rerank=config.rerank if config.rerank >= 2 else 1, served=config.served,
         memory_fractions=tuple(config.memory_fractions),
     )

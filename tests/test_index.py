@@ -18,6 +18,7 @@ from similar_images.index import (
     exact_search,
     make_index,
     min_training_vectors,
+    nprobe_cap,
     original_factory,
     recall_at_k,
     recall_within,
@@ -88,6 +89,18 @@ def test_build_calibrates_nprobe_by_measured_served_recall() -> None:
     assert fixed.search_params == {"nprobe": 3} and fixed.nprobe_recalls is None
     with pytest.raises(ValueError, match="IVF"):
         calibrate_nprobe(make_index("Flat", 64), x)
+
+
+def test_nprobe_calibration_stays_within_the_scan_budget() -> None:
+    x = clustered(4000, 64, centers=200)
+    index, _ = build_index(x, IndexConfig(factory="IVF64,PQ8", nprobe=1, eval_queries=0))
+    # 4,000 / 64 lists x 8 bytes a code = 500 bytes a list
+    assert nprobe_cap(index, 2000) == 4 and nprobe_cap(index, 10**9) == 64 and nprobe_cap(index, 1) == 1
+    assert nprobe_cap(make_index("Flat", 64)) is None
+    chosen, recalls = calibrate_nprobe(index, x, n_queries=200, max_scan_bytes=3000)
+    assert list(recalls) == [1, 2, 4, 6] and chosen <= 6
+    _, unbounded = calibrate_nprobe(index, x, n_queries=200, max_scan_bytes=None)
+    assert max(unbounded) > 6
 
 
 def test_hadamard_rotation_keeps_inner_products_and_round_trips() -> None:
