@@ -25,15 +25,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _io
-from .errors import DatabaseError, DatabaseExistsError, ImageLoadError
+from ._resume import load_or_create_plan, pending_pieces, start_partial
+from .errors import ImageLoadError
 from .images import DEFAULT_MAX_PIXELS, ImageSource, find_images, prepare_array, read_file_list
 from .models import DEFAULT_MODEL, ModelSpec, get_model_spec, resolve_weights, weights_label
 
 __all__ = ["ExtractConfig", "ExtractSummary", "ImageEmbedder", "extract_features", "collect_inputs"]
 
 logger = logging.getLogger(__name__)
-
-PARTIAL_DIR = ".partial"
 
 
 @dataclass
@@ -196,24 +195,14 @@ def _plan_settings(embedder: ImageEmbedder, config: ExtractConfig) -> dict[str, 
 
 
 def _load_or_create_plan(partial: Path, paths: list[Path], settings: dict[str, Any]) -> list[str]:
-    plan_file = partial / "plan.json"
-    if plan_file.exists():
-        plan = _io.read_json(plan_file)
-        if plan["settings"] != settings:
-            raise DatabaseError(
-                f"{partial.parent} holds an interrupted extraction with other settings "
-                f"({plan['settings']}). Re-run with the same options to resume it, or pass --force "
-                "(force=True) to start over."
-            )
-        saved = plan["paths"]
-        if saved != [str(p) for p in paths]:
-            logger.warning("The input changed since the interrupted run; resuming with the saved list of %d images",
-                           len(saved))
-        return list(saved)
-    partial.mkdir(parents=True, exist_ok=True)
     str_paths = [str(p) for p in paths]
-    _io.write_json(plan_file, {"settings": settings, "paths": str_paths})
-    return str_paths
+    plan = load_or_create_plan(partial, "plan.json", {"settings": settings, "paths": str_paths},
+                               what="extraction with other settings", settings_key="settings")
+    saved = plan["paths"]
+    if saved != str_paths:
+        logger.warning("The input changed since the interrupted run; resuming with the saved list of %d images",
+                       len(saved))
+    return list(saved)
 
 
 def _shard_meta_path(partial: Path, shard: int) -> Path:
@@ -293,19 +282,11 @@ def extract_features(
         DatabaseError: If an interrupted extraction with other settings is found.
         ValueError: If no image is found.
     """
-    from .database import MANIFEST, remove_database_files, write_database  # noqa: PLC0415
+    from .database import write_database  # noqa: PLC0415
 
     config = config or ExtractConfig()
     db = Path(db_path).expanduser()
-    partial = db / PARTIAL_DIR
-    if (db / MANIFEST).exists():
-        if not force:
-            raise DatabaseExistsError(
-                f"A database already exists at {db}. Choose another folder, or pass --force (force=True) to replace it."
-            )
-        remove_database_files(db)
-    if force and partial.exists():
-        shutil.rmtree(partial)
+    partial = start_partial(db, force=force)
 
     if embedder is None:
         embedder = ImageEmbedder(config.model, config.weights, batch_size=config.batch_size, seed=config.seed,
@@ -317,8 +298,7 @@ def extract_features(
     n = len(paths)
     size = config.shard_size
     n_shards = (n + size - 1) // size
-    todo_shards = [s for s in range(n_shards) if not _shard_done(partial, s)]
-    done_before = n - sum(min(size, n - s * size) for s in todo_shards)
+    todo_shards, done_before = pending_pieces(n, size, lambda s: _shard_done(partial, s))
     if done_before:
         logger.info("Resuming: %d of %d images already extracted", done_before, n)
 

@@ -56,7 +56,9 @@ from typing import Any
 import numpy as np
 
 from . import _io
-from .errors import DatabaseError, DatabaseExistsError, DownloadError, QueryError, SimilarImagesError, WeightsError
+from ._resume import load_or_create_plan, pending_pieces, start_partial
+from .errors import DownloadError, QueryError, SimilarImagesError, WeightsError
+from .index import MIN_PQ_VECTORS
 from .search import DEFAULT_RERANK
 
 __all__ = [
@@ -107,10 +109,6 @@ LOCAL_TEXTS_HINT = (
     "tweets of the offline assets: `similar-images text build ../shared/assets/text/texts_20k.csv DB`."
 )
 
-PARTIAL_DIR = ".partial"
-#: Below this many texts the default index is exact (``Flat``): Faiss recommends
-#: at least 39 training points per centroid, and PQ trains 256 centroids per sub-quantizer.
-MIN_PQ_VECTORS = 39 * 256
 
 
 class TextInputError(SimilarImagesError, ValueError):
@@ -595,26 +593,6 @@ def _chunk_path(partial: Path, i: int) -> Path:
     return partial / f"text-chunk-{i:06d}.npy"
 
 
-def _load_plan(partial: Path, settings: dict[str, Any]) -> None:
-    plan_file = partial / "text-plan.json"
-    if plan_file.exists():
-        saved = _io.read_json(plan_file)
-        if saved != settings:
-            raise DatabaseError(
-                f"{partial.parent} holds an interrupted text build with other settings or input "
-                f"({ {k: v for k, v in saved.items() if k != 'digest'} }). Re-run with the same options to resume "
-                "it, or pass --force (force=True) to start over."
-            )
-        return
-    if partial.exists() and any(partial.iterdir()):
-        raise DatabaseError(
-            f"{partial} holds an interrupted image extraction; resume it with `similar-images extract`, "
-            "or pass --force (force=True) to start over."
-        )
-    partial.mkdir(parents=True, exist_ok=True)
-    _io.write_json(plan_file, settings)
-
-
 def build_text_database(source: str | os.PathLike[str] | Sequence[Any], db_path: str | os.PathLike[str],
                         config: TextBuildConfig | None = None, *, force: bool = False,
                         embedder: TextEmbedder | None = None) -> TextBuildSummary:
@@ -641,30 +619,24 @@ def build_text_database(source: str | os.PathLike[str] | Sequence[Any], db_path:
         DatabaseError: If an interrupted build with other settings is found.
         TextInputError: If the input holds no usable text.
     """
-    from .database import MANIFEST, remove_database_files, write_database  # noqa: PLC0415
+    from .database import write_database  # noqa: PLC0415
 
     config = config or TextBuildConfig()
     db = Path(db_path).expanduser()
-    partial = db / PARTIAL_DIR
-    if (db / MANIFEST).exists():
-        if not force:
-            raise DatabaseExistsError(
-                f"A database already exists at {db}. Choose another folder, or pass --force (force=True) to replace it."
-            )
-        remove_database_files(db)
-    if force and partial.exists():
-        shutil.rmtree(partial)
+    partial = start_partial(db, force=force)
 
     table = read_texts(source, column=config.column, limit=config.limit, dedupe=config.dedupe,
                        encoding=config.encoding)
     embedder = embedder or TextEmbedder(config.encoder, config.source, batch_size=config.batch_size)
     n = len(table.texts)
     settings = {"model": embedder.info(), "chunk_size": config.chunk_size, "texts": n, "digest": table.digest()}
-    _load_plan(partial, settings)
+    load_or_create_plan(
+        partial, "text-plan.json", settings, what="text build with other settings or input", hidden=("digest",),
+        foreign="an interrupted image extraction; resume it with `similar-images extract`",
+    )
     size = config.chunk_size
     n_chunks = (n + size - 1) // size
-    todo = [c for c in range(n_chunks) if not _chunk_path(partial, c).exists()]
-    done_before = n - sum(min(size, n - c * size) for c in todo)
+    todo, done_before = pending_pieces(n, size, lambda c: _chunk_path(partial, c).exists())
     if done_before:
         logger.info("Resuming: %d of %d texts already encoded", done_before, n)
 
