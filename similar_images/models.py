@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ._registry import Registry
 from .errors import WeightsError
 
 __all__ = [
@@ -87,7 +88,7 @@ class ModelSpec:
         return {"name": self.name, "dim": self.dim, "layer": self.layer, "input_size": list(self.input_size)}
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
+_REGISTRY: Registry[ModelSpec] = Registry("model")
 
 
 def register_model(spec: ModelSpec, *, replace: bool = False) -> None:
@@ -96,14 +97,12 @@ def register_model(spec: ModelSpec, *, replace: bool = False) -> None:
     Raises:
         ValueError: If the name is taken and ``replace`` is false.
     """
-    if spec.name in _REGISTRY and not replace:
-        raise ValueError(f"A model named {spec.name!r} is already registered; pass replace=True to override it")
-    _REGISTRY[spec.name] = spec
+    _REGISTRY.register(spec, replace=replace)
 
 
 def available_models() -> list[str]:
     """Names of the registered models."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -112,10 +111,7 @@ def get_model_spec(name: str) -> ModelSpec:
     Raises:
         ValueError: If no model has that name (the message lists the choices).
     """
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"Unknown model {name!r}; choose one of: {', '.join(available_models())}") from None
+    return _REGISTRY.get(name)
 
 
 def resolve_weights(weights: str | os.PathLike[str] | None) -> str | None:

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from . import _io
+from ._registry import Registry
 from ._resume import load_or_create_plan, pending_pieces, start_partial
 from .errors import DownloadError, QueryError, SimilarImagesError, WeightsError
 from .index import MIN_PQ_VECTORS
@@ -148,7 +149,9 @@ class TextEncoderSpec:
         return {"name": self.name, "dim": self.dim, "max_length": self.max_length}
 
 
-_TEXT_REGISTRY: dict[str, TextEncoderSpec] = {}
+_TEXT_REGISTRY: Registry[TextEncoderSpec] = Registry(
+    "text encoder", hint="or register your own with similar_images.text.register_text_encoder"
+)
 
 
 def register_text_encoder(spec: TextEncoderSpec, *, replace: bool = False) -> None:
@@ -157,14 +160,12 @@ def register_text_encoder(spec: TextEncoderSpec, *, replace: bool = False) -> No
     Raises:
         ValueError: If the name is taken and ``replace`` is false.
     """
-    if spec.name in _TEXT_REGISTRY and not replace:
-        raise ValueError(f"A text encoder named {spec.name!r} is already registered; pass replace=True to override it")
-    _TEXT_REGISTRY[spec.name] = spec
+    _TEXT_REGISTRY.register(spec, replace=replace)
 
 
 def available_text_encoders() -> list[str]:
     """Names of the registered sentence encoders."""
-    return sorted(_TEXT_REGISTRY)
+    return _TEXT_REGISTRY.names()
 
 
 def get_text_encoder(name: str) -> TextEncoderSpec:
@@ -173,13 +174,7 @@ def get_text_encoder(name: str) -> TextEncoderSpec:
     Raises:
         ValueError: If no encoder has that name (the message lists the choices).
     """
-    try:
-        return _TEXT_REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown text encoder {name!r}; choose one of: {', '.join(available_text_encoders())} "
-            "(or register your own with similar_images.text.register_text_encoder)"
-        ) from None
+    return _TEXT_REGISTRY.get(name)
 
 
 def _packaged_minilm() -> Path | None:
