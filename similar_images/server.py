@@ -9,7 +9,11 @@ Endpoints (all answers are JSON except the images):
 * ``GET /images/{id}``: the stored image; ``?size=thumb`` or ``?size=N`` for a
   JPEG thumbnail made on the server.
 * ``GET /health``: status of this worker (its process id, the database, the model).
-* ``GET /docs``, ``GET /openapi.json``: interactive documentation.
+* ``GET /docs``: the API documentation, one HTML page rendered on the server
+  from the OpenAPI description by :func:`~similar_images.api_docs.render_api_docs`
+  (no script or style from a CDN, so it works offline; FastAPI's Swagger UI
+  and ReDoc pages are switched off).
+* ``GET /openapi.json``: the machine-readable OpenAPI description.
 
 Bad input always gets a 4xx answer of the form
 ``{"error": CODE, "detail": MESSAGE, "status": STATUS}``: 400 (bad URL or
@@ -44,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
+from .api_docs import render_api_docs
 from .errors import ImageLoadError, QueryError
 from .fetch import FetchConfig, fetch_url
 
@@ -534,6 +539,11 @@ _POST_SEARCH_OPENAPI = {
 }
 
 
+#: The /docs page needs nothing but its own inline style sheet; the browser is told so.
+_DOCS_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
+                                            "form-action 'none'; frame-ancestors 'none'"}
+
+
 def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
     """Make the FastAPI application.
 
@@ -551,7 +561,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
     from fastapi import FastAPI, Query, Request  # noqa: PLC0415
     from fastapi.concurrency import run_in_threadpool  # noqa: PLC0415
     from fastapi.exceptions import RequestValidationError  # noqa: PLC0415
-    from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response  # noqa: PLC0415
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response  # noqa: PLC0415
     from pydantic import BaseModel  # noqa: PLC0415
     from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: PLC0415
     from starlette.requests import ClientDisconnect  # noqa: PLC0415
@@ -569,6 +579,8 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
         description=("Find the images of a similar-images database most similar to a query image "
                      "(upload, URL, or database id). Scores are cosine similarities: 1.0 is identical."),
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: /docs below works offline
+        redoc_url=None,
     )
 
     class MatchOut(BaseModel):
@@ -635,6 +647,11 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
         return RedirectResponse("/docs")
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    def docs(request: Request) -> HTMLResponse:
+        openapi_url = request.scope.get("root_path", "") + (app.openapi_url or "/openapi.json")
+        return HTMLResponse(render_api_docs(app.openapi(), openapi_url=openapi_url), headers=_DOCS_HEADERS)
 
     @app.get("/health", summary="Status of the worker that answers")
     def health(request: Request) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -198,7 +199,27 @@ def test_openapi_and_docs(server: RunningServer) -> None:
     content = spec["paths"]["/search"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(content)
     docs = server.get("/docs")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+
+
+_EXTERNAL = re.compile(r"""\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
+
+
+def test_docs_page_works_offline(server: RunningServer) -> None:
+    """/docs is rendered on the server from the OpenAPI description: nothing loads from a CDN."""
+    docs = server.get("/docs")
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    page = docs.text
+    assert "/search" in page and "POST" in page and "GET" in page and "/images/{item_id}" in page
+    assert "multipart/form-data" in page and "application/json" in page and "image/*" in page  # request bodies
+    assert "Number of results" in page and "413" in page and "Body too large" in page  # parameters, responses
+    assert 'href="/openapi.json"' in page
+    assert not _EXTERNAL.findall(page), _EXTERNAL.findall(page)
+    assert "<script" not in page.lower() and "@import" not in page and "url(" not in page
+    assert "default-src 'none'" in docs.headers["content-security-policy"]
+    assert server.get("/redoc").status_code == 404  # FastAPI's CDN pages are off
+    assert server.get("/docs/oauth2-redirect").status_code == 404
+    assert server.get("/openapi.json").json()["paths"]["/search"]["post"]
 
 
 # ---------------------------------------------------------------------- search

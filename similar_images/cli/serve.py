@@ -93,7 +93,9 @@ def register(group: click.Group) -> None:
 
         Endpoints: POST /search (an uploaded image, a URL or an id), GET
         /search?id=N&k=8, GET /images/ID (?size=thumb for a thumbnail),
-        GET /health, and the interactive documentation at /docs.
+        GET /health, the API documentation at /docs (one HTML page made by
+        the server, so it works offline) and the OpenAPI description at
+        /openapi.json.
 
         Example: similar-images serve photos-db --port 8000 --workers 2
 
