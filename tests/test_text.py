@@ -500,7 +500,8 @@ def test_cli_build_and_search(tmp_path: Path, tweet_texts: list[str]) -> None:
     assert f"Encoded {n} texts from 303 rows" in result.output, result.output
     assert "Loading weights" not in result.output and "it/s" not in result.output  # --quiet
     assert "2 empty rows skipped" in result.output and f"{300 - n + 1} duplicates skipped" in result.output
-    assert re.search(r"recall@10 vs exact: [01]\.\d{3} \(100 queries\)", result.output)
+    assert re.search(r"recall@10 vs exact: [01]\.\d{3} index alone, [01]\.\d{3} as served .*\(100 queries\)",
+                     result.output), result.output
     failures = (db / "failures.csv").read_text(encoding="utf-8")
     assert failures.count("empty text") == 2
 
