@@ -197,7 +197,8 @@ def _plan_settings(embedder: ImageEmbedder, config: ExtractConfig) -> dict[str, 
 def _load_or_create_plan(partial: Path, paths: list[Path], settings: dict[str, Any]) -> list[str]:
     str_paths = [str(p) for p in paths]
     plan = load_or_create_plan(partial, "plan.json", {"settings": settings, "paths": str_paths},
-                               what="extraction with other settings", settings_key="settings")
+                               what="extraction with other settings", settings_key="settings",
+                               foreign="an interrupted text build; resume it with `similar-images text build`")
     saved = plan["paths"]
     if saved != str_paths:
         logger.warning("The input changed since the interrupted run; resuming with the saved list of %d images",

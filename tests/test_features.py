@@ -121,6 +121,19 @@ def test_interrupted_run_with_other_settings_is_refused(tmp_path: Path, syntheti
     assert extract_features(synthetic_images, db, _config(tiny_model), force=True).extracted == 12
 
 
+def test_interrupted_text_build_is_not_mixed_with_images(tmp_path: Path, synthetic_images: Path,
+                                                         tiny_model: str) -> None:
+    db = tmp_path / "db"
+    (db / ".partial").mkdir(parents=True)
+    from similar_images import _io
+
+    _io.write_json(db / ".partial" / "text-plan.json", {"model": "minilm"})
+    _io.write_bytes(db / ".partial" / "chunk-00000.f32", b"\0" * 16)
+    with pytest.raises(DatabaseError, match="interrupted text build"):
+        extract_features(synthetic_images, db, _config(tiny_model))
+    assert (db / ".partial" / "chunk-00000.f32").exists()  # nothing lost
+
+
 def _cli(args: list[str]) -> list[str]:
     return [sys.executable, "-c", "from similar_images.cli import main; main()", *args]
 
