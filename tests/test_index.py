@@ -53,8 +53,10 @@ def test_default_factory_flat_when_small_else_pq_of_d_over_16() -> None:
 
 def test_choose_nprobe_smallest_within_tolerance_of_best() -> None:
     recalls = {1: 0.50, 2: 0.80, 4: 0.969, 8: 0.972, 16: 0.973}
-    assert choose_nprobe(recalls) == 4
-    assert choose_nprobe(recalls, tolerance=0.001) == 8
+    assert choose_nprobe(recalls) == 4  # 0.969 >= 0.995 x 0.973
+    assert choose_nprobe(recalls, tolerance=0.001) == 16  # 0.972 < 0.999 x 0.973
+    # relative: low recalls (random vectors) are not all "the same"
+    assert choose_nprobe({1: 0.017, 2: 0.021, 4: 0.0245, 7: 0.0295}) == 7
     assert choose_nprobe({1: 1.0}) == 1
     with pytest.raises(ValueError):
         choose_nprobe({})
@@ -78,7 +80,7 @@ def test_build_calibrates_nprobe_by_measured_served_recall() -> None:
     assert list(measured)[:3] == [1, 2, 4]
     chosen = report.search_params["nprobe"]
     assert chosen == choose_nprobe(measured) and faiss.extract_index_ivf(index).nprobe == chosen
-    assert max(measured.values()) - measured[chosen] <= 0.005 + 1e-9
+    assert measured[chosen] >= 0.995 * max(measured.values()) - 1e-9
     assert measured[1] < measured[chosen]  # one list is not enough on this data
     assert report.recall_at_10_served >= report.recall_at_10
     # the calibration alone, on its own sample, agrees within sampling noise

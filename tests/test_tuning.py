@@ -100,7 +100,7 @@ def test_current_default_uses_the_build_calibration_rule() -> None:
     report = TuneReport(n_vectors=10_000, dim=16, k=10, n_queries=10, queries="q", target_recall=0.95,
                         max_latency_ms=None, threads=1, flat_bytes=4000, points=points, skipped=[],
                         default_factory="IVF100,PQ16", tune_seconds=0.0, original_factory="IVF100,PQ16", rerank=4)
-    assert report.current_default.params == {"nprobe": 4}  # the smallest within 0.005 of the best served recall
+    assert report.current_default.params == {"nprobe": 4}  # the smallest within 0.5% of the best served recall
     report.default_nprobe_cap = 2  # build-index's scan budget allows 2 lists at most
     assert report.current_default.params == {"nprobe": 2}
     report.default_factory = "Flat"

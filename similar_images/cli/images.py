@@ -65,7 +65,7 @@ def register(group: click.Group) -> None:
                   help="Vectors sampled for training [default: all, at most 100,000].")
     @click.option("--nprobe", type=click.IntRange(1), default=None,
                   help="IVF lists visited per query, saved as the default [default: measured: the smallest nprobe "
-                       "within 0.005 of the best recall@10].")
+                       "within 0.5% of the best recall@10].")
     @click.option("--ef-search", type=click.IntRange(1), default=None, help="HNSW efSearch, saved as the default.")
     @click.option("--k-factor", type=click.IntRange(1), default=None, help="Re-ranking depth for ',RFlat' indexes.")
     @click.option("--eval-queries", type=click.IntRange(0), default=1000, show_default=True,
@@ -83,7 +83,7 @@ def register(group: click.Group) -> None:
         'search' serves it: candidates re-ranked exactly), the index size and
         the build time; all are also saved in DB/manifest.json. Unless
         --nprobe is given, an IVF index's nprobe is measured: recall at
-        nprobe 1, 2, 4, ... and the smallest within 0.005 of the best is kept.
+        nprobe 1, 2, 4, ... and the smallest within 0.5% of the best is kept.
 
         Example: similar-images build-index photos-db --index IVF64,PQ16 --nprobe 8
         """

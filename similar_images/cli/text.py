@@ -49,7 +49,7 @@ def register(group: click.Group) -> None:
     @click.option("--index", "factory", default=None, help=_INDEX_HELP)
     @click.option("--nprobe", type=click.IntRange(1), default=None,
                   help="IVF lists visited per query, saved as the default [default: measured: the smallest nprobe "
-                       "within 0.005 of the best recall@10].")
+                       "within 0.5% of the best recall@10].")
     @click.option("--train-size", type=click.IntRange(1), default=None,
                   help="Vectors sampled for training [default: all, at most 100,000].")
     @click.option("--eval-queries", type=click.IntRange(0), default=1000, show_default=True,
@@ -98,7 +98,7 @@ def register(group: click.Group) -> None:
     @click.option("--index", "factory", default=None, help=_INDEX_HELP)
     @click.option("--nprobe", type=click.IntRange(1), default=None,
                   help="IVF lists visited per query, saved as the default [default: measured: the smallest nprobe "
-                       "within 0.005 of the best recall@10].")
+                       "within 0.5% of the best recall@10].")
     @click.option("--train-size", type=click.IntRange(1), default=None,
                   help="Vectors sampled for training [default: all, at most 100,000].")
     @click.option("--eval-queries", type=click.IntRange(0), default=1000, show_default=True,
