@@ -121,3 +121,21 @@ def test_data_scripts_are_thin_wrappers(tmp_path: Path) -> None:
     out = subprocess.run(["bash", str(ROOT / "data_scripts" / "quickstart.sh"), "--help"], capture_output=True,
                          text=True, check=True)
     assert "--images" in out.stdout
+
+
+def test_cli_logging_shows_our_progress_not_faiss_loader_lines() -> None:
+    import logging
+
+    from similar_images.cli._common import configure_logging
+
+    root_level = logging.getLogger().level
+    try:
+        configure_logging(0)
+        assert logging.getLogger("similar_images.index").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("faiss.loader").isEnabledFor(logging.INFO)
+        configure_logging(2)  # -vv: everything, other libraries included
+        assert logging.getLogger("faiss.loader").isEnabledFor(logging.DEBUG)
+    finally:
+        logging.getLogger().setLevel(root_level)
+        logging.getLogger("faiss").setLevel(logging.NOTSET)
+        logging.getLogger("faiss.loader").setLevel(logging.NOTSET)

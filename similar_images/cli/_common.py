@@ -20,6 +20,9 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     """Configure the root logger for CLI use (the library itself never does)."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # Other libraries' INFO lines (e.g. faiss.loader's four lines about CPU builds) are noise for a CLI user.
+    for name in ("faiss", "faiss.loader"):
+        logging.getLogger(name).setLevel(logging.WARNING if level == logging.INFO else logging.NOTSET)
     # TensorFlow is chatty on import; keep its C++ logs to errors.
     import os
 
