@@ -575,6 +575,14 @@ def pick_point(points: Sequence[TunePoint], target_recall: float, max_latency_ms
     return min(ok, key=lambda p: (p.latency_in(served), p.memory_bytes))
 
 
+def _with_nprobe(chain: list[dict[str, int]], nprobe: int) -> list[dict[str, int]]:
+    """``chain`` with a setting at ``nprobe`` added in order (if it has nprobe settings and lacks that one)."""
+    if not chain or "nprobe" not in chain[0] or any(p["nprobe"] == nprobe for p in chain):
+        return chain
+    extra = {**chain[0], "nprobe": nprobe}
+    return sorted([*chain, extra], key=lambda p: p["nprobe"])
+
+
 def _stalled(recalls: list[float]) -> bool:
     if recalls and recalls[-1] >= 1.0 - 1e-9:
         return True
@@ -680,6 +688,8 @@ def tune_vectors(vectors: np.ndarray, config: TuneConfig | None = None, *, ids: 
             flat_bytes = mem
         if cand.factory == default:
             default_cap = nprobe_cap(index)
+            if default_cap is not None:  # measure the nprobe at build-index's scan budget too
+                cand.chains = [_with_nprobe(chain, default_cap) for chain in cand.chains]
         for chain in cand.chains:
             recalls: list[float] = []
             recalls_served: list[float] = []
@@ -829,7 +839,8 @@ def plot_tuning(report: TuneReport, path: str | os.PathLike[str] | None = None, 
     ax.text(min(lat(p) for p in report.points), report.target_recall,
             f" target {report.target_recall:g}", va="bottom", fontsize=8, color="grey")
     marks = [("original: ", report.original, "X", "black", (10, -24)),
-             ("pick: ", report.pick(mode), "*", "red", (-40, -34))]
+             ("pick: ", report.pick(mode), "*", "red", (-40, -34)),
+             ("build-index default: ", report.current_default, "D", "#6a3d9a", (10, 10))]
     for prefix, p, marker, colour, offset in marks:
         if p is None:
             continue

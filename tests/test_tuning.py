@@ -107,6 +107,15 @@ def test_current_default_uses_the_build_calibration_rule() -> None:
     assert report.current_default.factory == "Flat"
 
 
+def test_default_is_measured_at_its_scan_budget_nprobe() -> None:
+    from similar_images.tuning import _with_nprobe
+
+    chain = [{"nprobe": v, "k_factor": 2} for v in (1, 2, 4, 8)]
+    assert [p["nprobe"] for p in _with_nprobe(chain, 7)] == [1, 2, 4, 7, 8]
+    assert _with_nprobe(chain, 7)[3] == {"nprobe": 7, "k_factor": 2}
+    assert _with_nprobe(chain, 4) == chain and _with_nprobe([{}], 7) == [{}]
+
+
 def test_pick_and_pareto_rules() -> None:
     pts = [_point("a", 0.99, 5.0, 1000), _point("b", 0.96, 1.0, 300), _point("c", 0.97, 2.0, 300),
            _point("d", 0.80, 0.5, 100), _point("e", 0.90, 3.0, 400)]
