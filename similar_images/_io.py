@@ -18,6 +18,10 @@ from typing import Any
 
 __all__ = ["atomic_path", "write_json", "read_json", "write_bytes", "fsync_dir"]
 
+# The process umask, read once (os.umask can only be read by setting it, which is not thread-safe later).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def fsync_dir(path: Path) -> None:
     """Flush a directory entry (renames) to disk; a no-op where unsupported."""
@@ -39,7 +43,9 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
 
     The caller writes the temporary file (by any means: ``np.save``,
     ``faiss.write_index``, ...). If the block raises, the temporary file is
-    removed and ``dest`` is left untouched.
+    removed and ``dest`` is left untouched. The file gets the permissions of
+    the file it replaces, or those of any new file (``0o666`` less the
+    umask), not the owner-only mode of a temporary file.
 
     Args:
         dest: Final path of the file.
@@ -53,6 +59,11 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        try:
+            mode = dest.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_UMASK
+        os.chmod(tmp, mode)
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
     except BaseException:

@@ -40,6 +40,25 @@ def test_roundtrip_and_manifest(tmp_path: Path) -> None:
     assert not list((tmp_path / "db").glob("*.pkl")) and not list((tmp_path / "db").glob("*.tmp"))
 
 
+def test_files_get_normal_permissions_not_the_temporary_files(tmp_path: Path) -> None:
+    import os
+
+    from similar_images import _io
+
+    umask = os.umask(0o022)
+    try:
+        _make_db(tmp_path / "db")
+        Database.open(tmp_path / "db", load_index=False).build_index(IndexConfig(factory="Flat", eval_queries=0))
+        for f in (tmp_path / "db").iterdir():
+            if f.is_file():
+                assert f.stat().st_mode & 0o777 == 0o666 & ~_io._UMASK, f  # others can read a shared database
+        (tmp_path / "db" / "manifest.json").chmod(0o640)
+        _io.write_json(tmp_path / "db" / "manifest.json", {"replaced": True})
+        assert (tmp_path / "db" / "manifest.json").stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
+    finally:
+        os.umask(umask)
+
+
 def test_write_refuses_existing_and_mismatched(tmp_path: Path) -> None:
     _make_db(tmp_path / "db")
     with pytest.raises(DatabaseExistsError, match="--force"):
