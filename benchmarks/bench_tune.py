@@ -26,6 +26,10 @@ The database is built if it does not exist yet:
         --train-size 20000 --plot docs/tune_synthetic_40504x4096.png \\
         --plot-served docs/tune_synthetic_40504x4096_served.png
 
+    # re-print and re-plot a saved report, without measuring again
+    python benchmarks/bench_tune.py --db /work/cache/flowers-vgg16-avg --from-json flowers.json \\
+        --plot docs/tune_flowers_vgg16avg.png
+
     # retrieval quality only (no index sweep)
     python benchmarks/bench_tune.py --db /work/cache/flowers-mobilenetv2 --images ... --model mobilenetv2 \\
         --weights ...mobilenet...h5 --quality --no-tune
@@ -43,7 +47,7 @@ from pathlib import Path
 
 from similar_images import Database, ExtractConfig, extract_features, write_database
 from similar_images.evaluation import EvalConfig, evaluate_database
-from similar_images.tuning import TuneConfig, clustered_chunks, plot_tuning, tune_database
+from similar_images.tuning import TuneConfig, TuneReport, clustered_chunks, plot_tuning, tune_database
 
 
 def ensure_db(args: argparse.Namespace) -> Database:
@@ -86,6 +90,7 @@ def main() -> None:
     ap.add_argument("--plot", help="save the recall/latency/memory plot (index alone) here (PNG)")
     ap.add_argument("--plot-served", help="save the plot of the served figures (after re-ranking) here (PNG)")
     ap.add_argument("--json", help="save the full report here")
+    ap.add_argument("--from-json", help="re-print and re-plot a report saved with --json, without measuring again")
     ap.add_argument("--quality", action="store_true", help="also precision@10 / mAP@10 by class (folder labels)")
     ap.add_argument("--no-tune", action="store_true", help="skip the index sweep")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every index and setting")
@@ -120,8 +125,12 @@ def main() -> None:
         cfg = TuneConfig(target_recall=args.target_recall, n_queries=args.holdout,
                          latency_queries=args.latency_queries, train_size=args.train_size, factories=args.index,
                          rerank=args.rerank, seed=args.seed)
-        report = tune_database(db, cfg)
-        print(f"\n## Index sweep ({report.tune_seconds:.0f} s)\n")
+        if args.from_json:
+            report = TuneReport.from_dict(json.loads(Path(args.from_json).read_text()))
+            print(f"\n## Index sweep, as saved in {args.from_json}\n")
+        else:
+            report = tune_database(db, cfg)
+            print(f"\n## Index sweep ({report.tune_seconds:.0f} s)\n")
         print(report.format_table())
         print("\nPer index (fastest setting reaching the target, else the best recall):\n")
         print(report.markdown_table())

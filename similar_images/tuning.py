@@ -316,6 +316,28 @@ class TuneReport:
         }
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TuneReport:
+        """Rebuild a report from :meth:`to_dict`'s output (e.g. a saved ``--json`` file), to re-plot or re-decide
+        without measuring again.
+
+        Raises:
+            ValueError: If ``data`` is not a tuning report.
+        """
+        data = data.get("tune", data)  # bench_tune.py nests the report
+        if not isinstance(data, dict) or "points" not in data or "flat_bytes" not in data:
+            raise ValueError("Not a tuning report: expected the JSON written by 'similar-images tune --json' "
+                             "or benchmarks/bench_tune.py --json")
+        point_fields = set(TunePoint.__dataclass_fields__)
+        points = [TunePoint(**{k: v for k, v in p.items() if k in point_fields}) for p in data["points"]]
+        names = ("n_vectors", "dim", "k", "n_queries", "queries", "target_recall", "max_latency_ms", "threads",
+                 "flat_bytes", "default_factory", "tune_seconds", "original_factory", "default_nprobe_cap",
+                 "rerank", "served")
+        fields = {k: data[k] for k in names if k in data}
+        fractions = tuple(float(f) for f in (data.get("budgets") or {})) or (0.25, 0.125)
+        return cls(points=points, skipped=[(s["factory"], s["reason"]) for s in data.get("skipped", [])],
+                   memory_fractions=fractions, **fields)
+
     def format_table(self, all_points: bool = False) -> str:
         """A plain-text table (one row per index, or every setting) and the decision."""
         rows = self.points if all_points else self.by_factory()
@@ -840,7 +862,7 @@ def plot_tuning(report: TuneReport, path: str | os.PathLike[str] | None = None, 
             f" target {report.target_recall:g}", va="bottom", fontsize=8, color="grey")
     marks = [("original: ", report.original, "X", "black", (10, -24)),
              ("pick: ", report.pick(mode), "*", "red", (-40, -34)),
-             ("build-index default: ", report.current_default, "D", "#6a3d9a", (10, 10))]
+             ("build-index default: ", report.current_default, "D", "#6a3d9a", (-150, -26))]
     for prefix, p, marker, colour, offset in marks:
         if p is None:
             continue

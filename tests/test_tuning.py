@@ -156,6 +156,12 @@ def test_tune_on_clustered_vectors_meets_target(tmp_path: Path) -> None:
     assert "Pick (smallest" in report.format_table() and "| index |" in report.markdown_table()
     data = json.loads(json.dumps(report.to_dict()))
     assert data["chosen"]["factory"] == chosen.factory and len(data["points"]) == len(report.points)
+    again = TuneReport.from_dict(data)  # saved JSON -> the same decisions, without measuring again
+    assert again.chosen.label == chosen.label and again.pick(served=True).label == report.pick(served=True).label
+    again_quarter = again.budgets()[0.25]
+    assert (again_quarter.label if again_quarter else None) == (quarter.label if quarter else None)
+    with pytest.raises(ValueError, match="Not a tuning report"):
+        TuneReport.from_dict({"points": []})
     assert data["as_served"]["chosen"]["factory"] == served_pick.factory
     fig = plot_tuning(report, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
