@@ -215,10 +215,12 @@ def test_cli_tune_and_apply(small_db: Path, tmp_path: Path) -> None:
     assert manifest["index"]["factory"] == chosen["factory"] == data["applied"]["factory"]
     assert manifest["index"]["search_params"] == chosen["params"]
     # the table form, and the default plot path inside the database folder
+    assert TuneReport.from_dict(data).chosen.factory == chosen["factory"]  # the saved JSON can be re-read
     res = runner.invoke(main, ["tune", str(db), "--holdout", "10", "--latency-queries", "3", "--index", "IVF6,Flat",
-                               "--served"])
+                               "--served", "--target-recall", "0.5", "--apply"])
     assert res.exit_code == 0, res.output
     assert "recall@10" in res.output and "Pick (smallest" in res.output and (db / "tune.png").exists()
+    assert "Applied:" in res.output and "as served" in res.output.split("Applied:")[1]
     served_section = res.output.split("As served by Database.search")[1]
     assert "used for the pick" in served_section.splitlines()[0] and "apply with" in served_section
 

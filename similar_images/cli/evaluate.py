@@ -180,6 +180,7 @@ def register(group: click.Group) -> None:
         if applied:
             params = ", ".join(f"{n}={v}" for n, v in applied.search_params.items()) or "none"
             recall = "n/a" if applied.recall_at_10 is None else f"{applied.recall_at_10:.3f}"
+            served_recall = "n/a" if applied.recall_at_10_served is None else f"{applied.recall_at_10_served:.3f}"
             click.echo(f"Applied: {applied.factory} over {applied.n_vectors} vectors, search defaults {params}, "
-                       f"{applied.index_bytes:,} bytes; build-index's own check of the index alone: recall@10 "
-                       f"{recall}. Measure it as served with: similar-images evaluate {db}")
+                       f"{applied.index_bytes:,} bytes; build-index's own check: recall@10 {recall} for the index "
+                       f"alone, {served_recall} as served. More with: similar-images evaluate {db}")
