@@ -98,7 +98,8 @@ def register(group: click.Group) -> None:
     @click.option("--queries", type=click.Path(exists=False, path_type=Path), default=None, help=QUERIES_HELP)
     @click.option("--index", "factories", multiple=True,
                   help="Index description to try (repeatable), instead of the default sweep (Flat, IVF-Flat, "
-                       "IVF-PQ of several code sizes, OPQ/PCA + PQ, HNSW, SQ8/6/4 with and without a Hadamard rotation, PQ + re-ranking).")
+                       "IVF-PQ of several code sizes, OPQ/PCA + PQ, HNSW, SQ8/6/4 with and without a Hadamard "
+                       "rotation, PQ + re-ranking).")
     @click.option("--max-latency-ms", type=click.FloatRange(0, min_open=True), default=None,
                   help="Also require this median single-query latency.")
     @click.option("--train-size", type=click.IntRange(1), default=None,

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ._common import configure_logging, echo_build_report, echo_results, handle_errors
+from ._common import configure_logging, echo_build_report, echo_results, handle_errors, index_build_options
 
 WEIGHTS_HELP = (
     "'imagenet' (Keras download, cached in ~/.keras), 'random' (untrained, for tests), "
@@ -61,15 +61,9 @@ def register(group: click.Group) -> None:
     @click.option("--index", "factory", default=None,
                   help="Faiss index_factory string, e.g. 'Flat', 'IVF256,PQ16', 'OPQ16,IVF256,PQ16', 'HNSW32' "
                        "[default: Flat below 9,984 vectors, else IVF{sqrt N},PQ{d/16}].")
-    @click.option("--train-size", type=click.IntRange(1), default=None,
-                  help="Vectors sampled for training [default: all, at most 100,000].")
-    @click.option("--nprobe", type=click.IntRange(1), default=None,
-                  help="IVF lists visited per query, saved as the default [default: measured: the smallest nprobe "
-                       "within 0.5% of the best recall@10].")
+    @index_build_options
     @click.option("--ef-search", type=click.IntRange(1), default=None, help="HNSW efSearch, saved as the default.")
     @click.option("--k-factor", type=click.IntRange(1), default=None, help="Re-ranking depth for ',RFlat' indexes.")
-    @click.option("--eval-queries", type=click.IntRange(0), default=1000, show_default=True,
-                  help="Database vectors used as queries to measure recall@10 (0 skips it).")
     @click.option("--force", is_flag=True, help="Replace an existing index.")
     @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
     @click.option("--quiet", "-q", is_flag=True, help="Only the result.")

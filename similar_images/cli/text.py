@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ._common import configure_logging, echo_build_report, echo_results, handle_errors
+from ._common import configure_logging, echo_build_report, echo_results, handle_errors, index_build_options
 
 # Kept here (not imported from similar_images.text) so that ``--help`` imports nothing heavy.
 _DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -47,13 +47,7 @@ def register(group: click.Group) -> None:
     @click.option("--chunk-size", type=click.IntRange(1), default=2048, show_default=True,
                   help="Texts per committed chunk (the most an interruption can lose).")
     @click.option("--index", "factory", default=None, help=_INDEX_HELP)
-    @click.option("--nprobe", type=click.IntRange(1), default=None,
-                  help="IVF lists visited per query, saved as the default [default: measured: the smallest nprobe "
-                       "within 0.5% of the best recall@10].")
-    @click.option("--train-size", type=click.IntRange(1), default=None,
-                  help="Vectors sampled for training [default: all, at most 100,000].")
-    @click.option("--eval-queries", type=click.IntRange(0), default=1000, show_default=True,
-                  help="Database vectors used as queries to measure recall@10 (0 skips it).")
+    @index_build_options
     @click.option("--no-index", is_flag=True, help="Only encode; build the index later with 'text build-index'.")
     @click.option("--force", is_flag=True, help="Replace an existing database at DB.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log messages.")
@@ -96,13 +90,7 @@ def register(group: click.Group) -> None:
     @text.command("build-index")
     @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @click.option("--index", "factory", default=None, help=_INDEX_HELP)
-    @click.option("--nprobe", type=click.IntRange(1), default=None,
-                  help="IVF lists visited per query, saved as the default [default: measured: the smallest nprobe "
-                       "within 0.5% of the best recall@10].")
-    @click.option("--train-size", type=click.IntRange(1), default=None,
-                  help="Vectors sampled for training [default: all, at most 100,000].")
-    @click.option("--eval-queries", type=click.IntRange(0), default=1000, show_default=True,
-                  help="Database vectors used as queries to measure recall@10 (0 skips it).")
+    @index_build_options
     @click.option("--force", is_flag=True, help="Replace an existing index.")
     @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
     @handle_errors
