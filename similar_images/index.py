@@ -44,6 +44,8 @@ __all__ = [
     "calibrate_nprobe",
     "choose_nprobe",
     "nprobe_cap",
+    "nprobe_steps",
+    "fallback_nprobe",
     "make_index",
     "min_training_vectors",
     "build_index",
@@ -52,7 +54,7 @@ __all__ = [
     "exact_search",
     "recall_at_k",
     "recall_within",
-    "measure_recall",
+    "recall_stalled",
     "index_nbytes",
     "write_index",
     "read_index",
@@ -211,6 +213,17 @@ def _unwrap(index: Any) -> list[Any]:
     return chain
 
 
+def _ivf_of(index: Any) -> Any | None:
+    """The inverted-file index inside ``index`` (any wrappers), or ``None``."""
+    faiss = _faiss()
+    return next((s for s in _unwrap(index) if isinstance(s, faiss.IndexIVF)), None)
+
+
+def fallback_nprobe(nlist: int) -> int:
+    """nprobe when nothing is measured: ``min(nlist, max(16, ceil(nlist / 8)))``."""
+    return min(nlist, max(16, math.ceil(nlist / 8)))
+
+
 def default_search_params(index: Any) -> dict[str, int]:
     """Search-time defaults when nothing is measured: nprobe = ``min(nlist, max(16, ceil(nlist / 8)))`` for
     IVF, efSearch = 64 for HNSW, k_factor 4 for refine (:func:`build_index` calibrates nprobe instead)."""
@@ -218,7 +231,7 @@ def default_search_params(index: Any) -> dict[str, int]:
     params: dict[str, int] = {}
     for sub in _unwrap(index):
         if isinstance(sub, faiss.IndexIVF):
-            params["nprobe"] = min(sub.nlist, max(16, math.ceil(sub.nlist / 8)))
+            params["nprobe"] = fallback_nprobe(sub.nlist)
         elif isinstance(sub, faiss.IndexHNSW):
             params["efSearch"] = 64
         elif isinstance(sub, faiss.IndexRefine):
@@ -250,11 +263,11 @@ def set_search_params(index: Any, params: dict[str, int | None]) -> dict[str, in
                 raise ValueError("k_factor applies only to indexes with a refine stage (',RFlat')")
             refine[0].k_factor = value
         elif name == "nprobe":
-            ivf = [s for s in chain if isinstance(s, faiss.IndexIVF)]
-            if not ivf:
+            ivf = _ivf_of(index)
+            if ivf is None:
                 raise ValueError("nprobe applies only to IVF indexes")
-            ivf[0].nprobe = min(value, ivf[0].nlist)
-            value = ivf[0].nprobe
+            ivf.nprobe = min(value, ivf.nlist)
+            value = ivf.nprobe
         elif name == "efSearch":
             hnsw = [s for s in chain if isinstance(s, faiss.IndexHNSW)]
             if not hnsw:
@@ -442,19 +455,12 @@ def _eval_sample(vectors: np.ndarray, ids: np.ndarray, n_queries: int, k: int, s
     return _EvalSample(xq, self_ids, drop_self(truth, self_ids, k)[0], k)
 
 
-def measure_recall(index: Any, vectors: np.ndarray, *, n_queries: int = 1000, k: int = 10, seed: int = 0,
-                   ids: np.ndarray | None = None) -> tuple[float, int]:
-    """Recall@k of ``index`` against exact search, with database vectors as queries (each query's own id is
-    removed from both result lists, as in :mod:`similar_images.evaluation`).
-
-    Returns:
-        ``(recall, number of queries)``.
-    """
-    ids = np.arange(len(vectors), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-    sample = _eval_sample(vectors, ids, n_queries, k, seed)
-    if sample is None:
-        return float("nan"), 0
-    return recall_at_k(sample.search(index, sample.k), sample.truth, sample.k), len(sample.queries)
+def recall_stalled(recalls: list[float], min_gain: float) -> bool:
+    """Whether a sweep of growing search effort can stop: recall reached 1, or the last two steps each added
+    less than ``min_gain``."""
+    if recalls and recalls[-1] >= 1.0 - 1e-9:
+        return True
+    return len(recalls) >= 3 and recalls[-1] - recalls[-2] < min_gain and recalls[-2] - recalls[-3] < min_gain
 
 
 def choose_nprobe(recalls: dict[int, float], tolerance: float = NPROBE_TOLERANCE) -> int:
@@ -470,8 +476,7 @@ def choose_nprobe(recalls: dict[int, float], tolerance: float = NPROBE_TOLERANCE
 def nprobe_cap(index: Any, max_scan_bytes: int | None = MAX_SCAN_BYTES) -> int | None:
     """The largest nprobe whose lists hold at most ``max_scan_bytes`` of codes on average (at least 1, at most
     nlist); ``None`` for an index without an inverted file."""
-    faiss = _faiss()
-    ivf = next((s for s in _unwrap(index) if isinstance(s, faiss.IndexIVF)), None)
+    ivf = _ivf_of(index)
     if ivf is None:
         return None
     if max_scan_bytes is None or ivf.ntotal == 0:
@@ -480,7 +485,8 @@ def nprobe_cap(index: Any, max_scan_bytes: int | None = MAX_SCAN_BYTES) -> int |
     return int(min(ivf.nlist, max(1, math.floor(max_scan_bytes / per_list))))
 
 
-def _nprobe_steps(cap: int) -> list[int]:
+def nprobe_steps(cap: int) -> list[int]:
+    """1, 2, 4, ... below ``cap``, then ``cap``."""
     steps = [1]
     while steps[-1] * 2 < cap:
         steps.append(steps[-1] * 2)
@@ -520,8 +526,7 @@ def calibrate_nprobe(index: Any, vectors: np.ndarray, *, ids: np.ndarray | None 
     Raises:
         ValueError: If the index has no inverted file.
     """
-    faiss = _faiss()
-    ivf = next((s for s in _unwrap(index) if isinstance(s, faiss.IndexIVF)), None)
+    ivf = _ivf_of(index)
     if ivf is None:
         raise ValueError("calibrate_nprobe needs an IVF index")
     if _sample is None:
@@ -531,14 +536,11 @@ def calibrate_nprobe(index: Any, vectors: np.ndarray, *, ids: np.ndarray | None 
         raise ValueError("calibrate_nprobe needs at least 2 vectors and 1 query")
     width = _sample.k * max(1, depth)
     recalls: dict[int, float] = {}
-    history: list[float] = []
     cap = nprobe_cap(index, max_scan_bytes) or ivf.nlist
-    for nprobe in _nprobe_steps(cap):
+    for nprobe in nprobe_steps(cap):
         ivf.nprobe = nprobe
         recalls[nprobe] = recall_within(_sample.search(index, width), _sample.truth, _sample.k)
-        history.append(recalls[nprobe])
-        if history[-1] >= 1.0 - 1e-9 or (len(history) >= 3 and history[-1] - history[-2] < 0.002
-                                         and history[-2] - history[-3] < 0.002):
+        if recall_stalled(list(recalls.values()), 0.002):
             break
     chosen = choose_nprobe(recalls, tolerance)
     ivf.nprobe = chosen
@@ -614,8 +616,9 @@ def build_index(vectors: np.ndarray, config: IndexConfig | None = None,
         if "nprobe" in params and config.nprobe is None:
             params["nprobe"], measured = calibrate_nprobe(index, vectors, _sample=sample)
             nprobe_recalls = {str(p): round(r, 4) for p, r in measured.items()}
-        recall = recall_at_k(sample.search(index, sample.k), sample.truth, sample.k)
-        served = recall_within(sample.search(index, sample.k * DEFAULT_RERANK), sample.truth, sample.k)
+        found = sample.search(index, sample.k * DEFAULT_RERANK)  # the top k alone, and the candidates served
+        recall = recall_at_k(found, sample.truth, sample.k)
+        served = recall_within(found, sample.truth, sample.k)
 
     def _round(x: float) -> float | None:
         return None if math.isnan(x) else round(x, 4)

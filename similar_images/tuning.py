@@ -44,7 +44,7 @@ import numpy as np
 
 from .errors import IndexTrainingError
 from .evaluation import drop_self, measure_latency, rerank_exact, sample_query_ids
-from .index import faiss_threads
+from .index import fallback_nprobe, faiss_threads, nprobe_steps, recall_stalled
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -447,14 +447,9 @@ def _cli_args(p: TunePoint) -> str:
 
 
 # --------------------------------------------------------------------------- the sweep
-def _fallback_nprobe(nlist: int) -> int:
-    """build-index's nprobe when it measures nothing (see :func:`similar_images.index.default_search_params`)."""
-    return min(nlist, max(16, math.ceil(nlist / 8)))
-
-
 def _nprobes(nlist: int) -> list[int]:
-    values = {v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v < nlist}
-    values |= {nlist, _fallback_nprobe(nlist), min(ORIGINAL_NPROBE, nlist)}
+    values = {v for v in nprobe_steps(nlist) if v <= 1024 or v == nlist}
+    values |= {fallback_nprobe(nlist), min(ORIGINAL_NPROBE, nlist)}
     return sorted(values)
 
 
@@ -512,7 +507,7 @@ def candidate_for(factory: str) -> Candidate:
             chains.append([{"efSearch": v, **base} for v in EF_SEARCH])
         else:
             chains.append([dict(base)])
-    min_effort = ({"nprobe": _fallback_nprobe(nlist)} if nlist
+    min_effort = ({"nprobe": fallback_nprobe(nlist)} if nlist
                   else {"efSearch": 64} if "HNSW" in f else {})
     return Candidate(factory=factory, family=_family(factory), chains=chains, min_effort=min_effort)
 
@@ -606,9 +601,7 @@ def _with_nprobe(chain: list[dict[str, int]], nprobe: int) -> list[dict[str, int
 
 
 def _stalled(recalls: list[float]) -> bool:
-    if recalls and recalls[-1] >= 1.0 - 1e-9:
-        return True
-    return len(recalls) >= 3 and recalls[-1] - recalls[-2] < 1e-3 and recalls[-2] - recalls[-3] < 1e-3
+    return recall_stalled(recalls, 1e-3)
 
 
 @contextlib.contextmanager
