@@ -12,6 +12,7 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,6 +63,27 @@ def vgg_weights(assets: Path) -> Path:
 @pytest.fixture(scope="session")
 def mobilenet_weights(assets: Path) -> Path:
     return assets / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+
+
+def execute_notebook(nb: Any, env: dict[str, str], cwd: Path, *, timeout: int = 300) -> Any:
+    """Execute ``nb`` (an nbformat notebook, changed in place and returned) in a real Jupyter kernel.
+
+    ``env`` is set in this process's environment while it runs (the kernel inherits it, which is how the
+    notebooks get their parameters), then restored.
+    """
+    from nbclient import NotebookClient
+
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
 
 
 def make_image(path: Path, seed: int, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> Path:

@@ -4,7 +4,6 @@ HNSW growing-k search, CSV report, CLI and the notebook."""
 from __future__ import annotations
 
 import csv
-import os
 import random
 import shutil
 from pathlib import Path
@@ -12,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
+from conftest import execute_notebook
 
 from similar_images import Database, ExtractConfig, IndexConfig, extract_features, write_database
 from similar_images.cli import main
@@ -254,23 +255,11 @@ def test_browser_slider_filters_pairs(planted: dict) -> None:
 
 def test_notebook_runs_headless(planted: dict, tmp_path: Path) -> None:
     import nbformat
-    from nbclient import NotebookClient
 
     nb = nbformat.read(ROOT / "notebooks" / "near_duplicates.ipynb", as_version=4)
     env = {"SIMILAR_IMAGES_DB": str(planted["db"]), "DUPLICATES_THRESHOLD": str(THRESHOLD),
            "DUPLICATES_MIN_THRESHOLD": "0.7", "DUPLICATES_OUT_DIR": str(tmp_path / "out")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        client = NotebookClient(nb, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}})
-        client.execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    execute_notebook(nb, env, tmp_path)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the matplotlib histogram

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+
+from conftest import execute_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "text_similarity.ipynb"
@@ -26,20 +26,6 @@ def text_db_2k(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_text_database(texts, db, TextBuildConfig(verbose=False))
     build_text_index(db)
     return db
-
-
-def _run(nb: nbformat.NotebookNode, env: dict[str, str], cwd: Path) -> nbformat.NotebookNode:
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits the environment of this process
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return nb
 
 
 def _outputs(nb: nbformat.NotebookNode) -> list[dict]:
@@ -64,7 +50,7 @@ def test_notebook_runs_and_searches(text_db_2k: Path, tmp_path: Path) -> None:
         "print('RESULTS', json.dumps({'n': len(res), 'ranks': [m.rank for m in res], 'k': app.k_slider.value,\n"
         "      'random_top_is_itself': app.last_results[0].text == app.query.value, 'status': app.status.value}))"
     ))
-    _run(nb, {"SIMILAR_TEXTS_DB": str(text_db_2k), "SIMILAR_TEXTS_K": "6"}, tmp_path)
+    execute_notebook(nb, {"SIMILAR_TEXTS_DB": str(text_db_2k), "SIMILAR_TEXTS_K": "6"}, tmp_path)
     outs = _outputs(nb)
     assert not [o for o in outs if o.output_type == "error"]
     views = [o for o in outs if o.output_type in ("display_data", "execute_result")
@@ -79,7 +65,7 @@ def test_notebook_runs_and_searches(text_db_2k: Path, tmp_path: Path) -> None:
 def test_notebook_without_database_shows_build_commands(tmp_path: Path) -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     missing = tmp_path / "no-db"
-    _run(nb, {"SIMILAR_TEXTS_DB": str(missing)}, tmp_path)
+    execute_notebook(nb, {"SIMILAR_TEXTS_DB": str(missing)}, tmp_path)
     outs = _outputs(nb)
     assert not [o for o in outs if o.output_type == "error"]
     shown = json.dumps([o.get("data", {}) for o in outs])

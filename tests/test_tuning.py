@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
+from conftest import execute_notebook
 
 from similar_images import Database, write_database
 from similar_images.cli import main
@@ -238,24 +239,13 @@ def test_cli_tune_apply_refuses_unreachable_target(small_db: Path, tmp_path: Pat
 # --------------------------------------------------------------------------- notebook
 def test_notebook_runs_headless(small_db: Path, tmp_path: Path) -> None:
     nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("nbclient")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     plot = tmp_path / "nb-plot.png"
     env = {"SIMILAR_IMAGES_DB": str(small_db), "TUNE_TARGET_RECALL": "0.9", "TUNE_HOLDOUT": "20",
            "TUNE_QUERY_ID": "3", "TUNE_PLOT": str(plot), "TUNE_COMPARE_INDEX": "IVF6,SQ4",
            "TUNE_COMPARE_PARAMS": '{"nprobe": 1}', "TUNE_FACTORIES": "IVF6,Flat;IVF6,SQ4;HNSW8"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {
-            "path": str(tmp_path)}})
-        client.execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    execute_notebook(nb, env, tmp_path, timeout=600)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     texts = "\n".join(o.get("text", "") or o.get("data", {}).get("text/plain", "") for o in outputs)
