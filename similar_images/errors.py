@@ -1,16 +1,62 @@
-"""Exception types. Every error the library raises on bad input derives from
-:class:`SimilarImagesError`, and its message says how to fix the input."""
+"""The exception hierarchy of similar-images.
+
+Every error the library raises on bad input, a bad environment or a damaged
+database derives from :class:`SimilarImagesError`, and its message says how
+to fix the problem. Programming errors (bugs) are left as Python's own
+exceptions, so the command line shows a traceback for them instead of
+dressing them up as user messages.
+
+::
+
+    SimilarImagesError
+    |-- ConfigError (ValueError)           an option or setting has a bad value (batch_size=0, unknown model)
+    |-- InputError (ValueError)            an input cannot be used
+    |   |-- SourceNotFoundError (FileNotFoundError)   a folder, file list or CSV does not exist
+    |   |-- NoInputsError                  a folder or list holds nothing usable
+    |   |-- ImageLoadError                 an image cannot be decoded (corrupt, truncated, too large)
+    |   `-- TextInputError                 a text table or text cannot be used
+    |-- QueryError (ValueError)            a search query is invalid
+    |   |-- UnknownIdError (KeyError)      no such (or a removed) database id or item
+    |   |-- BadURLError                    a malformed URL, another scheme, a refused address
+    |   `-- FetchError                     a well-formed URL could not be fetched (network, status, not an image)
+    |-- DatabaseError                      a database folder is missing, incomplete or inconsistent
+    |   |-- DatabaseNotFoundError (FileNotFoundError)
+    |   |-- DatabaseExistsError (FileExistsError)
+    |   `-- DatabaseCorruptError           a file of the database cannot be read or contradicts the manifest
+    |-- IndexTrainingError (ValueError)    too few vectors, or an invalid index description
+    |-- WeightsError                       model weights cannot be downloaded or loaded
+    |-- BackendError                       an inference backend is missing or cannot run the model
+    |-- EngineError                        a distributed engine (Spark, Java) is missing or failed
+    `-- DownloadError                      a download failed or produced a corrupt archive
+
+The HTTP service maps these types to status codes in one table
+(:data:`similar_images.service.errors.STATUS_BY_ERROR`), the command line
+turns them into one-line messages, and the notebook apps pick their message
+by type.
+"""
 
 from __future__ import annotations
 
 __all__ = [
     "SimilarImagesError",
+    "ConfigError",
+    "InputError",
+    "SourceNotFoundError",
+    "NoInputsError",
     "ImageLoadError",
+    "TextInputError",
     "QueryError",
+    "UnknownIdError",
+    "BadURLError",
+    "FetchError",
     "DatabaseError",
+    "DatabaseNotFoundError",
     "DatabaseExistsError",
+    "DatabaseCorruptError",
     "IndexTrainingError",
     "WeightsError",
+    "BackendError",
+    "EngineError",
     "DownloadError",
 ]
 
@@ -19,20 +65,63 @@ class SimilarImagesError(Exception):
     """Base class of all errors raised by similar_images."""
 
 
-class ImageLoadError(SimilarImagesError, ValueError):
+class ConfigError(SimilarImagesError, ValueError):
+    """An option or setting has a bad value (e.g. ``batch_size=0``, an unknown model name)."""
+
+
+class InputError(SimilarImagesError, ValueError):
+    """An input (image, folder, file list, text table) cannot be used."""
+
+
+class SourceNotFoundError(InputError, FileNotFoundError):
+    """A folder, file list, CSV file or weights file given as input does not exist."""
+
+
+class NoInputsError(InputError):
+    """A folder, file list or table holds nothing that can be used."""
+
+
+class ImageLoadError(InputError):
     """An image could not be read or decoded (corrupt, truncated, not an image, too large)."""
 
 
+class TextInputError(InputError):
+    """A text input (CSV file, column, text) cannot be used; the message says how to fix it."""
+
+
 class QueryError(SimilarImagesError, ValueError):
-    """A search query is invalid (unknown id, unreachable URL, unsupported type, bad k)."""
+    """A search query is invalid (bad type, bad ``k``, empty text)."""
+
+
+class UnknownIdError(QueryError, KeyError):
+    """A database id or item is unknown, or was removed."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class BadURLError(QueryError):
+    """A URL is malformed, uses another scheme than http(s), or names a refused address."""
+
+
+class FetchError(QueryError):
+    """A well-formed URL could not be fetched: unreachable, timed out, an HTTP error, not an image, too large."""
 
 
 class DatabaseError(SimilarImagesError):
     """A database folder is missing, incomplete, or inconsistent with its manifest."""
 
 
+class DatabaseNotFoundError(DatabaseError, FileNotFoundError):
+    """There is no database at the given folder."""
+
+
 class DatabaseExistsError(DatabaseError, FileExistsError):
     """An output already exists and ``force`` was not given."""
+
+
+class DatabaseCorruptError(DatabaseError):
+    """A file of the database cannot be read, or contradicts the manifest."""
 
 
 class IndexTrainingError(SimilarImagesError, ValueError):
@@ -41,6 +130,14 @@ class IndexTrainingError(SimilarImagesError, ValueError):
 
 class WeightsError(SimilarImagesError):
     """Model weights could not be downloaded or loaded."""
+
+
+class BackendError(SimilarImagesError):
+    """An inference backend is not installed, or cannot run the model."""
+
+
+class EngineError(SimilarImagesError):
+    """A distributed engine (Spark and its Java runtime) is missing, or its job failed."""
 
 
 class DownloadError(SimilarImagesError):

@@ -1,38 +1,74 @@
-"""Searching a database with any kind of query.
+"""Searching with any kind of query.
 
-A query can be a database id (its stored vector is reused, no model run), an
-image path, raw image bytes, a PIL image, an http(s) URL, a vector, or, for
-a text database, a string. Scores are cosine similarities: higher is more
-similar, 1.0 is identical.
+A query can be a database id (its stored vector is reused, no model run), a
+vector, or anything the database's embedder takes
+(:meth:`~similar_images.embed.Embedder.coerce_query`): an image path, raw
+image bytes, a PIL image or an http(s) URL for an image database, a string
+for a text database. Scores are cosine similarities: higher is more similar,
+1.0 is identical.
+
+This module works on anything that has the :class:`Searchable` attributes;
+:class:`similar_images.store.Database` is the one the package provides, and
+its ``search`` methods call the functions here.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
-from .errors import QueryError
-from .fetch import FetchConfig, fetch_url, is_url
-from .index import DEFAULT_RERANK
+from ._util.http import FetchConfig
+from .embed import Embedder
+from .errors import ConfigError, QueryError
+from .index import DEFAULT_RERANK, exact_search, faiss_threads, rerank_exact, set_search_params
+from .index.rerank import candidates_for
 
-if TYPE_CHECKING:
-    from .database import Database
-
-__all__ = ["Match", "Results", "query_vectors", "search", "search_batch", "search_vectors"]
+__all__ = ["Searchable", "Match", "Results", "MAX_K", "query_vectors", "search", "search_batch", "search_vectors"]
 
 logger = logging.getLogger(__name__)
 
 MAX_K = 10_000
 #: Batches up to this size are searched with one Faiss thread (see index.faiss_threads).
 SINGLE_THREAD_MAX_QUERIES = 4
+
+
+class Searchable(Protocol):
+    """What a search needs from a database.
+
+    Attributes:
+        vectors: ``(n, dim)`` stored L2-normalised vectors, row ``i`` = id ``i`` (a memmap is fine).
+        items: Item ``i`` of id ``i`` (path or text).
+        removed: Boolean mask over ids: removed items are never returned.
+        index: The Faiss index over the ids (``None``: searches are exact).
+        index_lock: Held while search parameters are changed on the shared index.
+        search_defaults: The index's saved search parameters (``nprobe`` ...).
+        filtered_ids: Ids still in an index that cannot delete, filtered out of its results.
+        embedder: Embeds queries the way the database was built.
+        item_key: Key of the item in JSON results (``"path"`` or ``"text"``).
+    """
+
+    vectors: np.ndarray
+    items: list[str]
+    removed: np.ndarray
+    index: Any
+    index_lock: threading.RLock
+    search_defaults: dict[str, int]
+    filtered_ids: np.ndarray
+    embedder: Embedder
+    item_key: str
+
+    @property
+    def dim(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def check_id(self, item_id: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -100,7 +136,7 @@ class Results(list):  # list[Match]
         }
 
 
-def _as_vector(db: Database, vec: np.ndarray) -> np.ndarray:
+def _as_vector(db: Searchable, vec: np.ndarray) -> np.ndarray:
     v = np.asarray(vec, dtype=np.float32).reshape(1, -1)
     if v.shape[1] != db.dim:
         raise QueryError(f"Query vector has dimension {v.shape[1]}, the database {db.dim}")
@@ -110,7 +146,7 @@ def _as_vector(db: Database, vec: np.ndarray) -> np.ndarray:
     return v / norm
 
 
-def query_vectors(db: Database, queries: Sequence[Any], *,
+def query_vectors(db: Searchable, queries: Sequence[Any], *,
                   fetch_config: FetchConfig | None = None) -> tuple[np.ndarray, list[int | None]]:
     """Turn queries into normalised vectors (running the model once for all that need it).
 
@@ -129,29 +165,11 @@ def query_vectors(db: Database, queries: Sequence[Any], *,
             raise QueryError("A query cannot be a boolean")
         if isinstance(q, (int, np.integer)):
             ids[i] = db.check_id(int(q))
-            vecs[i] = db.vectors[ids[i]].reshape(1, -1).astype(np.float32)
+            vecs[i] = np.asarray(db.vectors[ids[i]], dtype=np.float32).reshape(1, -1)
         elif isinstance(q, np.ndarray) and q.dtype.kind == "f":
             vecs[i] = _as_vector(db, q)
-        elif db.kind == "text":
-            if not isinstance(q, str):
-                raise QueryError(f"A text database takes str queries (or ids/vectors), got {type(q).__name__}")
-            if not q.strip():
-                raise QueryError("The query is empty: type some text")
-            to_embed.append((i, q))
-        elif isinstance(q, (str, os.PathLike)):
-            s = str(q)
-            if is_url(s):
-                to_embed.append((i, fetch_url(s, fetch_config)))
-            else:
-                if not Path(s).expanduser().exists():
-                    raise QueryError(f"No such image file: {s} (give a path, an http(s) URL, or a database id)")
-                to_embed.append((i, Path(s).expanduser()))
-        elif isinstance(q, (bytes, bytearray, memoryview, Image.Image)) or hasattr(q, "read"):
-            to_embed.append((i, q))
         else:
-            raise QueryError(
-                f"Unsupported query type {type(q).__name__}; use an id, a path, a URL, bytes, a PIL image or a vector"
-            )
+            to_embed.append((i, db.embedder.coerce_query(q, fetch_config=fetch_config)))
     if to_embed:
         embedded = db.embedder.embed([q for _, q in to_embed])
         for (i, _), v in zip(to_embed, embedded):
@@ -165,20 +183,7 @@ def _check_k(k: int) -> int:
     return int(k)
 
 
-def _rerank(db: Database, xq: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Re-score candidate ids with the stored vectors (exact cosine) and keep the best ``k`` of each row."""
-    scores = np.full((len(xq), k), -np.inf, dtype=np.float32)
-    ids = np.full((len(xq), k), -1, dtype=np.int64)
-    for row, (q, c) in enumerate(zip(xq, cand)):
-        c = c[c >= 0]
-        exact = np.asarray(db.vectors[c], dtype=np.float32) @ q
-        order = np.argsort(-exact, kind="stable")[:k]
-        scores[row, :len(order)] = exact[order]
-        ids[row, :len(order)] = c[order]
-    return scores, ids
-
-
-def search_vectors(db: Database, xq: np.ndarray, k: int, *, exact: bool = False, nprobe: int | None = None,
+def search_vectors(db: Searchable, xq: np.ndarray, k: int, *, exact: bool = False, nprobe: int | None = None,
                    ef_search: int | None = None, k_factor: int | None = None,
                    rerank: int = DEFAULT_RERANK) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Search normalised query vectors; removed items are never returned.
@@ -202,8 +207,6 @@ def search_vectors(db: Database, xq: np.ndarray, k: int, *, exact: bool = False,
     if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0:
         raise QueryError(f"rerank must be a non-negative integer, got {rerank!r}")
     k_eff = min(k, max(len(db), 1))
-    from .index import exact_search, faiss_threads, set_search_params  # noqa: PLC0415
-
     threads = 1 if len(xq) <= SINGLE_THREAD_MAX_QUERIES else None
     if exact or db.index is None:
         removed = db.removed if db.removed.any() else None
@@ -211,42 +214,41 @@ def search_vectors(db: Database, xq: np.ndarray, k: int, *, exact: bool = False,
             scores, ids = exact_search(db.vectors, xq, k_eff, exclude=removed)
         return scores, ids, {"exact": True}
 
-    info = db.manifest["index"]
-    filtered = info.get("filtered_ids", [])
-    defaults = dict(info.get("search_params", {}))
+    filtered = db.filtered_ids
+    defaults = dict(db.search_defaults)
     overrides = {"nprobe": nprobe, "efSearch": ef_search, "k_factor": k_factor}
     wanted = {**defaults, **{n: v for n, v in overrides.items() if v is not None}}
-    k_index = min(k_eff * rerank, MAX_K) if rerank > 1 else k_eff
-    with db._lock:  # search parameters live on the shared index
+    k_index = min(candidates_for(k_eff, rerank), MAX_K)
+    with db.index_lock:  # search parameters live on the shared index
         try:
             used = set_search_params(db.index, wanted)
-        except ValueError as exc:
+        except ConfigError as exc:
             raise QueryError(str(exc)) from exc
         with faiss_threads(threads):
             scores, ids = db.index.search(np.ascontiguousarray(xq), min(k_index + len(filtered), db.index.ntotal or 1))
         set_search_params(db.index, defaults)
     params: dict[str, Any] = {"exact": False, **used}
-    if filtered:
+    if len(filtered):
         keep = ~np.isin(ids, np.asarray(filtered, dtype=np.int64))
         scores = np.stack([np.concatenate([s[m], np.full(len(s), -np.inf)])[:k_index] for s, m in zip(scores, keep)])
         ids = np.stack([np.concatenate([i[m], np.full(len(i), -1)])[:k_index] for i, m in zip(ids, keep)])
     if rerank > 1:
-        scores, ids = _rerank(db, xq, ids, k_eff)
+        scores, ids = rerank_exact(db.vectors, xq, ids, k_eff)
         params["rerank"] = int(rerank)
     return scores, ids, params
 
 
-def _results(db: Database, scores: np.ndarray, ids: np.ndarray, *, search_ms: float, total_ms: float,
-             query_id: int | None, params: dict[str, Any]) -> Results:
-    matches = [Match(rank=r + 1, id=int(i), score=float(s), item=db.items[int(i)])
-               for r, (s, i) in enumerate((s, i) for s, i in zip(scores, ids) if i >= 0)]
-    key = "path" if db.kind == "image" else "text"
-    return Results(matches, search_ms=search_ms, total_ms=total_ms, query_id=query_id, params=params, item_key=key)
+def _results(db: Searchable, scores: np.ndarray, ids: np.ndarray, *, search_ms: float, total_ms: float,
+             query_id: int | None, params: dict[str, Any], k: int, exclude_query: bool) -> Results:
+    pairs = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0 and not (exclude_query and i == query_id)]
+    matches = [Match(rank=r + 1, id=i, score=s, item=db.items[i]) for r, (s, i) in enumerate(pairs[:k])]
+    return Results(matches, search_ms=search_ms, total_ms=total_ms, query_id=query_id, params=params,
+                   item_key=db.item_key)
 
 
-def search(db: Database, query: Any, k: int = 8, *, exact: bool = False, nprobe: int | None = None,
+def search(db: Searchable, query: Any, k: int = 8, *, exact: bool = False, nprobe: int | None = None,
            ef_search: int | None = None, k_factor: int | None = None, rerank: int = DEFAULT_RERANK,
-           fetch_config: FetchConfig | None = None) -> Results:
+           fetch_config: FetchConfig | None = None, exclude_query: bool = False) -> Results:
     """Find the ``k`` items most similar to ``query``.
 
     Args:
@@ -262,6 +264,7 @@ def search(db: Database, query: Any, k: int = 8, *, exact: bool = False, nprobe:
             so scores are exact cosine similarities; ``1`` keeps the index's
             own ranking and (for compressed indexes, approximate) scores.
         fetch_config: Limits for URL queries.
+        exclude_query: When the query is a database id, leave it out of the results (``k`` *other* items).
 
     Returns:
         :class:`Results`, best first.
@@ -273,15 +276,16 @@ def search(db: Database, query: Any, k: int = 8, *, exact: bool = False, nprobe:
     t0 = time.perf_counter()
     k = _check_k(k)
     xq, qids = query_vectors(db, [query], fetch_config=fetch_config)
+    extra = 1 if exclude_query and qids[0] is not None else 0
     t1 = time.perf_counter()
-    scores, ids, params = search_vectors(db, xq, k, exact=exact, nprobe=nprobe, ef_search=ef_search,
-                                         k_factor=k_factor, rerank=rerank)
+    scores, ids, params = search_vectors(db, xq, min(k + extra, MAX_K), exact=exact, nprobe=nprobe,
+                                         ef_search=ef_search, k_factor=k_factor, rerank=rerank)
     t2 = time.perf_counter()
     return _results(db, scores[0], ids[0], search_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3,
-                    query_id=qids[0], params=params)
+                    query_id=qids[0], params=params, k=k, exclude_query=bool(extra))
 
 
-def search_batch(db: Database, queries: Sequence[Any], k: int = 8, **kwargs: Any) -> list[Results]:
+def search_batch(db: Searchable, queries: Sequence[Any], k: int = 8, **kwargs: Any) -> list[Results]:
     """Search several queries in one model call and one index call.
 
     Takes the same keyword arguments as :func:`search`.
@@ -297,5 +301,5 @@ def search_batch(db: Database, queries: Sequence[Any], k: int = 8, **kwargs: Any
     t2 = time.perf_counter()
     per_query = (t2 - t1) * 1e3 / len(queries)
     return [_results(db, s, i, search_ms=per_query, total_ms=(t2 - t0) * 1e3 / len(queries), query_id=q,
-                     params=params) for s, i, q in zip(scores, ids, qids)]
+                     params=params, k=k, exclude_query=False) for s, i, q in zip(scores, ids, qids)]
 

@@ -12,7 +12,7 @@ import os
 
 import click
 
-from .. import __version__
+from .._version import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +24,7 @@ def main() -> None:
     ``similar-images build-index DB`` then ``similar-images search DB QUERY``.
 
     Custom models: set SIMILAR_IMAGES_PLUGINS to a comma-separated list of
-    modules that call similar_images.models.register_model on import.
+    modules that call similar_images.embed.register_model on import.
     """
     load_plugins()
 
@@ -41,7 +41,7 @@ def load_plugins() -> list[str]:
 
 
 # One module per concern; each defines ``register(group)``.
-_COMMAND_MODULES = ("download", "images", "text", "evaluate", "serve", "duplicates")
+_COMMAND_MODULES = ("download", "images", "text", "evaluate", "serve", "duplicates", "sift")
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_name}").register(main)

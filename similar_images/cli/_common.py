@@ -1,17 +1,20 @@
-"""Shared helpers of the command-line interface: logging setup and turning
-library errors into :class:`click.ClickException` at the edge."""
+"""Shared helpers of the command-line interface: logging setup, turning the library's errors into one-line
+messages at the edge, and the printing of build reports and results."""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
 from ..errors import SimilarImagesError
+from ..index import BuildReport
+from ..search import Results
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,20 +27,23 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     for name in ("faiss", "faiss.loader"):
         logging.getLogger(name).setLevel(logging.WARNING if level == logging.INFO else logging.NOTSET)
     # TensorFlow is chatty on import; keep its C++ logs to errors.
-    import os
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def handle_errors(func: F) -> F:
-    """Turn library errors (and the usual bad-input errors) into ClickException."""
+    """Turn the library's errors (and a denied file access) into a one-line :class:`click.ClickException`.
+
+    Anything else is a bug: it is left alone, so that it shows with its traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (SimilarImagesError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
+        except SimilarImagesError as exc:
             raise click.ClickException(str(exc)) from exc
+        except PermissionError as exc:
+            raise click.ClickException(f"Permission denied: {exc.filename or exc}") from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -58,7 +64,7 @@ def index_build_options(func: F) -> F:
     return func
 
 
-def echo_build_report(report: Any) -> None:
+def echo_build_report(report: BuildReport) -> None:
     """Print an index build report: recall@10 against exact search, size, time, search defaults."""
     recall = "n/a" if report.recall_at_10 is None else f"{report.recall_at_10:.3f}"
     served = report.recall_at_10_served
@@ -75,7 +81,7 @@ def echo_build_report(report: Any) -> None:
                f"  search defaults: {params}")
 
 
-def echo_results(results: Any, as_json: bool) -> None:
+def echo_results(results: Results, as_json: bool) -> None:
     """Print search results as a table, or as JSON."""
     if as_json:
         click.echo(json.dumps(results.to_dict(), indent=2, ensure_ascii=False))

@@ -6,17 +6,15 @@ from pathlib import Path
 
 import click
 
+from ..sources.coco import COCO_VAL2014_URL, DownloadConfig, download_coco_val2014
 from ._common import configure_logging, handle_errors
-
-# Kept here (not imported from similar_images.download) so that ``--help`` imports nothing extra.
-_COCO_VAL2014_URL = "http://images.cocodataset.org/zips/val2014.zip"
 
 
 @click.command("download-coco")
 @click.argument("dest", type=click.Path(file_okay=False, writable=True, path_type=Path))
 @click.option(
     "--url",
-    default=_COCO_VAL2014_URL,
+    default=COCO_VAL2014_URL,
     show_default=True,
     help="Address of the zip archive to download (http or https).",
 )
@@ -64,8 +62,6 @@ def download_coco(
     \b
         similar-images extract /path/to/your/images DB
     """
-    from ..download import DownloadConfig, download_coco_val2014
-
     configure_logging(quiet=quiet)
     config = DownloadConfig(
         dest=dest,

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+from ..measure import EvalConfig, TuneConfig, apply_choice, evaluate_database, plot_tuning, tune_database
+from ..measure.evaluate import load_query_vectors
+from ..store import Database
 from ._common import configure_logging, handle_errors
 
 QUERIES_HELP = ("Query set instead of sampled database vectors: a folder of images, a file listing image paths "
@@ -75,9 +78,6 @@ def register(group: click.Group) -> None:
         Example: similar-images evaluate flowers-db --holdout 500 --json
         """
         configure_logging(0, quiet or as_json)
-        from ..database import Database
-        from ..evaluation import EvalConfig, evaluate_database
-
         config = EvalConfig(ks=_parse_ks(ks), n_queries=n_queries, latency_queries=latency_queries,
                             quality_k=quality_k, quality_queries=quality_queries, threads=threads, rerank=rerank,
                             seed=seed)
@@ -146,10 +146,6 @@ def register(group: click.Group) -> None:
         Example: similar-images tune flowers-db --target-recall 0.95 --apply
         """
         configure_logging(verbose, quiet or as_json)
-        from ..database import Database
-        from ..evaluation import load_query_vectors
-        from ..tuning import TuneConfig, apply_choice, plot_tuning, tune_database
-
         config = TuneConfig(target_recall=target_recall, k=k, n_queries=n_queries, latency_queries=latency_queries,
                             factories=list(factories) or None, train_size=train_size, threads=threads,
                             max_latency_ms=max_latency_ms, rerank=rerank, served=served, seed=seed)

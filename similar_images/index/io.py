@@ -1,0 +1,29 @@
+"""Reading and writing Faiss indexes (atomically), and their size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import faiss
+
+from .._util.io import atomic_path
+
+__all__ = ["write_index", "read_index", "index_nbytes"]
+
+
+def index_nbytes(index: Any) -> int:
+    """Size of the serialised index in bytes (what it occupies on disk and, roughly, in memory)."""
+    return int(faiss.serialize_index(index).size)
+
+
+def write_index(index: Any, path: str | Path) -> None:
+    """Atomically write a Faiss index."""
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def read_index(path: str | Path, *, mmap: bool = False) -> Any:
+    """Read a Faiss index (optionally memory-mapped, for indexes that support it)."""
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    return faiss.read_index(str(path), flags)

@@ -1,0 +1,344 @@
+"""The HTTP routes of the search service (FastAPI), over one database, read-only.
+
+Endpoints (all answers are JSON except the images):
+
+* ``GET /search?id=N&k=8`` (or ``?url=...``): search with a stored item or an image URL.
+* ``POST /search``: search with an uploaded image (multipart field ``file``,
+  or a raw ``image/*`` body), a URL (form field or JSON ``{"url": ..., "k": ...}``)
+  or an id (``{"id": N}``).
+* ``GET /images/{id}``: the stored image; ``?size=thumb`` or ``?size=N`` for a
+  JPEG thumbnail made on the server.
+* ``GET /health``: status of this worker (its process id, the database, the model).
+* ``GET /docs``: the API documentation, one HTML page rendered on the server
+  from the OpenAPI description by :func:`~.api_docs.render_api_docs` (no script
+  or style from a CDN, so it works offline).
+* ``GET /openapi.json``: the machine-readable OpenAPI description.
+
+Bad input always gets a 4xx answer of the form
+``{"error": CODE, "detail": MESSAGE, "status": STATUS}``, the status taken
+from one table (:data:`~.errors.STATUS_BY_ERROR`).
+
+The application is made by :func:`create_app`. Under ``uvicorn --workers N``
+each worker calls the factory with no argument, so the settings travel in
+environment variables (see :meth:`~.config.ServeConfig.to_env`); each worker
+opens the database and loads the model once, in the application's lifespan.
+Searches run in a thread pool; model calls are serialised by a lock, and
+queries that wait for the model meanwhile are embedded together in one batch.
+
+FastAPI is imported inside :func:`create_app`, so importing this module is cheap. (No ``from __future__ import
+annotations`` here: FastAPI reads the routes' annotations, whose types are imported inside :func:`create_app`.)
+"""
+
+import contextlib
+import json
+import logging
+import mimetypes
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from .._version import __version__
+from ..errors import SimilarImagesError
+from .api_docs import render_api_docs
+from .config import ServeConfig
+from .errors import BadRequest, InvalidQuery, PayloadTooLarge, UnsupportedMediaType, status_for
+from .logic import ServiceState
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+def _error_body(status: int, code: str, detail: Any) -> dict[str, Any]:
+    return {"error": code, "detail": detail, "status": status}
+
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+               415: "unsupported_media_type", 422: "invalid_parameter"}
+
+_JSON_FIELDS = {"url", "id", "k", "exact", "nprobe", "ef_search"}
+_FORM_FIELDS = _JSON_FIELDS | {"file"}
+
+_POST_SEARCH_DOC = """Search with an uploaded image, an image URL, or a database id.
+
+Send one of:
+
+* `multipart/form-data` with a `file` field (the image), or a `url` or `id` field; optional `k`, `exact`, `nprobe`.
+* `application/json`: `{"url": "https://...", "k": 8}` or `{"id": 3, "k": 8}`.
+* a raw body with `Content-Type: image/jpeg` (or any `image/*`); `k` etc. in the query string.
+
+Bodies over the server's size limit are refused with 413 before they are read.
+"""
+
+_SEARCH_OPTIONS_SCHEMA = {
+    "k": {"type": "integer", "minimum": 1, "description": "Number of results (default 8)."},
+    "exact": {"type": "boolean", "description": "Exact search over all vectors instead of the index."},
+    "nprobe": {"type": "integer", "minimum": 1, "description": "IVF lists to visit."},
+    "ef_search": {"type": "integer", "minimum": 1, "description": "HNSW search depth."},
+}
+
+_POST_SEARCH_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "string", "format": "binary", "description": "The query image."},
+                "url": {"type": "string", "description": "An http(s) address of the query image."},
+                "id": {"type": "integer", "description": "A database id."},
+                **_SEARCH_OPTIONS_SCHEMA}}},
+            "application/json": {"schema": {"type": "object", "additionalProperties": False, "properties": {
+                "url": {"type": "string", "description": "An http(s) address of the query image."},
+                "id": {"type": "integer", "description": "A database id."},
+                **_SEARCH_OPTIONS_SCHEMA}},
+                "example": {"url": "https://example.com/cat.jpg", "k": 8}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+
+
+#: The /docs page needs nothing but its own inline style sheet; the browser is told so.
+_DOCS_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
+                                            "form-action 'none'; frame-ancestors 'none'"}
+
+
+def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
+    """Make the FastAPI application.
+
+    Args:
+        config: The settings; ``None`` reads them from the environment
+            (:meth:`ServeConfig.from_env`), as uvicorn's ``--factory`` workers do.
+
+    Returns:
+        The application. The database and model are loaded when it starts
+        (its lifespan), once per worker process.
+
+    Raises:
+        ConfigError: If ``config`` is ``None`` and the environment holds no valid settings.
+    """
+    from fastapi import FastAPI, Query, Request  # noqa: PLC0415  (heavy: FastAPI)
+    from fastapi.concurrency import run_in_threadpool  # noqa: PLC0415  (heavy: FastAPI)
+    from fastapi.exceptions import RequestValidationError  # noqa: PLC0415  (heavy: FastAPI)
+    from fastapi.responses import (  # noqa: PLC0415  (heavy: FastAPI)
+        FileResponse,
+        HTMLResponse,
+        JSONResponse,
+        RedirectResponse,
+        Response,
+    )
+    from pydantic import BaseModel  # noqa: PLC0415  (heavy: FastAPI)
+    from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: PLC0415  (heavy: FastAPI)
+    from starlette.requests import ClientDisconnect  # noqa: PLC0415  (heavy: FastAPI)
+
+    cfg = config if config is not None else ServeConfig.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.service = await run_in_threadpool(ServiceState.load, cfg)
+        yield
+
+    app = FastAPI(
+        title="similar-images search service",
+        version=__version__,
+        description=("Find the images of a similar-images database most similar to a query image "
+                     "(upload, URL, or database id). Scores are cosine similarities: 1.0 is identical."),
+        lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: /docs below works offline
+        redoc_url=None,
+    )
+
+    class MatchOut(BaseModel):
+        rank: int
+        id: int
+        score: float
+        path: str
+        image_url: str
+        thumb_url: str
+
+    class SearchOut(BaseModel):
+        query: dict[str, Any]
+        k: int
+        count: int
+        model: str
+        query_id: int | None
+        search_ms: float
+        total_ms: float
+        params: dict[str, Any]
+        results: list[MatchOut]
+        elapsed_ms: float
+
+    class ErrorOut(BaseModel):
+        error: str
+        detail: Any
+        status: int
+
+    error_responses: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorOut, "description": desc} for code, desc in (
+            (400, "Bad request or bad URL"), (404, "Unknown id"), (413, "Body too large"),
+            (415, "Not an image"), (422, "Invalid parameter"), (502, "The URL could not be fetched"))
+    }
+
+    def service(request: Request) -> ServiceState:
+        return request.app.state.service  # type: ignore[no-any-return]
+
+    @app.exception_handler(SimilarImagesError)
+    async def _library_error(request: Request, exc: SimilarImagesError) -> JSONResponse:
+        answer = status_for(exc)
+        if answer is None:  # a library error the table does not map: still the server's fault
+            logger.error("%s %s: unmapped %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+            answer = (500, "internal_error", "Internal server error; see the server log")
+        status, code, message = answer
+        if status >= 500:
+            logger.error("%s %s: %s", request.method, request.url.path, message)
+        return JSONResponse(_error_body(status, code, message), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("query", "path", "body"))
+            parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')} (got {err.get('input')!r})")
+        body = _error_body(422, "invalid_parameter", "; ".join(parts) or "Invalid request")
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(_error_body(exc.status_code, code, exc.detail), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("Unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(_error_body(500, "internal_error", "Internal server error; see the server log"),
+                            status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    def docs(request: Request) -> HTMLResponse:
+        openapi_url = request.scope.get("root_path", "") + (app.openapi_url or "/openapi.json")
+        return HTMLResponse(render_api_docs(app.openapi(), openapi_url=openapi_url), headers=_DOCS_HEADERS)
+
+    @app.get("/health", summary="Status of the worker that answers")
+    def health(request: Request) -> dict[str, Any]:
+        """The worker's process id, the database (items, model, index) and the server's limits."""
+        return service(request).health()
+
+    @app.get("/search", response_model=SearchOut, responses=error_responses,
+             summary="Search with a database id or an image URL")
+    def search_get(
+        request: Request,
+        id: int | None = Query(None, description="A database id: its stored vector is the query."),  # noqa: A002
+        url: str | None = Query(None, description="An http(s) address of the query image."),
+        k: int = Query(cfg.default_k, ge=1, le=cfg.max_k, description="Number of results."),
+        exact: bool = Query(False, description="Exact search over all vectors instead of the index."),
+        nprobe: int | None = Query(None, ge=1, description="IVF lists to visit."),
+        ef_search: int | None = Query(None, ge=1, description="HNSW search depth."),
+    ) -> JSONResponse:
+        """Give exactly one of `id` and `url`. Results are best first, with cosine similarity scores."""
+        out = service(request).search_request(item_id=id, url=url, k=k, exact=exact, nprobe=nprobe,
+                                              ef_search=ef_search)
+        return JSONResponse(out)
+
+    async def _read_body(request: Request, limit: int) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                raise BadRequest(f"Invalid Content-Length header {length!r}")
+            if int(length) > limit:
+                raise PayloadTooLarge(f"The request body ({int(length):,} bytes) is over the limit of {limit:,} bytes; "
+                                      "send a smaller image")
+        buf = bytearray()
+        try:
+            async for chunk in request.stream():
+                buf += chunk
+                if len(buf) > limit:
+                    raise PayloadTooLarge(f"The request body is over the limit of {limit:,} bytes; send a smaller "
+                                          "image")
+        except ClientDisconnect as exc:
+            raise BadRequest("The client disconnected before sending the whole body") from exc
+        return bytes(buf)
+
+    @app.post("/search", response_model=SearchOut, responses=error_responses, openapi_extra=_POST_SEARCH_OPENAPI,
+              summary="Search with an uploaded image, an image URL, or a database id", description=_POST_SEARCH_DOC)
+    async def search_post(request: Request) -> JSONResponse:
+        state = service(request)
+        mime = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        body = await _read_body(request, state.config.max_upload_bytes)
+        fields_: dict[str, Any] = {k: v for k, v in request.query_params.items() if k in _JSON_FIELDS}
+        data: bytes | None = None
+        filename: str | None = None
+        if mime == "application/json":
+            try:
+                obj = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise BadRequest(f"The body is not valid JSON: {exc}") from exc
+            except RecursionError:
+                raise BadRequest("The JSON body is nested too deeply") from None
+            if not isinstance(obj, dict):
+                raise InvalidQuery('The JSON body must be an object such as {"url": "...", "k": 8}')
+            unknown = sorted(set(obj) - _JSON_FIELDS)
+            if unknown:
+                raise InvalidQuery(f"Unknown field(s) {', '.join(unknown)}; expected some of "
+                                   f"{', '.join(sorted(_JSON_FIELDS))} (upload files as multipart)")
+            fields_.update({key: v for key, v in obj.items() if v is not None})
+        elif mime in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            async def replay() -> dict[str, Any]:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            form = await Request(request.scope, replay).form(max_files=1, max_fields=len(_FORM_FIELDS))
+            try:
+                unknown = sorted(set(form.keys()) - _FORM_FIELDS)
+                if unknown:
+                    raise InvalidQuery(f"Unknown form field(s) {', '.join(unknown)}; expected some of "
+                                       f"{', '.join(sorted(_FORM_FIELDS))}")
+                for key, value in form.multi_items():
+                    if key == "file":
+                        if isinstance(value, str):
+                            raise InvalidQuery("The 'file' field must be a file upload")
+                        data = await value.read()
+                        filename = value.filename
+                    elif value != "":
+                        fields_[key] = value
+            finally:
+                await form.close()
+        elif mime.startswith("image/") or mime == "application/octet-stream":
+            data = body
+        elif not body:
+            raise InvalidQuery("Send an image (multipart field 'file' or an image/* body), or a JSON body with a "
+                               "'url' or an 'id'")
+        else:
+            raise UnsupportedMediaType(f"Unsupported Content-Type {mime or 'none'!r}: use multipart/form-data, "
+                                       "application/json or image/*")
+        result = await run_in_threadpool(
+            state.search_request, item_id=fields_.get("id"), url=fields_.get("url"), data=data, filename=filename,
+            k=fields_.get("k"), exact=fields_.get("exact", False), nprobe=fields_.get("nprobe"),
+            ef_search=fields_.get("ef_search"))
+        return JSONResponse(result)
+
+    @app.get("/images/{item_id}", responses={200: {"content": {"image/jpeg": {}}, "description": "The image"},
+                                             404: {"model": ErrorOut, "description": "Unknown id"},
+                                             422: {"model": ErrorOut, "description": "Invalid size"}},
+             response_class=Response, summary="A stored image, or a thumbnail of it")
+    def get_image(
+        request: Request,
+        item_id: int,
+        size: str | None = Query(None, description="'thumb' (the server's thumbnail size), 'original', or the "
+                                                   "longest side in pixels; a JPEG thumbnail is made on the server."),
+    ) -> Response:
+        """The original file of an id, or with `size` a JPEG thumbnail no larger than `size` pixels."""
+        state = service(request)
+        if size is None or size.strip().lower() == "original":
+            path = state.image_path(item_id)
+            media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            return FileResponse(path, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
+        n = state.thumb_size(size)
+        return Response(state.thumbnail(state.db.check_id(item_id), n), media_type="image/jpeg",
+                        headers={"Cache-Control": "public, max-age=3600"})
+
+    return app

@@ -1,0 +1,114 @@
+"""Errors of the HTTP service, and the one table that maps every error type to an HTTP status.
+
+The service's logic (:mod:`.logic`) raises the library's own errors
+(:class:`~similar_images.errors.UnknownIdError`, ...) and the few below,
+none of which knows about HTTP; :func:`status_for` turns any of them into
+``(status, code, message)`` for the JSON error body ``{"error", "detail",
+"status"}``.
+"""
+
+from __future__ import annotations
+
+from ..errors import (
+    BadURLError,
+    ConfigError,
+    DatabaseError,
+    FetchError,
+    ImageLoadError,
+    InputError,
+    QueryError,
+    SimilarImagesError,
+    UnknownIdError,
+)
+
+__all__ = [
+    "ServiceError",
+    "InvalidParameter",
+    "InvalidQuery",
+    "UnsupportedQuery",
+    "URLsDisabled",
+    "NotAnImageDatabase",
+    "ImageMissing",
+    "UnreadableStoredImage",
+    "BadRequest",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "STATUS_BY_ERROR",
+    "status_for",
+]
+
+
+class ServiceError(SimilarImagesError):
+    """A request the service cannot answer (the subclasses say why)."""
+
+
+class InvalidParameter(ServiceError, ValueError):
+    """A parameter has a bad value (``k`` out of range, not an integer, ...)."""
+
+
+class InvalidQuery(ServiceError):
+    """The request does not name exactly one query, or has unknown fields."""
+
+
+class UnsupportedQuery(ServiceError):
+    """This database cannot take this kind of query (an image for a text database)."""
+
+
+class URLsDisabled(ServiceError):
+    """URL queries are switched off on this server."""
+
+
+class NotAnImageDatabase(ServiceError):
+    """Images were asked of a database that holds no image files."""
+
+
+class ImageMissing(ServiceError):
+    """The image file of an id is no longer on the server."""
+
+
+class UnreadableStoredImage(ServiceError):
+    """The image file of an id cannot be decoded."""
+
+
+class BadRequest(ServiceError):
+    """The request itself is malformed (body, headers, JSON)."""
+
+
+class PayloadTooLarge(ServiceError):
+    """The request body is over the size limit."""
+
+
+class UnsupportedMediaType(ServiceError):
+    """The request body has a content type the service does not take."""
+
+
+#: ``(error type, HTTP status, error code, message prefix)``; the first type an error is an instance of wins,
+#: so subclasses come before their bases.
+STATUS_BY_ERROR: tuple[tuple[type[BaseException], int, str, str], ...] = (
+    (PayloadTooLarge, 413, "too_large", ""),
+    (UnsupportedMediaType, 415, "unsupported_media_type", ""),
+    (BadRequest, 400, "bad_request", ""),
+    (URLsDisabled, 403, "urls_disabled", ""),
+    (NotAnImageDatabase, 404, "not_an_image_database", ""),
+    (ImageMissing, 404, "image_missing", ""),
+    (UnreadableStoredImage, 500, "unreadable_image", ""),
+    (UnsupportedQuery, 400, "unsupported_query", ""),
+    (InvalidQuery, 422, "invalid_query", ""),
+    (InvalidParameter, 422, "invalid_parameter", ""),
+    (UnknownIdError, 404, "unknown_id", ""),
+    (BadURLError, 400, "bad_url", ""),
+    (FetchError, 502, "url_fetch_failed", "Could not fetch the query image: "),
+    (ImageLoadError, 415, "not_an_image", "The query is not a readable image: "),
+    (QueryError, 422, "invalid_parameter", ""),
+    (ConfigError, 422, "invalid_parameter", ""),
+    (InputError, 422, "invalid_query", ""),
+    (DatabaseError, 503, "database_unavailable", "The database cannot be read: "),
+)
+
+
+def status_for(exc: BaseException) -> tuple[int, str, str] | None:
+    """``(status, code, message)`` of an error the service answers, or ``None`` for an unexpected one (a bug)."""
+    for kind, status, code, prefix in STATUS_BY_ERROR:
+        if isinstance(exc, kind):
+            return status, code, prefix + str(exc)
+    return None

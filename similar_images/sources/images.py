@@ -1,0 +1,241 @@
+"""Finding and decoding images robustly.
+
+:func:`load_image` accepts a path, raw bytes, a file object or a PIL image and
+returns an 8-bit RGB :class:`PIL.Image.Image` with EXIF orientation applied.
+Grayscale, 16-bit, CMYK, palette and alpha images are converted (alpha is
+composited onto white), and images larger than ``max_pixels`` are refused
+before they are decoded (a guard against decompression bombs). Any failure
+raises :class:`~similar_images.errors.ImageLoadError` with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from collections.abc import Iterable
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageLoadError, NoInputsError, SourceNotFoundError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DEFAULT_MAX_PIXELS",
+    "ImageSource",
+    "find_images",
+    "read_file_list",
+    "collect_inputs",
+    "load_image",
+    "prepare_array",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File name endings recognised as images (compared case-insensitively).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+#: Images with more pixels than this are refused (about 12,000 x 8,000).
+DEFAULT_MAX_PIXELS = 100_000_000
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
+
+# Truncated files must fail, not be padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def find_images(root: str | os.PathLike[str], *, follow_symlinks: bool = False) -> list[Path]:
+    """List image files below ``root`` recursively, in a stable sorted order.
+
+    Args:
+        root: A folder.
+        follow_symlinks: Whether to descend into symlinked folders.
+
+    Returns:
+        Absolute paths of files whose extension is in :data:`IMAGE_EXTENSIONS`,
+        sorted by their path relative to ``root``.
+
+    Raises:
+        SourceNotFoundError: If ``root`` does not exist or is not a folder.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise SourceNotFoundError(f"Image folder not found: {root}")
+    if not root.is_dir():
+        raise SourceNotFoundError(f"Expected a folder of images, got a file: {root} (use a file list instead)")
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath, name).resolve())
+    root_resolved = root.resolve()
+    found.sort(key=lambda p: p.relative_to(root_resolved).as_posix() if p.is_relative_to(root_resolved) else str(p))
+    return found
+
+
+def read_file_list(path: str | os.PathLike[str]) -> list[Path]:
+    """Read a file list: one image path per line; blank lines and ``#`` comments ignored.
+
+    Relative paths are resolved against the list's own folder.
+    """
+    path = Path(path).expanduser()
+    base = path.resolve().parent
+    out: list[Path] = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            p = Path(line).expanduser()
+            out.append(p if p.is_absolute() else (base / p))
+    return out
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageLoadError("empty data (0 bytes)")
+        fp: BinaryIO | str | os.PathLike = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if not p.exists():
+            raise ImageLoadError(f"file not found: {p}")
+        if p.is_dir():
+            raise ImageLoadError(f"is a folder, not an image: {p}")
+        if p.stat().st_size == 0:
+            raise ImageLoadError(f"empty file (0 bytes): {p}")
+        fp = p
+    elif hasattr(source, "read"):
+        fp = source  # type: ignore[assignment]
+    else:
+        raise ImageLoadError(
+            f"unsupported image source of type {type(source).__name__}; "
+            "pass a path, bytes, a file object or a PIL image"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(fp)
+    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(f"not a readable image ({exc.__class__.__name__}: {exc})") from exc
+    except PermissionError as exc:
+        raise ImageLoadError(f"permission denied: {exc.filename or source}") from exc
+    except OSError as exc:
+        raise ImageLoadError(f"cannot open image: {exc}") from exc
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max(initial=0.0)), 1.0)
+        if mode == "I" and arr.max(initial=0) <= 255:
+            hi = 255.0
+        arr8 = np.clip(arr * (255.0 / hi), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(
+    source: ImageSource,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode an image into 8-bit RGB with EXIF orientation applied.
+
+    Args:
+        source: A path, raw bytes, a binary file object, or a PIL image.
+        max_pixels: Refuse images with more pixels than this (decompression-bomb guard).
+        draft_size: If given, let the JPEG decoder downscale by a power of two
+            while keeping at least this size (much faster for thumbnails and
+            model inputs).
+
+    Returns:
+        A fully loaded RGB image.
+
+    Raises:
+        ImageLoadError: If the source is missing, empty, truncated, corrupt,
+            not an image, or too large.
+    """
+    img = _open(source)
+    try:
+        w, h = img.size
+        if w <= 0 or h <= 0:
+            raise ImageLoadError(f"invalid image size {w}x{h}")
+        if w * h > max_pixels:
+            raise ImageLoadError(
+                f"image too large: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
+                "(a guard against decompression bombs; raise max_pixels if the image is trusted)"
+            )
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # animated GIF/WebP/TIFF: first frame
+        owned = not isinstance(source, Image.Image)  # never change a caller's image in place
+        if draft_size is not None and owned and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
+            # Orientation may swap axes; ask for enough pixels on both.
+            side = max(draft_size)
+            img.draft(img.mode, (side, side))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except ImageLoadError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(f"corrupt or truncated image ({exc})") from exc
+
+
+def prepare_array(
+    source: ImageSource,
+    size: tuple[int, int],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode and resize an image to ``size`` (width, height) as a uint8 HxWx3 array."""
+    img = load_image(source, max_pixels=max_pixels, draft_size=size)
+    if img.size != tuple(size):
+        img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def collect_inputs(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Resolve an image input: a folder (searched recursively), a file list (one path a line), or paths.
+
+    Raises:
+        SourceNotFoundError: If a folder or file list does not exist.
+        NoInputsError: If no image is found.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        p = Path(inputs).expanduser()
+        if p.is_dir():
+            paths = find_images(p)
+        elif p.is_file():
+            paths = read_file_list(p)
+        else:
+            raise SourceNotFoundError(f"No such folder or file list: {p}")
+        where = str(p)
+    else:
+        paths = [Path(x).expanduser() for x in inputs]
+        where = "the given paths"
+    paths = [x if x.is_absolute() else x.resolve() for x in paths]
+    if not paths:
+        raise NoInputsError(
+            f"No images found in {where}. Expected files ending in .jpg, .jpeg, .png, .bmp, .gif, .webp or .tiff "
+            "(any case), or a text file listing one image path per line."
+        )
+    return paths

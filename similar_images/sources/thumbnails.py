@@ -1,0 +1,184 @@
+"""Small JPEG thumbnails made on the server, with an in-memory LRU cache.
+
+The notebook app never sends full-size photos to the browser: every image it
+shows goes through :func:`make_thumbnail` (at most ``size`` pixels on the
+long side, JPEG). :class:`ThumbnailCache` keeps the thumbnails of database
+images keyed by ``(path, mtime, file size, thumbnail size)``, so a file that
+changes on disk gets a fresh thumbnail and repeated searches cost nothing.
+
+Example:
+    >>> cache = ThumbnailCache()                       # doctest: +SKIP
+    >>> jpeg = cache.get("photos/cat.jpg")             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from ..errors import ImageLoadError
+from .images import DEFAULT_MAX_PIXELS, ImageSource, load_image
+
+__all__ = ["ThumbnailConfig", "ThumbnailCache", "make_thumbnail", "placeholder_thumbnail"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ThumbnailConfig:
+    """Settings of thumbnail making and caching.
+
+    Attributes:
+        size: Longest side of a thumbnail, in pixels.
+        quality: JPEG quality (1 to 95).
+        max_items: Most thumbnails kept in memory.
+        max_bytes: Most bytes of thumbnails kept in memory.
+        max_pixels: Decompression-bomb guard for the source images.
+    """
+
+    size: int = 160
+    quality: int = 82
+    max_items: int = 4096
+    max_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.size <= 2048:
+            raise ValueError(f"Thumbnail size must be 16 to 2048 pixels, got {self.size}")
+        if not 1 <= self.quality <= 95:
+            raise ValueError(f"JPEG quality must be 1 to 95, got {self.quality}")
+        if self.max_items < 1 or self.max_bytes < 1:
+            raise ValueError("max_items and max_bytes must be positive")
+
+
+def make_thumbnail(source: ImageSource, size: int = 160, *, quality: int = 82,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """Decode an image and return a JPEG of at most ``size`` pixels on its long side.
+
+    JPEG sources are decoded at a reduced scale (``draft``), so this takes a
+    few milliseconds even for large photos.
+
+    Args:
+        source: A path, raw bytes, a binary file object or a PIL image.
+        size: Longest side of the thumbnail.
+        quality: JPEG quality.
+        max_pixels: Refuse larger source images.
+
+    Returns:
+        JPEG bytes.
+
+    Raises:
+        ImageLoadError: If the source cannot be decoded.
+    """
+    # draft() changes the image it is called on: only use it on images decoded here.
+    draft = None if isinstance(source, Image.Image) else (size, size)
+    img = load_image(source, max_pixels=max_pixels, draft_size=draft)
+    if max(img.size) > size:
+        img.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def placeholder_thumbnail(size: int = 160, text: str = "missing") -> bytes:
+    """A grey square JPEG with a short label, for images that cannot be shown."""
+    img = Image.new("RGB", (size, size), (232, 232, 232))
+    draw = ImageDraw.Draw(img)
+    box = draw.textbbox((0, 0), text)
+    draw.text(((size - (box[2] - box[0])) / 2, (size - (box[3] - box[1])) / 2), text, fill=(110, 110, 110))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+class ThumbnailCache:
+    """Thread-safe LRU cache of thumbnails of image files.
+
+    Entries are keyed by ``(resolved path, mtime_ns, file size, thumbnail
+    size)``: a replaced file is never served from a stale entry.
+
+    Args:
+        config: Sizes and limits.
+    """
+
+    def __init__(self, config: ThumbnailConfig | None = None) -> None:
+        self.config = config or ThumbnailConfig()
+        self._entries: OrderedDict[tuple[str, int, int, int], bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of thumbnails held."""
+        return self._bytes
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``items``, ``bytes``, ``hits``, ``misses``."""
+        return {"items": len(self._entries), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
+
+    def clear(self) -> None:
+        """Drop every cached thumbnail."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def _key(self, path: str | os.PathLike[str], size: int) -> tuple[str, int, int, int]:
+        p = Path(path).expanduser()
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise ImageLoadError(f"file not found: {p}") from None
+        except OSError as exc:
+            raise ImageLoadError(f"cannot read {p}: {exc.strerror or exc}") from exc
+        return (str(p), st.st_mtime_ns, st.st_size, size)
+
+    def cached(self, path: str | os.PathLike[str], size: int | None = None) -> bool:
+        """Whether the thumbnail of ``path`` is in the cache (and up to date)."""
+        try:
+            key = self._key(path, size or self.config.size)
+        except ImageLoadError:
+            return False
+        return key in self._entries
+
+    def get(self, path: str | os.PathLike[str], size: int | None = None) -> bytes:
+        """The JPEG thumbnail of an image file, made on the first request.
+
+        Args:
+            path: The image file.
+            size: Longest side; the configured size by default.
+
+        Raises:
+            ImageLoadError: If the file is missing or cannot be decoded.
+        """
+        size = int(size or self.config.size)
+        key = self._key(path, size)
+        with self._lock:
+            data = self._entries.get(key)
+            if data is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return data
+        data = make_thumbnail(key[0], size, quality=self.config.quality, max_pixels=self.config.max_pixels)
+        with self._lock:
+            self.misses += 1
+            if key not in self._entries:
+                self._entries[key] = data
+                self._bytes += len(data)
+            while self._entries and (len(self._entries) > self.config.max_items
+                                     or self._bytes > self.config.max_bytes):
+                _, old = self._entries.popitem(last=False)
+                self._bytes -= len(old)
+        return data

@@ -1,0 +1,51 @@
+"""The database folder: its typed manifest, its files, the :class:`Database`, and the one resumable build.
+
+* :mod:`.manifest`: :class:`Manifest`, the commit point, read and written by everyone;
+* :mod:`.folder`: the files (vectors, items, failures, index generations);
+* :mod:`.database`: :class:`Database` (open, search, add, remove, build the index);
+* :mod:`.build`: :func:`build_database`, the resumable sharded build, and its :class:`Engine` seam;
+* :mod:`.builders`: :func:`extract_features` (images) and :func:`build_text_database` (texts);
+* :mod:`.locking`: the write lock that serialises concurrent writers.
+"""
+
+from __future__ import annotations
+
+from .build import BuildConfig, BuildJob, BuildSummary, Engine, LocalEngine, build_database, embed_items, write_database
+from .builders import (
+    ExtractConfig,
+    ExtractSummary,
+    TextBuildConfig,
+    TextBuildSummary,
+    build_text_database,
+    extract_features,
+)
+from .database import AddSummary, Database
+from .folder import remove_database_files
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, Counts, IndexInfo, Manifest, package_versions
+
+__all__ = [
+    "AddSummary",
+    "BuildConfig",
+    "BuildJob",
+    "BuildSummary",
+    "Counts",
+    "Database",
+    "Engine",
+    "ExtractConfig",
+    "ExtractSummary",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "IndexInfo",
+    "LocalEngine",
+    "MANIFEST",
+    "Manifest",
+    "TextBuildConfig",
+    "TextBuildSummary",
+    "build_database",
+    "build_text_database",
+    "embed_items",
+    "extract_features",
+    "package_versions",
+    "remove_database_files",
+    "write_database",
+]

@@ -1,0 +1,533 @@
+"""The database: one folder holding vectors, items, index and manifest (see :mod:`.folder`).
+
+:class:`Database` opens a folder written by a build (:mod:`.build`), checks
+it against its :class:`~.manifest.Manifest`, and searches it, adds to it,
+removes from it and (re)builds its index. Every change holds the folder's
+write lock (:mod:`.locking`) from re-reading the manifest to committing the
+new one, so concurrent writers (two ``add`` commands, an ``add`` and a
+``build-index``) never lose each other's work; readers take no lock and see
+either the old version or the new one.
+
+A new index is written under a new generation name (``index-0002.faiss``)
+before the manifest that names it; the previous generation is kept until the
+next change, so a reader that read the old manifest can still open it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ..embed import Embedder, default_index_name, embedder_from_info, item_kind, l2_normalize, registered_dim
+from ..errors import (
+    ConfigError,
+    DatabaseCorruptError,
+    DatabaseError,
+    DatabaseExistsError,
+    DatabaseNotFoundError,
+    UnknownIdError,
+)
+from ..index import (
+    BuildReport,
+    IndexConfig,
+    add_vectors,
+    build_index,
+    factory_for,
+    read_index,
+    set_search_params,
+    write_index,
+)
+from ..search import Results, search, search_batch
+from ..sources.images import collect_inputs
+from .build import BuildConfig, embed_items
+from .folder import (
+    PARTIAL_DIR,
+    append_items,
+    index_file_name,
+    index_generation,
+    open_vectors,
+    read_failures,
+    read_items,
+    write_failures,
+)
+from .locking import database_lock
+from .manifest import MANIFEST, IndexInfo, Manifest, now
+
+__all__ = ["Database", "AddSummary", "BUILD_HINT"]
+
+logger = logging.getLogger(__name__)
+
+
+def BUILD_HINT(db: Path) -> str:  # noqa: N802 - reads as a constant in messages
+    """How to build a database at ``db`` (appended to "no database" errors)."""
+    return f" Build one with:\n  similar-images extract IMAGES_FOLDER {db}\n  similar-images build-index {db}"
+
+
+@dataclass
+class AddSummary:
+    """Result of :meth:`Database.add`."""
+
+    ids: list[int]
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Database:
+    """A similarity-search database folder.
+
+    Open one with :meth:`Database.open`; create one with
+    :func:`similar_images.extract_features` (images) or
+    :func:`similar_images.build_text_database` (texts), then :meth:`build_index`.
+
+    Example:
+        >>> db = Database.open("coco-db")             # doctest: +SKIP
+        >>> for m in db.search("query.jpg", k=5):     # doctest: +SKIP
+        ...     print(m.rank, m.score, m.path)
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, vectors: np.ndarray, items: list[str], index: Any | None,
+                 *, weights: str | None = None) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.vectors = vectors
+        self.items = items
+        self.index = index
+        self._weights_override = weights
+        self._embedder: Embedder | None = None
+        self.index_lock = threading.RLock()
+        self._id_by_item: dict[str, int] | None = None
+        self._removed = self._removed_mask(manifest, len(items))
+
+    @staticmethod
+    def _removed_mask(manifest: Manifest, n: int) -> np.ndarray:
+        mask = np.zeros(n, dtype=bool)
+        mask[np.asarray(manifest.removed_ids, dtype=np.int64)] = True
+        return mask
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, model: str | None = None, weights: str | None = None,
+             load_index: bool = True, mmap_index: bool = False) -> Database:
+        """Open a database folder and check it against its manifest.
+
+        Args:
+            path: The database folder.
+            model: If given, fail unless the database was built with this model.
+            weights: Weights to embed queries with, overriding the manifest's
+                (e.g. a local file when the database was built with ``imagenet``).
+            load_index: Load the Faiss index (otherwise only exact search works).
+            mmap_index: Memory-map the index file where Faiss supports it.
+
+        Raises:
+            DatabaseNotFoundError: If the folder holds no database.
+            DatabaseCorruptError: If a file is damaged or contradicts the manifest.
+            DatabaseError: If the database was built with another model than ``model``.
+        """
+        db = Path(path).expanduser()
+        for attempt in range(5):
+            manifest = cls._load_manifest(db)
+            try:
+                return cls._open_with(db, manifest, model=model, weights=weights, load_index=load_index,
+                                      mmap_index=mmap_index)
+            except _GenerationChanged:
+                # A writer committed a new index generation (and dropped an older one) while we read: read again.
+                time.sleep(0.01 * (attempt + 1))
+        raise DatabaseCorruptError(f"The index file named by {db / MANIFEST} is missing; "
+                                   f"rebuild it with: similar-images build-index {db} --force")
+
+    @staticmethod
+    def _load_manifest(db: Path) -> Manifest:
+        try:
+            return Manifest.load(db, build_hint=BUILD_HINT(db))
+        except DatabaseNotFoundError as exc:
+            if (db / PARTIAL_DIR).exists():
+                raise DatabaseNotFoundError(
+                    f"No database at {db} yet: a build was interrupted there. Run the same extract (or text build) "
+                    "command again to resume it.") from exc
+            raise
+
+    @classmethod
+    def _open_with(cls, db: Path, manifest: Manifest, *, model: str | None, weights: str | None, load_index: bool,
+                   mmap_index: bool) -> Database:
+        if model is not None and manifest.model_name != model:
+            raise DatabaseError(f"{db} was built with model {manifest.model_name!r}, not {model!r}; "
+                                "use the same model or rebuild the database")
+        kind = item_kind(manifest.kind)
+        dim, n = manifest.dim, manifest.counts.items
+        _check_model_dim(db, manifest)
+        vectors = open_vectors(db / str(manifest.files["vectors"]), n, dim)
+        items = read_items(db / str(manifest.files["items"]), n, kind.item_key)
+        index = None
+        if load_index and manifest.index is not None:
+            index = _read_checked_index(db, manifest, mmap_index)
+        return cls(db, manifest, vectors, items, index, weights=weights)
+
+    # --------------------------------------------------------------- properties
+    @property
+    def kind(self) -> str:
+        """``"image"`` or ``"text"``."""
+        return self.manifest.kind
+
+    @property
+    def item_key(self) -> str:
+        """Key of an item in ``items.jsonl`` and JSON results (``"path"`` or ``"text"``)."""
+        return item_kind(self.kind).item_key
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest.model_name
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` of the inputs that could not be read."""
+        return read_failures(self.path / str(self.manifest.files["failures"]))
+
+    @property
+    def removed(self) -> np.ndarray:
+        """Boolean mask over ids: True for removed items."""
+        return self._removed
+
+    @property
+    def search_defaults(self) -> dict[str, int]:
+        """The index's saved search parameters (``nprobe``, ``efSearch``, ``k_factor``)."""
+        return dict(self.manifest.index.search_params) if self.manifest.index else {}
+
+    @property
+    def filtered_ids(self) -> np.ndarray:
+        """Removed ids still inside an index that cannot delete them (filtered out of its results)."""
+        ids = self.manifest.index.filtered_ids if self.manifest.index else []
+        return np.asarray(ids, dtype=np.int64)
+
+    @property
+    def ntotal(self) -> int:
+        """Number of ids ever assigned (removed ones included)."""
+        return len(self.items)
+
+    def __len__(self) -> int:
+        """Number of searchable (not removed) items."""
+        return int(len(self.items) - self._removed.sum())
+
+    def __repr__(self) -> str:
+        idx = self.manifest.index.factory if self.manifest.index else "no index"
+        return f"Database({str(self.path)!r}, {self.kind}, {self.model_name}, {len(self)} items, {idx})"
+
+    def live_ids(self) -> np.ndarray:
+        """Ids of the items that can be returned by a search."""
+        return np.flatnonzero(~self._removed)
+
+    def check_id(self, item_id: int) -> int:
+        """Validate an id.
+
+        Raises:
+            UnknownIdError: If the id is not an integer, out of range, or removed.
+        """
+        try:
+            i = int(item_id)
+        except (TypeError, ValueError):
+            raise UnknownIdError(f"Item id must be an integer, got {item_id!r}") from None
+        if not 0 <= i < len(self.items):
+            raise UnknownIdError(f"Unknown id {i}: ids run from 0 to {len(self.items) - 1}")
+        if self._removed[i]:
+            raise UnknownIdError(f"Id {i} was removed from the database")
+        return i
+
+    def item(self, item_id: int) -> str:
+        """The path (image database) or text (text database) of an id."""
+        return self.items[self.check_id(item_id)]
+
+    def vector(self, item_id: int) -> np.ndarray:
+        """The stored (normalised) vector of an id."""
+        return np.array(self.vectors[self.check_id(item_id)], dtype=np.float32)
+
+    def id_of(self, item: str | os.PathLike[str]) -> int:
+        """The id of a path (or text).
+
+        Raises:
+            UnknownIdError: If the database does not hold it.
+        """
+        key = item_kind(self.kind).normalize(item)
+        if self._id_by_item is None:
+            self._id_by_item = {it: i for i, it in enumerate(self.items)}
+        i = self._id_by_item.get(key)
+        if i is None or self._removed[i]:
+            raise UnknownIdError(f"{item} is not in the database")
+        return i
+
+    # ----------------------------------------------------------------- embedder
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder that embeds queries the way the database was built (its model loads on first use)."""
+        if self._embedder is None:
+            self._embedder = embedder_from_info(self.manifest.model, kind=self.kind, weights=self._weights_override)
+        return self._embedder
+
+    @embedder.setter
+    def embedder(self, value: Embedder) -> None:
+        self._embedder = value
+
+    # ------------------------------------------------------------------- search
+    def search(self, query: Any, k: int = 8, **kwargs: Any) -> Results:
+        """Find the ``k`` items most similar to ``query``; see :func:`similar_images.search.search`."""
+        return search(self, query, k, **kwargs)
+
+    def search_batch(self, queries: Sequence[Any], k: int = 8, **kwargs: Any) -> list[Results]:
+        """Search several queries at once; see :func:`similar_images.search.search_batch`."""
+        return search_batch(self, queries, k, **kwargs)
+
+    # -------------------------------------------------------------------- index
+    @property
+    def has_index(self) -> bool:
+        return self.index is not None
+
+    def default_factory(self) -> str:
+        """The index :meth:`build_index` builds when none is named (it depends on the embedder and the size)."""
+        return factory_for(default_index_name(self.manifest.model, kind=self.kind), len(self), self.dim)
+
+    def build_index(self, config: IndexConfig | None = None, *, force: bool = False) -> BuildReport:
+        """Train and save an index over all stored vectors.
+
+        Args:
+            config: Index settings (default: :meth:`default_factory`, nprobe measured).
+            force: Replace an existing index.
+
+        Returns:
+            The build report (recall@10 alone and served, size, times, search defaults).
+
+        Raises:
+            DatabaseExistsError: If an index exists and ``force`` is false.
+            IndexTrainingError: If there are too few vectors for the index.
+        """
+        with database_lock(self.path):
+            self._refresh()
+            if self.manifest.index is not None and not force:
+                raise DatabaseExistsError(
+                    f"{self.path} already has an index ({self.manifest.index.factory}); pass --force to rebuild it")
+            config = config or IndexConfig()
+            if config.factory is None:
+                config = IndexConfig(**{**config.__dict__, "factory": self.default_factory()})
+            live = self.live_ids()
+            if len(live) == len(self.items):
+                index, report = build_index(self.vectors, config)
+            else:
+                index, report = build_index(np.asarray(self.vectors[live]), config, ids=live)
+            manifest = self.manifest.copy()
+            figures = {k: v for k, v in report.to_dict().items() if k not in ("factory", "search_params")}
+            manifest.index = IndexInfo(factory=report.factory, search_params=dict(report.search_params),
+                                       filtered_ids=[], built_at=now(), figures=figures)
+            manifest.counts.indexed = len(live)
+            manifest.counts.added_after_training = 0
+            self._commit(manifest, index)
+        return report
+
+    # ------------------------------------------------------------ add / remove
+    def add_vectors(self, vectors: np.ndarray, items: Sequence[str],
+                    failures: Sequence[tuple[str, str]] = ()) -> list[int]:
+        """Append already-embedded vectors (normalised here) with their items; returns their new ids.
+
+        Raises:
+            ConfigError: If the vectors do not match the database's dimension or the items.
+        """
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.size and (vectors.ndim != 2 or len(vectors) != len(items)):
+            raise ConfigError(f"Got vectors of shape {vectors.shape} for {len(items)} items")
+        vectors = l2_normalize(vectors.reshape(len(items), -1)) if len(items) else vectors.reshape(0, self.dim)
+        if vectors.shape[1] != self.dim:
+            raise ConfigError(f"Vectors have dimension {vectors.shape[1]}, the database {self.dim}")
+        with database_lock(self.path):
+            self._refresh()
+            n_old = len(self.items)
+            new_ids = list(range(n_old, n_old + len(items)))
+            vpath = self.path / str(self.manifest.files["vectors"])
+            with open(vpath, "r+b") as fh:  # drop rows of an interrupted add, then append
+                fh.truncate(n_old * self.dim * 4)
+                fh.seek(0, os.SEEK_END)
+                fh.write(vectors.tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+            append_items(self.path / str(self.manifest.files["items"]), self.item_key, [str(x) for x in items],
+                         keep=n_old)
+            if failures:
+                write_failures(self.path / str(self.manifest.files["failures"]), self.failures + list(failures))
+            manifest = self.manifest.copy()
+            manifest.counts.items = n_old + len(items)
+            manifest.counts.failed += len(failures)
+            index = self.index
+            if index is None and manifest.index is not None:
+                index = _read_checked_index(self.path, self.manifest, False)
+            if index is not None and new_ids:
+                add_vectors(index, vectors, np.asarray(new_ids, dtype=np.int64))
+                manifest.counts.indexed = int(index.ntotal)
+                manifest.counts.added_after_training += len(new_ids)
+                self._commit(manifest, index)
+            else:
+                self._commit(manifest, None)
+        logger.info("Added %d items to %s", len(new_ids), self.path)
+        return new_ids
+
+    def add(self, sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
+            batch_size: int = 32, verbose: bool = False, engine: Any = None) -> AddSummary:
+        """Embed new images (a folder, a file list or paths) and add them without retraining the index.
+
+        Images already in the database are skipped; unreadable ones are reported.
+
+        Args:
+            sources: A folder, a file list, or paths.
+            batch_size: Images per model call.
+            verbose: Show a progress bar.
+            engine: Runs the embedding (default: this process; see :class:`~similar_images.store.build.Engine`).
+
+        Raises:
+            ConfigError: For a text database (use :meth:`add_vectors`).
+            SourceNotFoundError, NoInputsError: For a missing or empty input.
+        """
+        if not item_kind(self.kind).files:
+            raise ConfigError("add() takes image files; for a text database use add_vectors()")
+        known = set(self.items)
+        paths = [str(p) for p in collect_inputs(sources) if str(p) not in known]
+        if not paths:
+            return AddSummary(ids=[])
+        config = BuildConfig(batch_size=batch_size, verbose=verbose, unit="img")
+        ok, vectors, failures = embed_items(paths, self.embedder, self.path, config, engine=engine)
+        ids = self.add_vectors(vectors, ok, failures) if ok or failures else []
+        return AddSummary(ids=ids, failures=failures)
+
+    def remove(self, targets: Iterable[int | str | os.PathLike[str]]) -> list[int]:
+        """Remove items by id or path; ids of the others do not change.
+
+        Returns:
+            The removed ids.
+
+        Raises:
+            UnknownIdError: If an id or path is unknown (nothing is removed then).
+        """
+        with database_lock(self.path):
+            self._refresh()
+            ids = sorted({self.check_id(t) if isinstance(t, (int, np.integer)) else self.id_of(t) for t in targets})
+            if not ids:
+                return []
+            manifest = self.manifest.copy()
+            manifest.removed_ids = sorted(set(manifest.removed_ids) | set(ids))
+            manifest.counts.removed = len(manifest.removed_ids)
+            index = self.index
+            if index is None and manifest.index is not None:
+                index = _read_checked_index(self.path, self.manifest, False)
+            if index is not None and manifest.index is not None:
+                arr = np.asarray(ids, dtype=np.int64)
+                try:
+                    n_removed = index.remove_ids(arr)
+                    if n_removed != len(ids):
+                        raise RuntimeError(f"removed {n_removed} of {len(ids)}")
+                except RuntimeError as exc:  # e.g. HNSW cannot delete: filter at search time instead
+                    logger.info("Index cannot delete (%s); removed ids are filtered at search time",
+                                str(exc).splitlines()[-1])
+                    manifest.index.filtered_ids = sorted(set(manifest.index.filtered_ids) | set(ids))
+                manifest.counts.indexed = int(index.ntotal)
+                self._commit(manifest, index)
+            else:
+                self._commit(manifest, None)
+        return ids
+
+    # ------------------------------------------------------------------ commits
+    def _refresh(self) -> None:
+        """Re-read the database if another process committed a change since it was opened (call under the lock)."""
+        disk = self._load_manifest(self.path)
+        if disk.to_dict() == self.manifest.to_dict():
+            return
+        fresh = self._open_with(self.path, disk, model=None, weights=self._weights_override,
+                                load_index=self.index is not None, mmap_index=False)
+        self.manifest, self.vectors, self.items, self.index = fresh.manifest, fresh.vectors, fresh.items, fresh.index
+        self._removed = fresh._removed
+        self._id_by_item = None
+
+    def _commit(self, manifest: Manifest, index: Any | None) -> None:
+        """Write ``index`` (if given) as a new generation, then the manifest; keep the previous generation only."""
+        previous = manifest.files.get("index")
+        if index is not None:
+            gen = max(index_generation(previous), _newest_generation(self.path)) + 1
+            name = index_file_name(gen)
+            write_index(index, self.path / name)
+            manifest.files["index"] = name
+        manifest.save(self.path)
+        self.manifest = manifest
+        n = manifest.counts.items
+        if len(self.items) != n:
+            self.items = read_items(self.path / str(manifest.files["items"]), n, self.item_key)
+            self.vectors = open_vectors(self.path / str(manifest.files["vectors"]), n, self.dim)
+            self._id_by_item = None
+        self._removed = self._removed_mask(manifest, n)
+        if index is not None:
+            self.index = index
+            keep = {manifest.files["index"], previous}
+            for old in self.path.glob("index-*.faiss"):
+                if old.name not in keep:
+                    old.unlink(missing_ok=True)
+        for stale in self.path.glob(".index-*.faiss.*.tmp"):  # left by killed index writes
+            stale.unlink(missing_ok=True)
+
+
+class _GenerationChanged(Exception):
+    """The index file named by the manifest just read is gone (a writer moved on)."""
+
+
+def _newest_generation(db: Path) -> int:
+    return max((index_generation(p.name) for p in db.glob("index-*.faiss")), default=0)
+
+
+def _check_model_dim(db: Path, manifest: Manifest) -> None:
+    """Refuse a manifest whose dimension contradicts its registered model (a hand-edited or damaged manifest)."""
+    spec_dim = registered_dim(manifest.model, kind=manifest.kind)
+    if spec_dim is not None and spec_dim != manifest.dim:
+        raise DatabaseCorruptError(
+            f"{db / MANIFEST} gives the dimension {manifest.dim} for model {manifest.model_name!r}, whose vectors "
+            f"have {spec_dim}; the manifest is damaged: rebuild the database")
+
+
+def _read_checked_index(db: Path, manifest: Manifest, mmap: bool) -> Any:
+    """Read the index the manifest names and check it against the manifest.
+
+    Raises:
+        _GenerationChanged: If the file is gone but a newer manifest exists.
+        DatabaseCorruptError: If it cannot be read or does not match.
+    """
+    assert manifest.index is not None
+    name = str(manifest.files["index"])
+    ipath = db / name
+    rebuild = f"; rebuild it with: similar-images build-index {db} --force"
+    if not ipath.exists():
+        try:
+            current = Manifest.load(db)
+        except DatabaseError:
+            current = None
+        if current is not None and current.files.get("index") != name:
+            raise _GenerationChanged(name)
+        raise DatabaseCorruptError(f"Index file {ipath} named by the manifest is missing{rebuild}")
+    try:
+        index = read_index(ipath, mmap=mmap)
+    except RuntimeError as exc:
+        raise DatabaseCorruptError(f"Index file {ipath} cannot be read ({str(exc).splitlines()[-1][:120]})"
+                                   f"{rebuild}") from None
+    if index.d != manifest.dim:
+        raise DatabaseCorruptError(f"Index dimension {index.d} does not match the vectors' dimension {manifest.dim}"
+                                   f"{rebuild}")
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise DatabaseCorruptError(f"The index does not use the inner-product metric{rebuild}")
+    if index.ntotal != manifest.counts.indexed:
+        raise DatabaseCorruptError(f"The index holds {index.ntotal} vectors but the manifest says "
+                                   f"{manifest.counts.indexed}{rebuild}")
+    try:
+        set_search_params(index, manifest.index.search_params)
+    except ConfigError as exc:
+        raise DatabaseCorruptError(f"{db / MANIFEST}: {exc}{rebuild}") from None
+    return index

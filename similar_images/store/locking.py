@@ -1,0 +1,42 @@
+"""Serialising the writers of a database folder.
+
+Every change to a database (a build, an add, a remove, a new index) holds an
+exclusive advisory lock on ``DB/.lock`` from reading the manifest to
+committing the new one, so that two processes never both extend the same
+version (which would lose one's work). Readers take no lock: they read the
+manifest, which is replaced atomically, and the files it names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from .._util.locks import LockTimeout, file_lock
+from ..errors import DatabaseError
+from .folder import LOCK_FILE
+
+__all__ = ["database_lock", "DEFAULT_LOCK_TIMEOUT"]
+
+#: Seconds a writer waits for another writer of the same database before giving up.
+DEFAULT_LOCK_TIMEOUT = 600.0
+
+
+@contextlib.contextmanager
+def database_lock(db: str | os.PathLike[str], *, timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the write lock of the database folder ``db`` (created if missing).
+
+    Raises:
+        DatabaseError: If another process holds it for longer than ``timeout`` seconds.
+    """
+    path = Path(db).expanduser() / LOCK_FILE
+    try:
+        with file_lock(path, timeout=timeout):
+            yield
+    except LockTimeout:
+        raise DatabaseError(
+            f"Another process has been changing {Path(db)} for over {timeout:g} s (it holds {path}); "
+            "wait for it to finish and try again"
+        ) from None
