@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from similar_images import Database, write_database
-from similar_images.duplicates import DuplicateConfig, find_duplicate_pairs
+from similar_images.methods.duplicates import DuplicateConfig, find_duplicate_pairs
 
 
 def main() -> None:

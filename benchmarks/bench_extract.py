@@ -17,7 +17,8 @@ noisy. Peak memory (VmHWM) is measured in fresh
 subprocesses extracting two collections of different sizes.
 
     python benchmarks/bench_extract.py                       # 256 COCO photos, vgg16-fc2 (random weights)
-    python benchmarks/bench_extract.py --model vgg16-avg --weights ../shared/assets/weights/vgg16_imagenet_notop.weights.h5
+    python benchmarks/bench_extract.py --model vgg16-avg \
+        --weights ../shared/assets/weights/vgg16_imagenet_notop.weights.h5
     python benchmarks/bench_extract.py --memory              # + peak memory, 256 vs 4,064 images
 """
 
@@ -94,7 +95,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from similar_images import ExtractConfig, ImageEmbedder, extract_features
-    from similar_images.images import find_images
+    from similar_images.sources.images import find_images
 
     paths = find_images(args.images)
     emb = ImageEmbedder(args.model, args.weights, batch_size=args.batch_size)

@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +46,9 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import free_port, running_process  # noqa: E402  (shared with the tests)
+
 CLI = [sys.executable, "-c", "from similar_images.cli import main; main()"]
 WEIGHTS = {
     "mobilenetv2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
@@ -93,45 +94,21 @@ HEADER = (f"{'scenario':<28} {'reqs':>6} {'errors':>6} {'secs':>7} {'req/s':>8} 
           f"{'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} {'index ms':>9}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def running_server(db: Path, workers: int, extra: list[str], log: Path, start_timeout: float) -> Iterator[str]:
     """Start the CLI server, wait until it answers /health, and always stop it."""
     port = free_port()
     cmd = [*CLI, "serve", str(db), "--port", str(port), "--workers", str(workers), "--no-access-log", *extra]
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    t0 = time.monotonic()
     try:
-        deadline = time.monotonic() + start_timeout
-        t0 = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited with {proc.returncode}; see {log}")
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"server did not start within {start_timeout:.0f} s; see {log}")
-            time.sleep(0.5)
-        options = ", " + " ".join(extra) if extra else ""
-        print(f"server up in {time.monotonic() - t0:.1f} s ({workers} worker(s){options})", flush=True)
-        yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        with running_process(cmd, log=log, timeout=start_timeout,
+                             ready=lambda: httpx.get(url + "/health", timeout=5).status_code == 200):
+            options = ", " + " ".join(extra) if extra else ""
+            print(f"server up in {time.monotonic() - t0:.1f} s ({workers} worker(s){options})", flush=True)
+            yield url
+    except RuntimeError as exc:
+        raise SystemExit(f"the server did not start: {exc}") from exc
 
 
 Request = Callable[[httpx.Client, int], "tuple[str | None, float | None]"]
@@ -262,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or args.requests < 1 or args.concurrency < 1 or args.rounds < 1:
         ap.error(f"bad --scenarios {sorted(unknown)} or --requests/--concurrency")
 
-    from similar_images.database import Database  # noqa: PLC0415  (no TensorFlow: only the folder is read)
+    from similar_images.store import Database
 
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         tmp_path = Path(tmp)

@@ -35,9 +35,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from similar_images import Database, ExtractConfig, extract_features  # noqa: E402
-from similar_images.duplicates import edited_copy  # noqa: E402
 from similar_images.index import exact_search  # noqa: E402
-from similar_images.sift import SiftConfig, SiftDatabase, extract_sift  # noqa: E402
+from similar_images.methods.sift import (  # noqa: E402
+    SiftConfig,
+    SiftDatabase,
+    extract_sift,
+)
+from similar_images.sources.edits import edited_copy  # noqa: E402
 
 EDITS = ("resize", "jpeg70", "crop10", "crop30", "rot90", "bright")
 FLOWER_CLASSES = ("daisy", "dandelion", "rose", "sunflower", "tulip")
@@ -120,7 +124,7 @@ def main() -> None:
         if not (args.reuse and (work / sub / "manifest.json").exists()):
             shutil.rmtree(work / sub, ignore_errors=True)
             extract_features(listing, work / sub, cfg)
-        ex = Database.open(work / sub, load_index=False).manifest["extraction"]
+        ex = Database.open(work / sub, load_index=False).manifest.extra["extraction"]
         rates.append((ex["images"], ex["seconds_last_run"]))
     cnn_rate = sum(n for n, _ in rates) / sum(s for _, s in rates)
     db = Database.open(work / "cnn-coco", load_index=False)
@@ -152,7 +156,7 @@ def main() -> None:
     query_desc = [sdb.extractor.describe(q) for q, _, _ in queries]
     describe_ms = (time.perf_counter() - t0) * 1e3 / len(queries)
     flower_desc = [sfl.extractor.describe(f) for f, _ in flowers]
-    bytes_img = (sdb.manifest["index"]["index_bytes"] + 4 * len(sdb.image_ids)) / len(sdb)
+    bytes_img = (sdb.manifest.index.get("index_bytes") + 4 * len(sdb.image_ids)) / len(sdb)
     for label, params in sift_variants():
         t0 = time.perf_counter()
         res = [sdb.search_descriptors(d, 1, **params) for d in query_desc]

@@ -2,13 +2,13 @@
 
 Prints
 
-* encoding throughput in texts/s: :class:`similar_images.text.TextEmbedder`
+* encoding throughput in texts/s: :class:`similar_images.embed.TextEmbedder`
   (length-sorted batches of 64) against two baselines measured in the same
   run, sentence-transformers' own ``encode`` (batches of 64) and one text
   per call (how queries are encoded);
 * search latency per query (median and p99, one query at a time): the
   database's index alone, the index plus exact re-ranking of its 4k
-  candidates (:func:`similar_images.text.search_text`), exact brute-force
+  candidates (:meth:`similar_images.Database.search`), exact brute-force
   search over the same vectors (baseline), and end to end with the query
   encoding.
 
@@ -55,7 +55,7 @@ def _timed(fn, reps: int = 1) -> float:
 
 
 def bench_encoding(texts: list[str], batch_size: int) -> None:
-    from similar_images.text import TextEmbedder
+    from similar_images.embed import TextEmbedder
 
     emb = TextEmbedder(batch_size=batch_size)
     emb.embed(texts[:64])  # load the model and warm up
@@ -77,7 +77,6 @@ def bench_encoding(texts: list[str], batch_size: int) -> None:
 def bench_search(db_path: Path, n_queries: int, k: int, seed: int) -> None:
     from similar_images import Database
     from similar_images.index import exact_search
-    from similar_images.text import search_text, search_texts
 
     db = Database.open(db_path)
     rng = random.Random(seed)
@@ -88,10 +87,11 @@ def bench_search(db_path: Path, n_queries: int, k: int, seed: int) -> None:
         del words[rng.randrange(len(words))]
         queries.append(" ".join(words))
     xq = db.embedder.embed(queries)
-    factory = db.manifest["index"]["factory"] if db.index is not None else "none"
+    info = db.manifest.index
+    factory = info.factory if info is not None else "none"
     print(f"\nsearch latency, {len(db):,} texts, k={k}, {n_queries} queries one at a time "
-          f"(index {factory}, {db.manifest['index']['index_bytes']:,} bytes, "
-          f"recall@10 {db.manifest['index']['recall_at_10']}):")
+          f"(index {factory}, {info.get('index_bytes', 0) if info else 0:,} bytes, "
+          f"recall@10 {info.get('recall_at_10') if info else None}):")
     vectors = np.ascontiguousarray(db.vectors)
     index_ms, rerank_ms, exact_ms, e2e_ms = [], [], [], []
     for _rep in range(2):  # the first pass warms caches
@@ -103,25 +103,25 @@ def bench_search(db_path: Path, n_queries: int, k: int, seed: int) -> None:
                 db.index.search(q, k)
                 index_ms.append((time.perf_counter() - t0) * 1e3)
                 t0 = time.perf_counter()
-                search_text(db, xq[j], k)  # a vector query: index + exact re-ranking of 4k candidates
+                db.search(xq[j], k)  # a vector query: index + exact re-ranking of 4k candidates
                 rerank_ms.append((time.perf_counter() - t0) * 1e3)
             t0 = time.perf_counter()
             exact_search(vectors, q, k)
             exact_ms.append((time.perf_counter() - t0) * 1e3)
         for qtext in queries:
             t0 = time.perf_counter()
-            search_text(db, qtext, k)
+            db.search(qtext, k)
             e2e_ms.append((time.perf_counter() - t0) * 1e3)
     if index_ms:
         print(f"  {'index search alone (' + factory + '):':<40}{_stats(index_ms)}")
-        print(f"  {'index + re-ranking x4 (search_text):':<40}{_stats(rerank_ms)}")
+        print(f"  {'index + re-ranking x4 (Database.search):':<40}{_stats(rerank_ms)}")
     print(f"  {'exact search (baseline, Flat scan):':<40}{_stats(exact_ms)}"
           + (f"   (exact / index = {np.median(exact_ms) / np.median(index_ms):.1f}x)" if index_ms else ""))
-    print(f"  {'end to end, text query (search_text):':<40}{_stats(e2e_ms)}"
+    print(f"  {'end to end, text query (Database.search):':<40}{_stats(e2e_ms)}"
           + (f"   (encoding share {1 - np.median(rerank_ms) / np.median(e2e_ms):.0%})" if rerank_ms else ""))
-    search_texts(db, queries, k)
+    db.search_batch(queries, k)
     t0 = time.perf_counter()
-    search_texts(db, queries, k)
+    db.search_batch(queries, k)
     per = (time.perf_counter() - t0) * 1e3 / len(queries)
     print(f"  batched ({len(queries)} text queries in one call): {per:.3f} ms per query end to end")
 
@@ -145,12 +145,13 @@ def main() -> None:
     if args.db is not None:
         bench_search(args.db, args.queries, args.k, args.seed)
         return
-    from similar_images.text import TextBuildConfig, build_text_database, build_text_index
+    from similar_images.index import IndexConfig
+    from similar_images.store import Database, TextBuildConfig, build_text_database
 
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "db"
         build_text_database(texts, db, TextBuildConfig(verbose=False))
-        build_text_index(db, factory=args.index)
+        Database.open(db, load_index=False).build_index(IndexConfig(factory=args.index))
         bench_search(db, min(args.queries, len(texts)), args.k, args.seed)
 
 

@@ -46,8 +46,10 @@ import time
 from pathlib import Path
 
 from similar_images import Database, ExtractConfig, extract_features, write_database
-from similar_images.evaluation import EvalConfig, evaluate_database
-from similar_images.tuning import TuneConfig, TuneReport, clustered_chunks, plot_tuning, tune_database
+from similar_images.measure.evaluate import EvalConfig, evaluate_database
+from similar_images.measure.plot import plot_tuning
+from similar_images.measure.synthetic import clustered_chunks
+from similar_images.measure.tune import TuneConfig, TuneReport, tune_database
 
 
 def ensure_db(args: argparse.Namespace) -> Database:
@@ -106,7 +108,7 @@ def main() -> None:
     name = Path(args.db).name
     print(f"# {name}: {len(db):,} vectors, {db.dim}-d, model {db.model_name} "
           f"(weights {db.manifest['model'].get('weights', '-')})", flush=True)
-    out: dict = {"database": str(args.db), "n": len(db), "dim": db.dim, "model": db.manifest["model"]}
+    out: dict = {"database": str(args.db), "n": len(db), "dim": db.dim, "model": db.manifest.model}
 
     if args.quality:
         t0 = time.perf_counter()

@@ -22,20 +22,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.server
 import json
 import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = Path(os.environ.get("SIMILAR_IMAGES_ASSETS", ROOT.parent / "shared" / "assets"))
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import Route, assets_dir, http_server  # noqa: E402  (shared with the tests)
+
+ASSETS = assets_dir()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -54,23 +55,6 @@ def build_db(path: Path, weights: Path) -> None:
     extract_features(photos, path, ExtractConfig(model="vgg16-avg", weights=str(weights), verbose=False))
     Database.open(path, load_index=False).build_index(IndexConfig())
     print(f"  built in {time.perf_counter() - t0:.0f} s", flush=True)
-
-
-def serve(body: bytes) -> tuple[http.server.ThreadingHTTPServer, str]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/photo.jpg"
 
 
 def notebook_cold_start(db: Path, weights: Path) -> tuple[float, float, float]:
@@ -117,7 +101,7 @@ def main() -> None:
 
     # ---------------------------------------------------------------- cold start, in process
     t0 = time.perf_counter()
-    from similar_images.widgets import SimilarImagesApp, open_app
+    from similar_images.apps import SimilarImagesApp, open_app
 
     app = open_app(db_path, k=args.k, weights=str(args.weights), preload_model=False, seed=0)
     t_open = time.perf_counter() - t0
@@ -195,14 +179,12 @@ def main() -> None:
         upload_ms.append((time.perf_counter() - t) * 1e3)
         embed_ms.append(app.timing.embed_ms)
         assert app.results is not None and app.results[0].id == i, (i, app.message)
-    server, url = serve(Path(db.items[ids[0]]).read_bytes())
     url_ms = []
-    for n in range(10):
-        t = time.perf_counter()
-        app.search_url(f"{url}?n={n}")
-        url_ms.append((time.perf_counter() - t) * 1e3)
-    server.shutdown()
-    server.server_close()
+    with http_server({"/photo.jpg": Route(Path(db.items[ids[0]]).read_bytes(), "image/jpeg")}) as base:
+        for n in range(10):
+            t = time.perf_counter()
+            app.search_url(f"{base}/photo.jpg?n={n}")
+            url_ms.append((time.perf_counter() - t) * 1e3)
     print("\nUploaded image / URL (decode + one VGG16 forward pass + search + render)")
     print(f"  upload, whole click                  : {_stats(upload_ms)}")
     print(f"    of which decode + model            : {_stats(embed_ms)}")

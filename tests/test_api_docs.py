@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from similar_images.api_docs import render_api_docs
+from similar_images.service.api_docs import render_api_docs
 
 SPEC = {
     "openapi": "3.1.0",

@@ -9,21 +9,16 @@ input, and saves a screenshot into the test's tmp_path.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+from helpers import Route, free_port, http_server, running_process
 
 NOTEBOOK = ROOT / "notebooks" / "similar_images.ipynb"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -42,72 +37,28 @@ def _chromium() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _voila(db: Path, tmp_path: Path) -> Iterator[str]:
     """Run Voilà on the notebook; always stop it (and its kernels) afterwards."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SIMILAR_IMAGES_DB": str(db), "SIMILAR_IMAGES_K": str(K),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log_path = tmp_path / "voila.log"
     cmd = [sys.executable, "-m", "voila", str(NOTEBOOK), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
            "--Voila.tornado_settings={'websocket_max_message_size': 104857600}"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"Voilà exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"Voilà did not start in 60 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    # Voilà shuts its kernels down on SIGTERM; the process group is killed if it lingers.
+    with running_process(cmd, env=env, cwd=tmp_path, log=tmp_path / "voila.log", ready=listening, timeout=60):
         yield f"http://127.0.0.1:{port}/"
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # Voilà shuts its kernels down on SIGINT/SIGTERM
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)  # the group started above: Voilà and its kernel
-                    proc.wait(timeout=10)
 
 
 @contextlib.contextmanager
 def _photo_server(photo: Path) -> Iterator[str]:
-    body = photo.read_bytes()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/street-photo.jpg"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server({"/street-photo.jpg": Route(photo.read_bytes(), "image/jpeg")}) as base:
+        yield f"{base}/street-photo.jpg"
 
 
 _THUMBS_READY = """(k) => {
@@ -168,7 +119,7 @@ def test_voila_app_in_headless_chromium(small_db: Path, coco_subset: Path, tmp_p
             page.wait_for_function(_THUMBS_READY, arg=K)
 
             # An unreachable URL: a message in the page, no traceback, and the app still works.
-            box.fill(f"http://127.0.0.1:{_free_port()}/nothing.jpg")
+            box.fill(f"http://127.0.0.1:{free_port()}/nothing.jpg")
             box.press("Enter")
             page.wait_for_function("() => document.querySelector('.si-msg')?.innerText.includes('Could not reach')")
             assert "Traceback" not in page.content()

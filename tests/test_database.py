@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_image
+
 from similar_images import Database, ExtractConfig, IndexConfig, extract_features, write_database
+from similar_images.embed import l2_normalize
 from similar_images.errors import DatabaseError, DatabaseExistsError, QueryError
-from similar_images.features import l2_normalize
 
 
 def _vectors(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
@@ -21,7 +21,7 @@ def _vectors(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
 
 def _make_db(path: Path, n: int = 300, d: int = 32, chunks: int = 3) -> np.ndarray:
     x = _vectors(n, d)
-    write_database(path, kind="image", model={"name": "tiny", "dim": d, "weights": "random"},
+    write_database(path, kind="image", model={"name": "synthetic", "dim": d, "weights": "random"},
                    items=[f"/img/{i}.jpg" for i in range(n)], vector_chunks=np.array_split(x, chunks),
                    failures=[("/img/bad.jpg", "corrupt")])
     return x
@@ -31,9 +31,9 @@ def test_roundtrip_and_manifest(tmp_path: Path) -> None:
     x = _make_db(tmp_path / "db")
     db = Database.open(tmp_path / "db", load_index=False)
     m = db.manifest
-    assert m["model"]["dim"] == 32 and m["metric"] == "cosine" and m["kind"] == "image"
-    assert m["counts"]["items"] == 300 and m["counts"]["failed"] == 1
-    assert {"similar_images", "numpy", "python"} <= set(m["versions"]) and m["created_at"]
+    assert m.dim == 32 and m.metric == "cosine" and m.kind == "image"
+    assert m.counts.items == 300 and m.counts.failed == 1
+    assert {"similar_images", "numpy", "python"} <= set(m.versions) and m.created_at
     np.testing.assert_allclose(np.asarray(db.vectors), x)
     assert db.failures == [("/img/bad.jpg", "corrupt")]
     assert db.item(5) == "/img/5.jpg" and len(db) == 300
@@ -43,7 +43,7 @@ def test_roundtrip_and_manifest(tmp_path: Path) -> None:
 def test_files_get_normal_permissions_not_the_temporary_files(tmp_path: Path) -> None:
     import os
 
-    from similar_images import _io
+    from similar_images._util import io as _io
 
     umask = os.umask(0o022)
     try:
@@ -95,7 +95,7 @@ def test_open_checks_consistency(tmp_path: Path, change, pattern: str) -> None: 
 
 def test_open_checks_model_and_index(tmp_path: Path) -> None:
     _make_db(tmp_path / "db")
-    with pytest.raises(DatabaseError, match="built with model 'tiny', not 'vgg16-fc2'"):
+    with pytest.raises(DatabaseError, match="built with model 'synthetic', not 'vgg16-fc2'"):
         Database.open(tmp_path / "db", model="vgg16-fc2")
     db = Database.open(tmp_path / "db")
     db.build_index(IndexConfig(factory="IVF8,Flat", eval_queries=0))
@@ -114,10 +114,13 @@ def test_build_index_needs_force_and_uses_generations(tmp_path: Path) -> None:
     with pytest.raises(DatabaseExistsError, match="--force"):
         db.build_index(IndexConfig(factory="Flat"))
     report = db.build_index(IndexConfig(factory="IVF8,Flat", nprobe=8, eval_queries=50), force=True)
-    assert sorted(p.name for p in (tmp_path / "db").glob("index-*")) == ["index-0002.faiss"]
+    # the previous generation stays until the next change, for readers that opened the old manifest
+    assert sorted(p.name for p in (tmp_path / "db").glob("index-*")) == ["index-0001.faiss", "index-0002.faiss"]
     m = Database.open(tmp_path / "db").manifest
-    assert m["index"]["factory"] == "IVF8,Flat" and m["index"]["recall_at_10"] == report.recall_at_10 == 1.0
-    assert m["index"]["search_params"] == {"nprobe": 8} and m["index"]["index_bytes"] > 0
+    assert m.index.factory == "IVF8,Flat" and m.index.get("recall_at_10") == report.recall_at_10 == 1.0
+    assert m.index.search_params == {"nprobe": 8} and m.index.get("index_bytes") > 0
+    db.build_index(IndexConfig(factory="Flat", eval_queries=0), force=True)
+    assert sorted(p.name for p in (tmp_path / "db").glob("index-*")) == ["index-0002.faiss", "index-0003.faiss"]
 
 
 @pytest.mark.parametrize("factory", ["IVF8,Flat", "HNSW16", "Flat"])
@@ -129,12 +132,12 @@ def test_add_and_remove_keep_ids_stable(tmp_path: Path, factory: str) -> None:
     ids = db.add_vectors(new, [f"/new/{i}.jpg" for i in range(5)])
     assert ids == [300, 301, 302, 303, 304]
     db = Database.open(tmp_path / "db")
-    assert db.manifest["counts"]["added_after_training"] == 5 and db.index.ntotal == 305
+    assert db.manifest.counts.added_after_training == 5 and db.index.ntotal == 305
     assert db.search(new[2], k=1).ids == [302]
     removed = db.remove([3, "/img/4.jpg", 302])
     assert removed == [3, 4, 302]
     db = Database.open(tmp_path / "db")
-    assert len(db) == 302 and db.manifest["counts"]["removed"] == 3
+    assert len(db) == 302 and db.manifest.counts.removed == 3
     for rid in (3, 4, 302):
         with pytest.raises(QueryError, match="removed"):
             db.search(rid)
@@ -143,7 +146,7 @@ def test_add_and_remove_keep_ids_stable(tmp_path: Path, factory: str) -> None:
         assert rid not in db.search(q, k=10, exact=True).ids
     assert db.search(10, k=1).ids == [10] and db.item(301) == "/new/1.jpg"
     if factory == "HNSW16":  # HNSW cannot delete: ids are filtered at search time
-        assert db.manifest["index"]["filtered_ids"] == [3, 4, 302]
+        assert db.manifest.index.filtered_ids == [3, 4, 302]
     with pytest.raises(QueryError, match="not in the database"):
         db.remove(["/img/unknown.jpg"])
 
@@ -170,13 +173,13 @@ def test_add_images_without_retraining(tmp_path: Path, synthetic_images: Path, t
     extract_features(imgs[:8], tmp_path / "db", ExtractConfig(model=tiny_model, weights="random", verbose=False))
     db = Database.open(tmp_path / "db")
     db.build_index(IndexConfig(factory="Flat", eval_queries=0))
-    index_before = db.manifest["index"]["built_at"]
+    index_before = db.manifest.index.built_at
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"nope")
     summary = db.add([*imgs, bad])  # the first 8 are already there
     assert summary.ids == [8, 9, 10, 11] and [Path(p).name for p, _ in summary.failures] == ["bad.jpg"]
     db = Database.open(tmp_path / "db")
-    assert db.manifest["index"]["built_at"] == index_before and db.manifest["counts"]["added_after_training"] == 4
+    assert db.manifest.index.built_at == index_before and db.manifest.counts.added_after_training == 4
     assert db.search(str(imgs[10]), k=1).ids == [10]
 
 

@@ -19,18 +19,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from similar_images import download as dl
+from similar_images._util import archives
+from similar_images._util import download as si_download
+from similar_images._util import http as si_http
+from similar_images._util.archives import EXTRACTED_MARKER, extract_zip, verify_zip
+from similar_images._util.download import download_file
 from similar_images.cli import main
-from similar_images.download import (
-    EXTRACTED_MARKER,
-    DownloadConfig,
-    download_coco_val2014,
-    download_file,
-    extract_zip,
-    verify_zip,
-    write_file_list,
-)
-from similar_images.errors import DownloadError
+from similar_images.errors import DownloadError, NoInputsError
+from similar_images.sources.coco import LOCAL_IMAGES_HINT, DownloadConfig, download_coco_val2014, write_file_list
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "data_scripts" / "get_ms_coco_dataset.sh"
@@ -62,10 +58,10 @@ class ServerState:
 class _Handler(BaseHTTPRequestHandler):
     state: ServerState  # set on a subclass per server
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep test output clean
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:
         st = self.state
         range_header = self.headers.get("Range")
         with st.lock:
@@ -175,7 +171,7 @@ def archive(tmp_path: Path, server: Server) -> bytes:
 
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dl, "_RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(si_download, "_RETRY_WAIT_S", 0.0)
 
 
 # --------------------------------------------------------------------------
@@ -390,7 +386,7 @@ def test_interrupted_extraction_leaves_no_complete_looking_folder(
     tmp_path: Path, server: Server, archive: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dest = tmp_path / "data"
-    real_copy = dl.shutil.copyfileobj
+    real_copy = archives.shutil.copyfileobj
     calls = {"n": 0}
 
     def crash_on_second(*args: object, **kwargs: object) -> None:
@@ -399,7 +395,7 @@ def test_interrupted_extraction_leaves_no_complete_looking_folder(
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C
         real_copy(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(dl.shutil, "copyfileobj", crash_on_second)
+    monkeypatch.setattr(archives.shutil, "copyfileobj", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         download_coco_val2014(_config(dest, server.url()))
     assert not (dest / "val2014").exists()
@@ -408,7 +404,7 @@ def test_interrupted_extraction_leaves_no_complete_looking_folder(
     # A partial folder left by a killed process is cleaned up by the next run.
     stale = dest / ".val2014.partial-killed"
     (stale / "half").mkdir(parents=True)
-    monkeypatch.setattr(dl.shutil, "copyfileobj", real_copy)
+    monkeypatch.setattr(archives.shutil, "copyfileobj", real_copy)
     path = download_coco_val2014(_config(dest, server.url()))
     assert not stale.exists()
     assert len(path.read_text().splitlines()) == len(NAMES)
@@ -418,7 +414,7 @@ def test_interrupted_extraction_leaves_no_complete_looking_folder(
 def test_write_file_list_refuses_an_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    with pytest.raises(DownloadError, match="No images"):
+    with pytest.raises(NoInputsError, match="No images"):
         write_file_list(tmp_path / "empty", tmp_path / "list.txt")
     assert not (tmp_path / "list.txt").exists()
 
@@ -480,10 +476,11 @@ def test_hanging_name_lookup_is_cut_off(tmp_path: Path, monkeypatch: pytest.Monk
         time.sleep(3.0)  # a resolver that does not answer
         return []
 
-    monkeypatch.setattr(dl.socket, "getaddrinfo", slow_lookup)
+    monkeypatch.setattr(si_http.socket, "getaddrinfo", slow_lookup)
     start = time.monotonic()
     with pytest.raises(DownloadError, match="timed out") as excinfo:
-        download_file("http://images.example.test/x.zip", tmp_path / "x.zip", timeout=0.5)
+        download_file("http://images.example.test/x.zip", tmp_path / "x.zip", timeout=0.5,
+                      offline_hint=LOCAL_IMAGES_HINT)
     assert time.monotonic() - start < 2.0
     assert "similar-images extract" in str(excinfo.value)
 

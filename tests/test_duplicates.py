@@ -11,21 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import execute_notebook
 
 from similar_images import Database, ExtractConfig, IndexConfig, extract_features, write_database
 from similar_images.cli import main
-from similar_images.duplicates import (
-    EDITS,
+from similar_images.methods.duplicates import (
     DuplicateConfig,
     connected_components,
-    edited_copy,
     find_duplicate_pairs,
     find_duplicates,
     nearest_similarities,
     write_report,
 )
+from similar_images.sources.edits import EDITS, edited_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -234,7 +232,7 @@ def test_report_above_and_write(tmp_path: Path) -> None:
 
 # -------------------------------------------------------------------------- notebook UI
 def test_browser_slider_filters_pairs(planted: dict) -> None:
-    from similar_images.duplicates_widgets import DuplicateBrowser, thumbnail_bytes
+    from similar_images.apps.duplicates_app import DuplicateBrowser, thumbnail_bytes
 
     db = Database.open(planted["db"], load_index=False)
     browser = DuplicateBrowser(db, min_threshold=0.6, threshold=0.6, max_pairs=8, thumb_size=64)
@@ -246,8 +244,9 @@ def test_browser_slider_filters_pairs(planted: dict) -> None:
     assert len(browser.pairs_box.children) == len(browser.pairs_at(0.9999)) == n_exact
     assert f"<b>{n_exact}</b> pairs" in browser.summary.value
     thumb = thumbnail_bytes(db.items[0], 64)
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     img = Image.open(io.BytesIO(thumb))
     assert img.format == "JPEG" and max(img.size) == 64

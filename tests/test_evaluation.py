@@ -14,20 +14,16 @@ from click.testing import CliRunner
 from similar_images import Database, IndexConfig, write_database
 from similar_images.cli import main
 from similar_images.errors import QueryError
-from similar_images.evaluation import (
-    EvalConfig,
+from similar_images.index import drop_self, recall_table, rerank_exact
+from similar_images.measure.compare import compare_neighbours
+from similar_images.measure.evaluate import EvalConfig, evaluate_database, measure_latency
+from similar_images.measure.quality import (
     average_precision_at_k,
-    compare_neighbours,
-    drop_self,
-    evaluate_database,
     labels_from_folders,
-    measure_latency,
     precision_at_k,
     read_labels_csv,
-    recall_table,
-    rerank_exact,
 )
-from similar_images.tuning import clustered_vectors
+from similar_images.measure.synthetic import clustered_vectors
 
 # Six 2-d unit vectors at these angles (degrees), in two classes; no two angular distances tie,
 # so every ranking below was worked out by hand.

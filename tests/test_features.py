@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import PLUGINS, ROOT, make_image
+
 from similar_images import Database, ExtractConfig, extract_features
+from similar_images.embed import available_models, get_model_spec, resolve_weights
+from similar_images.embed.image_models import preprocess_caffe, preprocess_tf
 from similar_images.errors import DatabaseError, DatabaseExistsError, WeightsError
-from similar_images.models import available_models, get_model_spec, preprocess_caffe, preprocess_tf, resolve_weights
 
 
 def _config(model: str, **kw: object) -> ExtractConfig:
@@ -73,7 +74,7 @@ def test_extract_reports_every_kind_of_bad_file(tmp_path: Path, synthetic_images
     assert "0 bytes" in reasons["empty.jpg"] and "not found" in reasons["missing.jpg"]
     db = Database.open(tmp_path / "db")
     assert db.items == [str(p) for p in good]
-    assert db.manifest["counts"] == {"items": len(good), "failed": 5, "removed": 0, "indexed": 0,
+    assert db.manifest.counts.to_dict() == {"items": len(good), "failed": 5, "removed": 0, "indexed": 0,
                                      "added_after_training": 0}
     norms = np.linalg.norm(np.asarray(db.vectors), axis=1)
     np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
@@ -87,7 +88,7 @@ def test_extract_never_overwrites_without_force(tmp_path: Path, synthetic_images
         extract_features(synthetic_images, db, _config(tiny_model))
     assert (db / "manifest.json").read_bytes() == before
     summary = extract_features(synthetic_images, db, _config(tiny_model), force=True)
-    assert summary.extracted == 12 and Database.open(db).manifest["created_at"]
+    assert summary.extracted == 12 and Database.open(db).manifest.created_at
 
 
 def test_reuses_a_loaded_embedder(tmp_path: Path, synthetic_images: Path, tiny_model: str) -> None:
@@ -107,15 +108,26 @@ def test_empty_input_is_a_clear_error(tmp_path: Path, tiny_model: str) -> None:
         extract_features(tmp_path / "empty", tmp_path / "db", _config(tiny_model))
 
 
+def _interrupted_build(db: Path, settings: dict) -> Path:
+    """A .partial/ folder as a killed build leaves it: a plan and one committed shard."""
+    from similar_images._util import io as _io
+    from similar_images.store.build import write_shard
+
+    partial = db / ".partial"
+    partial.mkdir(parents=True)
+    _io.write_json(partial / "plan.json", {"settings": settings, "n": 1, "digest": "x"})
+    (partial / "items.jsonl").write_text('"a"\n')
+    write_shard(partial, 0, [0], np.ones((1, 4), dtype=np.float32), [], 4)
+    return partial / "shard-000000.npy"
+
+
 def test_interrupted_run_with_other_settings_is_refused(tmp_path: Path, synthetic_images: Path,
                                                         tiny_model: str) -> None:
     db = tmp_path / "db"
-    (db / ".partial").mkdir(parents=True)
-    from similar_images import _io
-
-    _io.write_json(db / ".partial" / "plan.json", {"settings": {"model": "other"}, "paths": []})
+    shard = _interrupted_build(db, {"kind": "image", "model": {"name": "other"}, "shard_size": 1024})
     with pytest.raises(DatabaseError, match="other settings"):
         extract_features(synthetic_images, db, _config(tiny_model))
+    assert shard.exists()  # nothing lost
     with pytest.raises(DatabaseError, match="interrupted"):
         Database.open(db)
     assert extract_features(synthetic_images, db, _config(tiny_model), force=True).extracted == 12
@@ -124,14 +136,23 @@ def test_interrupted_run_with_other_settings_is_refused(tmp_path: Path, syntheti
 def test_interrupted_text_build_is_not_mixed_with_images(tmp_path: Path, synthetic_images: Path,
                                                          tiny_model: str) -> None:
     db = tmp_path / "db"
-    (db / ".partial").mkdir(parents=True)
-    from similar_images import _io
-
-    _io.write_json(db / ".partial" / "text-plan.json", {"model": "minilm"})
-    _io.write_bytes(db / ".partial" / "chunk-00000.f32", b"\0" * 16)
-    with pytest.raises(DatabaseError, match="interrupted text build"):
+    shard = _interrupted_build(db, {"kind": "text", "model": {"name": "all-MiniLM-L6-v2"}, "shard_size": 2048})
+    with pytest.raises(DatabaseError, match="interrupted build with other settings.*'kind': 'text'"):
         extract_features(synthetic_images, db, _config(tiny_model))
-    assert (db / ".partial" / "chunk-00000.f32").exists()  # nothing lost
+    assert shard.exists()  # nothing lost
+
+
+def test_plan_without_committed_work_gives_way_to_new_settings(tmp_path: Path, synthetic_images: Path,
+                                                               tiny_model: str) -> None:
+    """A run that failed before committing anything (e.g. offline --weights imagenet) blocks no retry."""
+    db = tmp_path / "db"
+    (db / ".partial").mkdir(parents=True)
+    from similar_images._util import io as _io
+
+    _io.write_json(db / ".partial" / "plan.json", {"settings": {"kind": "image", "model": {"name": "other"}},
+                                                   "n": 12, "digest": "x"})
+    assert extract_features(synthetic_images, db, _config(tiny_model)).extracted == 12
+    assert not (db / ".partial").exists()
 
 
 def _cli(args: list[str]) -> list[str]:
@@ -145,6 +166,7 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     images = tmp_path / "images"
     for i in range(240):

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_image
 from PIL import Image
 
-from conftest import make_image
-from similar_images.errors import ImageLoadError
-from similar_images.images import find_images, load_image, prepare_array, read_file_list
+from similar_images.errors import ImageLoadError, SourceNotFoundError
+from similar_images.sources.images import find_images, load_image, prepare_array, read_file_list
 
 
 def test_find_images_recursive_any_case_sorted(tmp_path: Path) -> None:
@@ -30,7 +30,7 @@ def test_find_images_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not found"):
         find_images(tmp_path / "missing")
     f = make_image(tmp_path / "one.jpg", seed=0)
-    with pytest.raises(NotADirectoryError, match="file list"):
+    with pytest.raises(SourceNotFoundError, match="file list"):
         find_images(f)
 
 

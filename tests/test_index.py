@@ -6,8 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
+from similar_images.embed import l2_normalize
 from similar_images.errors import IndexTrainingError
-from similar_images.features import l2_normalize
 from similar_images.index import (
     MIN_PQ_VECTORS,
     IndexConfig,
@@ -73,6 +73,7 @@ def test_recall_within_equals_recall_after_exact_reranking() -> None:
     assert recall_within(cand, truth, 10) > recall_at_k(cand, truth, 10)
 
 
+@pytest.mark.slow
 def test_build_calibrates_nprobe_by_measured_served_recall() -> None:
     x = clustered(4000, 64, centers=200)
     index, report = build_index(x, IndexConfig(factory="IVF64,PQ8", eval_queries=300))
@@ -93,6 +94,7 @@ def test_build_calibrates_nprobe_by_measured_served_recall() -> None:
         calibrate_nprobe(make_index("Flat", 64), x)
 
 
+@pytest.mark.slow
 def test_nprobe_calibration_stays_within_the_scan_budget() -> None:
     x = clustered(4000, 64, centers=200)
     index, _ = build_index(x, IndexConfig(factory="IVF64,PQ8", nprobe=1, eval_queries=0))
@@ -156,6 +158,7 @@ def test_flat_has_perfect_recall_and_ids() -> None:
     assert found[:, 0].tolist() == ids[:5].tolist()
 
 
+@pytest.mark.slow
 def test_ivfpq_recall_measured_against_exact_and_nprobe_matters() -> None:
     x = clustered(4000, 64)
     index, report = build_index(x, IndexConfig(factory="IVF64,PQ16", nprobe=64, eval_queries=200))

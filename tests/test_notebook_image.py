@@ -7,9 +7,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
-
 from conftest import ROOT
+from nbclient import NotebookClient
 
 NOTEBOOK = ROOT / "notebooks" / "similar_images.ipynb"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"

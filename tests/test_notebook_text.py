@@ -8,7 +8,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import execute_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,13 +17,13 @@ NOTEBOOK = ROOT / "notebooks" / "text_similarity.ipynb"
 @pytest.fixture(scope="module")
 def text_db_2k(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2,000 real tweets, real all-MiniLM-L6-v2 vectors, default index (Flat at this size)."""
-    from similar_images.text import TextBuildConfig, build_text_database, build_text_index
+    from similar_images.store import Database, TextBuildConfig, build_text_database
 
     with open(assets / "text" / "texts_20k.csv", encoding="utf-8", newline="") as fh:
         texts = [r["text"] for r in csv.DictReader(fh)][-2000:]
     db = tmp_path_factory.mktemp("nb") / "tweets-2k"
     build_text_database(texts, db, TextBuildConfig(verbose=False))
-    build_text_index(db)
+    Database.open(db).build_index()
     return db
 
 
@@ -40,6 +39,7 @@ def test_committed_notebook_is_thin_and_has_no_outputs() -> None:
     assert sum(len(c.source.splitlines()) for c in code) <= 15
 
 
+@pytest.mark.slow
 def test_notebook_runs_and_searches(text_db_2k: Path, tmp_path: Path) -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     query = "I really need a holiday"

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from similar_images import models, text
-from similar_images._registry import Registry
+from similar_images import embed
+from similar_images._util.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,10 @@ def test_unknown_names_list_the_choices_and_the_hint() -> None:
 
 def test_the_public_registries_keep_their_messages() -> None:
     with pytest.raises(ValueError, match=r"^Unknown model 'nope'; choose one of: .*vgg16-avg"):
-        models.get_model_spec("nope")
+        embed.get_model_spec("nope")
     with pytest.raises(ValueError, match=r"A model named 'vgg16-avg' is already registered"):
-        models.register_model(models.get_model_spec("vgg16-avg"))
-    with pytest.raises(ValueError, match=r"register your own with similar_images.text.register_text_encoder\)$"):
-        text.get_text_encoder("nope")
+        embed.register_model(embed.get_model_spec("vgg16-avg"))
+    with pytest.raises(ValueError, match=r"register your own with similar_images.embed.register_text_encoder\)$"):
+        embed.get_text_encoder("nope")
     with pytest.raises(ValueError, match=r"A text encoder named 'all-MiniLM-L6-v2' is already registered"):
-        text.register_text_encoder(text.get_text_encoder(text.DEFAULT_TEXT_ENCODER))
+        embed.register_text_encoder(embed.get_text_encoder(embed.DEFAULT_TEXT_ENCODER))

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import http.server
 import io
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import Route, closed_port, http_server, redirect
 from PIL import Image
 
 from similar_images import Database, FetchConfig
+from similar_images._util.http import fetch_url, is_url
 from similar_images.errors import ImageLoadError, QueryError
-from similar_images.fetch import fetch_url, is_url
 
 
 @pytest.fixture(scope="module")
@@ -22,39 +21,17 @@ def db(small_db: Path) -> Database:
     return Database.open(small_db)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, str, bytes, dict[str, str]]] = {}
-
-    def do_GET(self) -> None:  # noqa: N802
-        status, ctype, body, headers = self.routes.get(self.path, (404, "text/plain", b"missing", {}))
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def server(db: Database) -> Iterator[str]:
     photo = Path(db.items[3]).read_bytes()
-    _Handler.routes = {
-        "/photo.jpg": (200, "image/jpeg", photo, {}),
-        "/page.html": (200, "text/html", b"<html></html>", {}),
-        "/garbage.jpg": (200, "image/jpeg", b"not really a jpeg", {}),
-        "/to-file": (302, "text/plain", b"", {"Location": "file:///etc/passwd"}),
-        "/to-photo": (302, "text/plain", b"", {"Location": "/photo.jpg"}),
-    }
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with http_server({
+        "/photo.jpg": Route(photo, "image/jpeg"),
+        "/page.html": Route(b"<html></html>", "text/html"),
+        "/garbage.jpg": Route(b"not really a jpeg", "image/jpeg"),
+        "/to-file": redirect("file:///etc/passwd"),
+        "/to-photo": redirect("/photo.jpg"),
+    }) as url:
+        yield url
 
 
 def test_query_by_id_reuses_stored_vector(db: Database) -> None:
@@ -137,12 +114,9 @@ def test_url_garbage_image_and_size_limit(db: Database, server: str) -> None:
 
 
 def test_unreachable_url_fails_fast() -> None:
-    import socket
     import time
 
-    with socket.socket() as s:  # a port with nobody listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = closed_port()
     t0 = time.monotonic()
     with pytest.raises(QueryError, match="Could not reach"):
         fetch_url(f"http://127.0.0.1:{port}/x.jpg", FetchConfig(timeout=3))
@@ -167,7 +141,7 @@ def test_results_to_dict(db: Database) -> None:
 
 def test_rerank_gives_exact_cosine_scores_on_a_pq_index(tmp_path: Path) -> None:
     from similar_images import IndexConfig, write_database
-    from similar_images.features import l2_normalize
+    from similar_images.embed import l2_normalize
 
     rng = np.random.default_rng(0)
     x = l2_normalize(rng.normal(size=(2000, 64)).astype(np.float32) + rng.normal(size=(20, 64))[rng.integers(0, 20,

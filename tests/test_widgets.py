@@ -8,26 +8,23 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import http.server
 import io
 import os
 import shutil
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_image
+from helpers import Route, closed_port, http_server
 from PIL import Image
 
 from similar_images import Database, QueryError, write_database
+from similar_images.apps import AppConfig, DatabaseMessage, SimilarImagesApp, find_database, open_app
 from similar_images.errors import ImageLoadError
-from similar_images.thumbnails import ThumbnailCache, ThumbnailConfig, make_thumbnail, placeholder_thumbnail
-from similar_images.widgets import AppConfig, DatabaseMessage, SimilarImagesApp, find_database, open_app
-
-from conftest import make_image
+from similar_images.sources.thumbnails import ThumbnailCache, ThumbnailConfig, make_thumbnail, placeholder_thumbnail
 
 pytestmark = pytest.mark.slow
 
@@ -48,45 +45,16 @@ def app(db: Database) -> Iterator[SimilarImagesApp]:
     a.close()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, str, bytes]] = {}
-
-    def do_GET(self) -> None:  # noqa: N802
-        status, ctype, body = self.routes.get(self.path, (404, "text/plain", b"not found"))
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture()
-def http_server(db: Database) -> Iterator[tuple[str, dict[str, tuple[int, str, bytes]]]]:
+def image_host(db: Database) -> Iterator[str]:
     """A real HTTP server on 127.0.0.1 serving a database photo, an HTML page and garbage."""
     photo = Path(db.items[3]).read_bytes()
-    routes = {
-        "/photo.jpg": (200, "image/jpeg", photo),
-        "/page.html": (200, "text/html", b"<html>not an image</html>"),
-        "/broken.jpg": (200, "image/jpeg", b"\xff\xd8\xff garbage, not a jpeg"),
-    }
-    handler = type("Handler", (_Handler,), {"routes": routes})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", routes
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with http_server({
+        "/photo.jpg": Route(photo, "image/jpeg"),
+        "/page.html": Route(b"<html>not an image</html>", "text/html"),
+        "/broken.jpg": Route(b"\xff\xd8\xff garbage, not a jpeg", "image/jpeg"),
+    }) as url:
+        yield url
 
 
 def _upload_value(data: bytes, name: str, ctype: str = "image/jpeg") -> tuple[dict, ...]:
@@ -232,8 +200,8 @@ def test_upload_over_the_size_limit_is_refused(db: Database) -> None:
 # ----------------------------------------------------------------------------- URLs
 
 
-def test_url_box_searches_on_change_and_button(app: SimilarImagesApp, db: Database, http_server) -> None:
-    base, _routes = http_server
+def test_url_box_searches_on_change_and_button(app: SimilarImagesApp, db: Database, image_host: str) -> None:
+    base = image_host
     app.url_text.value = f"{base}/photo.jpg"  # what Enter (continuous_update=False) sends
     assert app.message == ""
     r = app.results
@@ -254,8 +222,8 @@ def test_url_box_searches_on_change_and_button(app: SimilarImagesApp, db: Databa
     ("/missing.jpg", "HTTP 404"),
     ("/broken.jpg", "not a readable image"),
 ])
-def test_bad_urls_show_a_message(app: SimilarImagesApp, http_server, path: str, expected: str) -> None:
-    base, _ = http_server
+def test_bad_urls_show_a_message(app: SimilarImagesApp, image_host: str, path: str, expected: str) -> None:
+    base = image_host
     app.search_id(1)
     app.url_text.value = base + path
     assert expected in app.message
@@ -265,7 +233,7 @@ def test_bad_urls_show_a_message(app: SimilarImagesApp, http_server, path: str, 
 
 
 def test_unreachable_url_and_bad_schemes(app: SimilarImagesApp) -> None:
-    port = _closed_port()
+    port = closed_port()
     t0 = time.perf_counter()
     app.url_text.value = f"http://127.0.0.1:{port}/photo.jpg"
     assert "Could not reach" in app.message and time.perf_counter() - t0 < 10

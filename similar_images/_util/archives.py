@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from ..errors import DownloadError
-from .http import check_free_space, human_bytes
+from .download import check_free_space, human_bytes
 from .io import atomic_path, fsync_dir
 
 __all__ = ["EXTRACTED_MARKER", "verify_zip", "extract_zip", "common_top_folder", "move_aside"]

@@ -12,9 +12,8 @@ that is allowed).
   size limit, an ``image/*`` content type. Failures raise
   :class:`~similar_images.errors.BadURLError` (the URL itself is unusable) or
   :class:`~similar_images.errors.FetchError` (it could not be fetched).
-* :func:`download_file` downloads a large file into ``<dest>.part``, resuming
-  with HTTP ``Range`` requests, and renames it into place once complete.
-  Failures raise :class:`~similar_images.errors.DownloadError`.
+* :func:`similar_images._util.download.download_file` (built on this module)
+  downloads a large file, resumably.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import ipaddress
 import logging
 import os
 import re
-import shutil
 import socket
 import ssl
 import threading
@@ -33,13 +31,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ..errors import BadURLError, DownloadError, FetchError
-from .io import fsync_dir
+from ..errors import BadURLError, FetchError
 
 __all__ = [
     "AddressPolicy",
@@ -48,17 +43,13 @@ __all__ = [
     "is_url",
     "looks_like_url",
     "check_url",
-    "download_file",
+    "describe_network_error",
     "build_opener",
-    "human_bytes",
 ]
 
 logger = logging.getLogger(__name__)
 
 _ALLOWED_SCHEMES = ("http", "https")
-_DEFAULT_CHUNK_SIZE = 1 << 20
-#: Seconds to wait before resuming an interrupted transfer (multiplied by the attempt number).
-_RETRY_WAIT_S = 1.0
 _USER_AGENT = "similar-images/0.1 (+https://pypi.org/project/similar-images/)"
 MAX_URL_LENGTH = 2048
 
@@ -105,14 +96,14 @@ def _resolve(host: str, port: int, timeout: float) -> list[tuple[Any, ...]]:
     def lookup() -> None:
         try:
             result.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except BaseException as exc:  # reported to the caller's thread
+        except BaseException as exc:  # noqa: BLE001  (handed to the caller's thread, which raises it)
             result.append(exc)
 
     thread = threading.Thread(target=lookup, name="similar-images-dns", daemon=True)
     thread.start()
     thread.join(timeout)
     if not result:
-        raise socket.timeout(f"looking up the host name {host!r} timed out after {timeout:g} s")
+        raise TimeoutError(f"looking up the host name {host!r} timed out after {timeout:g} s")
     if isinstance(result[0], BaseException):
         raise result[0]
     return list(result[0])
@@ -149,7 +140,7 @@ class _Deadline:
             return cap
         rem = self.end - time.monotonic()
         if rem <= 0:
-            raise socket.timeout(f"the fetch took longer than {self.seconds:g} s")
+            raise TimeoutError(f"the fetch took longer than {self.seconds:g} s")
         return rem if cap is None else min(cap, rem)
 
 
@@ -220,11 +211,14 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
 
     max_redirections = 5
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+    def http_error_302(self, req, fp, code, msg, headers):  # type: ignore[no-untyped-def]
+        target = urllib.parse.urljoin(req.full_url, headers.get("Location") or headers.get("URI") or "")
+        scheme = urllib.parse.urlsplit(target).scheme.lower()
         if scheme not in _ALLOWED_SCHEMES:
-            raise BadURLError(f"Refused a redirect to a {scheme or 'relative'}:// URL; only http and https are allowed")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+            raise BadURLError(f"Refused a redirect to a {scheme}:// URL; only http and https are allowed")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def build_opener(*, read_timeout: float | None, policy: AddressPolicy | None = None,
@@ -326,15 +320,16 @@ class FetchConfig:
         deadline: Seconds for the whole fetch (redirects and body included): a server that trickles
             bytes cannot hold a request longer than this.
         max_bytes: Largest accepted body.
-        policy: Which addresses may be fetched (see :class:`AddressPolicy`); ``allow_private=True``
-            for a notebook on the user's own machine.
+        policy: Which addresses may be fetched (see :class:`AddressPolicy`). The default allows every address:
+            the library, the command line and the notebooks act for the user on the user's own machine. The
+            HTTP service, which acts for its clients, refuses internal addresses unless told otherwise.
         user_agent: Sent with the request.
     """
 
     timeout: float = 10.0
     deadline: float = 30.0
     max_bytes: int = 20 * 1024 * 1024
-    policy: AddressPolicy = AddressPolicy()
+    policy: AddressPolicy = AddressPolicy(allow_private=True)
     user_agent: str = _USER_AGENT
 
 
@@ -398,226 +393,3 @@ def fetch_url(url: str, config: FetchConfig | None = None) -> bytes:
         raise FetchError(f"{url} returned no data")
     logger.debug("Fetched %d bytes from %s", len(data), url)
     return bytes(data)
-
-
-
-# --------------------------------------------------------------------------- resumable downloads
-def human_bytes(n: float) -> str:
-    """``1234567`` -> ``"1.2 MB"``."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"  # pragma: no cover
-
-
-def check_free_space(folder: Path, needed: int, what: str) -> None:
-    """Raise :class:`DownloadError` unless ``folder``'s disk has ``needed`` bytes free."""
-    free = shutil.disk_usage(folder).free
-    if needed > free:
-        raise DownloadError(
-            f"Not enough free disk space in {folder} for {what}: need {human_bytes(needed)}, "
-            f"only {human_bytes(free)} free. Free some space or choose another folder."
-        )
-
-
-class _NetworkError(Exception):
-    """An attempt failed; ``progressed`` tells whether it received any data (worth resuming)."""
-
-    def __init__(self, reason: str, *, progressed: bool, permanent: bool = False) -> None:
-        super().__init__(reason)
-        self.progressed = progressed
-        self.permanent = permanent
-
-
-_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)", re.IGNORECASE)
-
-
-def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
-    """Return (first byte, total size) of a ``Content-Range`` header; ``None`` where unknown."""
-    m = _CONTENT_RANGE.match(value or "")
-    if not m:
-        return None, None
-    start = int(m.group(1)) if m.group(1) is not None else None
-    total = int(m.group(3)) if m.group(3) != "*" else None
-    return start, total
-
-
-#: ``progress(event, value)``: ``("total", bytes or None)`` then ``("advance", bytes)`` calls.
-Progress = Callable[[str, "int | None"], None]
-
-
-def _fetch_once(opener: urllib.request.OpenerDirector, url: str, part: Path, *, timeout: float,
-                read_timeout: float, chunk_size: int, expected_size: int | None, progress: Progress | None) -> None:
-    """One HTTP request that appends to ``part``; raises :class:`_NetworkError` unless complete."""
-    offset = part.stat().st_size if part.exists() else 0
-    if expected_size is not None and offset > expected_size:
-        logger.warning("%s is larger than expected (%d > %d bytes); starting over", part, offset, expected_size)
-        part.unlink()
-        offset = 0
-    if expected_size is not None and offset == expected_size:
-        return  # complete; the caller renames it
-    headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-        logger.info("Resuming %s at byte %d", url, offset)
-    else:
-        logger.info("Downloading %s", url)
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        response = opener.open(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
-            # Range not satisfiable: either the file is already complete or it changed.
-            _, total = _parse_content_range(exc.headers.get("Content-Range"))
-            exc.close()
-            if total == offset and (expected_size is None or expected_size == total):
-                return
-            logger.warning("The server refused to resume %s; starting over", part)
-            part.unlink()
-            raise _NetworkError("the server refused to resume the download", progressed=True) from exc
-        exc.close()
-        permanent = 400 <= exc.code < 500 and exc.code not in (408, 429)
-        raise _NetworkError(describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=True),
-                            progressed=False, permanent=permanent) from exc
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise _NetworkError(describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=True),
-                            progressed=False) from exc
-
-    with response:
-        status = response.status
-        length_header = response.headers.get("Content-Length")
-        length = int(length_header) if length_header and length_header.isdigit() else None
-        if status == 206 and offset:
-            start, total = _parse_content_range(response.headers.get("Content-Range"))
-            if start != offset:
-                logger.warning("The server resumed %s at byte %s instead of %d; starting over", part, start, offset)
-                part.unlink()
-                raise _NetworkError("the server answered an unexpected range", progressed=True)
-            mode = "ab"
-        elif status == 200:
-            if offset:
-                logger.info("The server does not support resuming; downloading %s from the start", url)
-            offset, total, mode = 0, length, "wb"
-        else:
-            raise _NetworkError(f"unexpected HTTP status {status}", progressed=False, permanent=True)
-        if total is None and length is not None:
-            total = offset + length
-        if expected_size is not None and total is not None and total != expected_size:
-            raise DownloadError(
-                f"The server reports {total:,} bytes for {url} but {expected_size:,} were expected; "
-                "the file on the server changed or the address is wrong."
-            )
-        if total is None:
-            total = expected_size
-        if total is not None:
-            check_free_space(part.parent, total - offset, f"downloading {part.name}")
-        if progress is not None:
-            progress("total", total)
-            progress("advance", offset)
-
-        received = 0
-        try:
-            fh = open(part, mode)
-        except OSError as exc:
-            raise DownloadError(f"Cannot write {part}: {exc}") from exc
-        with fh:
-            while True:
-                try:
-                    chunk = response.read1(chunk_size)  # whatever has arrived: nothing is lost on a stall
-                except (OSError, http.client.HTTPException, ValueError) as exc:
-                    why = describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=False)
-                    raise _NetworkError(why, progressed=received > 0) from exc
-                if not chunk:
-                    break
-                try:
-                    fh.write(chunk)
-                except OSError as exc:
-                    raise DownloadError(f"Cannot write {part}: {exc}") from exc
-                received += len(chunk)
-                if progress is not None:
-                    progress("advance", len(chunk))
-            fh.flush()
-            os.fsync(fh.fileno())
-    size = offset + received
-    if total is not None and size != total:
-        raise _NetworkError(f"the connection was closed after {size:,} of {total:,} bytes", progressed=received > 0)
-
-
-def download_file(
-    url: str,
-    dest: str | os.PathLike[str],
-    *,
-    timeout: float = 10.0,
-    read_timeout: float = 60.0,
-    chunk_size: int = _DEFAULT_CHUNK_SIZE,
-    expected_size: int | None = None,
-    retries: int = 5,
-    progress: Progress | None = None,
-    offline_hint: str = "",
-) -> Path:
-    """Download ``url`` to ``dest``, resuming a partial download.
-
-    Bytes go to ``<dest>.part``; an existing ``.part`` file is continued with an
-    HTTP ``Range`` request (a server that ignores ranges restarts it). Once the
-    full size has arrived the file is flushed and renamed to ``dest``, so
-    ``dest`` exists only when complete, and an existing ``dest`` is not
-    downloaded again.
-
-    Args:
-        url: An http:// or https:// address.
-        dest: Final path of the file.
-        timeout: Seconds allowed for the name lookup and for connecting.
-        read_timeout: Seconds without data after which a transfer counts as stalled.
-        chunk_size: Bytes read at a time.
-        expected_size: Size in bytes, checked when given.
-        retries: How many times an interrupted transfer is resumed within this
-            call. An attempt that receives nothing (no network, refused
-            connection, HTTP error) is not retried, so failure is quick.
-        progress: Called with ``("total", n)`` and ``("advance", n)`` events (e.g. to drive a progress bar).
-        offline_hint: Appended to network errors: what to do without network access.
-
-    Returns:
-        ``dest`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        DownloadError: If the download fails; the message says why and how to
-            continue (re-running resumes).
-        BadURLError: If ``url`` is not an http(s) address.
-    """
-    check_url(url)
-    dest = Path(dest).expanduser()
-    if dest.exists():
-        size = dest.stat().st_size
-        if expected_size is not None and size != expected_size:
-            raise DownloadError(
-                f"{dest} has {size:,} bytes but {expected_size:,} were expected; "
-                "delete it and re-run to download it again."
-            )
-        logger.info("Already downloaded: %s (%s)", dest, human_bytes(size))
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    opener = build_opener(read_timeout=read_timeout)
-    attempt = 0
-    while True:
-        try:
-            _fetch_once(opener, url, part, timeout=timeout, read_timeout=read_timeout, chunk_size=chunk_size,
-                        expected_size=expected_size, progress=progress)
-            break
-        except _NetworkError as exc:
-            if exc.progressed and not exc.permanent and attempt < retries:
-                attempt += 1
-                logger.warning("Download interrupted (%s); resuming (attempt %d of %d)", exc, attempt, retries)
-                time.sleep(_RETRY_WAIT_S * attempt)
-                continue
-            have = part.stat().st_size if part.exists() else 0
-            kept = f" The {human_bytes(have)} received so far are kept in {part}; re-running resumes." if have else ""
-            raise DownloadError(
-                f"Could not download {url}: {exc}. Check the network connection (and proxy settings) "
-                f"and re-run.{kept} {offline_hint}".rstrip()
-            ) from exc
-    os.replace(part, dest)
-    fsync_dir(dest.parent)
-    logger.info("Downloaded %s (%s)", dest, human_bytes(dest.stat().st_size))
-    return dest

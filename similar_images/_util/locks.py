@@ -15,12 +15,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["file_lock", "LockTimeout"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["file_lock", "LockTimeoutError"]
 
 logger = logging.getLogger(__name__)
 
 
-class LockTimeout(TimeoutError):
+class LockTimeoutError(TimeoutError):
     """The lock was not obtained within the time allowed."""
 
 
@@ -36,11 +41,9 @@ def file_lock(path: str | os.PathLike[str], *, shared: bool = False, timeout: fl
         poll: Seconds between attempts while waiting with a timeout.
 
     Raises:
-        LockTimeout: If the lock was not obtained in time.
+        LockTimeoutError: If the lock was not obtained in time.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
+    if fcntl is None:  # pragma: no cover - Windows
         yield
         return
     path = Path(path)
@@ -58,7 +61,7 @@ def file_lock(path: str | os.PathLike[str], *, shared: bool = False, timeout: fl
                     break
                 except BlockingIOError:
                     if time.monotonic() >= end:
-                        raise LockTimeout(f"{path} is locked by another process") from None
+                        raise LockTimeoutError(f"{path} is locked by another process") from None
                     time.sleep(poll)
         try:
             yield

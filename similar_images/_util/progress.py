@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from tqdm.auto import tqdm
 
-from .http import Progress
+from .download import Progress
 
 __all__ = ["byte_progress"]
 

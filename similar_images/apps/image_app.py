@@ -628,7 +628,7 @@ class SimilarImagesApp:
         """Run an action from a widget callback: errors are shown in the app, never raised."""
         try:
             return func(*args, **kwargs)
-        except Exception:  # already shown by _run
+        except Exception:  # noqa: BLE001  (already shown in the app by _run; a callback must not raise)
             return None
 
     # ------------------------------------------------------------ callbacks

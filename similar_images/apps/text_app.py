@@ -205,4 +205,6 @@ def text_search_app(db_path: str | os.PathLike[str], *, k: int = 8, max_k: int =
         return no_database_message(db_path, exc, what="text database", commands=build_commands(db),
                                    note="A build takes a few minutes for 20,000 tweets on 2 CPU cores.")
     except ConfigError as exc:
-        return DatabaseMessage(f"{db_path} is not a text database", str(exc))
+        return DatabaseMessage(f"{db_path} is not a text database", f"{exc}. Build a text database there with:",
+                               [c.replace(" text build ", " text build --force ", 1) for c in build_commands(db)
+                                if " text build " in c])

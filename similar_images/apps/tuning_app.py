@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..embed import item_kind
 from ..errors import ConfigError
-from ..measure.evaluate import NeighbourComparison, compare_neighbours
+from ..measure.compare import NeighbourComparison, compare_neighbours
 from ..measure.tune_report import TuneReport
 from ..store import Database
 from .common import figure_png, thumbnail_array

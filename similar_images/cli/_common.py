@@ -48,6 +48,16 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def parse_query(query: str, by_id: bool) -> str | int:
+    """A QUERY argument: the text as given, or with ``--id`` the database id it names."""
+    if not by_id:
+        return query
+    try:
+        return int(query)
+    except ValueError:
+        raise click.BadParameter(f"--id needs an integer, got {query!r}", param_hint="QUERY") from None
+
+
 def index_build_options(func: F) -> F:
     """The options every index-building command shares: --nprobe, --train-size and --eval-queries."""
     options = [

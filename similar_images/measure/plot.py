@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._util.io import atomic_path
-from .tune_report import TuneReport, TunePoint
+from .tune_report import TunePoint, TuneReport, fraction_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -96,7 +96,7 @@ def plot_tuning(report: TuneReport, path: str | os.PathLike[str] | None = None, 
     for frac in (1.0, 0.25, 1 / 16):
         handles.append(Line2D([0], [0], marker="o", ls="", color="#cccccc",
                               markersize=math.sqrt(size(frac * report.flat_bytes)),
-                              label=f"memory {_frac(frac) if frac < 1 else '1'} x Flat"))
+                              label=f"memory {fraction_label(frac) if frac < 1 else '1'} x Flat"))
     ax.legend(handles=handles, fontsize=7, loc="lower right", ncol=2, framealpha=0.85, labelspacing=1.1)
     ax.set_title(title or f"{report.n_vectors:,} vectors, {report.dim}-d: recall@{report.k} / latency / memory "
                  "(marker area ~ index memory)", fontsize=10)

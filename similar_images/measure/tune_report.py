@@ -3,9 +3,8 @@ its choices (the smallest index that reaches the target, the best within memory 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..index import choose_nprobe
@@ -263,9 +262,10 @@ class TuneReport:
                              f"{fastest.latency_in(served):.3f} ms, {fastest.memory_ratio:.3f} x Flat")
             for frac, p in self.budgets(served).items():
                 if p is None:
-                    lines.append(f"  Within {_frac(frac)} of Flat's memory: nothing fits")
+                    lines.append(f"  Within {fraction_label(frac)} of Flat's memory: nothing fits")
                 else:
-                    lines.append(f"  Best recall within {_frac(frac)} of Flat's memory: {p.recall_in(served):.4f} "
+                    lines.append(f"  Best recall within {fraction_label(frac)} of Flat's memory: "
+                                 f"{p.recall_in(served):.4f} "
                                  f"with {p.label} ({p.memory_ratio:.3f} x Flat, {p.latency_in(served):.3f} ms)")
             for name, p in (("Original design", self.original), ("Current build-index default",
                                                                  self.current_default)):
@@ -301,7 +301,7 @@ def _human(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _frac(x: float) -> str:
+def fraction_label(x: float) -> str:
     inv = 1 / x if x else 0
     return f"1/{inv:g}" if x and abs(inv - round(inv)) < 1e-9 else f"{x:g}"
 

@@ -284,7 +284,6 @@ def connected_components(id_a: np.ndarray, id_b: np.ndarray) -> list[list[int]]:
 # ------------------------------------------------------------------------- searching
 def _flat_range_pairs(db: Database, live: np.ndarray, config: DuplicateConfig) -> tuple[list[np.ndarray], ...]:
     """Exact: range_search of every query batch against each block of database vectors (pairs with i < j)."""
-    faiss = _faiss()
     n = len(live)
     radius = _radius(config.threshold)
     out_a: list[np.ndarray] = []

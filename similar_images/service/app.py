@@ -40,7 +40,7 @@ from .._version import __version__
 from ..errors import SimilarImagesError
 from .api_docs import render_api_docs
 from .config import ServeConfig
-from .errors import BadRequest, InvalidQuery, PayloadTooLarge, UnsupportedMediaType, status_for
+from .errors import BadRequestError, InvalidQueryError, PayloadTooLargeError, UnsupportedMediaTypeError, status_for
 from .logic import ServiceState
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
              summary="Search with a database id or an image URL")
     def search_get(
         request: Request,
-        id: int | None = Query(None, description="A database id: its stored vector is the query."),  # noqa: A002
+        id: int | None = Query(None, description="A database id: its stored vector is the query."),
         url: str | None = Query(None, description="An http(s) address of the query image."),
         k: int = Query(cfg.default_k, ge=1, le=cfg.max_k, description="Number of results."),
         exact: bool = Query(False, description="Exact search over all vectors instead of the index."),
@@ -249,19 +249,20 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
         length = request.headers.get("content-length")
         if length is not None:
             if not length.strip().isdigit():
-                raise BadRequest(f"Invalid Content-Length header {length!r}")
+                raise BadRequestError(f"Invalid Content-Length header {length!r}")
             if int(length) > limit:
-                raise PayloadTooLarge(f"The request body ({int(length):,} bytes) is over the limit of {limit:,} bytes; "
+                raise PayloadTooLargeError(f"The request body ({int(length):,} bytes) is over the limit of {limit:,} "
+                                           "bytes; "
                                       "send a smaller image")
         buf = bytearray()
         try:
             async for chunk in request.stream():
                 buf += chunk
                 if len(buf) > limit:
-                    raise PayloadTooLarge(f"The request body is over the limit of {limit:,} bytes; send a smaller "
+                    raise PayloadTooLargeError(f"The request body is over the limit of {limit:,} bytes; send a smaller "
                                           "image")
         except ClientDisconnect as exc:
-            raise BadRequest("The client disconnected before sending the whole body") from exc
+            raise BadRequestError("The client disconnected before sending the whole body") from exc
         return bytes(buf)
 
     @app.post("/search", response_model=SearchOut, responses=error_responses, openapi_extra=_POST_SEARCH_OPENAPI,
@@ -277,14 +278,14 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
             try:
                 obj = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise BadRequest(f"The body is not valid JSON: {exc}") from exc
+                raise BadRequestError(f"The body is not valid JSON: {exc}") from exc
             except RecursionError:
-                raise BadRequest("The JSON body is nested too deeply") from None
+                raise BadRequestError("The JSON body is nested too deeply") from None
             if not isinstance(obj, dict):
-                raise InvalidQuery('The JSON body must be an object such as {"url": "...", "k": 8}')
+                raise InvalidQueryError('The JSON body must be an object such as {"url": "...", "k": 8}')
             unknown = sorted(set(obj) - _JSON_FIELDS)
             if unknown:
-                raise InvalidQuery(f"Unknown field(s) {', '.join(unknown)}; expected some of "
+                raise InvalidQueryError(f"Unknown field(s) {', '.join(unknown)}; expected some of "
                                    f"{', '.join(sorted(_JSON_FIELDS))} (upload files as multipart)")
             fields_.update({key: v for key, v in obj.items() if v is not None})
         elif mime in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -295,12 +296,12 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
             try:
                 unknown = sorted(set(form.keys()) - _FORM_FIELDS)
                 if unknown:
-                    raise InvalidQuery(f"Unknown form field(s) {', '.join(unknown)}; expected some of "
+                    raise InvalidQueryError(f"Unknown form field(s) {', '.join(unknown)}; expected some of "
                                        f"{', '.join(sorted(_FORM_FIELDS))}")
                 for key, value in form.multi_items():
                     if key == "file":
                         if isinstance(value, str):
-                            raise InvalidQuery("The 'file' field must be a file upload")
+                            raise InvalidQueryError("The 'file' field must be a file upload")
                         data = await value.read()
                         filename = value.filename
                     elif value != "":
@@ -310,10 +311,10 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
         elif mime.startswith("image/") or mime == "application/octet-stream":
             data = body
         elif not body:
-            raise InvalidQuery("Send an image (multipart field 'file' or an image/* body), or a JSON body with a "
+            raise InvalidQueryError("Send an image (multipart field 'file' or an image/* body), or a JSON body with a "
                                "'url' or an 'id'")
         else:
-            raise UnsupportedMediaType(f"Unsupported Content-Type {mime or 'none'!r}: use multipart/form-data, "
+            raise UnsupportedMediaTypeError(f"Unsupported Content-Type {mime or 'none'!r}: use multipart/form-data, "
                                        "application/json or image/*")
         result = await run_in_threadpool(
             state.search_request, item_id=fields_.get("id"), url=fields_.get("url"), data=data, filename=filename,

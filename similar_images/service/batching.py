@@ -81,7 +81,7 @@ class SerializedEmbedder:
                     for p in group:
                         p.result = out[start:start + len(p.arrays)]
                         start += len(p.arrays)
-                except BaseException as exc:  # every waiting query gets the error
+                except BaseException as exc:  # noqa: BLE001  (every waiting query gets the error, and raises it)
                     for p in group:
                         p.error = exc
                 finally:

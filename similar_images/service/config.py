@@ -102,7 +102,7 @@ class ServeConfig:
         return env
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServeConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeConfig:
         """Read the settings written by :meth:`to_env`.
 
         Raises:

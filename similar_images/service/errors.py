@@ -23,16 +23,16 @@ from ..errors import (
 
 __all__ = [
     "ServiceError",
-    "InvalidParameter",
-    "InvalidQuery",
-    "UnsupportedQuery",
-    "URLsDisabled",
-    "NotAnImageDatabase",
-    "ImageMissing",
-    "UnreadableStoredImage",
-    "BadRequest",
-    "PayloadTooLarge",
-    "UnsupportedMediaType",
+    "InvalidParameterError",
+    "InvalidQueryError",
+    "UnsupportedQueryError",
+    "URLsDisabledError",
+    "NotAnImageDatabaseError",
+    "ImageMissingError",
+    "UnreadableStoredImageError",
+    "BadRequestError",
+    "PayloadTooLargeError",
+    "UnsupportedMediaTypeError",
     "STATUS_BY_ERROR",
     "status_for",
 ]
@@ -42,59 +42,59 @@ class ServiceError(SimilarImagesError):
     """A request the service cannot answer (the subclasses say why)."""
 
 
-class InvalidParameter(ServiceError, ValueError):
+class InvalidParameterError(ServiceError, ValueError):
     """A parameter has a bad value (``k`` out of range, not an integer, ...)."""
 
 
-class InvalidQuery(ServiceError):
+class InvalidQueryError(ServiceError):
     """The request does not name exactly one query, or has unknown fields."""
 
 
-class UnsupportedQuery(ServiceError):
+class UnsupportedQueryError(ServiceError):
     """This database cannot take this kind of query (an image for a text database)."""
 
 
-class URLsDisabled(ServiceError):
+class URLsDisabledError(ServiceError):
     """URL queries are switched off on this server."""
 
 
-class NotAnImageDatabase(ServiceError):
+class NotAnImageDatabaseError(ServiceError):
     """Images were asked of a database that holds no image files."""
 
 
-class ImageMissing(ServiceError):
+class ImageMissingError(ServiceError):
     """The image file of an id is no longer on the server."""
 
 
-class UnreadableStoredImage(ServiceError):
+class UnreadableStoredImageError(ServiceError):
     """The image file of an id cannot be decoded."""
 
 
-class BadRequest(ServiceError):
+class BadRequestError(ServiceError):
     """The request itself is malformed (body, headers, JSON)."""
 
 
-class PayloadTooLarge(ServiceError):
+class PayloadTooLargeError(ServiceError):
     """The request body is over the size limit."""
 
 
-class UnsupportedMediaType(ServiceError):
+class UnsupportedMediaTypeError(ServiceError):
     """The request body has a content type the service does not take."""
 
 
 #: ``(error type, HTTP status, error code, message prefix)``; the first type an error is an instance of wins,
 #: so subclasses come before their bases.
 STATUS_BY_ERROR: tuple[tuple[type[BaseException], int, str, str], ...] = (
-    (PayloadTooLarge, 413, "too_large", ""),
-    (UnsupportedMediaType, 415, "unsupported_media_type", ""),
-    (BadRequest, 400, "bad_request", ""),
-    (URLsDisabled, 403, "urls_disabled", ""),
-    (NotAnImageDatabase, 404, "not_an_image_database", ""),
-    (ImageMissing, 404, "image_missing", ""),
-    (UnreadableStoredImage, 500, "unreadable_image", ""),
-    (UnsupportedQuery, 400, "unsupported_query", ""),
-    (InvalidQuery, 422, "invalid_query", ""),
-    (InvalidParameter, 422, "invalid_parameter", ""),
+    (PayloadTooLargeError, 413, "too_large", ""),
+    (UnsupportedMediaTypeError, 415, "unsupported_media_type", ""),
+    (BadRequestError, 400, "bad_request", ""),
+    (URLsDisabledError, 403, "urls_disabled", ""),
+    (NotAnImageDatabaseError, 404, "not_an_image_database", ""),
+    (ImageMissingError, 404, "image_missing", ""),
+    (UnreadableStoredImageError, 500, "unreadable_image", ""),
+    (UnsupportedQueryError, 400, "unsupported_query", ""),
+    (InvalidQueryError, 422, "invalid_query", ""),
+    (InvalidParameterError, 422, "invalid_parameter", ""),
     (UnknownIdError, 404, "unknown_id", ""),
     (BadURLError, 400, "bad_url", ""),
     (FetchError, 502, "url_fetch_failed", "Could not fetch the query image: "),

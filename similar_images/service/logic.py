@@ -28,13 +28,13 @@ from ..store import Database
 from .batching import SerializedEmbedder
 from .config import MIN_THUMB_SIZE, ServeConfig
 from .errors import (
-    ImageMissing,
-    InvalidParameter,
-    InvalidQuery,
-    NotAnImageDatabase,
-    UnreadableStoredImage,
-    UnsupportedQuery,
-    URLsDisabled,
+    ImageMissingError,
+    InvalidParameterError,
+    InvalidQueryError,
+    NotAnImageDatabaseError,
+    UnreadableStoredImageError,
+    UnsupportedQueryError,
+    URLsDisabledError,
 )
 
 __all__ = ["ServiceState", "as_int", "as_bool"]
@@ -49,10 +49,10 @@ def as_int(value: Any, name: str, *, minimum: int | None = None) -> int:
     """A request field as an integer.
 
     Raises:
-        InvalidParameter: If it is not an integer, or below ``minimum``.
+        InvalidParameterError: If it is not an integer, or below ``minimum``.
     """
     if isinstance(value, bool):
-        raise InvalidParameter(f"{name} must be an integer, got {value!r}")
+        raise InvalidParameterError(f"{name} must be an integer, got {value!r}")
     if isinstance(value, int):
         result = value
     elif isinstance(value, float) and value.is_integer():
@@ -60,9 +60,9 @@ def as_int(value: Any, name: str, *, minimum: int | None = None) -> int:
     elif isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value.strip()) <= 18:
         result = int(value.strip())
     else:
-        raise InvalidParameter(f"{name} must be an integer, got {value!r}")
+        raise InvalidParameterError(f"{name} must be an integer, got {value!r}")
     if minimum is not None and result < minimum:
-        raise InvalidParameter(f"{name} must be at least {minimum}, got {result}")
+        raise InvalidParameterError(f"{name} must be at least {minimum}, got {result}")
     return result
 
 
@@ -70,7 +70,7 @@ def as_bool(value: Any, name: str) -> bool:
     """A request field as a boolean (``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``).
 
     Raises:
-        InvalidParameter: For anything else.
+        InvalidParameterError: For anything else.
     """
     if isinstance(value, bool):
         return value
@@ -78,7 +78,7 @@ def as_bool(value: Any, name: str) -> bool:
         return value.strip().lower() in _TRUE
     if value is None:
         return False
-    raise InvalidParameter(f"{name} must be true or false, got {value!r}")
+    raise InvalidParameterError(f"{name} must be true or false, got {value!r}")
 
 
 @dataclass
@@ -142,26 +142,26 @@ class ServiceState:
             return self.config.default_k
         value = as_int(k, "k")
         if not 1 <= value <= self.config.max_k:
-            raise InvalidParameter(f"k must be an integer from 1 to {self.config.max_k}, got {k!r}")
+            raise InvalidParameterError(f"k must be an integer from 1 to {self.config.max_k}, got {k!r}")
         return value
 
     def require_images(self) -> None:
         if not item_kind(self.db.kind).files:
-            raise UnsupportedQuery(f"This database holds {self.db.kind}s, not images: search it by id")
+            raise UnsupportedQueryError(f"This database holds {self.db.kind}s, not images: search it by id")
 
     def fetch(self, url: Any) -> bytes:
         """Download a query image.
 
         Raises:
-            InvalidParameter: If ``url`` is not a non-empty string.
-            URLsDisabled: If URL queries are off.
+            InvalidParameterError: If ``url`` is not a non-empty string.
+            URLsDisabledError: If URL queries are off.
             BadURLError: If the URL is malformed or names a refused address.
             FetchError: If it cannot be fetched.
         """
         if not isinstance(url, str) or not url.strip():
-            raise InvalidParameter("url must be a non-empty string")
+            raise InvalidParameterError("url must be a non-empty string")
         if not self.config.allow_urls:
-            raise URLsDisabled("URL queries are disabled on this server; upload the image instead")
+            raise URLsDisabledError("URL queries are disabled on this server; upload the image instead")
         url = check_url(url)
         self.require_images()
         return fetch_url(url, self.fetch_config)
@@ -195,7 +195,8 @@ class ServiceState:
         given = [name for name, v in (("file", data), ("url", url), ("id", item_id)) if v is not None]
         if len(given) != 1:
             what = "none" if not given else " and ".join(given)
-            raise InvalidQuery(f"Give exactly one query: an uploaded image ('file'), a 'url', or an 'id' (got {what})")
+            raise InvalidQueryError(f"Give exactly one query: an uploaded image ('file'), a 'url', or an 'id' "
+                                    f"(got {what})")
         k = self.check_k(k)
         exact_b = as_bool(exact, "exact")
         nprobe_i = None if nprobe is None else as_int(nprobe, "nprobe", minimum=1)
@@ -220,10 +221,10 @@ class ServiceState:
     # ---------------------------------------------------------------- images
     def image_path(self, item_id: int) -> Path:
         if not item_kind(self.db.kind).files:
-            raise NotAnImageDatabase(f"This database holds {self.db.kind}s, not images")
+            raise NotAnImageDatabaseError(f"This database holds {self.db.kind}s, not images")
         path = Path(self.db.items[self.db.check_id(item_id)])
         if not path.is_file():
-            raise ImageMissing(f"The image file of id {item_id} is no longer on the server")
+            raise ImageMissingError(f"The image file of id {item_id} is no longer on the server")
         return path
 
     def thumb_size(self, size: str) -> int:
@@ -235,7 +236,7 @@ class ServiceState:
         except ValueError:
             n = -1
         if not MIN_THUMB_SIZE <= n <= self.config.max_thumb_size:
-            raise InvalidParameter(f"size must be 'thumb', 'original' or an integer from {MIN_THUMB_SIZE} to "
+            raise InvalidParameterError(f"size must be 'thumb', 'original' or an integer from {MIN_THUMB_SIZE} to "
                                    f"{self.config.max_thumb_size}, got {size!r}")
         return n
 
@@ -246,7 +247,7 @@ class ServiceState:
         try:
             return make_thumbnail(path, size, quality=85)
         except ImageLoadError as exc:
-            raise UnreadableStoredImage(f"The stored image of id {item_id} cannot be decoded: {exc}") from exc
+            raise UnreadableStoredImageError(f"The stored image of id {item_id} cannot be decoded: {exc}") from exc
 
     def __hash__(self) -> int:  # for lru_cache on methods
         return id(self)

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .._util.archives import EXTRACTED_MARKER, common_top_folder, extract_zip, move_aside, verify_zip
-from .._util.http import check_url, download_file
+from .._util.download import download_file
+from .._util.http import check_url
 from .._util.io import atomic_path
-from .._util.locks import LockTimeout, file_lock
+from .._util.locks import LockTimeoutError, file_lock
 from .._util.progress import byte_progress
 from ..errors import BadURLError, ConfigError, DownloadError, NoInputsError
 from .images import find_images
@@ -97,7 +98,8 @@ class DownloadConfig:
     def __post_init__(self) -> None:
         self.dest = Path(self.dest).expanduser()
         if self.timeout <= 0 or self.read_timeout <= 0:
-            raise ConfigError(f"timeouts must be positive, got timeout={self.timeout}, read_timeout={self.read_timeout}")
+            raise ConfigError(f"timeouts must be positive, got timeout={self.timeout}, "
+                              f"read_timeout={self.read_timeout}")
         if self.chunk_size <= 0:
             raise ConfigError(f"chunk_size must be positive, got {self.chunk_size}")
         if self.retries < 0:
@@ -188,7 +190,7 @@ def download_coco_val2014(config: DownloadConfig) -> Path:
     try:
         with file_lock(lock, timeout=0):
             _download_steps(config, archive, target, file_list, marker, expected_members)
-    except LockTimeout as exc:
+    except LockTimeoutError as exc:
         raise DownloadError(
             f"Another download into {dest} is running (it holds {lock}); wait for it to finish."
         ) from exc

@@ -14,9 +14,9 @@ import io
 import logging
 import os
 import warnings
-from pathlib import Path
 from collections.abc import Iterable
-from typing import BinaryIO, Union
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -42,7 +42,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 #: Images with more pixels than this are refused (about 12,000 x 8,000).
 DEFAULT_MAX_PIXELS = 100_000_000
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image
 
 # Truncated files must fail, not be padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .._util import io as _io
 from .._util.archives import move_aside, verify_zip
-from .._util.http import download_file
+from .._util.download import download_file
 from .._util.progress import byte_progress
 from ..errors import ConfigError, DownloadError, SourceNotFoundError, TextInputError
 
@@ -140,8 +140,9 @@ def write_texts_csv(rows: Iterable[dict[str, str]], dest: str | os.PathLike[str]
     with _io.atomic_path(dest) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
-        for n, row in enumerate(rows, start=1):
+        for row in rows:
             writer.writerow([row.get(c, "") for c in columns])
+            n += 1
     return n
 
 

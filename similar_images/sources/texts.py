@@ -66,7 +66,8 @@ def _collect(values: Iterable[tuple[int, str, Any]], *, limit: int | None, dedup
     seen: dict[str, int] = {}
     duplicates = 0
     n = 0
-    for n, (row, where, value) in enumerate(values, start=1):
+    for row, where, value in values:
+        n += 1
         text = _clean(value)
         if text is None:
             reason = "missing text" if value is None else "empty text"

@@ -137,7 +137,7 @@ class Database:
             try:
                 return cls._open_with(db, manifest, model=model, weights=weights, load_index=load_index,
                                       mmap_index=mmap_index)
-            except _GenerationChanged:
+            except _GenerationChangedError:
                 # A writer committed a new index generation (and dropped an older one) while we read: read again.
                 time.sleep(0.01 * (attempt + 1))
         raise DatabaseCorruptError(f"The index file named by {db / MANIFEST} is missing; "
@@ -477,7 +477,7 @@ class Database:
             stale.unlink(missing_ok=True)
 
 
-class _GenerationChanged(Exception):
+class _GenerationChangedError(Exception):
     """The index file named by the manifest just read is gone (a writer moved on)."""
 
 
@@ -498,7 +498,7 @@ def _read_checked_index(db: Path, manifest: Manifest, mmap: bool) -> Any:
     """Read the index the manifest names and check it against the manifest.
 
     Raises:
-        _GenerationChanged: If the file is gone but a newer manifest exists.
+        _GenerationChangedError: If the file is gone but a newer manifest exists.
         DatabaseCorruptError: If it cannot be read or does not match.
     """
     assert manifest.index is not None
@@ -511,7 +511,7 @@ def _read_checked_index(db: Path, manifest: Manifest, mmap: bool) -> Any:
         except DatabaseError:
             current = None
         if current is not None and current.files.get("index") != name:
-            raise _GenerationChanged(name)
+            raise _GenerationChangedError(name)
         raise DatabaseCorruptError(f"Index file {ipath} named by the manifest is missing{rebuild}")
     try:
         index = read_index(ipath, mmap=mmap)

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .._util.locks import LockTimeout, file_lock
+from .._util.locks import LockTimeoutError, file_lock
 from ..errors import DatabaseError
 from .folder import LOCK_FILE
 
@@ -35,7 +35,7 @@ def database_lock(db: str | os.PathLike[str], *, timeout: float | None = DEFAULT
     try:
         with file_lock(path, timeout=timeout):
             yield
-    except LockTimeout:
+    except LockTimeoutError:
         raise DatabaseError(
             f"Another process has been changing {Path(db)} for over {timeout:g} s (it holds {path}); "
             "wait for it to finish and try again"

@@ -288,7 +288,8 @@ class Manifest:
         if not isinstance(data, dict):
             raise DatabaseCorruptError(f"{path} does not hold a JSON object; rebuild the database")
         if data.get("format") != fmt:
-            raise DatabaseError(f"{path.parent} is not a {fmt} folder (its manifest says {data.get('format')!r})")
+            raise DatabaseError(f"{path} is not a similar-images manifest of the right kind (format "
+                                f"{data.get('format')!r}, expected {fmt!r})")
         return cls.from_dict(data, where=str(path)).validate(where=str(path), fmt=fmt)
 
     def save(self, folder: str | os.PathLike[str], *, touch: bool = True) -> None:

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from similar_images.models import ModelSpec, get_model_spec, register_model
+from similar_images.embed import ModelSpec, get_model_spec, register_model
+from similar_images.errors import ConfigError
 
 
 def _build(weights: str | None) -> Any:
@@ -37,5 +38,5 @@ def _preprocess(batch: np.ndarray) -> np.ndarray:
 
 try:
     get_model_spec("tiny")
-except ValueError:
+except ConfigError:
     register_model(ModelSpec("tiny", 16, "dense", (32, 32), _build, _preprocess, "tiny test model"))

