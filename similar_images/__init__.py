@@ -33,6 +33,8 @@ from .errors import (
     DatabaseNotFoundError,
     DownloadError,
     EngineError,
+    ExplainError,
+    FeatureMapError,
     FetchError,
     ImageLoadError,
     IndexTrainingError,
@@ -96,6 +98,9 @@ _LAZY: dict[str, str] = {
     "tune_database": "measure",
     "DuplicateConfig": "methods",
     "find_duplicates": "methods",
+    "Explanation": "methods.explain",
+    "explain": "methods.explain",
+    "explanation_png": "methods.explain",
 }
 
 __all__ = [
@@ -117,6 +122,8 @@ __all__ = [
     "DatabaseCorruptError",
     "IndexTrainingError",
     "WeightsError",
+    "ExplainError",
+    "FeatureMapError",
     "BackendError",
     "EngineError",
     "DownloadError",
@@ -154,6 +161,7 @@ if TYPE_CHECKING:
     from .index import BuildReport, IndexConfig, build_index, default_factory
     from .measure import EvalConfig, TuneConfig, evaluate_database, tune_database
     from .methods import DuplicateConfig, find_duplicates
+    from .methods.explain import Explanation, explain, explanation_png
     from .search import Match, Results, search, search_batch
     from .sources.images import collect_inputs, find_images, load_image
     from .sources.texts import read_texts

@@ -25,6 +25,8 @@ dressing them up as user messages.
     |   `-- DatabaseCorruptError           a file of the database cannot be read or contradicts the manifest
     |-- IndexTrainingError (ValueError)    too few vectors, or an invalid index description
     |-- WeightsError                       model weights cannot be downloaded or loaded
+    |-- ExplainError (ValueError)          a similarity explanation cannot be made (a text database, a vector query)
+    |   `-- FeatureMapError                the model's spatial feature map cannot be reached
     |-- BackendError                       an inference backend is missing or cannot run the model
     |-- EngineError                        a distributed engine (Spark, Java) is missing or failed
     `-- DownloadError                      a download failed or produced a corrupt archive
@@ -55,6 +57,8 @@ __all__ = [
     "DatabaseCorruptError",
     "IndexTrainingError",
     "WeightsError",
+    "ExplainError",
+    "FeatureMapError",
     "BackendError",
     "EngineError",
     "DownloadError",
@@ -130,6 +134,14 @@ class IndexTrainingError(SimilarImagesError, ValueError):
 
 class WeightsError(SimilarImagesError):
     """Model weights could not be downloaded or loaded."""
+
+
+class ExplainError(SimilarImagesError, ValueError):
+    """A similarity explanation cannot be made for these inputs (a text database, a vector query)."""
+
+
+class FeatureMapError(ExplainError):
+    """A model's spatial feature map cannot be reached (no feature map registered, or the layer is not spatial)."""
 
 
 class BackendError(SimilarImagesError):

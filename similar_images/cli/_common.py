@@ -8,6 +8,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -48,9 +49,10 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def parse_query(query: str, by_id: bool) -> str | int:
-    """A QUERY argument: the text as given, or with ``--id`` the database id it names."""
-    if not by_id:
+def parse_query(query: str, by_id: bool, *, guess: bool = False) -> str | int:
+    """A QUERY argument: the text as given, or with ``--id`` the database id it names (with ``guess``, digits that
+    name no file are an id too)."""
+    if not by_id and not (guess and query.isdigit() and not Path(query).exists()):
         return query
     try:
         return int(query)

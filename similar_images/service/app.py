@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..errors import SimilarImagesError
+from ..methods.explain import explanation_png
 from .api_docs import render_api_docs
 from .config import ServeConfig
 from .errors import BadRequestError, InvalidQueryError, PayloadTooLargeError, UnsupportedMediaTypeError, status_for
@@ -321,6 +322,35 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
             k=fields_.get("k"), exact=fields_.get("exact", False), nprobe=fields_.get("nprobe"),
             ef_search=fields_.get("ef_search"))
         return JSONResponse(result)
+
+    @app.get("/explain", response_class=Response, summary="Why a result is similar to a query",
+             responses={200: {"content": {"image/png": {}, "application/json": {}},
+                              "description": "A PNG with the query and the result side by side, each with its "
+                                             "similarity map; or the maps as JSON"},
+                        **{code: error_responses[code] for code in (400, 404, 422, 502)}})
+    def get_explain(
+        request: Request,
+        id: int = Query(..., description="The database id of the result to explain."),
+        query_id: int | None = Query(None, description="The query: a database id."),
+        url: str | None = Query(None, description="The query: an http(s) address of an image."),
+        format: str = Query("png", pattern="^(png|json)$", description="png (an image) or json (the maps)."),
+        method: str = Query("auto", pattern="^(auto|exact|gradient)$",
+                            description="exact (average- and max-pooled models), gradient (approximate), or auto."),
+        height: int = Query(320, ge=16, le=1024, description="Height of each photo in the PNG."),
+    ) -> Response:
+        """The similarity of the result to the query, decomposed over the last convolutional feature map
+        (exact for average and max pooling, an approximate gradient map otherwise), for a database id or a URL
+        as the query. Unknown ids give 404; a text database or a model without a feature map gives 400."""
+        state = service(request)
+        if format == "json":
+            e = state.explain(query_id=query_id, url=url, item_id=id, method=method)
+            return JSONResponse(e.to_dict())
+        if query_id is not None and url is None:
+            png = state.explanation_png(state.db.check_id(query_id), state.db.check_id(id), method, height)
+        else:
+            png = explanation_png(state.explain(query_id=query_id, url=url, item_id=id, method=method),
+                                  height=height)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
 
     @app.get("/images/{item_id}", responses={200: {"content": {"image/jpeg": {}}, "description": "The image"},
                                              404: {"model": ErrorOut, "description": "Unknown id"},

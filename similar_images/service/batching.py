@@ -39,6 +39,11 @@ class SerializedEmbedder:
         self._queue: list[_Pending] = []
         self.model_calls = 0
 
+    @property
+    def model_lock(self) -> threading.Lock:
+        """Held while the model runs (other users of the model, e.g. explanations, take it too)."""
+        return self._model_lock
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from .._util.http import AddressPolicy, FetchConfig, check_url, fetch_url
 from .._version import __version__
 from ..embed import item_kind
 from ..errors import ImageLoadError
+from ..methods.explain import Explanation, explain, explanation_png
 from ..sources.thumbnails import make_thumbnail
 from ..store import Database
 from .batching import SerializedEmbedder
@@ -91,6 +93,7 @@ class ServiceState:
     started_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     pid: int = field(default_factory=os.getpid)
+    explain_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def load(cls, config: ServeConfig) -> ServiceState:
@@ -217,6 +220,27 @@ class ServiceState:
         out = self.search(query, k, info, exact=exact_b, nprobe=nprobe_i, ef_search=ef_i)
         out["elapsed_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
         return out
+
+    # ---------------------------------------------------------------- explanations
+    def explain(self, *, query_id: Any = None, url: Any = None, item_id: Any = None,
+                method: str = "auto") -> Explanation:
+        """Why database item ``item_id`` is similar to the query (a database id or an image URL)."""
+        given = [name for name, v in (("query_id", query_id), ("url", url)) if v is not None]
+        if len(given) != 1:
+            raise InvalidQueryError("Give exactly one query: 'query_id' (a database id) or 'url'")
+        if item_id is None:
+            raise InvalidQueryError("Give 'id': the database id of the result to explain")
+        if method not in ("auto", "exact", "gradient"):
+            raise InvalidParameterError(f"method must be auto, exact or gradient, got {method!r}")
+        query: Any = self.db.check_id(as_int(query_id, "query_id")) if query_id is not None else self.fetch(url)
+        lock = self.embedder.model_lock if self.embedder is not None else self.explain_lock
+        with lock:  # one model, shared with the searches' embedder
+            return explain(self.db, query, self.db.check_id(as_int(item_id, "id")), method=method)  # type: ignore[arg-type]
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019  (one state per worker, lives as long as the worker)
+    def explanation_png(self, query_id: int, item_id: int, method: str, height: int) -> bytes:
+        """The PNG of an explanation between two database items (cached: repeated views cost nothing)."""
+        return explanation_png(self.explain(query_id=query_id, item_id=item_id, method=method), height=height)
 
     # ---------------------------------------------------------------- images
     def image_path(self, item_id: int) -> Path:
