@@ -23,6 +23,17 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+if ! command -v java >/dev/null 2>&1 && [ -z "${JAVA_HOME:-}" ]; then
+  echo "==> Installing Java 17 (for the Spark engine, --engine spark)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  if command -v apt-get >/dev/null 2>&1; then
+    $SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null \
+      || echo "warning: could not install openjdk-17-jre-headless; everything but --engine spark works without it" >&2
+  else
+    echo "warning: no apt-get: install a Java 17 runtime yourself to use --engine spark" >&2
+  fi
+fi
+
 echo "==> Installing (torch CPU build first, then requirements and the package)"
 python -m pip install -q torch==2.13.0
 python -m pip install -q -r requirements.txt

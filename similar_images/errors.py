@@ -29,6 +29,8 @@ dressing them up as user messages.
     |   `-- FeatureMapError                the model's spatial feature map cannot be reached
     |-- BackendError                       an inference backend is missing or cannot run the model
     |-- EngineError                        a distributed engine (Spark, Java) is missing or failed
+    |   |-- SparkUnavailableError          pyspark or Java is missing, or Spark does not start
+    |   `-- PartitionFailedError           shards of a distributed build failed for good (the others are kept)
     `-- DownloadError                      a download failed or produced a corrupt archive
 
 The HTTP service maps these types to status codes in one table
@@ -61,6 +63,8 @@ __all__ = [
     "FeatureMapError",
     "BackendError",
     "EngineError",
+    "SparkUnavailableError",
+    "PartitionFailedError",
     "DownloadError",
 ]
 
@@ -150,6 +154,14 @@ class BackendError(SimilarImagesError):
 
 class EngineError(SimilarImagesError):
     """A distributed engine (Spark and its Java runtime) is missing, or its job failed."""
+
+
+class SparkUnavailableError(EngineError):
+    """pyspark or a Java runtime is missing, or Spark does not start; the message names what to install."""
+
+
+class PartitionFailedError(EngineError):
+    """Shards of a distributed build failed for good; the committed ones are kept, and re-running resumes."""
 
 
 class DownloadError(SimilarImagesError):

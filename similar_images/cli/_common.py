@@ -13,9 +13,11 @@ from typing import Any, TypeVar
 
 import click
 
+from ..engines.spark import SparkEngine, build_index_spark
 from ..errors import SimilarImagesError
-from ..index import BuildReport
+from ..index import BuildReport, IndexConfig
 from ..search import Results
+from ..store import Database
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,6 +60,42 @@ def parse_query(query: str, by_id: bool, *, guess: bool = False) -> str | int:
         return int(query)
     except ValueError:
         raise click.BadParameter(f"--id needs an integer, got {query!r}", param_hint="QUERY") from None
+
+
+def engine_options(func: F) -> F:
+    """``--engine``, ``--master`` and ``--partitions``: where the embedding (or the index build) runs."""
+    options = [
+        click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
+                     help="local: this process; spark: Apache Spark (needs pyspark and Java; the database folder "
+                          "must be on storage every executor reaches)."),
+        click.option("--master", default=None,
+                     help="Spark master with --engine spark: local[*], local[N], spark://HOST:7077, yarn ... "
+                          "[default: the one spark-submit was given, else local[*]]."),
+        click.option("--partitions", type=click.IntRange(1), default=None,
+                     help="Spark partitions (tasks) with --engine spark [default: one per shard to do]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def make_engine(engine: str, master: str | None, partitions: int | None) -> SparkEngine | None:
+    """The engine the options name (``None``: the local one)."""
+    if engine == "local":
+        if master is not None or partitions is not None:
+            raise click.UsageError("--master and --partitions go with --engine spark")
+        return None
+    return SparkEngine(master=master, partitions=partitions)
+
+
+def run_build_index(db: Path, config: IndexConfig, *, force: bool, engine: SparkEngine | None = None,
+                    on_disk: bool | None = None) -> BuildReport:
+    """Build the index of ``db`` in this process, or with a Spark engine."""
+    if engine is not None:
+        return build_index_spark(db, config, engine=engine, on_disk=on_disk, force=force)
+    if on_disk is not None:
+        raise click.UsageError("--on-disk and --in-memory go with --engine spark")
+    return Database.open(db, load_index=False).build_index(config, force=force)
 
 
 def index_build_options(func: F) -> F:

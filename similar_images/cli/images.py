@@ -14,9 +14,12 @@ from ._common import (
     configure_logging,
     echo_build_report,
     echo_results,
+    engine_options,
     handle_errors,
     index_build_options,
+    make_engine,
     parse_query,
+    run_build_index,
 )
 
 WEIGHTS_HELP = (
@@ -43,9 +46,11 @@ def register(group: click.Group) -> None:
     @click.option("--force", is_flag=True, help="Replace an existing database at DB.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log messages.")
     @click.option("--verbose", "-v", count=True, help="More log messages.")
+    @engine_options
     @handle_errors
     def extract(images: Path, db: Path, model: str, weights: str, batch_size: int, workers: int | None,
-                shard_size: int, force: bool, quiet: bool, verbose: int) -> None:
+                shard_size: int, force: bool, quiet: bool, verbose: int, engine: str, master: str | None,
+                partitions: int | None) -> None:
         """Extract feature vectors of IMAGES into the database folder DB.
 
         IMAGES is a folder (searched recursively for jpg, jpeg, png, bmp, gif,
@@ -53,12 +58,17 @@ def register(group: click.Group) -> None:
         Unreadable images are skipped and listed in DB/failures.csv. If the run
         is interrupted, running the same command again resumes it.
 
+        With --engine spark the shards are embedded by Spark tasks (one model load
+        per executor process) and committed into DB/.partial/; a killed job resumes
+        at the shard level.
+
         Example: similar-images extract photos/ photos-db --model vgg16-avg
         """
         configure_logging(verbose, quiet)
+        runner = make_engine(engine, master, partitions)
         config = ExtractConfig(model=model, weights=weights, batch_size=batch_size, workers=workers,
                                shard_size=shard_size, verbose=not quiet)
-        s = extract_features(images, db, config, force=force)
+        s = extract_features(images, db, config, force=force, engine=runner)
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
         click.echo(f"Extracted {s.extracted} of {s.total} images{resumed} into {db} in {s.seconds:.1f} s "
                    f"({s.images_per_second:.1f} images/s); {s.failed} failed"
@@ -76,10 +86,16 @@ def register(group: click.Group) -> None:
     @click.option("--force", is_flag=True, help="Replace an existing index.")
     @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
     @click.option("--quiet", "-q", is_flag=True, help="Only the result.")
+    @engine_options
+    @click.option("--on-disk/--in-memory", "on_disk", default=None,
+                  help="With --engine spark: merge the inverted lists into an index-NNNN.ivfdata file beside the "
+                       "index (memory-mapped) or in memory [default: on disk when the index would not fit in "
+                       "half the free memory].")
     @handle_errors
     def build_index(db: Path, factory: str | None, train_size: int | None, nprobe: int | None,
                     ef_search: int | None, k_factor: int | None, eval_queries: int, force: bool,
-                    as_json: bool, quiet: bool) -> None:
+                    as_json: bool, quiet: bool, engine: str, master: str | None, partitions: int | None,
+                    on_disk: bool | None) -> None:
         """Train a Faiss index over the vectors of DB and measure it.
 
         Prints recall@10 against exact search (the index alone, and as
@@ -88,13 +104,16 @@ def register(group: click.Group) -> None:
         --nprobe is given, an IVF index's nprobe is measured: recall at
         nprobe 1, 2, 4, ... and the smallest within 0.5% of the best is kept.
 
+        With --engine spark an IVF index is trained here, filled in parts by
+        Spark tasks, and merged here (in memory or on disk).
+
         Example: similar-images build-index photos-db --index IVF64,PQ16 --nprobe 8
         """
         configure_logging(0, quiet or as_json)
+        runner = make_engine(engine, master, partitions)
         config = IndexConfig(factory=factory, train_size=train_size, nprobe=nprobe, ef_search=ef_search,
                              k_factor=k_factor, eval_queries=eval_queries)
-        database = Database.open(db, load_index=False)
-        report = database.build_index(config, force=force)
+        report = run_build_index(db, config, force=force, engine=runner, on_disk=on_disk)
         if as_json:
             click.echo(json.dumps(report.to_dict(), indent=2))
             return
@@ -160,8 +179,10 @@ def register(group: click.Group) -> None:
     @click.argument("images", type=click.Path(exists=True, path_type=Path))
     @click.option("--weights", "-w", default=None, help="Weights overriding the database's. " + WEIGHTS_HELP)
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+    @engine_options
     @handle_errors
-    def add(db: Path, images: Path, weights: str | None, quiet: bool) -> None:
+    def add(db: Path, images: Path, weights: str | None, quiet: bool, engine: str, master: str | None,
+            partitions: int | None) -> None:
         """Add the images in IMAGES (a folder or file list) to DB without retraining.
 
         New images get new ids; images already in DB are skipped.
@@ -169,8 +190,9 @@ def register(group: click.Group) -> None:
         Example: similar-images add photos-db more-photos/
         """
         configure_logging(0, quiet)
+        runner = make_engine(engine, master, partitions)
         database = Database.open(db, weights=weights)
-        summary = database.add(images, verbose=not quiet)
+        summary = database.add(images, verbose=not quiet, engine=runner)
         first = f" (ids {summary.ids[0]}..{summary.ids[-1]})" if summary.ids else ""
         click.echo(f"Added {len(summary.ids)} images{first}; {len(summary.failures)} failed")
         for path, reason in summary.failures:

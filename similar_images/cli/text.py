@@ -16,9 +16,12 @@ from ._common import (
     configure_logging,
     echo_build_report,
     echo_results,
+    engine_options,
     handle_errors,
     index_build_options,
+    make_engine,
     parse_query,
+    run_build_index,
 )
 
 _MODEL_PATH_HELP = ("Local sentence-transformers model folder (or hub name) overriding the default model files "
@@ -59,11 +62,12 @@ def register(group: click.Group) -> None:
     @click.option("--no-index", is_flag=True, help="Only encode; build the index later with 'text build-index'.")
     @click.option("--force", is_flag=True, help="Replace an existing database at DB.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log messages.")
+    @engine_options
     @handle_errors
     def build(csv_file: Path, db: Path, column: str, limit: int | None, encoding: str, keep_duplicates: bool,
               encoder: str, model_path: str | None, batch_size: int, chunk_size: int, factory: str | None,
               nprobe: int | None, train_size: int | None, eval_queries: int, no_index: bool, force: bool,
-              quiet: bool) -> None:
+              quiet: bool, engine: str, master: str | None, partitions: int | None) -> None:
         """Embed the texts of CSV into the database folder DB and train its index.
 
         CSV needs a header row; the texts are read from --column. Empty texts
@@ -75,10 +79,11 @@ def register(group: click.Group) -> None:
         Example: similar-images text build tweets.csv tweets-db
         """
         configure_logging(0, quiet)
+        runner = make_engine(engine, master, partitions)
         config = TextBuildConfig(encoder=encoder, source=model_path, column=column, limit=limit,
                                  dedupe=not keep_duplicates, encoding=encoding, batch_size=batch_size,
                                  chunk_size=chunk_size, verbose=not quiet)
-        s = build_text_database(csv_file, db, config, force=force)
+        s = build_text_database(csv_file, db, config, force=force, engine=runner)
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
         click.echo(f"Encoded {s.encoded} texts from {s.total} rows{resumed} into {db} in {s.seconds:.1f} s "
                    f"({s.texts_per_second:.1f} texts/s); {s.failed} empty rows skipped"
@@ -87,8 +92,8 @@ def register(group: click.Group) -> None:
         if no_index:
             click.echo(f"Next: similar-images text build-index {db}")
             return
-        report = Database.open(db, load_index=False).build_index(
-            IndexConfig(factory=factory, nprobe=nprobe, train_size=train_size, eval_queries=eval_queries))
+        config_index = IndexConfig(factory=factory, nprobe=nprobe, train_size=train_size, eval_queries=eval_queries)
+        report = run_build_index(db, config_index, force=False, engine=runner)
         echo_build_report(report)
         click.echo(f'Next: similar-images text search {db} "some text"')
 
@@ -98,9 +103,10 @@ def register(group: click.Group) -> None:
     @index_build_options
     @click.option("--force", is_flag=True, help="Replace an existing index.")
     @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
+    @engine_options
     @handle_errors
     def build_index(db: Path, factory: str | None, nprobe: int | None, train_size: int | None, eval_queries: int,
-                    force: bool, as_json: bool) -> None:
+                    force: bool, as_json: bool, engine: str, master: str | None, partitions: int | None) -> None:
         """Train (or with --force retrain) the index of the text database DB.
 
         Like 'similar-images build-index', with the text default (PQ16).
@@ -108,8 +114,8 @@ def register(group: click.Group) -> None:
         Example: similar-images text build-index tweets-db --index IVF141,PQ16 --nprobe 16 --force
         """
         configure_logging(0, True)
-        report = Database.open(db, load_index=False).build_index(
-            IndexConfig(factory=factory, nprobe=nprobe, train_size=train_size, eval_queries=eval_queries), force=force)
+        config = IndexConfig(factory=factory, nprobe=nprobe, train_size=train_size, eval_queries=eval_queries)
+        report = run_build_index(db, config, force=force, engine=make_engine(engine, master, partitions))
         if as_json:
             click.echo(json.dumps(report.to_dict(), indent=2))
         else:

@@ -89,6 +89,8 @@ class ImageEmbedder(SpecBacked):
     def info(self) -> dict[str, Any]:
         """Model description for manifests (what :func:`~similar_images.embed.embedder_from_info` rebuilds)."""
         info = {**self.spec.info(), "weights": weights_label(self.weights), "seed": self.seed}
+        if self.max_pixels != DEFAULT_MAX_PIXELS:
+            info["max_pixels"] = self.max_pixels
         if (self.backend, self.precision) != ("keras", "fp32"):
             info.update(backend=self.backend, precision=self.precision)
         return info

@@ -4,6 +4,7 @@ This layer knows Faiss and numpy only: it never sees a database. Modules:
 
 * :mod:`.factory`: the default index descriptions and :func:`make_index`;
 * :mod:`.build`: :func:`build_index` (train on a sample, add all, measure);
+* :mod:`.distributed`: the same in parts (add to copies of the trained index, merge);
 * :mod:`.calibrate`: nprobe measured against exact search;
 * :mod:`.params`: search parameters through :class:`faiss.ParameterSpace`, thread counts;
 * :mod:`.exact`, :mod:`.recall`, :mod:`.rerank`: exact search, recall@k, exact re-ranking;
@@ -15,7 +16,7 @@ works (``--index``); to make it a default, add it to :data:`.factory.DEFAULTS`.
 
 from __future__ import annotations
 
-from .build import BuildReport, IndexConfig, add_vectors, build_index, train_index
+from .build import BuildReport, IndexConfig, add_vectors, build_index, finish_index, train_index
 from .calibrate import MAX_SCAN_BYTES, NPROBE_TOLERANCE, calibrate_nprobe, choose_nprobe, nprobe_cap, nprobe_steps
 from .exact import exact_search
 from .factory import (
@@ -38,6 +39,7 @@ __all__ = [
     "IndexConfig",
     "add_vectors",
     "build_index",
+    "finish_index",
     "train_index",
     "MAX_SCAN_BYTES",
     "NPROBE_TOLERANCE",

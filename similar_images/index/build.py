@@ -25,7 +25,8 @@ from .params import default_search_params, set_search_params, unwrap
 from .recall import eval_sample, recall_at_k, recall_within, sample_rows
 from .rerank import DEFAULT_RERANK
 
-__all__ = ["IndexConfig", "BuildReport", "build_index", "add_vectors", "train_index", "quiet_clustering"]
+__all__ = ["IndexConfig", "BuildReport", "build_index", "add_vectors", "train_index", "finish_index",
+           "quiet_clustering"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,28 @@ def build_index(vectors: np.ndarray, config: IndexConfig | None = None,
     t0 = time.perf_counter()
     add_vectors(index, vectors, ids, config.add_batch_size)
     add_seconds = time.perf_counter() - t0
+    report = finish_index(index, vectors, ids, config, factory=factory, n_train=n_train,
+                          train_seconds=train_seconds, add_seconds=add_seconds, t_start=t_start)
+    logger.info("Built %s: recall@10 %s, %d bytes, %.1f s", factory, report.recall_at_10, report.index_bytes,
+                report.build_seconds)
+    return index, report
+
+
+def finish_index(index: Any, vectors: np.ndarray, ids: np.ndarray, config: IndexConfig, *, factory: str,
+                 n_train: int, train_seconds: float, add_seconds: float, t_start: float) -> BuildReport:
+    """Set the search defaults of a filled index, calibrate its nprobe and measure its recall.
+
+    The last step of :func:`build_index`, and of builds that fill the index elsewhere (in parts, on a cluster:
+    :mod:`.distributed`).
+
+    Args:
+        index: The trained, filled index.
+        vectors: The vectors in it (rows in ``ids`` order).
+        ids: Their ids.
+        config: The settings (search parameters given are kept; nprobe is calibrated when not given).
+        factory, n_train, train_seconds, add_seconds, t_start: For the report.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
     params = default_search_params(index)
     overrides = {"nprobe": config.nprobe, "efSearch": config.ef_search, "k_factor": config.k_factor}
     params.update({k: v for k, v in overrides.items() if v is not None})
@@ -197,11 +220,9 @@ def build_index(vectors: np.ndarray, config: IndexConfig | None = None,
     def _round(x: float) -> float | None:
         return None if math.isnan(x) else round(x, 4)
 
-    report = BuildReport(
-        factory=factory, n_vectors=n, n_train=n_train, train_seconds=round(train_seconds, 3),
+    return BuildReport(
+        factory=factory, n_vectors=len(ids), n_train=n_train, train_seconds=round(train_seconds, 3),
         add_seconds=round(add_seconds, 3), build_seconds=round(build_seconds, 3), index_bytes=index_nbytes(index),
         recall_at_10=_round(recall), n_eval_queries=0 if sample is None else len(sample.queries),
         search_params=params, recall_at_10_served=_round(served), nprobe_recalls=nprobe_recalls,
     )
-    logger.info("Built %s: recall@10 %.3f, %d bytes, %.1f s", factory, recall, report.index_bytes, build_seconds)
-    return index, report

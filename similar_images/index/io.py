@@ -24,6 +24,12 @@ def write_index(index: Any, path: str | Path) -> None:
 
 
 def read_index(path: str | Path, *, mmap: bool = False) -> Any:
-    """Read a Faiss index (optionally memory-mapped, for indexes that support it)."""
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    """Read a Faiss index (optionally memory-mapped, for indexes that support it).
+
+    On-disk inverted lists (an ``.ivfdata`` file) are looked up in the index file's own folder, so a database
+    folder can be moved.
+    """
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR
+    if mmap:
+        flags |= faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
     return faiss.read_index(str(path), flags)

@@ -173,24 +173,32 @@ class BuildJob:
         embedder_info: The embedder's ``info()``; :func:`~similar_images.embed.embedder_from_info` rebuilds it.
         kind: The kind of items.
         dim: The vectors' dimension.
+        n_items: The number of items, when ``items`` travels apart from the job (a Spark partition carries only
+            its own shards' items); ``-1``: ``len(items)``.
     """
 
     partial: Path
-    items: list[str]
+    items: Sequence[str]
     shard_size: int
     batch_size: int
     workers: int
     embedder_info: dict[str, Any]
     kind: str
     dim: int
+    n_items: int = -1
 
     @property
     def n_shards(self) -> int:
-        return (len(self.items) + self.shard_size - 1) // self.shard_size
+        return (self.size + self.shard_size - 1) // self.shard_size
+
+    @property
+    def size(self) -> int:
+        """The number of items of the build."""
+        return self.n_items if self.n_items >= 0 else len(self.items)
 
     def shard_items(self, shard: int) -> range:
         """Positions of the items of ``shard``."""
-        return range(shard * self.shard_size, min(len(self.items), (shard + 1) * self.shard_size))
+        return range(shard * self.shard_size, min(self.size, (shard + 1) * self.shard_size))
 
     def write_shard(self, shard: int, ok: Sequence[int], vectors: np.ndarray,
                     failures: Sequence[tuple[int, str]]) -> None:
@@ -203,7 +211,7 @@ class BuildJob:
 
 
 class Engine(Protocol):
-    """Runs the shards of a build."""
+    """Runs the shards of a build (an engine may also have ``describe() -> dict`` for manifests)."""
 
     def run(self, job: BuildJob, shards: Sequence[int], embedder: Embedder | None,
             progress: Callable[[int], None]) -> None:
@@ -216,6 +224,14 @@ class Engine(Protocol):
             progress: Called with the number of items processed, as they are.
         """
         ...
+
+
+def describe_engine(engine: Engine | None) -> dict[str, Any]:
+    """What ran a build, for manifests (``{"name": "local"}`` when no engine was given)."""
+    if engine is None:
+        return {"name": "local"}
+    describe = getattr(engine, "describe", None)
+    return describe() if describe is not None else {"name": type(engine).__name__}
 
 
 def prepare_one(embedder: Embedder, item: str) -> tuple[Any, str | None]:
@@ -246,6 +262,10 @@ class LocalEngine:
 
     def __init__(self, prefetch_batches: int = 2) -> None:
         self.prefetch_batches = prefetch_batches
+
+    def describe(self) -> dict[str, Any]:
+        """The engine, for manifests."""
+        return {"name": "local"}
 
     def run(self, job: BuildJob, shards: Sequence[int], embedder: Embedder | None,
             progress: Callable[[int], None]) -> None:

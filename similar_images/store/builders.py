@@ -18,7 +18,7 @@ from ..embed import DEFAULT_MODEL, DEFAULT_TEXT_ENCODER, ImageEmbedder, TextEmbe
 from ..errors import ConfigError
 from ..sources.images import DEFAULT_MAX_PIXELS, collect_inputs
 from ..sources.texts import read_texts
-from .build import BuildConfig, BuildSummary, Engine, build_database
+from .build import BuildConfig, BuildSummary, Engine, build_database, describe_engine
 
 __all__ = [
     "ExtractConfig",
@@ -115,7 +115,8 @@ def extract_features(
 
     def extra(s: BuildSummary) -> dict[str, Any]:
         return {"extraction": {**asdict(config), "images": s.total, "seconds_last_run": round(s.seconds, 3),
-                               "images_per_second_last_run": round(s.items_per_second, 2)}}
+                               "images_per_second_last_run": round(s.items_per_second, 2),
+                               "engine": describe_engine(engine)}}
 
     s = build_database(paths, embedder, db_path, config.build_config(), extra=extra, force=force, engine=engine)
     return ExtractSummary(total=s.total, extracted=s.embedded, failed=s.failed, resumed_from=s.resumed_from,
@@ -209,7 +210,8 @@ def build_text_database(source: str | os.PathLike[str] | Sequence[Any], db_path:
         return {"text_build": {**{k: v for k, v in asdict(config).items() if k != "verbose"}, "input": where,
                                "rows_read": table.rows_read, "duplicates_skipped": table.duplicates,
                                "seconds_last_run": round(s.seconds, 3),
-                               "texts_per_second_last_run": round(s.items_per_second, 2)}}
+                               "texts_per_second_last_run": round(s.items_per_second, 2),
+                               "engine": describe_engine(engine)}}
 
     s = build_database(table.texts, embedder, db_path, config.build_config(), failures=table.failures, extra=extra,
                        force=force, engine=engine)

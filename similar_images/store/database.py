@@ -311,9 +311,7 @@ class Database:
         """
         with database_lock(self.path):
             self._refresh()
-            if self.manifest.index is not None and not force:
-                raise DatabaseExistsError(
-                    f"{self.path} already has an index ({self.manifest.index.factory}); pass --force to rebuild it")
+            self._refuse_existing_index(force)
             config = config or IndexConfig()
             if config.factory is None:
                 config = IndexConfig(**{**config.__dict__, "factory": self.default_factory()})
@@ -322,14 +320,49 @@ class Database:
                 index, report = build_index(self.vectors, config)
             else:
                 index, report = build_index(np.asarray(self.vectors[live]), config, ids=live)
+            self.install_index(index, report, force=True)
+        return report
+
+    def _refuse_existing_index(self, force: bool) -> None:
+        if self.manifest.index is not None and not force:
+            raise DatabaseExistsError(
+                f"{self.path} already has an index ({self.manifest.index.factory}); pass --force to rebuild it")
+
+    def next_index_name(self) -> str:
+        """The file name the next index generation will get (``index-0003.faiss``); files that must sit beside
+        it (on-disk inverted lists) take its stem. Stable while the write lock is held."""
+        return index_file_name(max(index_generation(self.manifest.files.get("index")),
+                                   _newest_generation(self.path)) + 1)
+
+    def install_index(self, index: Any, report: BuildReport, *, force: bool = False,
+                      extra: dict[str, Any] | None = None) -> None:
+        """Install an index over the live vectors (from :meth:`build_index`, or built in parts elsewhere) as
+        the next generation, with its build report as the manifest's figures.
+
+        Args:
+            index: The trained, filled index; its ids are the database ids of the live items.
+            report: Its build report (search defaults, measured recall, ...).
+            force: Replace an existing index.
+            extra: More figures for the manifest's index section (e.g. the engine that built it).
+
+        Raises:
+            DatabaseExistsError: If an index exists and ``force`` is false.
+            ConfigError: If the index does not hold exactly the live items or has another dimension.
+        """
+        with database_lock(self.path):
+            self._refresh()
+            self._refuse_existing_index(force)
+            live = self.live_ids()
+            if index.ntotal != len(live) or index.d != self.dim:
+                raise ConfigError(f"The index holds {index.ntotal} {index.d}-d vectors; the database has "
+                                  f"{len(live)} live {self.dim}-d ones")
             manifest = self.manifest.copy()
             figures = {k: v for k, v in report.to_dict().items() if k not in ("factory", "search_params")}
             manifest.index = IndexInfo(factory=report.factory, search_params=dict(report.search_params),
-                                       filtered_ids=[], built_at=now(), figures=figures)
+                                       filtered_ids=[], built_at=now(), figures={**figures, **(extra or {})})
             manifest.counts.indexed = len(live)
             manifest.counts.added_after_training = 0
             self._commit(manifest, index)
-        return report
 
     # ------------------------------------------------------------ add / remove
     def add_vectors(self, vectors: np.ndarray, items: Sequence[str],
@@ -455,8 +488,7 @@ class Database:
         """Write ``index`` (if given) as a new generation, then the manifest; keep the previous generation only."""
         previous = manifest.files.get("index")
         if index is not None:
-            gen = max(index_generation(previous), _newest_generation(self.path)) + 1
-            name = index_file_name(gen)
+            name = self.next_index_name()
             write_index(index, self.path / name)
             manifest.files["index"] = name
         manifest.save(self.path)
@@ -469,9 +501,9 @@ class Database:
         self._removed = self._removed_mask(manifest, n)
         if index is not None:
             self.index = index
-            keep = {manifest.files["index"], previous}
-            for old in self.path.glob("index-*.faiss"):
-                if old.name not in keep:
+            keep = {Path(str(n)).stem for n in (manifest.files["index"], previous) if n}
+            for old in [*self.path.glob("index-*.faiss"), *self.path.glob("index-*.ivfdata")]:
+                if old.stem not in keep:  # an older generation and its on-disk inverted lists
                     old.unlink(missing_ok=True)
         for stale in self.path.glob(".index-*.faiss.*.tmp"):  # left by killed index writes
             stale.unlink(missing_ok=True)

@@ -185,5 +185,5 @@ def remove_database_files(db: str | os.PathLike[str]) -> None:
     (db / MANIFEST).unlink(missing_ok=True)
     for name in (VECTORS, ITEMS, FAILURES):
         (db / name).unlink(missing_ok=True)
-    for old in db.glob("index-*.faiss"):
+    for old in [*db.glob("index-*.faiss"), *db.glob("index-*.ivfdata")]:
         old.unlink()

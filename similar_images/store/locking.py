@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,17 +25,44 @@ __all__ = ["database_lock", "DEFAULT_LOCK_TIMEOUT"]
 DEFAULT_LOCK_TIMEOUT = 600.0
 
 
+#: ``{lock file: (thread id, depth)}``: the locks this process holds, so that a thread may take its own lock
+#: again (a distributed index build commits through the same steps as a local one).
+_HELD: dict[Path, tuple[int, int]] = {}
+_HELD_GUARD = threading.Lock()
+
+
 @contextlib.contextmanager
 def database_lock(db: str | os.PathLike[str], *, timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
     """Hold the write lock of the database folder ``db`` (created if missing).
 
+    Re-entrant within a thread; other threads and other processes wait.
+
     Raises:
-        DatabaseError: If another process holds it for longer than ``timeout`` seconds.
+        DatabaseError: If another process or thread holds it for longer than ``timeout`` seconds.
     """
-    path = Path(db).expanduser() / LOCK_FILE
+    path = (Path(db).expanduser() / LOCK_FILE).resolve()
+    me = threading.get_ident()
+    with _HELD_GUARD:
+        owner, depth = _HELD.get(path, (None, 0))
+        mine = owner == me
+        if mine:
+            _HELD[path] = (me, depth + 1)
+    if mine:
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD[path] = (me, _HELD[path][1] - 1)
+        return
     try:
         with file_lock(path, timeout=timeout):
-            yield
+            with _HELD_GUARD:
+                _HELD[path] = (me, 1)
+            try:
+                yield
+            finally:
+                with _HELD_GUARD:
+                    _HELD.pop(path, None)
     except LockTimeoutError:
         raise DatabaseError(
             f"Another process has been changing {Path(db)} for over {timeout:g} s (it holds {path}); "

@@ -1,0 +1,521 @@
+"""Apache Spark engine: feature extraction and index building on a cluster (or in local mode).
+
+Extraction (:class:`SparkEngine`, an ``Engine`` of the one resumable build): the driver plans the build
+as the local build does and hands the shards still to do to Spark, grouped into partitions. Each Spark
+task rebuilds the embedder once per executor Python process (a process-level cache; Spark reuses its
+Python workers), embeds its partition's shards with the local pipeline's code, and commits each shard
+into the database's ``.partial/`` folder: a local path in local mode, storage that every executor
+reaches on a cluster. The driver then commits the shards into the database with the local build's
+code. A killed job resumes at the shard (hence partition) level: committed shards are never redone.
+
+A corrupt image is a failure recorded with its reason, as in a local run. A task that raises is retried
+by Spark (``spark.task.maxFailures``; in local mode the master ``local[N,F]`` allows ``F`` attempts). Its
+last attempt reports the error instead of raising, so that a partition failing for good never cancels
+the others: they finish and stay committed, and :class:`~similar_images.errors.PartitionFailedError`
+names the failed shards.
+
+Index building (:func:`build_index_spark`): the coarse quantizer and the product quantizer are trained on
+a sample at the driver; executors add their partitions' vectors to copies of the trained empty index;
+the driver merges them, in memory or into on-disk inverted lists
+(:mod:`similar_images.index.distributed`).
+
+Fault injection, for tests: the environment variable ``SIMILAR_IMAGES_SPARK_FAULT`` read by the
+executor code makes a task raise before it commits a shard: ``shard=3`` fails every attempt at shard 3,
+``shard=3,once=/path/marker`` only the first (the marker file records that it fired). In local mode pass it
+with ``conf={"spark.executorEnv.SIMILAR_IMAGES_SPARK_FAULT": ...}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import resource
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ..errors import ConfigError, DatabaseExistsError, PartitionFailedError
+from ..index import IndexConfig, finish_index, train_index, write_index
+from ..index.build import BuildReport
+from ..index.distributed import add_to_copy, estimate_index_bytes, is_ivf_factory, merge_in_memory, merge_on_disk
+from ..store import Database
+from ..store.build import BuildJob, LocalEngine, shard_done
+from ..store.locking import database_lock
+from .spark_context import max_failures, spark_context
+
+__all__ = [
+    "SparkEngine",
+    "SparkRunReport",
+    "ShardReport",
+    "PartitionFailure",
+    "IndexPartReport",
+    "build_index_spark",
+    "FAULT_ENV",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable read by the executor code to inject a fault (tests only; see the module docstring).
+FAULT_ENV = "SIMILAR_IMAGES_SPARK_FAULT"
+
+
+# ------------------------------------------------------------------ reports
+@dataclass
+class ShardReport:
+    """What a Spark task did with one shard (sent back to the driver)."""
+
+    shard: int
+    partition: int
+    attempt: int
+    pid: int
+    items: int
+    failed: int
+    seconds: float
+    cpu_seconds: float
+    model_seconds: float = 0.0
+    skipped: bool = False
+    peak_rss_mb: float = 0.0
+
+
+@dataclass
+class PartitionFailure:
+    """A partition whose last attempt failed: the shards it left uncommitted and the error."""
+
+    partition: int
+    shards: list[int]
+    attempt: int
+    error: str
+
+
+@dataclass
+class SparkRunReport:
+    """One :meth:`SparkEngine.run`: what Spark did, for progress, benchmarks and tests.
+
+    Attributes:
+        startup_seconds: Time to start the Spark context (0 when an active one was reused).
+        job_seconds: Time of the Spark job (tasks, their scheduling, model loads).
+        shards: One report per shard a task handled (``skipped``: committed by an earlier attempt).
+        failures: Partitions that failed for good.
+    """
+
+    master: str
+    partitions: int
+    startup_seconds: float
+    job_seconds: float
+    shards: list[ShardReport] = field(default_factory=list)
+    failures: list[PartitionFailure] = field(default_factory=list)
+
+    @property
+    def embedded_shards(self) -> list[int]:
+        """Shards embedded (not skipped) in this run, sorted."""
+        return sorted(r.shard for r in self.shards if not r.skipped)
+
+
+@dataclass
+class IndexPartReport:
+    """What a Spark task did for the distributed index build: one partition's vectors added to a copy."""
+
+    partition: int
+    path: str
+    ntotal: int
+    seconds: float
+    pid: int
+
+
+# ------------------------------------------------------------------ executor side
+#: Embedders built in this (executor) process, by their info: one model load per process.
+_EXECUTOR_EMBEDDERS: dict[str, Any] = {}
+_THREADS_SET = False
+
+
+def _limit_threads(threads: int) -> None:
+    """Give TensorFlow ``threads`` threads in this process (once, before its runtime starts)."""
+    global _THREADS_SET
+    if _THREADS_SET:
+        return
+    _THREADS_SET = True
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf  # noqa: PLC0415  (heavy: executor only)
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    except (ImportError, RuntimeError) as exc:  # no TensorFlow, or its runtime already started
+        logger.debug("Could not set TensorFlow threads: %s", exc)
+
+
+def _executor_embedder(job: BuildJob, threads: int) -> tuple[Any, float]:
+    """The job's embedder, built once per process; returns it and the seconds its build took now."""
+    key = json.dumps([job.kind, job.embedder_info], sort_keys=True)
+    emb = _EXECUTOR_EMBEDDERS.get(key)
+    if emb is not None:
+        return emb, 0.0
+    t0 = time.perf_counter()
+    _limit_threads(threads)
+    emb = job.make_embedder(batch_size=job.batch_size)
+    warm = getattr(emb, "warm_up", None)
+    if warm is not None:
+        warm()  # load it now: the shard timings are then the pipeline's
+    _EXECUTOR_EMBEDDERS[key] = emb
+    return emb, time.perf_counter() - t0
+
+
+class _Window(Sequence[str]):
+    """The items of a build as a partition sees them: its own shards' items at their global positions."""
+
+    def __init__(self, n_items: int, shards: Iterable[tuple[int, int, list[str]]]) -> None:
+        self._n = n_items
+        self._items: dict[int, str] = {}
+        for _, start, paths in shards:
+            self._items.update(zip(range(start, start + len(paths)), paths))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, pos: int) -> str:  # type: ignore[override]
+        return self._items[pos]
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this (executor) process, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _maybe_inject_fault(shard: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    opts = dict(part.split("=", 1) for part in spec.split(",") if "=" in part)
+    if int(opts.get("shard", -1)) != shard:
+        return
+    marker = opts.get("once")
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+    raise RuntimeError(f"injected fault at shard {shard} ({FAULT_ENV}={spec})")
+
+
+def _extract_partition(job: BuildJob, attempts: int, threads: int | None, partition: int,
+                       elements: Iterable[list[tuple[int, int, list[str]]]]) -> Iterator[Any]:
+    """The Spark task: embed and commit the shards of one partition with the local pipeline; a report a shard."""
+    from pyspark import TaskContext  # noqa: PLC0415  (heavy: executor only)
+
+    ctx = TaskContext.get()
+    attempt = ctx.attemptNumber() if ctx is not None else 0
+    cpus = threads or (ctx.cpus() if ctx is not None else 1) or 1
+    for group in elements:
+        done: set[int] = set()
+        local = dataclasses.replace(job, items=_Window(job.size, group), workers=max(1, min(job.workers, cpus)))
+        try:
+            emb, model_seconds = _executor_embedder(job, cpus)
+            for shard, _start, _paths in group:
+                if shard_done(job.partial, shard):  # an earlier attempt of this task committed it
+                    done.add(shard)
+                    yield ShardReport(shard, partition, attempt, os.getpid(), 0, 0, 0.0, 0.0, skipped=True)
+                    continue
+                t0, c0 = time.perf_counter(), time.process_time()
+                _maybe_inject_fault(shard)
+                LocalEngine().run(local, [shard], emb, lambda _n: None)
+                meta = json.loads((job.partial / f"shard-{shard:06d}.json").read_text(encoding="utf-8"))
+                done.add(shard)
+                yield ShardReport(shard, partition, attempt, os.getpid(), len(meta["ok"]), len(meta["failures"]),
+                                  time.perf_counter() - t0, time.process_time() - c0, model_seconds,
+                                  peak_rss_mb=_peak_rss_mb())
+                model_seconds = 0.0
+        except Exception as exc:
+            if attempt + 1 < attempts:
+                raise
+            left = [s for s, _, _ in group if s not in done]
+            yield PartitionFailure(partition, left, attempt, f"{exc.__class__.__name__}: {exc}")
+
+
+def _add_partition(trained: Any, vectors_path: str, n_rows: int, dim: int, out_dir: str, batch_size: int,
+                   partition: int, elements: Iterable[tuple[int, int, np.ndarray | None]]) -> Iterator[IndexPartReport]:
+    """The Spark task of the index build: add one partition's rows to a copy of the trained empty index."""
+    from pyspark import TaskContext  # noqa: PLC0415  (heavy: executor only)
+
+    ctx = TaskContext.get()
+    faiss.omp_set_num_threads(max(1, ctx.cpus() if ctx is not None else 1))  # N tasks use N cores
+    vectors = np.memmap(vectors_path, dtype=np.float32, mode="r", shape=(n_rows, dim))
+    for start, stop, ids in elements:
+        t0 = time.perf_counter()
+        if ids is None:
+            ids = np.arange(start, stop, dtype=np.int64)
+            rows = vectors[start:stop]
+        else:
+            rows = vectors[ids]
+        index = add_to_copy(trained.value, rows, ids, batch_size=batch_size)
+        path = Path(out_dir) / f"part-{partition:06d}.faiss"
+        write_index(index, path)
+        yield IndexPartReport(partition, str(path), int(index.ntotal), time.perf_counter() - t0, os.getpid())
+
+
+# ------------------------------------------------------------------ driver side
+def _split(seq: Sequence[Any], parts: int) -> list[list[Any]]:
+    """``seq`` cut into ``parts`` contiguous groups of nearly equal size (no empty group)."""
+    parts = max(1, min(parts, len(seq)))
+    bounds = [round(i * len(seq) / parts) for i in range(parts + 1)]
+    return [list(seq[bounds[i]:bounds[i + 1]]) for i in range(parts)]
+
+
+class SparkEngine:
+    """Runs the shards of a build, and the index build, on Apache Spark.
+
+    Args:
+        master: The Spark master: ``local[*]``, ``local[N]``, ``local[N,F]`` (``F`` attempts per task),
+            ``spark://host:7077``, ``yarn``, ... ``None``: the one ``spark-submit`` was given, else ``local[*]``.
+        partitions: Spark partitions (tasks) per job; ``None``: one per shard to do (extraction), or
+            :meth:`default_index_partitions` (index build). Each partition holds whole shards.
+        conf: More Spark settings (``spark.executor.memory``, ``spark.executorEnv.NAME``, ...).
+        threads_per_task: Model threads in each task; ``None``: ``spark.task.cpus`` (1 by default), so that
+            ``N`` tasks use ``N`` cores.
+        app_name: The application name shown by the cluster manager.
+
+    A Spark context that is already active (e.g. in a ``spark-submit`` script that made one) is used as
+    it is and left running; otherwise each call starts one and stops it, with Spark's logging at WARN
+    and its scratch folders in a temporary folder.
+    """
+
+    def __init__(self, master: str | None = None, partitions: int | None = None, *,
+                 conf: dict[str, str] | None = None, threads_per_task: int | None = None,
+                 app_name: str = "similar-images") -> None:
+        if partitions is not None and partitions < 1:
+            raise ConfigError(f"partitions must be at least 1, got {partitions}")
+        if threads_per_task is not None and threads_per_task < 1:
+            raise ConfigError(f"threads_per_task must be at least 1, got {threads_per_task}")
+        self.master = master
+        self.partitions = partitions
+        self.conf = dict(conf or {})
+        self.threads_per_task = threads_per_task
+        self.app_name = app_name
+        self.last_run: SparkRunReport | None = None
+        self.last_startup_seconds = 0.0
+        self.last_master: str | None = None
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[Any]:
+        """The Spark context of a run (see :func:`~.spark_context.spark_context`)."""
+        started: list[float] = []
+        with spark_context(self.master, self.conf, app_name=self.app_name, started=started) as sc:
+            self.last_startup_seconds = started[0] if started else 0.0
+            self.last_master = sc.master
+            yield sc
+
+    def describe(self) -> dict[str, Any]:
+        """The engine's settings, for manifests (the master is the one the last context used)."""
+        return {"name": "spark", "master": self.last_master or self.master or "local[*]", "partitions": self.partitions}
+
+    # -------------------------------------------------------------- extraction
+    def run(self, job: BuildJob, shards: Sequence[int], embedder: Any | None,
+            progress: Callable[[int], None]) -> None:
+        """Embed every shard in ``shards`` on Spark and commit each with ``job.write_shard``.
+
+        Args:
+            job: The build (its ``partial`` folder must be reachable by every executor).
+            shards: The shards to do (those not committed yet).
+            embedder: Unused: executors rebuild the embedder from ``job.embedder_info``.
+            progress: Called with the number of items of each shard as it is committed.
+
+        Raises:
+            PartitionFailedError: If partitions failed for good (all the others are committed).
+        """
+        del embedder
+        shards = list(shards)
+        if not shards:
+            return
+        groups = _split([(s, job.shard_items(s).start, [job.items[i] for i in job.shard_items(s)])
+                         for s in shards], self.partitions or len(shards))
+        light = dataclasses.replace(job, items=[], n_items=len(job.items))  # items travel with their partitions
+        with self.context() as sc:
+            attempts = max_failures(sc.master, sc.getConf())
+            report = SparkRunReport(master=sc.master, partitions=len(groups),
+                                    startup_seconds=self.last_startup_seconds, job_seconds=0.0)
+            self.last_run = report
+            task = _partial_task(_extract_partition, light, attempts, self.threads_per_task)
+            rdd = sc.parallelize(groups, len(groups)).mapPartitionsWithIndex(task)
+            logger.info("Spark: %d shards in %d partitions on %s (%d attempts per task)", len(shards), len(groups),
+                        sc.master, attempts)
+            stop = threading.Event()
+            watcher = threading.Thread(target=_watch_shards, args=(job, shards, progress, stop), daemon=True)
+            watcher.start()
+            t0 = time.perf_counter()
+            try:
+                results = rdd.collect()
+            except Exception as exc:
+                if exc.__class__.__name__ != "Py4JJavaError":
+                    raise
+                raise PartitionFailedError(
+                    f"The Spark job failed ({_java_error_line(exc)}). Committed shards are kept in {job.partial}; "
+                    "fix the cause and run the same command again to resume."
+                ) from exc
+            finally:
+                stop.set()
+                watcher.join()
+                report.job_seconds = time.perf_counter() - t0
+        report.shards = [r for r in results if isinstance(r, ShardReport)]
+        report.failures = [r for r in results if isinstance(r, PartitionFailure)]
+        if report.failures:
+            failed = sorted(s for f in report.failures for s in f.shards)
+            raise PartitionFailedError(
+                f"{len(report.failures)} of {len(groups)} Spark partitions failed for good (shards {failed[:20]}"
+                f"{' ...' if len(failed) > 20 else ''}): {report.failures[0].error}. The {len(shards) - len(failed)} "
+                f"other shards are committed in {job.partial}; fix the cause and run the same command again to resume."
+            )
+
+    # -------------------------------------------------------------- index
+    def default_index_partitions(self, sc: Any, n: int) -> int:
+        """Partitions of the index build: ``partitions``, else one per core and at least one per 10^6 vectors."""
+        return self.partitions or max(sc.defaultParallelism, math.ceil(n / 1_000_000))
+
+    def add_and_merge(self, trained: Any, vectors_path: str | os.PathLike[str], n_rows: int, dim: int,
+                      ids: np.ndarray | None, work_dir: str | os.PathLike[str], *,
+                      on_disk: str | os.PathLike[str] | None = None,
+                      batch_size: int = 65_536) -> tuple[Any, list[IndexPartReport]]:
+        """Add vectors to copies of ``trained`` on Spark and merge them at the driver.
+
+        Args:
+            trained: A trained, empty IVF index.
+            vectors_path: A float32 ``(n_rows, dim)`` file every executor reaches (e.g. ``vectors.f32``).
+            n_rows: Rows in the file.
+            dim: Vector dimension.
+            ids: The rows to add, which are also their ids (``None``: all rows, ids ``0 .. n_rows-1``).
+            work_dir: Folder every executor reaches, for the partitions' indexes (created, then emptied).
+            on_disk: An ``.ivfdata`` path: merge into on-disk inverted lists there; ``None``: in memory.
+            batch_size: Vectors per ``add`` call in a task.
+
+        Returns:
+            ``(the merged index, one report per partition)``.
+        """
+        work = Path(work_dir)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        n = n_rows if ids is None else len(ids)
+        try:
+            with self.context() as sc:
+                parts = self.default_index_partitions(sc, n)
+                bounds = [round(i * n / parts) for i in range(parts + 1)]
+                elements = [(bounds[i], bounds[i + 1], None if ids is None else ids[bounds[i]:bounds[i + 1]])
+                            for i in range(parts) if bounds[i + 1] > bounds[i]]
+                bc = sc.broadcast(faiss.serialize_index(trained))
+                task = _partial_task(_add_partition, bc, str(Path(vectors_path).resolve()), n_rows, dim,
+                                     str(work.resolve()), batch_size)
+                reports = sc.parallelize(elements, len(elements)).mapPartitionsWithIndex(task).collect()
+                bc.destroy()
+            reports.sort(key=lambda r: r.partition)
+            files = [r.path for r in reports]
+            if on_disk is not None:
+                merged = merge_on_disk(trained, files, on_disk)
+            else:
+                merged = merge_in_memory(trained, (faiss.read_index(f) for f in files))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return merged, reports
+
+
+def _partial_task(fn: Callable[..., Any], *args: Any) -> Callable[[int, Iterable[Any]], Iterator[Any]]:
+    """``fn`` with its leading arguments bound (a picklable closure for ``mapPartitionsWithIndex``)."""
+    def task(partition: int, elements: Iterable[Any]) -> Iterator[Any]:
+        return fn(*args, partition, elements)
+
+    return task
+
+
+def _watch_shards(job: BuildJob, shards: Sequence[int], progress: Callable[[int], None], stop: threading.Event,
+                  interval: float = 0.5) -> None:
+    """Report shards as their commit markers appear (the driver sees what the executors commit)."""
+    left = set(shards)
+    while left:
+        finished = stop.wait(interval)
+        for s in sorted(left):
+            if (job.partial / f"shard-{s:06d}.json").exists():
+                left.discard(s)
+                progress(len(job.shard_items(s)))
+        if finished:
+            return
+
+
+def _java_error_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "java_exception", exc))
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return (lines[0] if lines else exc.__class__.__name__)[:300]
+
+
+# ------------------------------------------------------------------ database index build
+def build_index_spark(db_path: str | os.PathLike[str], config: IndexConfig | None = None, *,
+                      engine: SparkEngine | None = None, on_disk: bool | None = None,
+                      force: bool = False) -> BuildReport:
+    """``build-index`` on Spark: train at the driver, add on executors, merge at the driver, measure, commit.
+
+    The database's write lock is held throughout, as in a local build.
+
+    Args:
+        db_path: The database folder (on storage every executor reaches).
+        config: Index settings (as for :meth:`~similar_images.store.Database.build_index`).
+        engine: The Spark engine (default: ``SparkEngine()``).
+        on_disk: Merge into on-disk inverted lists (``index-NNNN.ivfdata`` beside the index);
+            ``None``: when the estimated index does not fit in half the free memory.
+        force: Replace an existing index.
+
+    Returns:
+        The build report (also stored in the manifest, with the engine that built it).
+
+    Raises:
+        DatabaseExistsError: If an index exists and ``force`` is false.
+        IndexTrainingError: If there are too few vectors for the index.
+    """
+    engine = engine or SparkEngine()
+    config = config or IndexConfig()
+    with database_lock(db_path):
+        db = Database.open(db_path, load_index=False)
+        if db.manifest.index is not None and not force:
+            raise DatabaseExistsError(
+                f"{db.path} already has an index ({db.manifest.index.factory}); pass --force to rebuild it")
+        live = db.live_ids()
+        n, d = len(live), db.dim
+        factory = config.factory or db.default_factory()
+        if not is_ivf_factory(factory, d):
+            logger.warning("%s has no inverted lists to build in parts; building it in this process", factory)
+            return db.build_index(dataclasses.replace(config, factory=factory), force=True)
+        t_start = time.perf_counter()
+        all_rows = n == len(db.items)
+        vectors = db.vectors if all_rows else np.asarray(db.vectors[live])
+        trained, n_train, train_seconds = train_index(vectors, factory, train_size=config.train_size,
+                                                      seed=config.seed)
+        if on_disk is None:
+            need = estimate_index_bytes(n, d, factory)["total"]
+            on_disk = need > 0.5 * _available_memory()
+            logger.info("Index estimate %.1f GB: merging %s", need / 1e9, "on disk" if on_disk else "in memory")
+        ivfdata = db.path / (Path(db.next_index_name()).stem + ".ivfdata") if on_disk else None
+        t0 = time.perf_counter()
+        index, parts = engine.add_and_merge(
+            trained, db.path / str(db.manifest.files["vectors"]), len(db.items), d, None if all_rows else live,
+            db.path / ".partial-index", on_disk=ivfdata, batch_size=config.add_batch_size)
+        add_seconds = time.perf_counter() - t0
+        report = finish_index(index, vectors, live, config, factory=factory, n_train=n_train,
+                              train_seconds=train_seconds, add_seconds=add_seconds, t_start=t_start)
+        db.install_index(index, report, force=True, extra={
+            "engine": {**engine.describe(), "partitions": len(parts), "on_disk": bool(on_disk),
+                       "ivfdata": ivfdata.name if ivfdata else None}})
+    return report
+
+
+def _available_memory() -> int:
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+

@@ -1,0 +1,322 @@
+"""The Spark engine (issue 16), in Spark local mode on real photos and a real model.
+
+Extraction on Spark equals the single-process extraction (ids, order, failures, vectors within 1e-4);
+a killed driver resumes without redoing committed shards; a task failing once is retried; a partition
+failing for good is reported and the others are kept; the index built in parts on Spark and merged
+(in memory or on disk) returns the same top-10 as one index filled in one process from the same
+trained quantizer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from similar_images import Database, ExtractConfig, IndexConfig, extract_features
+from similar_images.engines.spark import FAULT_ENV, SparkEngine, build_index_spark
+from similar_images.engines.spark_context import check_spark
+from similar_images.errors import PartitionFailedError, SparkUnavailableError
+from similar_images.store import write_database
+from similar_images.store.build import BuildJob
+
+N_PHOTOS = 40
+SHARD = 8  # 42 inputs -> 6 shards
+CORRUPT_AT = {10: "truncated.jpg", 25: "empty.jpg"}  # positions in the input list (shards 1 and 3)
+
+
+def _config(weights: Path, **kw: Any) -> ExtractConfig:
+    settings: dict[str, Any] = {"shard_size": SHARD, "batch_size": 4, "verbose": False, **kw}
+    return ExtractConfig(model="mobilenetv2", weights=str(weights), **settings)
+
+
+@pytest.fixture(scope="module")
+def photo_list(coco_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 real COCO photos with a truncated JPEG and an empty file among them."""
+    root = tmp_path_factory.mktemp("spark-photos")
+    photos = [str(p) for p in sorted((coco_dir / "val2014").glob("*.jpg"))[:N_PHOTOS]]
+    (root / "truncated.jpg").write_bytes(Path(photos[0]).read_bytes()[:2000])
+    (root / "empty.jpg").write_bytes(b"")
+    for pos, name in sorted(CORRUPT_AT.items()):
+        photos.insert(pos, str(root / name))
+    listing = root / "photos.txt"
+    listing.write_text("\n".join(photos) + "\n")
+    return listing
+
+
+@pytest.fixture(scope="module")
+def local_db(photo_list: Path, mobilenet_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The single-process extraction of the same inputs: the reference."""
+    db = tmp_path_factory.mktemp("spark-ref") / "local"
+    extract_features(photo_list, db, _config(mobilenet_weights))
+    return db
+
+
+def _assert_same_database(got: Path, want: Path) -> None:
+    a, b = Database.open(got, load_index=False), Database.open(want, load_index=False)
+    assert a.items == b.items  # ids and order
+    assert a.failures == b.failures
+    assert len(a.failures) == len(CORRUPT_AT)
+    assert a.manifest.counts == b.manifest.counts
+    assert a.manifest.model == b.manifest.model
+    diff = np.max(np.abs(np.asarray(a.vectors) - np.asarray(b.vectors)))
+    assert diff <= 1e-4, f"max abs difference {diff}"
+
+
+def _partial_shards(db: Path) -> dict[int, tuple[int, int]]:
+    """Committed shards in ``db/.partial``: shard -> (mtime_ns, inode) of its vectors file."""
+    out = {}
+    for meta in sorted((db / ".partial").glob("shard-*.json")):
+        shard = int(meta.stem.split("-")[1])
+        st = (db / ".partial" / f"shard-{shard:06d}.npy").stat()
+        out[shard] = (st.st_mtime_ns, st.st_ino)
+    return out
+
+
+class _Recording:
+    """Runs a SparkEngine and records the shard files before the driver's commit removes them."""
+
+    def __init__(self, engine: SparkEngine) -> None:
+        self.engine = engine
+        self.shards_after: dict[int, tuple[int, int]] = {}
+
+    def run(self, job: BuildJob, shards: Any, embedder: Any, progress: Any) -> None:
+        self.engine.run(job, shards, embedder, progress)
+        self.shards_after = _partial_shards(job.partial.parent)
+
+
+# ------------------------------------------------------------------ missing Java / pyspark (fast)
+def test_missing_pyspark_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyspark", None)
+    with pytest.raises(SparkUnavailableError, match="pip install pyspark"):
+        check_spark()
+
+
+def test_missing_java_names_the_debian_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SparkUnavailableError, match="openjdk-17-jre-headless") as info:
+        job = BuildJob(tmp_path, ["x"], 1, 1, 1, {"name": "x", "dim": 1}, "image", 1)
+        SparkEngine("local[1]").run(job, [0], None, lambda n: None)
+    assert "`java` is not on PATH" in str(info.value)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
+    with pytest.raises(SparkUnavailableError, match="JAVA_HOME"):
+        check_spark()
+
+
+def test_engine_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="partitions"):
+        SparkEngine(partitions=0)
+
+
+# ------------------------------------------------------------------ contexts (slow: Spark)
+def _env_in_task(name: str) -> Any:
+    def task(_: Any) -> Any:
+        yield os.environ.get(name)
+
+    return task
+
+
+@pytest.mark.slow
+def test_settings_of_one_context_do_not_leak_into_the_next() -> None:
+    with SparkEngine("local[1]", conf={"spark.executorEnv.SI_TEST_VAR": "first"}).context() as sc:
+        assert sc.parallelize([0], 1).mapPartitions(_env_in_task("SI_TEST_VAR")).collect() == ["first"]
+    with SparkEngine("local[2]").context() as sc:
+        assert sc.master == "local[2]"
+        assert sc.parallelize([0], 1).mapPartitions(_env_in_task("SI_TEST_VAR")).collect() == [None]
+
+
+_SUBMITTED = """
+from similar_images.engines.spark import SparkEngine
+with SparkEngine().context() as sc:
+    print("MASTER", sc.master, sc.getConf().get("spark.executorEnv.SI_TEST_VAR"))
+"""
+
+
+@pytest.mark.slow
+def test_under_spark_submit_its_master_and_settings_are_used(tmp_path: Path) -> None:
+    import pyspark
+
+    script = tmp_path / "job.py"
+    script.write_text(_SUBMITTED)
+    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "PYSPARK_PYTHON": sys.executable}
+    out = subprocess.run([str(submit), "--master", "local[3]", "--conf", "spark.executorEnv.SI_TEST_VAR=x",
+                          str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "MASTER local[3] x" in out.stdout
+
+
+# ------------------------------------------------------------------ extraction (slow: Spark + a real model)
+@pytest.mark.slow
+def test_spark_extraction_equals_single_process(photo_list: Path, local_db: Path, mobilenet_weights: Path,
+                                                tmp_path: Path) -> None:
+    engine = SparkEngine("local[2]", partitions=3)
+    summary = extract_features(photo_list, tmp_path / "spark", _config(mobilenet_weights), engine=engine)
+    assert (summary.total, summary.extracted, summary.failed) == (N_PHOTOS + 2, N_PHOTOS, 2)
+    _assert_same_database(tmp_path / "spark", local_db)
+    run = engine.last_run
+    assert run is not None and run.partitions == 3 and not run.failures
+    assert run.embedded_shards == list(range(6))  # every shard once
+    # the model is built once per executor process, not once per task
+    loads = [r.pid for r in run.shards if r.model_seconds > 0]
+    assert sorted(loads) == sorted({r.pid for r in run.shards})
+    manifest = Database.open(tmp_path / "spark", load_index=False).manifest
+    assert manifest.extra["extraction"]["engine"]["name"] == "spark"
+    assert not (tmp_path / "spark" / ".partial").exists()
+
+
+_KILLED_JOB = """
+import sys
+from similar_images import ExtractConfig
+from similar_images import extract_features
+from similar_images.engines.spark import SparkEngine
+cfg = ExtractConfig(model="mobilenetv2", weights=sys.argv[3], shard_size=2, batch_size=4, verbose=False)
+extract_features(sys.argv[1], sys.argv[2], cfg, engine=SparkEngine("local[1]"))
+"""
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_redoing_committed_shards(photo_list: Path, local_db: Path,
+                                                                mobilenet_weights: Path, tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    (tmp_path / "tmp").mkdir()  # the killed driver cannot remove its scratch folder: keep it in tmp_path
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "TMPDIR": str(tmp_path / "tmp")}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_JOB, str(photo_list), str(db), str(mobilenet_weights)],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 600
+        while not (db / ".partial").exists() or len(_partial_shards(db)) < 3:
+            assert proc.poll() is None, f"the job ended before it could be killed: {proc.stderr.read()[-2000:]!r}"
+            assert time.monotonic() < deadline, "no 3 shards committed in 10 minutes"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its JVM and its Python workers: one process group
+        proc.wait()
+        proc.stderr.close()
+    time.sleep(1)
+    before = _partial_shards(db)
+    n_shards = (N_PHOTOS + 2 + 1) // 2
+    assert 3 <= len(before) < n_shards, f"{len(before)} of {n_shards} shards committed when killed"
+    assert not (db / "manifest.json").exists()
+
+    # The same command again: it resumes, and the committed shards are neither redone nor rewritten.
+    engine = _Recording(SparkEngine("local[1]"))
+    summary = extract_features(photo_list, db, _config(mobilenet_weights, shard_size=2), engine=engine)
+    done_items = sum(min(2, N_PHOTOS + 2 - 2 * s) for s in before)
+    assert summary.resumed_from == done_items
+    assert engine.engine.last_run is not None
+    assert engine.engine.last_run.embedded_shards == sorted(set(range(n_shards)) - set(before))
+    assert {s: engine.shards_after[s] for s in before} == before  # same files, same mtimes
+    _assert_same_database(db, local_db)
+
+
+@pytest.mark.slow
+def test_task_failing_once_is_retried(photo_list: Path, local_db: Path, mobilenet_weights: Path,
+                                      tmp_path: Path) -> None:
+    marker = tmp_path / "fault-fired"
+    engine = SparkEngine("local[2,2]", partitions=3,
+                         conf={f"spark.executorEnv.{FAULT_ENV}": f"shard=4,once={marker}"})
+    summary = extract_features(photo_list, tmp_path / "db", _config(mobilenet_weights), engine=engine)
+    assert marker.exists()  # the fault fired
+    assert summary.extracted == N_PHOTOS
+    run = engine.last_run
+    assert run is not None and not run.failures
+    retried = [r for r in run.shards if r.shard == 4]
+    assert len(retried) == 1 and retried[0].attempt == 1 and not retried[0].skipped
+    _assert_same_database(tmp_path / "db", local_db)
+
+
+@pytest.mark.slow
+def test_partition_failing_for_good_keeps_the_others(photo_list: Path, local_db: Path, mobilenet_weights: Path,
+                                                     tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    engine = SparkEngine("local[2,2]", partitions=3, conf={f"spark.executorEnv.{FAULT_ENV}": "shard=4"})
+    with pytest.raises(PartitionFailedError, match=r"1 of 3 Spark partitions failed for good \(shards \[4, 5\]\)"
+                       r".*injected fault.*run the same command again"):
+        extract_features(photo_list, db, _config(mobilenet_weights), engine=engine)
+    assert engine.last_run is not None and engine.last_run.failures[0].attempt == 1  # retried once, then reported
+    committed = _partial_shards(db)
+    assert sorted(committed) == [0, 1, 2, 3]  # the other partitions finished
+    engine = SparkEngine("local[2]")
+    extract_features(photo_list, db, _config(mobilenet_weights), engine=engine)
+    assert engine.last_run is not None and engine.last_run.embedded_shards == [4, 5]
+    _assert_same_database(db, local_db)
+
+
+# ------------------------------------------------------------------ index (slow: Spark)
+def _synthetic_db(path: Path, n: int = 6000, d: int = 32, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(40, d)).astype(np.float32)
+    x = centers[rng.integers(0, 40, n)] + 0.4 * rng.normal(size=(n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    write_database(path, kind="image", model={"name": "synthetic", "dim": d}, items=[f"v{i}.jpg" for i in range(n)],
+                   vector_chunks=[x])
+    return path
+
+
+@pytest.mark.slow
+def test_distributed_index_equals_single_process_index(tmp_path: Path) -> None:
+    import faiss
+
+    from similar_images.index import train_index
+    from similar_images.index.distributed import add_to_copy
+
+    db_path = _synthetic_db(tmp_path / "db")
+    db = Database.open(db_path, load_index=False)
+    vectors = np.asarray(db.vectors)
+    n, d = vectors.shape
+    trained, _, _ = train_index(vectors, "IVF64,PQ8")
+    single = add_to_copy(trained, vectors, np.arange(n))
+    queries = vectors[::30]
+    engine = SparkEngine("local[2]", partitions=4)
+    with engine.context():  # one Spark context for the three builds below
+        merged, parts = engine.add_and_merge(trained, db_path / "vectors.f32", n, d, None, tmp_path / "work")
+        on_disk, _ = engine.add_and_merge(trained, db_path / "vectors.f32", n, d, None, tmp_path / "work",
+                                          on_disk=tmp_path / "merged.ivfdata")
+        report = build_index_spark(db_path, IndexConfig(factory="IVF64,PQ8", eval_queries=200), engine=engine)
+    assert [p.ntotal for p in parts] == [1500] * 4 and len({p.pid for p in parts}) <= 2
+    assert trained.ntotal == 0
+    for index in (single, merged, on_disk):
+        faiss.extract_index_ivf(index).nprobe = 8
+    want_d, want_i = single.search(queries, 10)
+    for index in (merged, on_disk):
+        got_d, got_i = index.search(queries, 10)
+        np.testing.assert_array_equal(got_i, want_i)  # the same top-10, in the same order
+        np.testing.assert_array_equal(got_d, want_d)
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(on_disk).invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists)
+
+    # The database-level build: committed like build-index, and as good as the single-process build.
+    opened = Database.open(db_path)
+    assert opened.index.ntotal == n and opened.manifest.index.get("engine")["name"] == "spark"
+    local = Database.open(shutil.copytree(db_path, tmp_path / "local"), load_index=False)
+    local_report = local.build_index(IndexConfig(factory="IVF64,PQ8", eval_queries=200), force=True)
+    assert report.recall_at_10 is not None and local_report.recall_at_10 is not None
+    assert abs(report.recall_at_10 - local_report.recall_at_10) <= 0.02
+    assert not (db_path / ".partial-index").exists()
+
+
+@pytest.mark.slow
+def test_spark_index_on_disk_database(tmp_path: Path) -> None:
+    db_path = _synthetic_db(tmp_path / "db", n=3000)
+    Database.open(db_path, load_index=False).remove([5, 17])
+    engine = SparkEngine("local[2]", partitions=3)
+    build_index_spark(db_path, IndexConfig(factory="IVF32,PQ8", eval_queries=100), engine=engine, on_disk=True)
+    db = Database.open(db_path)
+    assert db.manifest.index.get("engine")["on_disk"] is True
+    assert (db_path / db.manifest.index.get("engine")["ivfdata"]).exists()
+    assert db.index.ntotal == 2998
+    results = db.search(db.vector(0), k=5)
+    assert results[0].id == 0 and all(m.id not in (5, 17) for m in results)
