@@ -320,3 +320,34 @@ def test_spark_index_on_disk_database(tmp_path: Path) -> None:
     assert db.index.ntotal == 2998
     results = db.search(db.vector(0), k=5)
     assert results[0].id == 0 and all(m.id not in (5, 17) for m in results)
+
+
+@pytest.mark.slow
+def test_cli_extract_add_and_build_index_on_spark(photo_list: Path, local_db: Path, mobilenet_weights: Path,
+                                                  tmp_path: Path) -> None:
+    """The command line's --engine spark: the same database as a local extraction, then add and build-index."""
+    from click.testing import CliRunner
+
+    from similar_images.cli import main
+
+    runner = CliRunner()
+    db = tmp_path / "db"
+    spark = ["--engine", "spark", "--master", "local[2]"]
+    r = runner.invoke(main, ["extract", str(photo_list), str(db), "--model", "mobilenetv2", "--weights",
+                             str(mobilenet_weights), "--shard-size", str(SHARD), "-b", "4", "-q", *spark])
+    assert r.exit_code == 0, r.output
+    assert f"Extracted {N_PHOTOS} of {N_PHOTOS + 2} images" in r.output
+    _assert_same_database(db, local_db)
+    more = tmp_path / "more"
+    more.mkdir()
+    for p in sorted((Path(mobilenet_weights).parents[1] / "images" / "coco" / "train2017").glob("*.jpg"))[:3]:
+        shutil.copy(p, more / p.name)
+    r = runner.invoke(main, ["add", str(db), str(more), "-q", *spark])
+    assert r.exit_code == 0, r.output
+    assert "Added 3 images" in r.output and Database.open(db, load_index=False).manifest.counts.items == N_PHOTOS + 3
+    r = runner.invoke(main, ["build-index", str(db), "--index", "IVF4,Flat", "--eval-queries", "20", "-q", *spark])
+    assert r.exit_code == 0, r.output
+    opened = Database.open(db)
+    assert opened.manifest.index.get("engine")["name"] == "spark" and opened.index.ntotal == len(opened)
+    r = runner.invoke(main, ["extract", str(photo_list), str(tmp_path / "x"), "--master", "local[1]", "-q"])
+    assert r.exit_code == 2 and "--master and --partitions go with --engine spark" in r.output
