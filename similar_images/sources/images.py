@@ -30,6 +30,7 @@ __all__ = [
     "find_images",
     "read_file_list",
     "collect_inputs",
+    "file_signature",
     "load_image",
     "prepare_array",
 ]
@@ -239,3 +240,19 @@ def collect_inputs(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[s
             "(any case), or a text file listing one image path per line."
         )
     return paths
+
+
+def file_signature(path: str | os.PathLike[str]) -> tuple[str, int, int]:
+    """``(resolved path, mtime_ns, size)`` of a file: a cache key that changes when the file does.
+
+    Raises:
+        ImageLoadError: If the file is missing or cannot be read.
+    """
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ImageLoadError(f"file not found: {p}") from None
+    except OSError as exc:
+        raise ImageLoadError(f"cannot read {p}: {exc.strerror or exc}") from exc
+    return (str(p.resolve()), st.st_mtime_ns, st.st_size)

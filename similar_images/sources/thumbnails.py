@@ -16,16 +16,14 @@ from __future__ import annotations
 import io
 import logging
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
 
+from .._util.lru import LRUCache
 from ..errors import ImageLoadError
-from .images import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from .images import DEFAULT_MAX_PIXELS, ImageSource, file_signature, load_image
 
 __all__ = ["ThumbnailConfig", "ThumbnailCache", "make_thumbnail", "placeholder_thumbnail"]
 
@@ -111,39 +109,34 @@ class ThumbnailCache:
 
     def __init__(self, config: ThumbnailConfig | None = None) -> None:
         self.config = config or ThumbnailConfig()
-        self._entries: OrderedDict[tuple[str, int, int, int], bytes] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self._cache = LRUCache(self.config.max_items, self.config.max_bytes)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._cache)
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self._cache.misses
 
     @property
     def nbytes(self) -> int:
         """Bytes of thumbnails held."""
-        return self._bytes
+        return self._cache.nbytes
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``items``, ``bytes``, ``hits``, ``misses``."""
-        return {"items": len(self._entries), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
+        return self._cache.stats()
 
     def clear(self) -> None:
         """Drop every cached thumbnail."""
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
+        self._cache.clear()
 
     def _key(self, path: str | os.PathLike[str], size: int) -> tuple[str, int, int, int]:
-        p = Path(path).expanduser()
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            raise ImageLoadError(f"file not found: {p}") from None
-        except OSError as exc:
-            raise ImageLoadError(f"cannot read {p}: {exc.strerror or exc}") from exc
-        return (str(p), st.st_mtime_ns, st.st_size, size)
+        return (*file_signature(path), size)
 
     def cached(self, path: str | os.PathLike[str], size: int | None = None) -> bool:
         """Whether the thumbnail of ``path`` is in the cache (and up to date)."""
@@ -151,7 +144,7 @@ class ThumbnailCache:
             key = self._key(path, size or self.config.size)
         except ImageLoadError:
             return False
-        return key in self._entries
+        return key in self._cache
 
     def get(self, path: str | os.PathLike[str], size: int | None = None) -> bytes:
         """The JPEG thumbnail of an image file, made on the first request.
@@ -165,20 +158,8 @@ class ThumbnailCache:
         """
         size = int(size or self.config.size)
         key = self._key(path, size)
-        with self._lock:
-            data = self._entries.get(key)
-            if data is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return data
-        data = make_thumbnail(key[0], size, quality=self.config.quality, max_pixels=self.config.max_pixels)
-        with self._lock:
-            self.misses += 1
-            if key not in self._entries:
-                self._entries[key] = data
-                self._bytes += len(data)
-            while self._entries and (len(self._entries) > self.config.max_items
-                                     or self._bytes > self.config.max_bytes):
-                _, old = self._entries.popitem(last=False)
-                self._bytes -= len(old)
+        data = self._cache.get(key)
+        if data is None:
+            data = make_thumbnail(key[0], size, quality=self.config.quality, max_pixels=self.config.max_pixels)
+            self._cache.put(key, data, len(data))
         return data
