@@ -134,10 +134,17 @@ def register(group: click.Group) -> None:
     def info(db: Path, as_json: bool) -> None:
         """Describe the database DB: model, counts, index and its measured recall.
 
+        Every file is checked against the manifest (the index is read too), so a
+        damaged database is reported here rather than at the next search.
+
         Example: similar-images info photos-db
         """
-        database = Database.open(db, load_index=False)
+        database = Database.open(db, mmap_index=True)  # checks the vectors, the items and the index
         m = database.manifest
+        listed = len(database.failures)
+        if listed != m.counts.failed:
+            click.echo(f"Warning: {db / str(m.files['failures'])} lists {listed} failures but the manifest counts "
+                       f"{m.counts.failed}", err=True)
         if as_json:
             click.echo(json.dumps(m.to_dict(), indent=2, ensure_ascii=False))
             return

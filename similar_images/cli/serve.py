@@ -108,7 +108,7 @@ def register(group: click.Group) -> None:
         then: curl -F file=@cat.jpg 'http://127.0.0.1:8000/search?k=5'
         """
         configure_logging(0, log_level in ("critical", "error", "warning"))
-        database = Database.open(db, weights=weights, load_index=False)  # fail here, not in every worker
+        database = Database.open(db, weights=weights, mmap_index=True)  # fail here, not in every worker
         if weights is not None:
             resolve_weights(weights)
         config = ServeConfig(db=db, weights=weights, max_upload_bytes=int(max_upload_mb * 1024 * 1024),

@@ -333,6 +333,33 @@ class LocalEngine:
                 yield pos, value, err
 
 
+def _valid_shard(job: BuildJob, shard: int) -> bool:
+    """Whether ``shard`` is committed and whole: its marker names its own positions and a readable vectors file
+    of the right shape. A damaged shard is removed (and embedded again) with a warning."""
+    meta_path = _shard_meta(job.partial, shard)
+    if not meta_path.exists():
+        return False
+    try:
+        meta = _io.read_json(meta_path)
+        name, ok, failures = meta["vectors"], meta["ok"], meta["failures"]
+        if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"bad vectors file name {name!r}")
+        positions = [int(i) for i in ok] + [int(i) for i, _ in failures]
+        if sorted(positions) != list(job.shard_items(shard)):
+            raise ValueError("its positions are not those of the shard")
+        vectors = np.load(job.partial / name, mmap_mode="r", allow_pickle=False)
+        if vectors.dtype != np.float32 or vectors.shape != (len(ok), job.dim):
+            raise ValueError(f"vectors of shape {vectors.shape} ({vectors.dtype}) for {len(ok)} items")
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        logger.warning("Shard %d of the interrupted build in %s is damaged (%s); embedding it again", shard,
+                       job.partial, exc)
+        meta_path.unlink(missing_ok=True)
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- the plan
 def _digest(items: Sequence[str]) -> str:
     h = hashlib.sha256()
@@ -357,8 +384,12 @@ def _load_or_create_plan(partial: Path, items: list[str], settings: dict[str, An
     if plan_file.exists():
         try:
             saved = _io.read_json(plan_file)
+            if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict):
+                raise ValueError("not a plan")
             saved_items = _read_plan_items(partial / _PLAN_ITEMS)
-        except (OSError, ValueError, KeyError) as exc:
+            if len(saved_items) != saved.get("n"):
+                raise ValueError(f"{partial / _PLAN_ITEMS} is damaged")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             saved, saved_items = None, None
             logger.warning("The plan of the interrupted build in %s is unreadable (%s); starting over", partial, exc)
         if saved is not None and saved_items is not None and saved.get("settings") == settings:
@@ -385,7 +416,10 @@ def _load_or_create_plan(partial: Path, items: list[str], settings: dict[str, An
 
 def _read_plan_items(path: Path) -> list[str]:
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
+        items = [json.loads(line) for line in fh]
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError(f"{path} is damaged")
+    return items
 
 
 def _plan_settings(embedder_info: dict[str, Any], kind: str, shard_size: int) -> dict[str, Any]:
@@ -507,7 +541,7 @@ def build_database(
         job = BuildJob(partial=partial, items=items, shard_size=config.shard_size, batch_size=config.batch_size,
                        workers=config.workers or min(8, os.cpu_count() or 1), embedder_info=info,
                        kind=embedder.kind, dim=embedder.dim)
-        todo = [s for s in range(job.n_shards) if not shard_done(partial, s)]
+        todo = [s for s in range(job.n_shards) if not _valid_shard(job, s)]
         done_before = len(items) - sum(len(job.shard_items(s)) for s in todo)
         if done_before:
             logger.info("Resuming: %d of %d items already done", done_before, len(items))
@@ -528,7 +562,7 @@ def build_database(
                     t0 = time.perf_counter()
                 (engine or LocalEngine()).run(job, todo, embedder, progress)
         seconds = time.perf_counter() - t0
-        missing = [s for s in range(job.n_shards) if not shard_done(partial, s)]
+        missing = [s for s in range(job.n_shards) if not _valid_shard(job, s)]
         if missing:
             raise DatabaseError(f"{len(missing)} shard(s) of the build were not committed (first: {missing[0]}); "
                                 "run the same command again to finish them")
@@ -566,7 +600,8 @@ def _finished_build(db: Path, partial: Path, settings: dict[str, Any]) -> BuildS
         manifest = Manifest.load(db)
     except (OSError, ValueError, DatabaseError):
         return None
-    if saved.get("settings") != settings or manifest.extra.get("build", {}).get("plan_digest") != saved.get("digest"):
+    if not isinstance(saved, dict) or saved.get("settings") != settings \
+            or manifest.extra.get("build", {}).get("plan_digest") != saved.get("digest"):
         return None
     logger.info("%s is already complete (an earlier run stopped while cleaning up); removing %s", db, partial)
     shutil.rmtree(partial, ignore_errors=True)

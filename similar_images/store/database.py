@@ -163,7 +163,10 @@ class Database:
         if model is not None and manifest.model_name != model:
             raise DatabaseError(f"{db} was built with model {manifest.model_name!r}, not {model!r}; "
                                 "use the same model or rebuild the database")
-        kind = item_kind(manifest.kind)
+        try:
+            kind = item_kind(manifest.kind)
+        except ConfigError as exc:
+            raise DatabaseError(f"{db / MANIFEST}: {exc} (was it written by a newer similar-images?)") from None
         dim, n = manifest.dim, manifest.counts.items
         _check_model_dim(db, manifest)
         vectors = open_vectors(db / str(manifest.files["vectors"]), n, dim)
@@ -573,7 +576,9 @@ def _read_checked_index(db: Path, manifest: Manifest, mmap: bool) -> Any:
         index = read_index(ipath, mmap=mmap)
     except (RuntimeError, MemoryError) as exc:
         _raise_if_moved_on(db, name)  # removed while it was being read
-        why = (str(exc).strip().splitlines() or [exc.__class__.__name__])[-1][:120]
+        logger.debug("Faiss cannot read %s: %s", ipath, exc)
+        size = ipath.stat().st_size if ipath.exists() else 0
+        why = "it is empty" if size == 0 else f"{size:,} bytes, truncated or not a Faiss index"
         raise DatabaseCorruptError(f"Index file {ipath} cannot be read ({why}){rebuild}") from None
     if index.d != manifest.dim:
         raise DatabaseCorruptError(f"Index dimension {index.d} does not match the vectors' dimension {manifest.dim}"

@@ -32,11 +32,17 @@ def database_lock(db: str | os.PathLike[str], *, timeout: float | None = DEFAULT
         DatabaseError: If another process holds it for longer than ``timeout`` seconds.
     """
     path = Path(db).expanduser() / LOCK_FILE
-    try:
-        with file_lock(path, timeout=timeout):
-            yield
-    except LockTimeoutError:
-        raise DatabaseError(
-            f"Another process has been changing {Path(db)} for over {timeout:g} s (it holds {path}); "
-            "wait for it to finish and try again"
-        ) from None
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(path, timeout=timeout))
+        except LockTimeoutError:
+            raise DatabaseError(
+                f"Another process has been changing {Path(db)} for over {timeout:g} s (it holds {path}); "
+                "wait for it to finish and try again"
+            ) from None
+        except PermissionError:
+            raise  # the command line says "Permission denied" with the file name
+        except OSError as exc:
+            raise DatabaseError(f"Cannot lock the database for writing: {path} cannot be opened as a lock file "
+                                f"({exc.strerror or exc}); remove it and try again") from None
+        yield
