@@ -82,6 +82,8 @@ def embedder_from_info(info: dict[str, Any], *, kind: str = "image", weights: st
     if kind == "text":
         return TextEmbedder(info["name"], source=weights, **options)
     recorded = info.get("weights", "imagenet")
+    if "max_pixels" in info:
+        options.setdefault("max_pixels", int(info["max_pixels"]))
     return ImageEmbedder(info["name"], weights or (None if recorded == "random" else recorded),
                          backend=info.get("backend", "keras"), precision=info.get("precision", "fp32"),
                          seed=int(info.get("seed", 0)), **options)
