@@ -74,8 +74,7 @@ def serve(db: Path, tmp: Path, *extra: str) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def server(small_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    # The test image host can only be on 127.0.0.1, which the service refuses by default (tests/test_service_abuse.py)
-    with serve(small_db, tmp_path_factory.mktemp("server"), "--allow-private-urls") as s:
+    with serve(small_db, tmp_path_factory.mktemp("server")) as s:
         yield s
 
 
