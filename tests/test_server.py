@@ -74,7 +74,8 @@ def serve(db: Path, tmp: Path, *extra: str) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def server(small_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serve(small_db, tmp_path_factory.mktemp("server")) as s:
+    # the URL queries of these tests go to a server on 127.0.0.1: internal addresses must be allowed
+    with serve(small_db, tmp_path_factory.mktemp("server"), "--allow-private-urls") as s:
         yield s
 
 

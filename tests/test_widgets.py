@@ -297,7 +297,7 @@ def test_open_app_finds_a_project_relative_database(tmp_path: Path, small_db: Pa
 def test_missing_photo_gets_a_placeholder_tile(tmp_path: Path) -> None:
     paths = [make_image(tmp_path / "imgs" / f"{i}.png", seed=i, size=(320, 240)) for i in range(6)]
     rng = np.random.default_rng(0)
-    write_database(tmp_path / "db", kind="image", model={"name": "mobilenetv2", "dim": 16},
+    write_database(tmp_path / "db", kind="image", model={"name": "synthetic-16d", "dim": 16},
                    items=[str(p) for p in paths], vector_chunks=[rng.normal(size=(6, 16)).astype(np.float32)])
     db = Database.open(tmp_path / "db")
     app = SimilarImagesApp(db, AppConfig(k=6))

@@ -215,7 +215,7 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
         target = urllib.parse.urljoin(req.full_url, headers.get("Location") or headers.get("URI") or "")
         scheme = urllib.parse.urlsplit(target).scheme.lower()
         if scheme not in _ALLOWED_SCHEMES:
-            raise BadURLError(f"Refused a redirect to a {scheme}:// URL; only http and https are allowed")
+            raise FetchError(f"Refused a redirect to a {scheme}:// URL; only http and https are allowed")
         return super().http_error_302(req, fp, code, msg, headers)
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
@@ -302,7 +302,7 @@ def describe_network_error(exc: BaseException, *, timeout: float, read_timeout: 
             return exc.args[0]
         if connecting:
             return f"no connection within {timeout:g} s"
-        return f"no data received for {read_timeout:g} s" if read_timeout else "timed out"
+        return f"timed out: no data received for {read_timeout:g} s" if read_timeout else "timed out"
     if isinstance(exc, (http.client.IncompleteRead, ConnectionError, http.client.HTTPException)):
         return f"the connection was lost ({exc.__class__.__name__})"
     if isinstance(exc, OSError) and exc.strerror:
@@ -387,8 +387,9 @@ def fetch_url(url: str, config: FetchConfig | None = None) -> bytes:
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
         if deadline.passed:
             raise FetchError(f"Fetching {url} took longer than {config.deadline:g} s; try another address") from exc
+        connecting = connecting and deadline.sock is None  # a socket exists once connected
         why = describe_network_error(exc, timeout=config.timeout, read_timeout=config.timeout, connecting=connecting)
-        raise FetchError(f"Could not reach {host} ({why})") from exc
+        raise FetchError(f"Could not reach {host} ({why})" if connecting else f"Fetching {url} failed: {why}") from exc
     finally:
         timer.cancel()
     if len(data) > config.max_bytes:

@@ -136,9 +136,8 @@ def user_message(exc: BaseException) -> str:
     text = _ADDRESS.sub("the data", str(exc)).strip()
     if isinstance(exc, ImageLoadError):
         if "cannot identify image file" in text or "UnidentifiedImageError" in text:
-            return "This is not an image the app can read (unknown or unsupported format). Use a JPEG, PNG, GIF, " \
-                   "BMP, WebP or TIFF file."
-        return f"This image cannot be read: {text}"
+            return "not a readable image (unknown or unsupported format)"
+        return text
     if isinstance(exc, FetchError):
         return text
     if isinstance(exc, BadURLError):

@@ -516,7 +516,8 @@ class SimilarImagesApp:
         try:
             thumb = make_thumbnail(data, self.config.query_thumb_size)  # checks the image before the model loads
         except ImageLoadError as exc:
-            raise ImageLoadError(f"'{name}': {user_message(exc)}") from exc
+            raise ImageLoadError(f"'{name}': {user_message(exc)}. Use a JPEG, PNG, GIF, BMP, WebP or TIFF "
+                                 "image.") from exc
         with self._model_lock:
             vectors, _ = query_vectors(self.db, [data])
         return _Query(kind, name, detail, thumb, vector=vectors[0], embed_ms=(time.perf_counter() - t0) * 1e3)
