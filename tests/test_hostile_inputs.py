@@ -237,3 +237,83 @@ def test_links_keep_their_own_names_and_a_broken_link_is_reported_as_given(tmp_p
     assert "gone.png" in database.failures[0][1] or "not found" in database.failures[0][1]
     removed = CliRunner().invoke(main, ["remove", str(db), str(folder / "link.png")])
     assert removed.exit_code == 0 and "ids 1" in removed.output
+
+
+# ----------------------------------------------------------------------------- points 13 to 15: texts
+def _csv(path: Path, texts: list[str]) -> Path:
+    import csv
+
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text"])
+        writer.writerows([t] for t in texts)
+    return path
+
+
+@pytest.mark.slow
+def test_texts_longer_than_the_window_are_counted_and_shortened_in_displays(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Point 13: a 1 MB text was stored whole but embedded from its start only, silently, and 'text search -k 3'
+    then printed 1,000,212 bytes."""
+    from similar_images.embed import TextEmbedder
+
+    huge = "rain " * 40_000  # 200 KB (the report had 1 MB: the same path, five times slower to tokenize)
+    texts = ["I love the rain today", "sunny and warm at the beach", huge.strip(), "the train was late again"]
+    embedder = TextEmbedder()
+    assert embedder.overlong(texts) == [2]
+    assert embedder.overlong(["word " * 250, "word " * 260]) == [1]  # counted in tokens, with [CLS] and [SEP]
+    with caplog.at_level("WARNING"):  # a long query is used too, with a warning
+        embedder.coerce_query("rain " * 1000)
+    assert "longer than the 256-token window" in caplog.text
+    source = _csv(tmp_path / "texts.csv", texts)
+    db = tmp_path / "db"
+    runner = CliRunner()
+    built = runner.invoke(main, ["text", "build", str(source), str(db), "--no-index", "-q"])
+    assert built.exit_code == 0, built.output
+    assert "1 texts are longer than the model's 256-token window" in built.output
+    database = Database.open(db)
+    assert database.manifest.extra["text_build"]["texts_over_window"] == 1
+    assert database.manifest.extra["text_build"]["window_tokens"] == 256
+    assert len(database.items[2]) == len(huge.strip())  # stored whole
+    shown = runner.invoke(main, ["text", "search", str(db), "rain", "-k", "3", "--exact"])
+    assert shown.exit_code == 0 and len(shown.output) < 3000, len(shown.output)
+    assert "more characters]" in shown.output
+    as_json = runner.invoke(main, ["text", "search", str(db), "rain", "-k", "3", "--exact", "--json"])
+    assert max(len(r["text"]) for r in json.loads(as_json.output)["results"]) == len(huge.strip())  # data: whole
+
+
+def test_an_unterminated_quote_is_reported_not_merged(tmp_path: Path) -> None:
+    """Point 14: an unterminated quote silently merged the following lines ("Encoded 1 texts from 1 rows")."""
+    from similar_images.errors import TextInputError
+    from similar_images.sources.texts import read_texts
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text('text\nfirst tweet\n"an unterminated quote\nthird line\nfourth line\n', encoding="utf-8")
+    with pytest.raises(TextInputError, match=r"bad\.csv line 3: a quote .* never closed, so the 3 lines"):
+        read_texts(bad)
+    result = CliRunner().invoke(main, ["text", "build", str(bad), str(tmp_path / "db")])
+    assert result.exit_code == 1 and "line 3: a quote" in result.output and "Traceback" not in result.output
+    mid = tmp_path / "mid.csv"
+    mid.write_text('text,id\n"opens here,1\nsecond,2\n"closed" too early,3\n', encoding="utf-8")
+    with pytest.raises(TextInputError, match=r"mid\.csv line 4: .* starts on line 2"):
+        read_texts(mid)
+    good = _csv(tmp_path / "good.csv", ['she said "hi"', "two\nlines", "plain"])  # quoted properly: kept as they are
+    table = read_texts(good)
+    assert table.texts == ['she said "hi"', "two\nlines", "plain"] and table.rows_read == 3
+
+
+def test_a_text_database_refuses_an_image_path_as_a_query(tmp_path: Path) -> None:
+    """Point 15: an image path was accepted as a text query (exit 0, 8 "results")."""
+    from similar_images import write_database
+    from similar_images.embed import DEFAULT_TEXT_ENCODER, TextEmbedder, l2_normalize
+    from similar_images.errors import QueryError
+
+    photo = make_image(tmp_path / "cat.jpg", seed=1)
+    db = tmp_path / "texts-db"
+    write_database(db, kind="text", model={"name": DEFAULT_TEXT_ENCODER, "dim": 384, "kind": "text"},
+                   items=[f"text {i}" for i in range(10)],
+                   vector_chunks=[l2_normalize(np.random.default_rng(0).normal(size=(10, 384)).astype(np.float32))])
+    result = CliRunner().invoke(main, ["text", "search", str(db), str(photo)])
+    assert result.exit_code == 1 and "is an image file, and this database holds texts" in result.output
+    with pytest.raises(QueryError, match="is an image file"):
+        TextEmbedder().coerce_query(str(photo))
+    assert TextEmbedder().coerce_query("cat.jpg") == "cat.jpg"  # no such file: a text like any other

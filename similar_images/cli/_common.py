@@ -15,6 +15,7 @@ import click
 from ..errors import SimilarImagesError
 from ..index import BuildReport
 from ..search import Results
+from ..sources.texts import shorten
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -99,7 +100,7 @@ def echo_results(results: Results, as_json: bool) -> None:
     key = results.item_key
     click.echo(f"{'rank':>4}  {'id':>7}  {'score':>7}  {key}")
     for m in results:
-        item = m.item if key == "path" else m.item.replace("\n", " ")
+        item = m.item if key == "path" else shorten(m.item.replace("\n", " "))
         click.echo(f"{m.rank:>4}  {m.id:>7}  {m.score:>7.4f}  {item}")
     mode = "exact" if results.params.get("exact") else ", ".join(f"{k}={v}" for k, v in results.params.items()
                                                                  if k != "exact")
