@@ -253,7 +253,8 @@ def check(db_path: Path, log_dir: Path, env: dict[str, str]) -> dict[str, object
     generations = sorted(p.name for p in db_path.glob("index-*.faiss"))
     if len(generations) > 2:
         problems.append(f"more than two index generations kept: {generations}")
-    return {"items": len(db.items), "live": len(db), "acked_adds": len(acked), "acked_removes": len(removed_acked),
+    return {"items": len(db.items), "live": len(db), "acked_adds": len(acked),
+            "acked_cli_adds": sum(1 for row in acked if row[1] == "-"), "acked_removes": len(removed_acked),
             "index": db.manifest.index.factory if db.manifest.index else None, "problems": problems}
 
 
@@ -326,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"soak: {seconds:.0f} s, {len(procs)} worker processes, {sum(kills.values())} SIGKILLs "
               f"({', '.join(f'{k} {v}' for k, v in sorted(kills.items()))})")
         by_factory = ", ".join(f"{k} {v}" for k, v in sorted(rebuilds.items()))
-        print(f"  adds acknowledged: {figures['acked_adds']} items; removes acknowledged: {figures['acked_removes']}; "
+        print(f"  adds acknowledged: {figures['acked_adds']} items ({figures['acked_cli_adds']} by "
+              f"'similar-images add', the others by Database.add_vectors); "
+              f"removes acknowledged: {figures['acked_removes']}; "
               f"index rebuilds: {sum(rebuilds.values())} ({by_factory})")
         print(f"  searches: {searches} (library, counted in 50s) + {cli_searches} (CLI); errors: {len(errors)}")
         print(f"  database: {figures['items']} items, {figures['live']} searchable, index {figures['index']}")
