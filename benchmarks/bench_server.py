@@ -84,6 +84,15 @@ class Outcome:
         self.seconds += other.seconds
         self.stopped_by_time |= other.stopped_by_time
 
+    def add(self, err: str | None, seconds: float, server_ms: float | None = None) -> None:
+        """Count one request: its latency (and the server's search time), or its error."""
+        if err is not None:
+            self.errors.append(err)
+            return
+        self.latencies.append(seconds)
+        if server_ms is not None:
+            self.search_ms.append(server_ms)
+
     @property
     def done(self) -> int:
         return len(self.latencies) + len(self.errors)
@@ -126,40 +135,38 @@ def running_server(db: Path, workers: int, extra: list[str], log: Path, start_ti
 Request = Callable[[httpx.Client, int], "tuple[str | None, float | None]"]
 
 
-def run_load(name: str, url: str, make_request: Request, n: int, concurrency: int, time_limit: float) -> Outcome:
-    """Send ``n`` requests from ``concurrency`` threads.
+def timed(call: Callable[[], tuple[str | None, float | None]],
+          label: str = "") -> tuple[str | None, float | None, float]:
+    """``(error or None, the server's search_ms or None, seconds)`` of one request (``call``)."""
+    t0 = time.perf_counter()
+    try:
+        err, server_ms = call()
+    except httpx.HTTPError as exc:
+        err, server_ms = f"{label}{type(exc).__name__}: {exc}", None
+    return err, server_ms, time.perf_counter() - t0
 
-    ``make_request`` returns ``(error text or None, the server's search_ms or None)``.
-    """
-    out = Outcome(name)
+
+def drive(url: str, n: int, concurrency: int, time_limit: float,
+          handle: Callable[[httpx.Client, int], None]) -> tuple[float, bool]:
+    """Call ``handle(client, i)`` for ``i`` in ``range(n)`` from ``concurrency`` threads, each with its own
+    keep-alive client; returns ``(seconds, stopped by the time limit)``."""
     lock = threading.Lock()
     counter = iter(range(n))
     t_end = time.monotonic() + time_limit
+    stopped = False
 
     def worker() -> None:
-        with httpx.Client(base_url=url, timeout=60) as client:
+        nonlocal stopped
+        with httpx.Client(base_url=url, timeout=120) as client:
             while True:
                 with lock:
                     i = next(counter, None)
                 if i is None:
                     return
                 if time.monotonic() > t_end:
-                    out.stopped_by_time = True
+                    stopped = True
                     return
-                t0 = time.perf_counter()
-                server_ms = None
-                try:
-                    err, server_ms = make_request(client, i)
-                except httpx.HTTPError as exc:
-                    err = f"{type(exc).__name__}: {exc}"
-                dt = time.perf_counter() - t0
-                with lock:
-                    if err is None:
-                        out.latencies.append(dt)
-                        if server_ms is not None:
-                            out.search_ms.append(server_ms)
-                    else:
-                        out.errors.append(err)
+                handle(client, i)
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     t0 = time.perf_counter()
@@ -167,7 +174,23 @@ def run_load(name: str, url: str, make_request: Request, n: int, concurrency: in
         t.start()
     for t in threads:
         t.join()
-    out.seconds = time.perf_counter() - t0
+    return time.perf_counter() - t0, stopped
+
+
+def run_load(name: str, url: str, make_request: Request, n: int, concurrency: int, time_limit: float) -> Outcome:
+    """Send ``n`` requests from ``concurrency`` threads.
+
+    ``make_request`` returns ``(error text or None, the server's search_ms or None)``.
+    """
+    out = Outcome(name)
+    lock = threading.Lock()
+
+    def handle(client: httpx.Client, i: int) -> None:
+        err, server_ms, dt = timed(lambda: make_request(client, i))
+        with lock:
+            out.add(err, dt, server_ms)
+
+    out.seconds, out.stopped_by_time = drive(url, n, concurrency, time_limit, handle)
     return out
 
 
@@ -245,8 +268,6 @@ def mixed_load(url: str, host: str, photos: list[tuple[int, bytes]], n_items: in
     by_kind: dict[str, list[float]] = collections.defaultdict(list)
     hostile_status: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     lock = threading.Lock()
-    counter = iter(range(n))
-    t_end = time.monotonic() + time_limit
 
     def legit_request(client: httpx.Client, kind: str, i: int) -> str | None:
         if kind in ("id", "id-post"):
@@ -300,42 +321,20 @@ def mixed_load(url: str, host: str, photos: list[tuple[int, bytes]], n_items: in
         except httpx.HTTPError as exc:
             return type(exc).__name__
 
-    def worker() -> None:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                if time.monotonic() > t_end:
-                    legit.stopped_by_time = True
-                    return
-                kind = plan[i]
-                t0 = time.perf_counter()
-                if kind in HOSTILE:
-                    status = hostile_request(client, kind)
-                    with lock:
-                        hostile_status[kind][status] += 1
-                    continue
-                try:
-                    err = legit_request(client, kind, i)
-                except httpx.HTTPError as exc:
-                    err = f"{kind}: {type(exc).__name__}: {exc}"
-                dt = time.perf_counter() - t0
-                with lock:
-                    if err is None:
-                        legit.latencies.append(dt)
-                        by_kind[kind].append(dt)
-                    else:
-                        legit.errors.append(err)
+    def handle(client: httpx.Client, i: int) -> None:
+        kind = plan[i]
+        if kind in HOSTILE:
+            status = hostile_request(client, kind)
+            with lock:
+                hostile_status[kind][status] += 1
+            return
+        err, _, dt = timed(lambda: (legit_request(client, kind, i), None), f"{kind}: ")
+        with lock:
+            legit.add(err, dt)
+            if err is None:
+                by_kind[kind].append(dt)
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    legit.seconds = time.perf_counter() - t0
+    legit.seconds, legit.stopped_by_time = drive(url, n, concurrency, time_limit, handle)
     return legit, hostile_status, by_kind
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PLUGINS, ROOT, make_image
+from conftest import ROOT, make_image
+from helpers import plugin_env
 
 from similar_images import Database, IndexConfig, write_database
 from similar_images.embed import l2_normalize
@@ -20,14 +21,6 @@ from similar_images.store import build as build_mod
 from similar_images.store.manifest import Manifest
 
 CLI = [sys.executable, "-c", "from similar_images.cli import main; main()"]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), str(ROOT), env.get("PYTHONPATH", "")])
-    env["SIMILAR_IMAGES_PLUGINS"] = "tiny_model"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return env
 
 
 def _vector_db(path: Path, n: int = 200, d: int = 16) -> None:
@@ -43,7 +36,7 @@ def _image_db(tmp_path: Path, folders: dict[str, int]) -> Path:
             make_image(tmp_path / name / f"{name}{i}.png", seed=hash(name) % 1000 * 100 + i)
     db = tmp_path / "db"
     subprocess.run([*CLI, "extract", str(tmp_path / "base"), str(db), "--model", "tiny", "--weights", "random",
-                    "-q"], env=_env(), check=True, capture_output=True, timeout=300)
+                    "-q"], env=plugin_env(), check=True, capture_output=True, timeout=300)
     return db
 
 
@@ -51,7 +44,7 @@ def _image_db(tmp_path: Path, folders: dict[str, int]) -> Path:
 def test_two_concurrent_cli_adds_keep_both_batches(tmp_path: Path) -> None:
     """Point 1: 'add DB a/ & add DB b/' both printed 'Added 20 images (ids 300..319)' and one batch was lost."""
     db = _image_db(tmp_path, {"a": 20, "b": 20})
-    procs = [subprocess.Popen([*CLI, "add", str(db), str(tmp_path / name), "-q"], env=_env(), text=True,
+    procs = [subprocess.Popen([*CLI, "add", str(db), str(tmp_path / name), "-q"], env=plugin_env(), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in ("a", "b")]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
@@ -66,7 +59,7 @@ def test_two_concurrent_cli_adds_keep_both_batches(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_concurrent_adds_of_the_same_folder_add_it_once(tmp_path: Path) -> None:
     db = _image_db(tmp_path, {"a": 12})
-    procs = [subprocess.Popen([*CLI, "add", str(db), str(tmp_path / "a"), "-q"], env=_env(), text=True,
+    procs = [subprocess.Popen([*CLI, "add", str(db), str(tmp_path / "a"), "-q"], env=plugin_env(), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs

@@ -306,3 +306,15 @@ def test_a_damaged_interrupted_build_is_resumed_or_restarted(corruption: str, tm
     assert rebuilt.items == reference.items
     np.testing.assert_allclose(np.asarray(rebuilt.vectors), np.asarray(reference.vectors), atol=1e-6)
     assert not partial.exists() and os.listdir(db)
+
+
+def test_write_database_stores_unit_rows_so_the_check_holds(tmp_path: Path) -> None:
+    """The unit-length check above relies on every writer storing unit rows: write_database normalises what it is
+    given (rows that already are unit length keep their exact bits, so a resumed build stays byte-identical)."""
+    raw = np.random.default_rng(3).normal(size=(20, 8)).astype(np.float32) * 5
+    unit = l2_normalize(raw[:5])
+    write_database(tmp_path / "db", kind="image", model={"name": "raw", "dim": 8}, items=[str(i) for i in range(25)],
+                   vector_chunks=[raw, unit])
+    stored = np.asarray(Database.open(tmp_path / "db").vectors)
+    np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-6)
+    assert stored[20:].tobytes() == unit.tobytes()

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import PLUGINS, ROOT, make_image
+from conftest import ROOT, make_image
+from helpers import plugin_env
 from PIL import Image
 
 from similar_images import Database, ExtractConfig, extract_features
@@ -24,15 +25,6 @@ from similar_images.cli import main
 from similar_images.embed import ImageEmbedder, embedder_from_info
 from similar_images.errors import ImageLoadError
 from similar_images.sources.images import collect_inputs, find_images, load_image, read_file_list
-
-
-def _cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), str(ROOT), env.get("PYTHONPATH", "")])
-    env["SIMILAR_IMAGES_PLUGINS"] = "tiny_model"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return env
-
 
 # ----------------------------------------------------------------------------- point 5: index descriptions
 BAD_FACTORIES = ["HNSW0", "HNSW1", "IVF4_HNSW1,Flat", "Flat,Refine(HNSW1)", "PQ4x0", "IVF4,PQ4x0", "RQ0x8", "LSQ0x8",
@@ -84,14 +76,14 @@ def test_mismatched_weights_say_so_in_one_line_and_the_retry_with_the_right_file
     db = tmp_path / "db"
     args = ["extract", str(tmp_path / "images"), str(db), "--model", "mobilenetv2", "-q"]
     bad = subprocess.run([*cli, *args, "--weights", str(vgg_weights)], capture_output=True, text=True, timeout=600,
-                         env=_cli_env())
+                         env=plugin_env())
     assert bad.returncode == 1
     shown = (bad.stdout + bad.stderr).strip()
     assert len(shown.splitlines()) == 1 and len(shown) < 1000, shown
     assert shown.startswith("Error: Could not load weights for MobileNetV2") and "does not match" in shown
     assert (db / ".partial" / "plan.json").exists()  # what the failed start left
     good = subprocess.run([*cli, *args, "--weights", str(mobilenet_weights)], capture_output=True, text=True,
-                          timeout=600, env=_cli_env())
+                          timeout=600, env=plugin_env())
     assert good.returncode == 0, good.stderr
     assert "Extracted 3 of 3 images" in good.stdout and not (db / ".partial").exists()
 

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from .._util import io as _io
 from .._util.locks import LockTimeoutError, file_lock
-from ..embed import Embedder, embedder_from_info, item_kind
+from ..embed import Embedder, embedder_from_info, item_kind, l2_normalize
 from ..errors import ConfigError, DatabaseError, DatabaseExistsError, InputError
 from .folder import FAILURES, ITEMS, PARTIAL_DIR, VECTORS, remove_database_files, write_failures, write_items
 from .locking import database_lock
@@ -445,7 +445,8 @@ def write_database(
         kind: The kind of items (``"image"`` or ``"text"``).
         model: The embedder's ``info()`` (must contain ``name`` and ``dim``).
         items: Path (or text) of each vector, in order; item ``i`` gets id ``i``.
-        vector_chunks: Arrays of shape ``(m, dim)`` whose rows concatenate to one per item.
+        vector_chunks: Arrays of shape ``(m, dim)`` whose rows concatenate to one per item (L2-normalised
+            here, as the manifest says they are: searches score by inner product).
         failures: ``(item, reason)`` of inputs that could not be used.
         extra: More manifest sections (e.g. extraction settings).
         force: Replace an existing database.
@@ -471,7 +472,7 @@ def write_database(
             arr = np.ascontiguousarray(chunk, dtype=np.float32)
             if arr.ndim != 2 or arr.shape[1] != dim:
                 raise ValueError(f"Vectors of shape {arr.shape} do not match the model dimension {dim}")
-            fh.write(arr.tobytes())
+            fh.write(_unit_rows(arr).tobytes())
             n += len(arr)
     if n != len(items):
         (db / VECTORS).unlink(missing_ok=True)
@@ -484,6 +485,17 @@ def write_database(
     manifest.save(db)
     logger.info("Wrote database %s: %d items, %d failures", db, n, len(failures))
     return manifest
+
+
+def _unit_rows(arr: np.ndarray) -> np.ndarray:
+    """``arr`` with every row of unit length (zero rows stay zero); rows that already are keep their exact bits."""
+    norms = np.linalg.norm(arr, axis=1)
+    off = np.flatnonzero((np.abs(norms - 1.0) > 1e-5) & (norms > 0))
+    if not len(off):
+        return arr
+    arr = arr.copy()
+    arr[off] = l2_normalize(arr[off])
+    return arr
 
 
 # --------------------------------------------------------------------------- the build
