@@ -12,6 +12,14 @@ Scenarios:
 * ``upload``: ``POST /search`` with a real photo (multipart) -- decoding, a CNN
   forward pass, the index search; the answer's top hit must be the photo itself.
 
+* ``mixed``: a second server (with ``--allow-private-urls``, so that URL queries can reach the local image
+  host, and the ``--fetch-deadline``/``--upload-timeout`` given here) gets ``--requests`` requests of every
+  kind from ``--concurrency`` clients, ``--hostile`` of them hostile: URLs that trickle one byte at a time,
+  uploads that stall after 10 bytes, bodies over the size limit (announced, or chunked without a length),
+  malformed JSON (broken, 60,000 levels deep), garbage uploads and unknown content types. The legitimate
+  ones (searches by id in GET and POST, uploads, URLs on a fast host, /health, /docs) must all succeed with
+  the right answer; their p50/p90/p99 are printed, and every hostile kind's answers (status counts).
+
 With ``--compare-batching`` the upload scenario is compared with a second
 server started with ``--no-batching`` (one model call per query); with
 ``--compare-faiss-threads`` the id scenario with a second server started with
@@ -25,13 +33,17 @@ and a Flat index.
 
     python benchmarks/bench_server.py                      # builds a COCO DB, 1,000 requests x 8 clients
     python benchmarks/bench_server.py --db my-db --requests 2000 --workers 2
+    python benchmarks/bench_server.py --scenarios mixed --requests 2000 --concurrency 16   # 10% hostile
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,7 +59,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from helpers import free_port, running_process  # noqa: E402  (shared with the tests)
+from helpers import Route, free_port, http_server, running_process  # noqa: E402  (shared with the tests)
 
 CLI = [sys.executable, "-c", "from similar_images.cli import main; main()"]
 WEIGHTS = {
@@ -71,6 +83,15 @@ class Outcome:
         self.errors += other.errors
         self.seconds += other.seconds
         self.stopped_by_time |= other.stopped_by_time
+
+    def add(self, err: str | None, seconds: float, server_ms: float | None = None) -> None:
+        """Count one request: its latency (and the server's search time), or its error."""
+        if err is not None:
+            self.errors.append(err)
+            return
+        self.latencies.append(seconds)
+        if server_ms is not None:
+            self.search_ms.append(server_ms)
 
     @property
     def done(self) -> int:
@@ -114,40 +135,38 @@ def running_server(db: Path, workers: int, extra: list[str], log: Path, start_ti
 Request = Callable[[httpx.Client, int], "tuple[str | None, float | None]"]
 
 
-def run_load(name: str, url: str, make_request: Request, n: int, concurrency: int, time_limit: float) -> Outcome:
-    """Send ``n`` requests from ``concurrency`` threads.
+def timed(call: Callable[[], tuple[str | None, float | None]],
+          label: str = "") -> tuple[str | None, float | None, float]:
+    """``(error or None, the server's search_ms or None, seconds)`` of one request (``call``)."""
+    t0 = time.perf_counter()
+    try:
+        err, server_ms = call()
+    except httpx.HTTPError as exc:
+        err, server_ms = f"{label}{type(exc).__name__}: {exc}", None
+    return err, server_ms, time.perf_counter() - t0
 
-    ``make_request`` returns ``(error text or None, the server's search_ms or None)``.
-    """
-    out = Outcome(name)
+
+def drive(url: str, n: int, concurrency: int, time_limit: float,
+          handle: Callable[[httpx.Client, int], None]) -> tuple[float, bool]:
+    """Call ``handle(client, i)`` for ``i`` in ``range(n)`` from ``concurrency`` threads, each with its own
+    keep-alive client; returns ``(seconds, stopped by the time limit)``."""
     lock = threading.Lock()
     counter = iter(range(n))
     t_end = time.monotonic() + time_limit
+    stopped = False
 
     def worker() -> None:
-        with httpx.Client(base_url=url, timeout=60) as client:
+        nonlocal stopped
+        with httpx.Client(base_url=url, timeout=120) as client:
             while True:
                 with lock:
                     i = next(counter, None)
                 if i is None:
                     return
                 if time.monotonic() > t_end:
-                    out.stopped_by_time = True
+                    stopped = True
                     return
-                t0 = time.perf_counter()
-                server_ms = None
-                try:
-                    err, server_ms = make_request(client, i)
-                except httpx.HTTPError as exc:
-                    err = f"{type(exc).__name__}: {exc}"
-                dt = time.perf_counter() - t0
-                with lock:
-                    if err is None:
-                        out.latencies.append(dt)
-                        if server_ms is not None:
-                            out.search_ms.append(server_ms)
-                    else:
-                        out.errors.append(err)
+                handle(client, i)
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     t0 = time.perf_counter()
@@ -155,7 +174,23 @@ def run_load(name: str, url: str, make_request: Request, n: int, concurrency: in
         t.start()
     for t in threads:
         t.join()
-    out.seconds = time.perf_counter() - t0
+    return time.perf_counter() - t0, stopped
+
+
+def run_load(name: str, url: str, make_request: Request, n: int, concurrency: int, time_limit: float) -> Outcome:
+    """Send ``n`` requests from ``concurrency`` threads.
+
+    ``make_request`` returns ``(error text or None, the server's search_ms or None)``.
+    """
+    out = Outcome(name)
+    lock = threading.Lock()
+
+    def handle(client: httpx.Client, i: int) -> None:
+        err, server_ms, dt = timed(lambda: make_request(client, i))
+        with lock:
+            out.add(err, dt, server_ms)
+
+    out.seconds, out.stopped_by_time = drive(url, n, concurrency, time_limit, handle)
     return out
 
 
@@ -197,6 +232,157 @@ def health_request(client: httpx.Client, i: int) -> tuple[str | None, float | No
     return (None if r.status_code == 200 and r.json()["status"] == "ok" else f"HTTP {r.status_code}"), None
 
 
+# --------------------------------------------------------------------------- the mixed, partly hostile load
+LEGIT = (("id", 35), ("id-post", 15), ("upload", 25), ("url", 10), ("health", 10), ("docs", 5))
+HOSTILE = ("slow-url", "stalled-upload", "huge-announced", "huge-chunked", "bad-json", "nested-json",
+           "garbage-upload", "bad-content-type")
+
+
+def _raw(port: int, head: bytes, body: bytes, timeout: float) -> int:
+    """Send a request by hand (a client that stalls, or lies about its body); the answer's status, or 0."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(head + body)
+            answer = sock.recv(4096)
+        except OSError:
+            return 0
+    try:
+        return int(answer.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def mixed_load(url: str, host: str, photos: list[tuple[int, bytes]], n_items: int, n: int, concurrency: int,
+               hostile: float, k: int, upload_limit: int, time_limit: float, upload_timeout: float,
+               seed: int = 0) -> tuple[Outcome, dict[str, collections.Counter[str]], dict[str, list[float]]]:
+    """Send ``n`` requests of every kind from ``concurrency`` clients; ``hostile`` of them hostile.
+
+    Returns the legitimate requests' outcome, the status counts of every hostile kind, and the legitimate
+    latencies by kind.
+    """
+    rng = random.Random(seed)
+    kinds, weights = zip(*LEGIT, strict=True)
+    plan = [rng.choice(HOSTILE) if rng.random() < hostile else rng.choices(kinds, weights)[0] for _ in range(n)]
+    port = int(url.rsplit(":", 1)[1])
+    legit = Outcome("mixed: legitimate")
+    by_kind: dict[str, list[float]] = collections.defaultdict(list)
+    hostile_status: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    lock = threading.Lock()
+
+    def legit_request(client: httpx.Client, kind: str, i: int) -> str | None:
+        if kind in ("id", "id-post"):
+            q = rng.randrange(n_items)
+            r = (client.get("/search", params={"id": q, "k": k}) if kind == "id"
+                 else client.post("/search", json={"id": q, "k": k}))
+            if r.status_code != 200 or r.json()["results"][0]["id"] != q:
+                return f"{kind} {q}: HTTP {r.status_code} {r.text[:200]}"
+            return None
+        if kind in ("upload", "url"):
+            item, data = photos[i % len(photos)]
+            r = (client.post("/search", files={"file": ("q.jpg", data, "image/jpeg")}, data={"k": str(k)})
+                 if kind == "upload" else client.get("/search", params={"url": f"{host}/photo/{i % len(photos)}.jpg",
+                                                                         "k": k}))
+            if r.status_code != 200 or r.json()["results"][0]["id"] != item:
+                return f"{kind} {item}: HTTP {r.status_code} {r.text[:200]}"
+            return None
+        r = client.get("/health" if kind == "health" else "/docs")
+        return None if r.status_code == 200 else f"{kind}: HTTP {r.status_code}"
+
+    def hostile_request(client: httpx.Client, kind: str) -> str:
+        try:
+            if kind == "slow-url":
+                return str(client.get("/search", params={"url": host + "/slow.jpg"}).status_code)
+            if kind == "stalled-upload":
+                head = (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                        b"Content-Length: 100000\r\n\r\n")
+                return str(_raw(port, head, b"\xff\xd8\xff\xe0" + b"x" * 6, upload_timeout + 30))
+            if kind == "huge-announced":
+                head = (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                        b"Content-Length: %d\r\n\r\n" % (upload_limit * 4))
+                return str(_raw(port, head, b"x" * 65536, 60))
+            if kind == "huge-chunked":
+                def chunks() -> Iterator[bytes]:
+                    block = os.urandom(1 << 20)
+                    for _ in range(upload_limit // len(block) + 2):
+                        yield block
+                r = client.post("/search", content=chunks(), headers={"Content-Type": "image/jpeg"})
+                return str(r.status_code)
+            if kind == "bad-json":
+                return str(client.post("/search", content=b'{"id": 1, "k": ', headers={
+                    "Content-Type": "application/json"}).status_code)
+            if kind == "nested-json":
+                return str(client.post("/search", content=b"[" * 60_000, headers={
+                    "Content-Type": "application/json"}).status_code)
+            if kind == "garbage-upload":
+                return str(client.post("/search", files={"file": ("x.jpg", os.urandom(50_000), "image/jpeg")})
+                           .status_code)
+            return str(client.post("/search", content=b"hello", headers={"Content-Type": "text/x-bogus"})
+                       .status_code)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+
+    def handle(client: httpx.Client, i: int) -> None:
+        kind = plan[i]
+        if kind in HOSTILE:
+            status = hostile_request(client, kind)
+            with lock:
+                hostile_status[kind][status] += 1
+            return
+        err, _, dt = timed(lambda: (legit_request(client, kind, i), None), f"{kind}: ")
+        with lock:
+            legit.add(err, dt)
+            if err is None:
+                by_kind[kind].append(dt)
+
+    legit.seconds, legit.stopped_by_time = drive(url, n, concurrency, time_limit, handle)
+    return legit, hostile_status, by_kind
+
+
+def run_mixed(args: argparse.Namespace, db_path: Path, photos: list[tuple[int, bytes]], n_items: int,
+              log: Path) -> int:
+    """The mixed scenario: its own server and image hosts; prints the figures; returns the number of errors."""
+    upload_limit = 20 * 1024 * 1024
+    extra = ["--allow-private-urls", "--fetch-deadline", str(args.fetch_deadline), "--upload-timeout",
+             str(args.upload_timeout), "--no-access-log"]
+    routes = {f"/photo/{j}.jpg": Route(data, "image/jpeg") for j, (_, data) in enumerate(photos)}
+    routes["/slow.jpg"] = Route(b"\xff\xd8\xff\xe0" + b"x" * 10_000, "image/jpeg", trickle=0.5)
+    with http_server(routes) as host, running_server(db_path, args.workers, extra, log, args.start_timeout) as url:
+        # The same legitimate requests without the hostile ones first: the baseline of this run, on this machine.
+        base, _, base_by_kind = mixed_load(url, host, photos, n_items, args.requests, args.concurrency, 0.0, args.k,
+                                           upload_limit, args.time_limit, args.upload_timeout)
+        base.name = "mixed: no hostile (baseline)"
+        legit, hostile, by_kind = mixed_load(url, host, photos, n_items, args.requests, args.concurrency,
+                                             args.hostile, args.k, upload_limit, args.time_limit,
+                                             args.upload_timeout)
+        legit.name = f"mixed: legitimate, {args.hostile:.0%} hostile"
+        healthy = httpx.get(url + "/health", timeout=30).status_code == 200
+    n_hostile = sum(sum(c.values()) for c in hostile.values())
+    print(f"\nmixed: {legit.done + n_hostile} requests from {args.concurrency} clients in {legit.seconds:.1f} s; "
+          f"server flags: {' '.join(extra)}")
+    print(HEADER)
+    print(base.row(None))
+    print(legit.row(base.rate))
+    print("vs base = throughput of the legitimate requests / throughput without hostile ones, same server and run")
+    for kind, lat in sorted(by_kind.items()):
+        ms = np.asarray(lat) * 1e3
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        b99 = np.percentile(np.asarray(base_by_kind[kind]) * 1e3, 99) if base_by_kind.get(kind) else float("nan")
+        print(f"  legitimate {kind:<10} {len(lat):>5} requests  p50 {p50:7.1f}  p90 {p90:7.1f}  p99 {p99:7.1f} ms "
+              f"(p99 without hostile: {b99:7.1f} ms)")
+    for kind in HOSTILE:
+        counts = ", ".join(f"{status}: {c}" for status, c in sorted(hostile[kind].items()))
+        print(f"  hostile {kind:<17} {sum(hostile[kind].values()):>4}  answers {counts or '-'}")
+    p99 = float(np.percentile(np.asarray(legit.latencies) * 1e3, 99)) if legit.latencies else float("nan")
+    print(json.dumps({"legitimate": legit.done, "legitimate_errors": len(legit.errors), "hostile": n_hostile,
+                      "legitimate_p99_ms": round(p99, 1), "health_after": healthy}))
+    for e in (base.errors + legit.errors)[:10]:
+        print(f"error: {e}")
+    ok = not legit.errors and not base.errors and healthy and p99 < 2000 and not legit.stopped_by_time
+    verdict = "yes" if p99 < 2000 else "NO"
+    print(f"legitimate requests: {len(legit.errors)} errors, p99 {p99:.0f} ms (< 2000 ms: {verdict})")
+    return 0 if ok else 1
+
+
 def build_db(dest: Path, model: str, assets: Path) -> Path:
     coco = assets / "images" / "coco"
     weights = assets / "weights" / WEIGHTS[model]
@@ -233,9 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--photos", type=int, default=64, help="distinct photos uploaded in turn [default: 64]")
     ap.add_argument("--time-limit", type=float, default=300.0, help="seconds per scenario at most [default: 300]")
     ap.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for the server to start")
+    ap.add_argument("--hostile", type=float, default=0.1, help="share of hostile requests in 'mixed' [default: 0.1]")
+    ap.add_argument("--fetch-deadline", type=float, default=5.0,
+                    help="the 'mixed' server's --fetch-deadline: how long a trickling URL holds a client [default: 5]")
+    ap.add_argument("--upload-timeout", type=float, default=5.0,
+                    help="the 'mixed' server's --upload-timeout: how long a stalled upload holds a client [default: 5]")
     args = ap.parse_args(argv)
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = set(scenarios) - {"health", "id", "upload"}
+    unknown = set(scenarios) - {"health", "id", "upload", "mixed"}
     if unknown or args.requests < 1 or args.concurrency < 1 or args.rounds < 1:
         ap.error(f"bad --scenarios {sorted(unknown)} or --requests/--concurrency")
 
@@ -251,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         photos = [(i, Path(db.items[i]).read_bytes()) for i in picked if Path(db.items[i]).is_file()]
         mean_kb = np.mean([len(p) for _, p in photos]) / 1024 if photos else 0
         print(f"database {db_path}: {len(db)} items, model {db.model_name}, index "
-              f"{(db.manifest.get('index') or {}).get('factory', 'none')}; {len(photos)} upload photos "
+              f"{db.manifest.index.factory if db.manifest.index else 'none'}; {len(photos)} upload photos "
               f"(mean {mean_kb:.0f} KiB); {os.cpu_count()} CPUs; {args.requests} requests x {args.concurrency} "
               f"clients per scenario", flush=True)
         log = tmp_path / "server.log"
@@ -281,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
                 counts[1] += model_calls(url) - before
             return out
 
+        if scenarios == ["mixed"]:
+            return run_mixed(args, db_path, photos, len(live), log)
+        if "mixed" in scenarios:
+            ap.error("run 'mixed' on its own (--scenarios mixed)")
         comparisons = []
         if args.compare_batching and "upload" in scenarios:
             comparisons.append((["--no-batching"], "upload", "batching", "no batching"))

@@ -34,9 +34,10 @@ if ! command -v java >/dev/null 2>&1 && [ -z "${JAVA_HOME:-}" ]; then
   fi
 fi
 
-echo "==> Installing (torch CPU build first, then requirements and the package)"
+echo "==> Installing (torch CPU build first, then requirements, the tests' requirements and the package)"
 python -m pip install -q torch==2.13.0
-python -m pip install -q -r requirements.txt
+# requirements-dev.txt: what README's second command (python -m pytest -ra) needs
+python -m pip install -q -r requirements.txt -r requirements-dev.txt
 python -m pip install -q --no-deps -e .
 
 if [ -z "$IMAGES" ]; then

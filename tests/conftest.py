@@ -4,6 +4,13 @@ The offline assets (real photos, real ImageNet weights, tweets) live outside
 the repository, in ``../shared/assets`` from the project root, or wherever
 ``SIMILAR_IMAGES_ASSETS`` points. Under CI (``CI=true``) a missing assets
 folder is an error, never a skip.
+
+Without the assets folder (a user's own machine), the tests use what
+``data_scripts/quickstart.sh`` left there instead: a sample of the MS-COCO
+photos it downloaded (``data/coco``, or ``SIMILAR_IMAGES_COCO``) and the
+ImageNet weights Keras cached (``~/.keras/models``, or ``$KERAS_HOME/models``).
+A test that needs what is missing is skipped, and ``pytest -ra`` lists it
+with the reason; everything else runs.
 """
 
 from __future__ import annotations
@@ -25,13 +32,48 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+#: File names of the weights in the assets folder, and of the same weights in Keras' download cache.
+MOBILENET_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+VGG_ASSET_FILE = "vgg16_imagenet_notop.weights.h5"
+VGG_KERAS_NOTOP = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+VGG_KERAS_FULL = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"  # what the quickstart's default vgg16-fc2 caches
+#: Real photos sampled from a COCO download when the assets folder is absent (as many as the assets hold).
+COCO_SAMPLE = 256
+
+
 def _assets_dir() -> Path:
     return Path(os.environ.get("SIMILAR_IMAGES_ASSETS", ROOT.parent / "shared" / "assets")).resolve()
 
 
+def _have_assets() -> bool:
+    return (_assets_dir() / "README.md").exists()
+
+
+def _downloaded_coco() -> Path:
+    """Where the quickstart downloads the COCO photos (``SIMILAR_IMAGES_COCO`` overrides it)."""
+    return Path(os.environ.get("SIMILAR_IMAGES_COCO", ROOT / "data" / "coco")).expanduser()
+
+
+def _keras_models() -> Path:
+    """Keras' download cache (``$KERAS_HOME/models``, by default ``~/.keras/models``)."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
+
+
+def _no_assets(what: str) -> str:
+    return (f"needs {what}: neither the offline assets ({_assets_dir()}, or SIMILAR_IMAGES_ASSETS) nor what "
+            "data_scripts/quickstart.sh leaves are here")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if os.environ.get("CI") and not (_assets_dir() / "README.md").exists():
+    if os.environ.get("CI") and not _have_assets():
         pytest.exit(f"CI needs the offline assets at {_assets_dir()} (set SIMILAR_IMAGES_ASSETS)", returncode=3)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _have_assets():
+        return f"offline assets: {_assets_dir()}"
+    return (f"offline assets: not found at {_assets_dir()}; real photos from {_downloaded_coco()} and weights from "
+            f"{_keras_models()} where present (tests needing what is missing are skipped: see -ra)")
 
 
 @pytest.fixture(scope="session")
@@ -44,25 +86,58 @@ def tiny_model() -> str:
 
 @pytest.fixture(scope="session")
 def assets() -> Path:
+    """The offline assets folder (only for what nothing else provides, e.g. the 20,000 tweets)."""
     path = _assets_dir()
     if not (path / "README.md").exists():
-        pytest.skip(f"offline assets not found at {path} (set SIMILAR_IMAGES_ASSETS)")
+        pytest.skip(f"needs the offline assets (tweets) at {path} (set SIMILAR_IMAGES_ASSETS)")
     return path
 
 
 @pytest.fixture(scope="session")
-def coco_dir(assets: Path) -> Path:
-    return assets / "images" / "coco"
+def coco_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real COCO photos: the assets' 256, or a fixed sample of 256 from the quickstart's download (links)."""
+    if _have_assets():
+        return _assets_dir() / "images" / "coco"
+    downloaded = _downloaded_coco()
+    photos = sorted(downloaded.rglob("*.jpg")) if downloaded.is_dir() else []
+    if len(photos) < 64:
+        pytest.skip(_no_assets(f"real photos (at least 64 COCO photos in {downloaded}, or SIMILAR_IMAGES_COCO)"))
+    sample = tmp_path_factory.mktemp("coco")
+    for photo in sorted(random.Random(0).sample(photos, min(COCO_SAMPLE, len(photos)))):
+        (sample / photo.name).symlink_to(photo.resolve())
+    return sample
 
 
 @pytest.fixture(scope="session")
-def vgg_weights(assets: Path) -> Path:
-    return assets / "weights" / "vgg16_imagenet_notop.weights.h5"
+def vgg_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """VGG16's ImageNet convolution weights: the assets' file, Keras' cached no-top file, or the no-top part of
+    Keras' cached full file (written once per session)."""
+    if _have_assets():
+        return _assets_dir() / "weights" / VGG_ASSET_FILE
+    cache = _keras_models()
+    if (cache / VGG_KERAS_NOTOP).is_file():
+        return cache / VGG_KERAS_NOTOP
+    if (cache / VGG_KERAS_FULL).is_file():
+        import keras
+
+        full = keras.applications.VGG16(include_top=True, weights=str(cache / VGG_KERAS_FULL))
+        base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(224, 224, 3))
+        for layer in base.layers:
+            if layer.weights:
+                layer.set_weights(full.get_layer(layer.name).get_weights())
+        path = tmp_path_factory.mktemp("weights") / "vgg16_notop.weights.h5"
+        base.save_weights(path)
+        return path
+    pytest.skip(_no_assets(f"VGG16 ImageNet weights ({VGG_KERAS_NOTOP} or {VGG_KERAS_FULL} in {cache})"))
 
 
 @pytest.fixture(scope="session")
-def mobilenet_weights(assets: Path) -> Path:
-    return assets / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+def mobilenet_weights() -> Path:
+    """MobileNetV2 (alpha 0.35) ImageNet weights: the assets' file or Keras' cached one (the same file)."""
+    for path in (_assets_dir() / "weights" / MOBILENET_FILE, _keras_models() / MOBILENET_FILE):
+        if path.is_file():
+            return path
+    pytest.skip(_no_assets(f"MobileNetV2 ImageNet weights ({MOBILENET_FILE} in {_keras_models()})"))
 
 
 def execute_notebook(nb: Any, env: dict[str, str], cwd: Path, *, timeout: int = 300) -> Any:

@@ -18,14 +18,27 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Route", "http_server", "free_port", "closed_port", "running_process", "stop_process", "assets_dir"]
+__all__ = ["Route", "http_server", "free_port", "closed_port", "running_process", "stop_process", "assets_dir",
+           "plugin_env"]
 
 ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = ROOT / "tests" / "plugins"
 
 
 def assets_dir() -> Path:
     """The offline assets: ``SIMILAR_IMAGES_ASSETS``, or ``../shared/assets`` from the project root."""
     return Path(os.environ.get("SIMILAR_IMAGES_ASSETS", ROOT.parent / "shared" / "assets")).resolve()
+
+
+def plugin_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess that knows the test models (``tiny``): this package and
+    ``tests/plugins`` on ``PYTHONPATH``, ``SIMILAR_IMAGES_PLUGINS=tiny_model``, TensorFlow's logs quiet."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), str(ROOT), env.get("PYTHONPATH", "")])
+    env["SIMILAR_IMAGES_PLUGINS"] = "tiny_model"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env.update(extra)
+    return env
 
 
 @dataclass

@@ -376,6 +376,10 @@ def fetch_url(url: str, config: FetchConfig | None = None) -> bytes:
                 if not chunk:
                     break
                 data += chunk
+            if deadline.passed:  # the timer shut the socket: what was read is cut short
+                raise TimeoutError(f"the fetch took longer than {config.deadline:g} s")
+            if length and length.isdigit() and len(data) < int(length):
+                raise http.client.IncompleteRead(bytes(data), int(length) - len(data))
     except (BadURLError, FetchError):
         raise
     except urllib.error.HTTPError as exc:

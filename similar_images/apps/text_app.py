@@ -24,6 +24,7 @@ import ipywidgets as widgets
 from ..errors import ConfigError, DatabaseError, SimilarImagesError
 from ..index import DEFAULT_RERANK
 from ..search import Results
+from ..sources.texts import shorten
 from ..store import Database
 from .common import DatabaseMessage, find_database, no_database_message, user_message
 
@@ -175,7 +176,7 @@ class TextSearchApp:
                 widgets.HTML(f"<b>{m.rank}</b>", layout=widgets.Layout(width="32px", flex="0 0 auto")),
                 widgets.HTML(f"<code>{m.score:.3f}</code>", layout=widgets.Layout(width="60px", flex="0 0 auto")),
                 # Tweets carry HTML entities (&quot;, &amp;): show the characters they stand for.
-                widgets.HTML(html.escape(html.unescape(m.text)), layout=widgets.Layout(flex="1 1 auto")),
+                widgets.HTML(html.escape(shorten(html.unescape(m.text))), layout=widgets.Layout(flex="1 1 auto")),
                 button,
             ]))
         self.results.children = tuple(rows)

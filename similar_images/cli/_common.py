@@ -17,6 +17,7 @@ from ..engines.spark import SparkEngine, build_index_spark
 from ..errors import SimilarImagesError
 from ..index import BuildReport, IndexConfig
 from ..search import Results
+from ..sources.texts import shorten
 from ..store import Database
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -139,7 +140,7 @@ def echo_results(results: Results, as_json: bool) -> None:
     key = results.item_key
     click.echo(f"{'rank':>4}  {'id':>7}  {'score':>7}  {key}")
     for m in results:
-        item = m.item if key == "path" else m.item.replace("\n", " ")
+        item = m.item if key == "path" else shorten(m.item.replace("\n", " "))
         click.echo(f"{m.rank:>4}  {m.id:>7}  {m.score:>7.4f}  {item}")
     mode = "exact" if results.params.get("exact") else ", ".join(f"{k}={v}" for k, v in results.params.items()
                                                                  if k != "exact")

@@ -9,6 +9,7 @@ import click
 
 from ..embed import DEFAULT_MODEL, available_models, get_model_spec
 from ..index import IndexConfig
+from ..sources.images import DEFAULT_MAX_PIXELS
 from ..store import Database, ExtractConfig, extract_features
 from ._common import (
     configure_logging,
@@ -43,14 +44,17 @@ def register(group: click.Group) -> None:
                   help="Decoding threads [default: CPU count, max 8].")
     @click.option("--shard-size", default=1024, show_default=True, type=click.IntRange(1),
                   help="Images per committed shard (the most an interruption can lose).")
+    @click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
+                  help="Skip images with more pixels than this (a guard against decompression bombs); the limit "
+                       "is recorded and also applies to later adds and queries.")
     @click.option("--force", is_flag=True, help="Replace an existing database at DB.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log messages.")
     @click.option("--verbose", "-v", count=True, help="More log messages.")
     @engine_options
     @handle_errors
     def extract(images: Path, db: Path, model: str, weights: str, batch_size: int, workers: int | None,
-                shard_size: int, force: bool, quiet: bool, verbose: int, engine: str, master: str | None,
-                partitions: int | None) -> None:
+                shard_size: int, max_pixels: int, force: bool, quiet: bool, verbose: int, engine: str,
+                master: str | None, partitions: int | None) -> None:
         """Extract feature vectors of IMAGES into the database folder DB.
 
         IMAGES is a folder (searched recursively for jpg, jpeg, png, bmp, gif,
@@ -67,7 +71,7 @@ def register(group: click.Group) -> None:
         configure_logging(verbose, quiet)
         runner = make_engine(engine, master, partitions)
         config = ExtractConfig(model=model, weights=weights, batch_size=batch_size, workers=workers,
-                               shard_size=shard_size, verbose=not quiet)
+                               shard_size=shard_size, max_pixels=max_pixels, verbose=not quiet)
         s = extract_features(images, db, config, force=force, engine=runner)
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
         click.echo(f"Extracted {s.extracted} of {s.total} images{resumed} into {db} in {s.seconds:.1f} s "
@@ -153,10 +157,17 @@ def register(group: click.Group) -> None:
     def info(db: Path, as_json: bool) -> None:
         """Describe the database DB: model, counts, index and its measured recall.
 
+        Every file is checked against the manifest (the index is read too), so a
+        damaged database is reported here rather than at the next search.
+
         Example: similar-images info photos-db
         """
-        database = Database.open(db, load_index=False)
+        database = Database.open(db, mmap_index=True)  # checks the vectors, the items and the index
         m = database.manifest
+        listed = len(database.failures)
+        if listed != m.counts.failed:
+            click.echo(f"Warning: {db / str(m.files['failures'])} lists {listed} failures but the manifest counts "
+                       f"{m.counts.failed}", err=True)
         if as_json:
             click.echo(json.dumps(m.to_dict(), indent=2, ensure_ascii=False))
             return

@@ -76,6 +76,11 @@ def register(group: click.Group) -> None:
                   help="Seconds allowed to connect to a query URL and for each read from it.")
     @click.option("--fetch-deadline", default=20.0, show_default=True, type=click.FloatRange(min=0.1),
                   help="Seconds allowed for a whole URL fetch (redirects and body included).")
+    @click.option("--max-fetches", default=16, show_default=True, type=click.IntRange(1, 1024),
+                  help="URL queries fetched at once by each worker, in their own threads (slow URLs never hold "
+                       "the threads that answer other requests); more get 503 at once.")
+    @click.option("--upload-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
+                  help="Seconds allowed for receiving a whole request body; a stalled upload gets 408.")
     @click.option("--max-k", default=1000, show_default=True, type=click.IntRange(1, 10_000),
                   help="Most results a client may ask for.")
     @click.option("--no-urls", is_flag=True, help="Refuse URL queries (clients upload images or name ids).")
@@ -93,7 +98,8 @@ def register(group: click.Group) -> None:
                   help="Log every request.")
     @handle_errors
     def serve(db: Path, host: str, port: int, workers: int, weights: str | None, max_upload_mb: float,
-              fetch_timeout: float, fetch_deadline: float, max_k: int, no_urls: bool, allow_private_urls: bool,
+              fetch_timeout: float, fetch_deadline: float, max_fetches: int, upload_timeout: float, max_k: int,
+              no_urls: bool, allow_private_urls: bool,
               no_batching: bool, faiss_threads: int, log_level: str, access_log: bool) -> None:
         """Serve searches of the database DB over HTTP.
 
@@ -108,11 +114,12 @@ def register(group: click.Group) -> None:
         then: curl -F file=@cat.jpg 'http://127.0.0.1:8000/search?k=5'
         """
         configure_logging(0, log_level in ("critical", "error", "warning"))
-        database = Database.open(db, weights=weights, load_index=False)  # fail here, not in every worker
+        database = Database.open(db, weights=weights, mmap_index=True)  # fail here, not in every worker
         if weights is not None:
             resolve_weights(weights)
         config = ServeConfig(db=db, weights=weights, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                             fetch_timeout=fetch_timeout, fetch_deadline=fetch_deadline, max_k=max_k,
+                             fetch_timeout=fetch_timeout, fetch_deadline=fetch_deadline, max_fetches=max_fetches,
+                             upload_timeout=upload_timeout, max_k=max_k,
                              allow_urls=not no_urls, allow_private_urls=allow_private_urls,
                              batch_queries=not no_batching, faiss_threads=faiss_threads)
         os.environ.update(config.to_env())

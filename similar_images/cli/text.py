@@ -89,6 +89,9 @@ def register(group: click.Group) -> None:
                    f"({s.texts_per_second:.1f} texts/s); {s.failed} empty rows skipped"
                    + (f" (listed in {db / 'failures.csv'})" if s.failed else "")
                    + f", {s.duplicates} duplicates skipped")
+        if s.over_window:
+            click.echo(f"{s.over_window} texts are longer than the model's {s.window}-token window: only their start "
+                       "is embedded (they are stored whole)")
         if no_index:
             click.echo(f"Next: similar-images text build-index {db}")
             return

@@ -20,12 +20,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..sources.images import normalize_path
 
 __all__ = ["Embedder", "SpecBacked", "ItemKind", "ITEM_KINDS", "item_kind", "l2_normalize"]
 
@@ -96,7 +96,7 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def _normalize_path(item: str | os.PathLike[str]) -> str:
-    return str(Path(item).expanduser().resolve())
+    return str(normalize_path(item))  # as the image sources name files: absolute, links not resolved
 
 
 def _normalize_text(item: str | os.PathLike[str]) -> str:

@@ -59,6 +59,8 @@ class ImageEmbedder(SpecBacked):
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if max_pixels < 1:
+            raise ConfigError(f"max_pixels must be at least 1, got {max_pixels}")
         self.spec = get_model_spec(model) if isinstance(model, str) else model
         self.weights = resolve_weights(weights)
         self.backend = backend
@@ -89,7 +91,7 @@ class ImageEmbedder(SpecBacked):
     def info(self) -> dict[str, Any]:
         """Model description for manifests (what :func:`~similar_images.embed.embedder_from_info` rebuilds)."""
         info = {**self.spec.info(), "weights": weights_label(self.weights), "seed": self.seed}
-        if self.max_pixels != DEFAULT_MAX_PIXELS:
+        if self.max_pixels != DEFAULT_MAX_PIXELS:  # recorded only when changed: older manifests stay equal
             info["max_pixels"] = self.max_pixels
         if (self.backend, self.precision) != ("keras", "fp32"):
             info.update(backend=self.backend, precision=self.precision)

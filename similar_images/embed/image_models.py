@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,19 +152,31 @@ def _keras() -> Any:
     return keras
 
 
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, shortened (Keras lists every layer that failed, 48 KB)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0].split(" Example error message", 1)[0] if lines else exc.__class__.__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _load_applications_model(factory: Callable[..., Any], weights: str | None, what: str, **kwargs: Any) -> Any:
     try:
-        return factory(weights=weights, **kwargs)
+        with warnings.catch_warnings():
+            # Keras warns once per layer it cannot match ("Skipping nested container ..."): hundreds of lines for a
+            # file of another model. The error below says it in one line.
+            warnings.simplefilter("ignore", UserWarning)
+            return factory(weights=weights, **kwargs)
     except Exception as exc:  # keras raises many types for download and load failures
         if weights == "imagenet":
             raise WeightsError(
-                f"Could not download the ImageNet weights for {what} ({exc.__class__.__name__}: {exc}). "
+                f"Could not download the ImageNet weights for {what} ({exc.__class__.__name__}: {_first_line(exc)}). "
                 "Without internet access, pass --weights PATH with a local weights file "
                 "(or weights=PATH in Python)."
             ) from exc
         raise WeightsError(
-            f"Could not load weights for {what} from {weights} ({exc.__class__.__name__}: {exc}). "
-            "Check that the file matches this model (with or without its fully connected top)."
+            f"Could not load weights for {what} from {weights} ({_first_line(exc)}). The file does not match this "
+            "model: pass the weights file of this model (with or without its fully connected top, as the model "
+            "needs), or choose the model the file belongs to with --model."
         ) from exc
 
 
@@ -174,7 +187,7 @@ def _build_vgg16_fc2(weights: str | None) -> Any:
             keras.applications.VGG16, weights, "VGG16 with its fully connected layers (fc2)", include_top=True
         )
     except WeightsError as exc:
-        if weights not in (None, "imagenet") and "fc1" in str(exc):
+        if weights not in (None, "imagenet") and "fc1" in str(exc.__cause__ or exc):
             raise WeightsError(
                 f"{weights} holds only VGG16's convolutional base, without the fully connected layers that fc2 "
                 "needs. Pass the full VGG16 weights (vgg16_weights_tf_dim_ordering_tf_kernels.h5, 553 MB), "

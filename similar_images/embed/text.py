@@ -165,7 +165,12 @@ def _load_sentence_transformer(hub_name: str) -> Callable[[str | None], EncodeFn
             return model.encode(list(batch), batch_size=max(1, len(batch)), convert_to_numpy=True,
                                 normalize_embeddings=False, show_progress_bar=False)
 
+        def count_tokens(batch: Sequence[str]) -> list[int]:
+            ids = model.tokenizer(list(batch), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+            return [len(x) for x in ids]
+
         encode.model = model  # type: ignore[attr-defined]  # the SentenceTransformer, for inspection
+        encode.count_tokens = count_tokens  # type: ignore[attr-defined]  # see TextEmbedder.overlong
         return encode
 
     return load
@@ -285,6 +290,33 @@ class TextEmbedder(SpecBacked):
                 raise QueryError(f"Text {i} is empty; type some text")
         return self.embed_prepared(texts)
 
+    # ------------------------------------------------------------------ long texts
+    @property
+    def window(self) -> int | None:
+        """Tokens the encoder reads (``None``: not known); a longer text is embedded from its start only."""
+        return self.spec.max_length
+
+    def overlong(self, texts: Sequence[str]) -> list[int]:
+        """Positions of the texts longer than the encoder's window (:attr:`window` tokens, special tokens
+        included): only their start is embedded.
+
+        Counted with the encoder's own tokenizer when it has one (``encode.count_tokens``), for the texts that
+        could be that long (a token takes at least half a byte of UTF-8); otherwise by words, which undercounts.
+        """
+        window = self.window
+        if not window:
+            return []
+        maybe = [i for i, t in enumerate(texts) if 2 * len(t.encode("utf-8", "surrogatepass")) + 2 > window]
+        if not maybe:
+            return []
+        count = getattr(self.encoder, "count_tokens", None)
+        if count is None:
+            return [i for i in maybe if len(texts[i].split()) > window]
+        lengths: list[int] = []
+        for start in range(0, len(maybe), 1024):
+            lengths += count([texts[i] for i in maybe[start:start + 1024]])
+        return [i for i, n in zip(maybe, lengths, strict=True) if n > window]
+
     # ------------------------------------------------------------------ queries
     def coerce_query(self, query: Any, **_: Any) -> str:
         """A text query: a non-empty string that is not the path of an image file.
@@ -300,4 +332,7 @@ class TextEmbedder(SpecBacked):
         if "\n" not in text and Path(text).suffix.lower() in IMAGE_EXTENSIONS and Path(text).expanduser().is_file():
             raise QueryError(f"{text} is an image file, and this database holds texts: type some text, "
                              "or search an image database with it")
+        if self.overlong([query]):
+            logger.warning("The query (%s characters) is longer than the %s-token window of %s: only its start is "
+                           "used", f"{len(query):,}", self.window, self.spec.name)
         return query

@@ -63,6 +63,9 @@ class IndexConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value}")
         if self.eval_queries < 0:
             raise ConfigError(f"eval_queries must be >= 0, got {self.eval_queries}")
+        if self.factory is not None and not self.factory.strip():
+            raise ConfigError("The index description is empty; give a Faiss index_factory string such as 'Flat', "
+                              "'IVF256,PQ16' or 'HNSW32', or leave it out for the default")
 
 
 @dataclass
@@ -173,7 +176,7 @@ def build_index(vectors: np.ndarray, config: IndexConfig | None = None,
     config = config or IndexConfig()
     n, d = vectors.shape
     ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-    factory = config.factory or default_factory(n, d)
+    factory = config.factory if config.factory is not None else default_factory(n, d)
     t_start = time.perf_counter()
     index, n_train, train_seconds = train_index(vectors, factory, train_size=config.train_size, seed=config.seed)
     t0 = time.perf_counter()

@@ -146,13 +146,31 @@ def make_index(factory: str, d: int, *, metric: str = "ip") -> Any:
     return index if native_ids else faiss.IndexIDMap2(index)
 
 
+#: Graph sizes Faiss accepts in a description but crashes or never finishes with (measured with faiss 1.x:
+#: ``HNSW1`` segfaults when vectors are added, ``NSG2`` and ``NSG4`` never finish building), and the largest
+#: that fit in memory for any useful number of vectors.
+_GRAPH_LIMITS = {"HNSW": (2, 1024), "NSG": (8, 1024)}
+
+
 def _check_factory_numbers(factory: str) -> None:
-    """Refuse sizes that Faiss would accept and then abort on (``HNSW0`` kills the process in ``add``)."""
-    for name, value in re.findall(r"(HNSW|IVF|PQ|NSG|OPQ|PCA|RR)(\d+)", factory):
-        if int(value) < 1:
+    """Refuse sizes that Faiss accepts and then aborts, segfaults or hangs on.
+
+    Every number in a description is a size (lists, sub-quantizers, bits, neighbours, dimensions), and Faiss
+    does not check them: ``HNSW0`` aborts, ``PQ4x0``, ``RQ0x8``, ``OPQ4_0`` and ``PCAR0`` crash the process.
+    """
+    for match in re.finditer(r"\d+", factory):
+        if int(match.group()) == 0:
+            start = max(0, match.start() - 8)
             raise IndexTrainingError(
-                f"Invalid index description {factory!r}: {name}{value} needs a size of at least 1 "
-                f"(for example {name}32)."
+                f"Invalid index description {factory!r}: every number in it is a size and must be at least 1 "
+                f"(found 0 in {factory[start:match.end()]!r}). Examples: 'Flat', 'IVF256,PQ16', 'HNSW32'."
+            )
+    for name, value in re.findall(r"(HNSW|NSG)(\d+)", factory):
+        low, high = _GRAPH_LIMITS[name]
+        if not low <= int(value) <= high:
+            raise IndexTrainingError(
+                f"Invalid index description {factory!r}: {name}{value} needs from {low} to {high} neighbours "
+                f"per vector (for example {name}32)."
             )
 
 

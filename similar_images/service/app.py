@@ -29,6 +29,7 @@ FastAPI is imported inside :func:`create_app`, so importing this module is cheap
 annotations`` here: FastAPI reads the routes' annotations, whose types are imported inside :func:`create_app`.)
 """
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -41,7 +42,14 @@ from ..errors import SimilarImagesError
 from ..methods.explain import explanation_png
 from .api_docs import render_api_docs
 from .config import ServeConfig
-from .errors import BadRequestError, InvalidQueryError, PayloadTooLargeError, UnsupportedMediaTypeError, status_for
+from .errors import (
+    BadRequestError,
+    InvalidQueryError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+    status_for,
+)
 from .logic import ServiceState
 
 if TYPE_CHECKING:
@@ -60,6 +68,9 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 
                415: "unsupported_media_type", 422: "invalid_parameter"}
 
 _JSON_FIELDS = {"url", "id", "k", "exact", "nprobe", "ef_search"}
+#: Largest JSON or url-encoded body: they hold a few fields (a URL of at most 2,048 characters, an id ...), and
+#: are parsed on the event loop.
+MAX_FIELDS_BYTES = 64 * 1024
 _FORM_FIELDS = _JSON_FIELDS | {"file"}
 
 _POST_SEARCH_DOC = """Search with an uploaded image, an image URL, or a database id.
@@ -70,7 +81,9 @@ Send one of:
 * `application/json`: `{"url": "https://...", "k": 8}` or `{"id": 3, "k": 8}`.
 * a raw body with `Content-Type: image/jpeg` (or any `image/*`); `k` etc. in the query string.
 
-Bodies over the server's size limit are refused with 413 before they are read.
+Bodies over the server's size limit (64 KiB for JSON and url-encoded bodies) are refused with 413 before they
+are read; a body not received within the server's upload timeout gets 408. URL queries are fetched in their own
+threads: when the server is fetching its maximum number of URLs, it answers 503 at once.
 """
 
 _SEARCH_OPTIONS_SCHEMA = {
@@ -138,7 +151,10 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.service = await run_in_threadpool(ServiceState.load, cfg)
-        yield
+        try:
+            yield
+        finally:
+            app.state.service.close()
 
     app = FastAPI(
         title="similar-images search service",
@@ -177,8 +193,9 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
 
     error_responses: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorOut, "description": desc} for code, desc in (
-            (400, "Bad request or bad URL"), (404, "Unknown id"), (413, "Body too large"),
-            (415, "Not an image"), (422, "Invalid parameter"), (502, "The URL could not be fetched"))
+            (400, "Bad request or bad URL"), (404, "Unknown id"), (408, "The body was not received in time"),
+            (413, "Body too large"), (415, "Not an image"), (422, "Invalid parameter"),
+            (502, "The URL could not be fetched"), (503, "Busy fetching other URLs; try again shortly"))
     }
 
     def service(request: Request) -> ServiceState:
@@ -226,13 +243,20 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
         return HTMLResponse(render_api_docs(app.openapi(), openapi_url=openapi_url), headers=_DOCS_HEADERS)
 
     @app.get("/health", summary="Status of the worker that answers")
-    def health(request: Request) -> dict[str, Any]:
+    async def health(request: Request) -> dict[str, Any]:  # on the event loop: answers however busy the threads
         """The worker's process id, the database (items, model, index) and the server's limits."""
         return service(request).health()
 
+    async def fetched(state: ServiceState, url: Any) -> bytes | None:
+        """The body of a URL query, fetched in the service's fetch threads (a slow URL holds one of those, never
+        a thread that answers other requests); ``None`` without a URL."""
+        if url is None:
+            return None
+        return await asyncio.wrap_future(state.start_fetch(url))
+
     @app.get("/search", response_model=SearchOut, responses=error_responses,
              summary="Search with a database id or an image URL")
-    def search_get(
+    async def search_get(
         request: Request,
         id: int | None = Query(None, description="A database id: its stored vector is the query."),
         url: str | None = Query(None, description="An http(s) address of the query image."),
@@ -242,11 +266,19 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
         ef_search: int | None = Query(None, ge=1, description="HNSW search depth."),
     ) -> JSONResponse:
         """Give exactly one of `id` and `url`. Results are best first, with cosine similarity scores."""
-        out = service(request).search_request(item_id=id, url=url, k=k, exact=exact, nprobe=nprobe,
-                                              ef_search=ef_search)
+        state = service(request)
+        data = await fetched(state, url) if id is None else None
+        out = await run_in_threadpool(state.search_request, item_id=id, url=url, k=k, exact=exact, nprobe=nprobe,
+                                      ef_search=ef_search, fetched=data)
         return JSONResponse(out)
 
     async def _read_body(request: Request, limit: int) -> bytes:
+        try:
+            return await asyncio.wait_for(_read_body_now(request, limit), cfg.upload_timeout)
+        except asyncio.TimeoutError:  # TimeoutError from Python 3.11
+            raise RequestTimeoutError(f"The request body was not received within {cfg.upload_timeout:g} s") from None
+
+    async def _read_body_now(request: Request, limit: int) -> bytes:
         length = request.headers.get("content-length")
         if length is not None:
             if not length.strip().isdigit():
@@ -271,7 +303,9 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
     async def search_post(request: Request) -> JSONResponse:
         state = service(request)
         mime = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-        body = await _read_body(request, state.config.max_upload_bytes)
+        fields_only = mime in ("application/json", "application/x-www-form-urlencoded")  # no image in these
+        body = await _read_body(request, min(MAX_FIELDS_BYTES, state.config.max_upload_bytes) if fields_only
+                                else state.config.max_upload_bytes)
         fields_: dict[str, Any] = {k: v for k, v in request.query_params.items() if k in _JSON_FIELDS}
         data: bytes | None = None
         filename: str | None = None
@@ -317,10 +351,14 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
         else:
             raise UnsupportedMediaTypeError(f"Unsupported Content-Type {mime or 'none'!r}: use multipart/form-data, "
                                        "application/json or image/*")
+        only_url = fields_.get("url") is not None and fields_.get("id") is None and data is None
+        if only_url:
+            state.check_k(fields_.get("k"))  # before the fetch, not after it
+        url_data = await fetched(state, fields_["url"]) if only_url else None
         result = await run_in_threadpool(
             state.search_request, item_id=fields_.get("id"), url=fields_.get("url"), data=data, filename=filename,
             k=fields_.get("k"), exact=fields_.get("exact", False), nprobe=fields_.get("nprobe"),
-            ef_search=fields_.get("ef_search"))
+            ef_search=fields_.get("ef_search"), fetched=url_data)
         return JSONResponse(result)
 
     @app.get("/explain", response_class=Response, summary="Why a result is similar to a query",

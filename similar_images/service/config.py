@@ -34,6 +34,10 @@ class ServeConfig:
         max_upload_bytes: Largest accepted request body (and fetched URL body).
         fetch_timeout: Seconds allowed for connecting to a query URL and for each read.
         fetch_deadline: Seconds allowed for a whole URL fetch (redirects and body included).
+        max_fetches: URL fetches one worker runs at once, in their own threads (so that slow URLs never hold
+            the threads that answer other requests); a URL query beyond them is answered 503 at once.
+        upload_timeout: Seconds allowed for receiving a whole request body (a client that stalls mid-upload
+            gets 408).
         allow_urls: Whether URL queries are accepted.
         allow_private_urls: Whether URL queries may name loopback, private, link-local or other internal
             addresses (checked after the name lookup, on every redirect). Off by default: a client could
@@ -56,6 +60,8 @@ class ServeConfig:
     max_upload_bytes: int = 20 * 1024 * 1024
     fetch_timeout: float = 10.0
     fetch_deadline: float = 20.0
+    max_fetches: int = 16
+    upload_timeout: float = 30.0
     allow_urls: bool = True
     allow_private_urls: bool = False
     max_k: int = 1000
@@ -74,6 +80,9 @@ class ServeConfig:
         if self.fetch_timeout <= 0 or self.fetch_deadline <= 0:
             raise ConfigError(f"fetch_timeout and fetch_deadline must be positive, got {self.fetch_timeout} and "
                               f"{self.fetch_deadline}")
+        if self.max_fetches < 1 or self.upload_timeout <= 0:
+            raise ConfigError(f"max_fetches must be at least 1 and upload_timeout positive, got {self.max_fetches} "
+                              f"and {self.upload_timeout}")
         if not 1 <= self.max_k <= 10_000:
             raise ConfigError(f"max_k must be from 1 to 10000, got {self.max_k}")
         if self.default_k < 1:

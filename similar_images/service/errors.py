@@ -34,6 +34,8 @@ __all__ = [
     "BadRequestError",
     "PayloadTooLargeError",
     "UnsupportedMediaTypeError",
+    "RequestTimeoutError",
+    "ServiceBusyError",
     "STATUS_BY_ERROR",
     "status_for",
 ]
@@ -83,10 +85,20 @@ class UnsupportedMediaTypeError(ServiceError):
     """The request body has a content type the service does not take."""
 
 
+class RequestTimeoutError(ServiceError):
+    """The client did not send the whole request body in time."""
+
+
+class ServiceBusyError(ServiceError):
+    """Too many requests of one kind (URL fetches) are in progress; the client may retry later."""
+
+
 #: ``(error type, HTTP status, error code, message prefix)``; the first type an error is an instance of wins,
 #: so subclasses come before their bases.
 STATUS_BY_ERROR: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (PayloadTooLargeError, 413, "too_large", ""),
+    (RequestTimeoutError, 408, "request_timeout", ""),
+    (ServiceBusyError, 503, "busy", ""),
     (UnsupportedMediaTypeError, 415, "unsupported_media_type", ""),
     (BadRequestError, 400, "bad_request", ""),
     (URLsDisabledError, 403, "urls_disabled", ""),

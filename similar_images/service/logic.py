@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from .errors import (
     InvalidParameterError,
     InvalidQueryError,
     NotAnImageDatabaseError,
+    ServiceBusyError,
     UnreadableStoredImageError,
     UnsupportedQueryError,
     URLsDisabledError,
@@ -94,6 +96,13 @@ class ServiceState:
     load_seconds: float = 0.0
     pid: int = field(default_factory=os.getpid)
     explain_lock: threading.Lock = field(default_factory=threading.Lock)
+    fetch_pool: ThreadPoolExecutor | None = None
+    fetch_slots: threading.BoundedSemaphore | None = None
+
+    def __post_init__(self) -> None:
+        if self.fetch_pool is None:
+            self.fetch_pool = ThreadPoolExecutor(max_workers=self.config.max_fetches, thread_name_prefix="url-fetch")
+            self.fetch_slots = threading.BoundedSemaphore(self.config.max_fetches)
 
     @classmethod
     def load(cls, config: ServeConfig) -> ServiceState:
@@ -136,6 +145,7 @@ class ServiceState:
             "model_calls": self.embedder.model_calls if self.embedder is not None else 0,
             "limits": {"max_upload_bytes": self.config.max_upload_bytes, "max_k": self.config.max_k,
                        "fetch_timeout_s": self.config.fetch_timeout, "fetch_deadline_s": self.config.fetch_deadline,
+                       "max_fetches": self.config.max_fetches, "upload_timeout_s": self.config.upload_timeout,
                        "urls": self.config.allow_urls, "private_urls": self.config.allow_private_urls},
         }
 
@@ -169,6 +179,32 @@ class ServiceState:
         self.require_images()
         return fetch_url(url, self.fetch_config)
 
+    def start_fetch(self, url: Any) -> Future[bytes]:
+        """Fetch a query image in the fetch threads (see :attr:`ServeConfig.max_fetches`), not the caller's.
+
+        Returns:
+            A future of the body bytes (it raises what :meth:`fetch` raises).
+
+        Raises:
+            ServiceBusyError: If ``max_fetches`` fetches are already running.
+        """
+        assert self.fetch_pool is not None and self.fetch_slots is not None
+        if not self.fetch_slots.acquire(blocking=False):
+            raise ServiceBusyError(f"{self.config.max_fetches} URL queries are being fetched already; try again "
+                                   "shortly, or upload the image")
+        try:
+            future = self.fetch_pool.submit(self.fetch, url)
+        except BaseException:
+            self.fetch_slots.release()
+            raise
+        future.add_done_callback(lambda _: self.fetch_slots.release())  # type: ignore[union-attr]
+        return future
+
+    def close(self) -> None:
+        """Stop the fetch threads (fetches in progress end at their deadline)."""
+        if self.fetch_pool is not None:
+            self.fetch_pool.shutdown(wait=False, cancel_futures=True)
+
     # ---------------------------------------------------------------- search
     def search(self, query: Any, k: int, query_info: dict[str, Any], *, exact: bool = False,
                nprobe: int | None = None, ef_search: int | None = None) -> dict[str, Any]:
@@ -192,8 +228,11 @@ class ServiceState:
 
     def search_request(self, *, item_id: Any = None, url: Any = None, data: bytes | None = None,
                        filename: str | None = None, k: Any = None, exact: Any = False, nprobe: Any = None,
-                       ef_search: Any = None) -> dict[str, Any]:
-        """Validate one request's fields (exactly one of id, url, data) and search (blocking)."""
+                       ef_search: Any = None, fetched: bytes | None = None) -> dict[str, Any]:
+        """Validate one request's fields (exactly one of id, url, data) and search (blocking).
+
+        ``fetched`` is the body of ``url`` when the caller fetched it already (see :meth:`start_fetch`).
+        """
         t0 = time.perf_counter()
         given = [name for name, v in (("file", data), ("url", url), ("id", item_id)) if v is not None]
         if len(given) != 1:
@@ -209,7 +248,7 @@ class ServiceState:
             query = self.db.check_id(as_int(item_id, "id"))
             info: dict[str, Any] = {"type": "id", "id": query}
         elif url is not None:
-            query = self.fetch(url)
+            query = fetched if fetched is not None else self.fetch(url)
             info = {"type": "url", "url": url.strip(), "bytes": len(query)}
         else:
             assert data is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageLoadError, NoInputsError, SourceNotFoundError
+from ..errors import ConfigError, ImageLoadError, NoInputsError, SourceNotFoundError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -31,6 +32,7 @@ __all__ = [
     "read_file_list",
     "collect_inputs",
     "file_signature",
+    "normalize_path",
     "load_image",
     "prepare_array",
 ]
@@ -58,7 +60,8 @@ def find_images(root: str | os.PathLike[str], *, follow_symlinks: bool = False) 
 
     Returns:
         Absolute paths of files whose extension is in :data:`IMAGE_EXTENSIONS`,
-        sorted by their path relative to ``root``.
+        sorted by their path relative to ``root``; symbolic links are listed
+        under their own names (see :func:`normalize_path`).
 
     Raises:
         SourceNotFoundError: If ``root`` does not exist or is not a folder.
@@ -68,24 +71,24 @@ def find_images(root: str | os.PathLike[str], *, follow_symlinks: bool = False) 
         raise SourceNotFoundError(f"Image folder not found: {root}")
     if not root.is_dir():
         raise SourceNotFoundError(f"Expected a folder of images, got a file: {root} (use a file list instead)")
+    root = normalize_path(root)
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath, name).resolve())
-    root_resolved = root.resolve()
-    found.sort(key=lambda p: p.relative_to(root_resolved).as_posix() if p.is_relative_to(root_resolved) else str(p))
+                found.append(Path(dirpath, name))  # under the folder's own name: links are not resolved
+    found.sort(key=lambda p: p.relative_to(root).as_posix())
     return found
 
 
 def read_file_list(path: str | os.PathLike[str]) -> list[Path]:
     """Read a file list: one image path per line; blank lines and ``#`` comments ignored.
 
-    Relative paths are resolved against the list's own folder.
+    Relative paths are taken from the list's own folder.
     """
     path = Path(path).expanduser()
-    base = path.resolve().parent
+    base = normalize_path(path).parent
     out: list[Path] = []
     with open(path, encoding="utf-8") as fh:
         for line in fh:
@@ -97,7 +100,32 @@ def read_file_list(path: str | os.PathLike[str]) -> list[Path]:
     return out
 
 
-def _open(source: ImageSource) -> Image.Image:
+_PILLOW_GUARD_LOCK = threading.Lock()
+
+
+def _widen_pillow_guard(max_pixels: int) -> None:
+    """Make Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, 89.5 MP) at least ``max_pixels``.
+
+    Pillow refuses images over its limit before :func:`load_image` can apply ``max_pixels``; the limit is
+    process-wide, so it is only ever raised (to the largest ``max_pixels`` asked for), never lowered, and a
+    limit switched off (``None``) stays off. :func:`load_image` applies ``max_pixels`` itself.
+    """
+    current = Image.MAX_IMAGE_PIXELS
+    if current is None or current >= max_pixels:
+        return
+    with _PILLOW_GUARD_LOCK:
+        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _too_large(w: int, h: int, max_pixels: int) -> ImageLoadError:
+    return ImageLoadError(
+        f"image too large: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
+        "(a guard against decompression bombs; raise max_pixels if the image is trusted)"
+    )
+
+
+def _open(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -120,11 +148,15 @@ def _open(source: ImageSource) -> Image.Image:
             f"unsupported image source of type {type(source).__name__}; "
             "pass a path, bytes, a file object or a PIL image"
         )
+    _widen_pillow_guard(max_pixels)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # load_image checks max_pixels
             return Image.open(fp)
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(f"image too large: {exc} (the limit is {max_pixels:,} pixels, a guard against "
+                             "decompression bombs; raise max_pixels if the image is trusted)") from exc
+    except UnidentifiedImageError as exc:
         raise ImageLoadError(f"not a readable image ({exc.__class__.__name__}: {exc})") from exc
     except PermissionError as exc:
         raise ImageLoadError(f"permission denied: {exc.filename or source}") from exc
@@ -175,16 +207,15 @@ def load_image(
         ImageLoadError: If the source is missing, empty, truncated, corrupt,
             not an image, or too large.
     """
-    img = _open(source)
+    if max_pixels < 1:
+        raise ConfigError(f"max_pixels must be at least 1, got {max_pixels}")
+    img = _open(source, max_pixels)
     try:
         w, h = img.size
         if w <= 0 or h <= 0:
             raise ImageLoadError(f"invalid image size {w}x{h}")
         if w * h > max_pixels:
-            raise ImageLoadError(
-                f"image too large: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
-                "(a guard against decompression bombs; raise max_pixels if the image is trusted)"
-            )
+            raise _too_large(w, h, max_pixels)
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # animated GIF/WebP/TIFF: first frame
         owned = not isinstance(source, Image.Image)  # never change a caller's image in place
@@ -197,7 +228,9 @@ def load_image(
         return _to_rgb(img)
     except ImageLoadError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # a frame or tile larger than the image says
+        raise ImageLoadError(f"image too large: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"corrupt or truncated image ({exc})") from exc
 
 
@@ -214,8 +247,32 @@ def prepare_array(
     return np.asarray(img, dtype=np.uint8)
 
 
+def normalize_path(path: str | os.PathLike[str]) -> Path:
+    """An absolute path with ``~``, ``.`` and ``..`` taken out, **without resolving symbolic links**.
+
+    The same file named relatively, absolutely or through ``..`` gets one name (so one id in a database),
+    and a link keeps its own name (so it is reported under the name the user gave, not its target's).
+    """
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def _unique(paths: list[Path], where: str) -> list[Path]:
+    seen: set[Path] = set()
+    out = []
+    for p in paths:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    if len(out) < len(paths):
+        logger.info("%d paths in %s name a file already listed; each file is used once", len(paths) - len(out),
+                    where)
+    return out
+
+
 def collect_inputs(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Resolve an image input: a folder (searched recursively), a file list (one path a line), or paths.
+
+    Every path is normalised with :func:`normalize_path` (absolute, links kept) and listed once.
 
     Raises:
         SourceNotFoundError: If a folder or file list does not exist.
@@ -233,7 +290,7 @@ def collect_inputs(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[s
     else:
         paths = [Path(x).expanduser() for x in inputs]
         where = "the given paths"
-    paths = [x if x.is_absolute() else x.resolve() for x in paths]
+    paths = _unique([normalize_path(x) for x in paths], where)
     if not paths:
         raise NoInputsError(
             f"No images found in {where}. Expected files ending in .jpg, .jpeg, .png, .bmp, .gif, .webp or .tiff "

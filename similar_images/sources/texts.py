@@ -19,7 +19,17 @@ from typing import Any
 
 from ..errors import ConfigError, SourceNotFoundError, TextInputError
 
-__all__ = ["TextTable", "read_texts"]
+__all__ = ["TextTable", "read_texts", "shorten"]
+
+#: Characters of a text shown in a table of results (the rest is summarised).
+DISPLAY_CHARS = 300
+
+
+def shorten(text: str, limit: int = DISPLAY_CHARS) -> str:
+    """``text`` for a display: at most ``limit`` characters, then how many more there are."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit].rstrip()}... [{len(text) - limit:,} more characters]"
 
 
 def _clean(value: Any) -> str | None:
@@ -152,7 +162,8 @@ def _read_file(path: Path, *, column: str, limit: int | None, dedupe: bool, enco
                 delimiter = csv.Sniffer().sniff(head, delimiters=",\t;|").delimiter
             except csv.Error:
                 pass
-        reader = csv.reader(fh, delimiter=delimiter)
+        # strict: a quote that is never closed is an error, not every following line read into one text
+        reader = csv.reader(fh, delimiter=delimiter, strict=True)
         header = next(reader, None)
         if header is None:
             raise TextInputError(f"{path} is empty; expected a header row with a {column!r} column")
@@ -169,10 +180,25 @@ def _read_file(path: Path, *, column: str, limit: int | None, dedupe: bool, enco
 
         def values() -> Iterator[tuple[int, str, Any]]:
             i = 0
-            for rec in reader:
-                if not rec:  # a blank line is no row
-                    continue
-                i += 1
-                yield i, f"{path.name} row {i} (line {reader.line_num})", rec[col] if col < len(rec) else None
+            start = reader.line_num + 1  # the line the next record starts on
+            try:
+                for rec in reader:
+                    if rec:  # a blank line is no row
+                        i += 1
+                        yield i, f"{path.name} row {i} (line {start})", rec[col] if col < len(rec) else None
+                    start = reader.line_num + 1
+            except csv.Error as exc:
+                raise TextInputError(_quote_error(path, exc, start, reader.line_num)) from None
 
         return _collect(values(), limit=limit, dedupe=dedupe)
+
+
+def _quote_error(path: Path, exc: csv.Error, start: int, end: int) -> str:
+    """Say which quote broke a CSV file, and how to fix it."""
+    if "unexpected end of data" in str(exc):
+        return (f"{path} line {start}: a quote (\") opens a text that is never closed, so the {end - start + 1:,} "
+                f"lines from there to the end of the file would be read as one text. Close the quote, double "
+                f"quotes inside quoted texts (\"\"), or remove the stray quote.")
+    return (f"{path} line {end}: {exc} (in the record that starts on line {start}). A quote (\") opened on line "
+            f"{start} seems never to be closed where it should be; close it, or double quotes inside quoted "
+            f"texts (\"\").")

@@ -28,6 +28,7 @@ are thin calls of :func:`build_database`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -45,7 +46,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._util import io as _io
-from ..embed import Embedder, embedder_from_info, item_kind
+from .._util.locks import LockTimeoutError, file_lock
+from ..embed import Embedder, embedder_from_info, item_kind, l2_normalize
 from ..errors import ConfigError, DatabaseError, DatabaseExistsError, InputError
 from .folder import FAILURES, ITEMS, PARTIAL_DIR, VECTORS, remove_database_files, write_failures, write_items
 from .locking import database_lock
@@ -62,6 +64,7 @@ __all__ = [
     "write_database",
     "write_shard",
     "shard_done",
+    "remove_stale_work_dirs",
     "PLAN",
 ]
 
@@ -350,6 +353,33 @@ class LocalEngine:
                 yield pos, value, err
 
 
+def _valid_shard(job: BuildJob, shard: int) -> bool:
+    """Whether ``shard`` is committed and whole: its marker names its own positions and a readable vectors file
+    of the right shape. A damaged shard is removed (and embedded again) with a warning."""
+    meta_path = _shard_meta(job.partial, shard)
+    if not meta_path.exists():
+        return False
+    try:
+        meta = _io.read_json(meta_path)
+        name, ok, failures = meta["vectors"], meta["ok"], meta["failures"]
+        if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"bad vectors file name {name!r}")
+        positions = [int(i) for i in ok] + [int(i) for i, _ in failures]
+        if sorted(positions) != list(job.shard_items(shard)):
+            raise ValueError("its positions are not those of the shard")
+        vectors = np.load(job.partial / name, mmap_mode="r", allow_pickle=False)
+        if vectors.dtype != np.float32 or vectors.shape != (len(ok), job.dim):
+            raise ValueError(f"vectors of shape {vectors.shape} ({vectors.dtype}) for {len(ok)} items")
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        logger.warning("Shard %d of the interrupted build in %s is damaged (%s); embedding it again", shard,
+                       job.partial, exc)
+        meta_path.unlink(missing_ok=True)
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- the plan
 def _digest(items: Sequence[str]) -> str:
     h = hashlib.sha256()
@@ -374,8 +404,12 @@ def _load_or_create_plan(partial: Path, items: list[str], settings: dict[str, An
     if plan_file.exists():
         try:
             saved = _io.read_json(plan_file)
+            if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict):
+                raise ValueError("not a plan")
             saved_items = _read_plan_items(partial / _PLAN_ITEMS)
-        except (OSError, ValueError, KeyError) as exc:
+            if len(saved_items) != saved.get("n"):
+                raise ValueError(f"{partial / _PLAN_ITEMS} is damaged")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             saved, saved_items = None, None
             logger.warning("The plan of the interrupted build in %s is unreadable (%s); starting over", partial, exc)
         if saved is not None and saved_items is not None and saved.get("settings") == settings:
@@ -402,7 +436,10 @@ def _load_or_create_plan(partial: Path, items: list[str], settings: dict[str, An
 
 def _read_plan_items(path: Path) -> list[str]:
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
+        items = [json.loads(line) for line in fh]
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError(f"{path} is damaged")
+    return items
 
 
 def _plan_settings(embedder_info: dict[str, Any], kind: str, shard_size: int) -> dict[str, Any]:
@@ -428,7 +465,8 @@ def write_database(
         kind: The kind of items (``"image"`` or ``"text"``).
         model: The embedder's ``info()`` (must contain ``name`` and ``dim``).
         items: Path (or text) of each vector, in order; item ``i`` gets id ``i``.
-        vector_chunks: Arrays of shape ``(m, dim)`` whose rows concatenate to one per item.
+        vector_chunks: Arrays of shape ``(m, dim)`` whose rows concatenate to one per item (L2-normalised
+            here, as the manifest says they are: searches score by inner product).
         failures: ``(item, reason)`` of inputs that could not be used.
         extra: More manifest sections (e.g. extraction settings).
         force: Replace an existing database.
@@ -454,7 +492,7 @@ def write_database(
             arr = np.ascontiguousarray(chunk, dtype=np.float32)
             if arr.ndim != 2 or arr.shape[1] != dim:
                 raise ValueError(f"Vectors of shape {arr.shape} do not match the model dimension {dim}")
-            fh.write(arr.tobytes())
+            fh.write(_unit_rows(arr).tobytes())
             n += len(arr)
     if n != len(items):
         (db / VECTORS).unlink(missing_ok=True)
@@ -467,6 +505,17 @@ def write_database(
     manifest.save(db)
     logger.info("Wrote database %s: %d items, %d failures", db, n, len(failures))
     return manifest
+
+
+def _unit_rows(arr: np.ndarray) -> np.ndarray:
+    """``arr`` with every row of unit length (zero rows stay zero); rows that already are keep their exact bits."""
+    norms = np.linalg.norm(arr, axis=1)
+    off = np.flatnonzero((np.abs(norms - 1.0) > 1e-5) & (norms > 0))
+    if not len(off):
+        return arr
+    arr = arr.copy()
+    arr[off] = l2_normalize(arr[off])
+    return arr
 
 
 # --------------------------------------------------------------------------- the build
@@ -524,7 +573,7 @@ def build_database(
         job = BuildJob(partial=partial, items=items, shard_size=config.shard_size, batch_size=config.batch_size,
                        workers=config.workers or min(8, os.cpu_count() or 1), embedder_info=info,
                        kind=embedder.kind, dim=embedder.dim)
-        todo = [s for s in range(job.n_shards) if not shard_done(partial, s)]
+        todo = [s for s in range(job.n_shards) if not _valid_shard(job, s)]
         done_before = len(items) - sum(len(job.shard_items(s)) for s in todo)
         if done_before:
             logger.info("Resuming: %d of %d items already done", done_before, len(items))
@@ -545,7 +594,7 @@ def build_database(
                     t0 = time.perf_counter()
                 (engine or LocalEngine()).run(job, todo, embedder, progress)
         seconds = time.perf_counter() - t0
-        missing = [s for s in range(job.n_shards) if not shard_done(partial, s)]
+        missing = [s for s in range(job.n_shards) if not _valid_shard(job, s)]
         if missing:
             raise DatabaseError(f"{len(missing)} shard(s) of the build were not committed (first: {missing[0]}); "
                                 "run the same command again to finish them")
@@ -583,7 +632,8 @@ def _finished_build(db: Path, partial: Path, settings: dict[str, Any]) -> BuildS
         manifest = Manifest.load(db)
     except (OSError, ValueError, DatabaseError):
         return None
-    if saved.get("settings") != settings or manifest.extra.get("build", {}).get("plan_digest") != saved.get("digest"):
+    if not isinstance(saved, dict) or saved.get("settings") != settings \
+            or manifest.extra.get("build", {}).get("plan_digest") != saved.get("digest"):
         return None
     logger.info("%s is already complete (an earlier run stopped while cleaning up); removing %s", db, partial)
     shutil.rmtree(partial, ignore_errors=True)
@@ -603,8 +653,8 @@ def embed_items(items: Sequence[str], embedder: Embedder, db_path: str | os.Path
     """
     config = config or BuildConfig()
     db = Path(db_path).expanduser()
-    work = Path(tempfile.mkdtemp(prefix=".adding-", dir=db))
-    try:
+    remove_stale_work_dirs(db)
+    with _work_dir(db) as work:
         job = BuildJob(partial=work, items=[str(x) for x in items], shard_size=config.shard_size,
                        batch_size=config.batch_size, workers=config.workers or min(8, os.cpu_count() or 1),
                        embedder_info=embedder.info(), kind=embedder.kind, dim=embedder.dim)
@@ -614,7 +664,67 @@ def embed_items(items: Sequence[str], embedder: Embedder, db_path: str | os.Path
         ok = [job.items[i] for m in metas for i in m["ok"]]
         vectors = [np.load(work / m["vectors"], allow_pickle=False) for m in metas]
         failures = [(job.items[i], r) for m in metas for i, r in m["failures"]]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     arr = np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim), dtype=np.float32)
     return ok, arr, failures
+
+
+# --------------------------------------------------------------------------- work folders of adds
+_WORK_PREFIX = ".adding-"
+#: Lock files of work folders older than this (seconds) whose folder is gone are removed.
+_ORPHAN_LOCK_AGE = 3600.0
+
+
+@contextlib.contextmanager
+def _work_dir(db: Path) -> Iterator[Path]:
+    """A new ``DB/.adding-XXXX/`` folder for the shards of an add, removed afterwards.
+
+    Its lock file (``.adding-XXXX.lock``) is locked before the folder is made and unlocked after it is removed,
+    so that :func:`remove_stale_work_dirs` removes only the folders of adds that were killed.
+    """
+    fd, lock_name = tempfile.mkstemp(prefix=_WORK_PREFIX, suffix=".lock", dir=db)
+    os.close(fd)
+    lock = Path(lock_name)
+    work = lock.with_suffix("")
+    try:
+        with file_lock(lock, timeout=0):
+            work.mkdir()
+            try:
+                yield work
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def remove_stale_work_dirs(db: str | os.PathLike[str]) -> list[Path]:
+    """Remove the ``.adding-*`` folders that killed adds left in ``db`` (those whose lock nobody holds).
+
+    Returns:
+        The folders removed.
+    """
+    db = Path(db)
+    removed: list[Path] = []
+    for work in db.glob(_WORK_PREFIX + "*"):
+        if work.suffix == ".lock":
+            if not work.with_suffix("").exists() and time.time() - _mtime(work) > _ORPHAN_LOCK_AGE:
+                work.unlink(missing_ok=True)
+            continue
+        if not work.is_dir():
+            continue
+        lock = work.with_name(work.name + ".lock")
+        try:
+            with file_lock(lock, timeout=0):
+                shutil.rmtree(work, ignore_errors=True)
+                lock.unlink(missing_ok=True)
+        except LockTimeoutError:
+            continue  # an add in progress
+        removed.append(work)
+        logger.info("Removed %s, left by an interrupted add", work)
+    return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()

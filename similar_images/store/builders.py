@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,8 @@ __all__ = [
     "TextBuildSummary",
     "build_text_database",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- images
@@ -173,6 +176,10 @@ class TextBuildSummary:
     seconds: float
     texts_per_second: float
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: Texts longer than the encoder's window (embedded from their start only; stored whole).
+    over_window: int = 0
+    #: The encoder's window in tokens (``None``: not known).
+    window: int | None = None
 
 
 def build_text_database(source: str | os.PathLike[str] | Sequence[Any], db_path: str | os.PathLike[str],
@@ -205,9 +212,16 @@ def build_text_database(source: str | os.PathLike[str] | Sequence[Any], db_path:
                        encoding=config.encoding)
     embedder = embedder or TextEmbedder(config.encoder, config.source, batch_size=config.batch_size)
     where = str(Path(source).expanduser().resolve()) if isinstance(source, (str, os.PathLike)) else None
+    over = embedder.overlong(table.texts)
+    if over:
+        first = table.rows[over[0]]
+        logger.warning("%d of %d texts are longer than the %s-token window of %s (the first: row %d): only their "
+                       "start is embedded; they are stored whole", len(over), len(table.texts), embedder.window,
+                       embedder.spec.name, first)
 
     def extra(s: BuildSummary) -> dict[str, Any]:
         return {"text_build": {**{k: v for k, v in asdict(config).items() if k != "verbose"}, "input": where,
+                               "texts_over_window": len(over), "window_tokens": embedder.window,
                                "rows_read": table.rows_read, "duplicates_skipped": table.duplicates,
                                "seconds_last_run": round(s.seconds, 3),
                                "texts_per_second_last_run": round(s.items_per_second, 2),
@@ -217,4 +231,4 @@ def build_text_database(source: str | os.PathLike[str] | Sequence[Any], db_path:
                        force=force, engine=engine)
     return TextBuildSummary(total=table.rows_read, encoded=s.embedded, failed=s.failed, duplicates=table.duplicates,
                             resumed_from=s.resumed_from, seconds=s.seconds, texts_per_second=s.items_per_second,
-                            failures=s.failures)
+                            failures=s.failures, over_window=len(over), window=embedder.window)

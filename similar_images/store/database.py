@@ -50,7 +50,10 @@ from ..search import Results, search, search_batch
 from ..sources.images import collect_inputs
 from .build import BuildConfig, embed_items
 from .folder import (
+    FAILURES,
+    ITEMS,
     PARTIAL_DIR,
+    VECTORS,
     append_items,
     index_file_name,
     index_generation,
@@ -132,14 +135,14 @@ class Database:
             DatabaseError: If the database was built with another model than ``model``.
         """
         db = Path(path).expanduser()
-        for attempt in range(5):
+        for attempt in range(20):
             manifest = cls._load_manifest(db)
             try:
                 return cls._open_with(db, manifest, model=model, weights=weights, load_index=load_index,
                                       mmap_index=mmap_index)
             except _GenerationChangedError:
                 # A writer committed a new index generation (and dropped an older one) while we read: read again.
-                time.sleep(0.01 * (attempt + 1))
+                time.sleep(min(0.2, 0.01 * (attempt + 1)))
         raise DatabaseCorruptError(f"The index file named by {db / MANIFEST} is missing; "
                                    f"rebuild it with: similar-images build-index {db} --force")
 
@@ -160,10 +163,14 @@ class Database:
         if model is not None and manifest.model_name != model:
             raise DatabaseError(f"{db} was built with model {manifest.model_name!r}, not {model!r}; "
                                 "use the same model or rebuild the database")
-        kind = item_kind(manifest.kind)
+        try:
+            kind = item_kind(manifest.kind)
+        except ConfigError as exc:
+            raise DatabaseError(f"{db / MANIFEST}: {exc} (was it written by a newer similar-images?)") from None
         dim, n = manifest.dim, manifest.counts.items
         _check_model_dim(db, manifest)
         vectors = open_vectors(db / str(manifest.files["vectors"]), n, dim)
+        _check_unit_rows(db, manifest, vectors)
         items = read_items(db / str(manifest.files["items"]), n, kind.item_key)
         index = None
         if load_index and manifest.index is not None:
@@ -366,8 +373,15 @@ class Database:
 
     # ------------------------------------------------------------ add / remove
     def add_vectors(self, vectors: np.ndarray, items: Sequence[str],
-                    failures: Sequence[tuple[str, str]] = ()) -> list[int]:
+                    failures: Sequence[tuple[str, str]] = (), *, skip_existing: bool = False) -> list[int]:
         """Append already-embedded vectors (normalised here) with their items; returns their new ids.
+
+        Args:
+            vectors: ``(len(items), dim)`` vectors.
+            items: Their paths (or texts).
+            failures: ``(item, reason)`` of inputs that could not be embedded (added to ``failures.csv``).
+            skip_existing: Leave out the items the database already holds (checked under the write lock, so
+                that two processes adding the same files add them once).
 
         Raises:
             ConfigError: If the vectors do not match the database's dimension or the items.
@@ -380,6 +394,13 @@ class Database:
             raise ConfigError(f"Vectors have dimension {vectors.shape[1]}, the database {self.dim}")
         with database_lock(self.path):
             self._refresh()
+            if skip_existing and len(items):
+                known = set(self.items)
+                keep = [i for i, item in enumerate(items) if str(item) not in known]
+                if len(keep) < len(items):
+                    vectors, items = vectors[keep], [items[i] for i in keep]
+                if not items and not failures:
+                    return []
             n_old = len(self.items)
             new_ids = list(range(n_old, n_old + len(items)))
             vpath = self.path / str(self.manifest.files["vectors"])
@@ -433,7 +454,7 @@ class Database:
             return AddSummary(ids=[])
         config = BuildConfig(batch_size=batch_size, verbose=verbose, unit="img")
         ok, vectors, failures = embed_items(paths, self.embedder, self.path, config, engine=engine)
-        ids = self.add_vectors(vectors, ok, failures) if ok or failures else []
+        ids = self.add_vectors(vectors, ok, failures, skip_existing=True) if ok or failures else []
         return AddSummary(ids=ids, failures=failures)
 
     def remove(self, targets: Iterable[int | str | os.PathLike[str]]) -> list[int]:
@@ -505,7 +526,18 @@ class Database:
             for old in [*self.path.glob("index-*.faiss"), *self.path.glob("index-*.ivfdata")]:
                 if old.stem not in keep:  # an older generation and its on-disk inverted lists
                     old.unlink(missing_ok=True)
-        for stale in self.path.glob(".index-*.faiss.*.tmp"):  # left by killed index writes
+        _remove_stale_temporaries(self.path)
+
+
+#: Temporary files of the database's own files (see :func:`similar_images._util.io.atomic_path`).
+_TEMPORARIES = (".index-*.faiss.*.tmp", f".{MANIFEST}.*.tmp", f".{ITEMS}.*.tmp", f".{VECTORS}.*.tmp",
+                f".{FAILURES}.*.tmp")
+
+
+def _remove_stale_temporaries(db: Path) -> None:
+    """Remove the temporary files that killed writers left (call under the write lock: no writer is running)."""
+    for pattern in _TEMPORARIES:
+        for stale in db.glob(pattern):
             stale.unlink(missing_ok=True)
 
 
@@ -526,6 +558,38 @@ def _check_model_dim(db: Path, manifest: Manifest) -> None:
             f"have {spec_dim}; the manifest is damaged: rebuild the database")
 
 
+def _check_unit_rows(db: Path, manifest: Manifest, vectors: np.ndarray, samples: int = 16) -> None:
+    """Refuse vectors that are not unit length although the manifest says they are normalised.
+
+    Read with the wrong dimension, normalised rows are not unit length (two consecutive rows of a halved
+    dimension split one vector's unit norm between them), so this catches a manifest whose dimension is wrong
+    even for a model that is not registered, and a damaged vectors file.
+    """
+    n = len(vectors)
+    if not manifest.normalized or n == 0:
+        return
+    rows = np.unique(np.concatenate([np.arange(min(n, 2)), np.linspace(0, n - 1, min(n, samples)).astype(np.int64),
+                                     np.arange(max(0, n - 2), n)]))
+    norms = np.linalg.norm(np.asarray(vectors[rows], dtype=np.float64), axis=1)
+    bad = np.flatnonzero(~(np.isclose(norms, 1.0, atol=1e-3) | (norms < 1e-3)))
+    if len(bad):
+        i = int(bad[0])
+        raise DatabaseCorruptError(
+            f"The vectors in {db / str(manifest.files['vectors'])} are not unit length when read as "
+            f"{manifest.dim}-d vectors (id {int(rows[i])} has length {norms[i]:.4f}): the dimension in "
+            f"{db / MANIFEST} is wrong or the file is damaged; rebuild the database")
+
+
+def _raise_if_moved_on(db: Path, name: str) -> None:
+    """Raise :class:`_GenerationChangedError` if the manifest on disk no longer names the index file ``name``."""
+    try:
+        current = Manifest.load(db)
+    except DatabaseError:
+        return
+    if current.files.get("index") != name:
+        raise _GenerationChangedError(name)
+
+
 def _read_checked_index(db: Path, manifest: Manifest, mmap: bool) -> Any:
     """Read the index the manifest names and check it against the manifest.
 
@@ -538,18 +602,16 @@ def _read_checked_index(db: Path, manifest: Manifest, mmap: bool) -> Any:
     ipath = db / name
     rebuild = f"; rebuild it with: similar-images build-index {db} --force"
     if not ipath.exists():
-        try:
-            current = Manifest.load(db)
-        except DatabaseError:
-            current = None
-        if current is not None and current.files.get("index") != name:
-            raise _GenerationChangedError(name)
+        _raise_if_moved_on(db, name)
         raise DatabaseCorruptError(f"Index file {ipath} named by the manifest is missing{rebuild}")
     try:
         index = read_index(ipath, mmap=mmap)
-    except RuntimeError as exc:
-        raise DatabaseCorruptError(f"Index file {ipath} cannot be read ({str(exc).splitlines()[-1][:120]})"
-                                   f"{rebuild}") from None
+    except (RuntimeError, MemoryError) as exc:
+        _raise_if_moved_on(db, name)  # removed while it was being read
+        logger.debug("Faiss cannot read %s: %s", ipath, exc)
+        size = ipath.stat().st_size if ipath.exists() else 0
+        why = "it is empty" if size == 0 else f"{size:,} bytes, truncated or not a Faiss index"
+        raise DatabaseCorruptError(f"Index file {ipath} cannot be read ({why}){rebuild}") from None
     if index.d != manifest.dim:
         raise DatabaseCorruptError(f"Index dimension {index.d} does not match the vectors' dimension {manifest.dim}"
                                    f"{rebuild}")

@@ -54,17 +54,23 @@ def database_lock(db: str | os.PathLike[str], *, timeout: float | None = DEFAULT
             with _HELD_GUARD:
                 _HELD[path] = (me, _HELD[path][1] - 1)
         return
-    try:
-        with file_lock(path, timeout=timeout):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(path, timeout=timeout))
+        except LockTimeoutError:
+            raise DatabaseError(
+                f"Another process has been changing {Path(db)} for over {timeout:g} s (it holds {path}); "
+                "wait for it to finish and try again"
+            ) from None
+        except PermissionError:
+            raise  # the command line says "Permission denied" with the file name
+        except OSError as exc:
+            raise DatabaseError(f"Cannot lock the database for writing: {path} cannot be opened as a lock file "
+                                f"({exc.strerror or exc}); remove it and try again") from None
+        with _HELD_GUARD:
+            _HELD[path] = (me, 1)
+        try:
+            yield
+        finally:
             with _HELD_GUARD:
-                _HELD[path] = (me, 1)
-            try:
-                yield
-            finally:
-                with _HELD_GUARD:
-                    _HELD.pop(path, None)
-    except LockTimeoutError:
-        raise DatabaseError(
-            f"Another process has been changing {Path(db)} for over {timeout:g} s (it holds {path}); "
-            "wait for it to finish and try again"
-        ) from None
+                _HELD.pop(path, None)

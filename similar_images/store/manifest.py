@@ -67,6 +67,12 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _plain_file_name(name: Any) -> bool:
+    """Whether ``name`` is the name of a file directly inside the database folder (no folder, no ``..``)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
+        and "\x00" not in name
+
+
 @dataclass
 class Counts:
     """The numbers of a database.
@@ -261,6 +267,14 @@ class Manifest:
             raise DatabaseCorruptError(f"{where} has negative counts ({c.to_dict()}); rebuild the database")
         if self.removed_ids and (min(self.removed_ids) < 0 or max(self.removed_ids) >= c.items):
             raise DatabaseCorruptError(f"{where} lists removed ids outside 0..{c.items - 1}; rebuild the database")
+        for role, name in self.files.items():
+            if name is not None and not _plain_file_name(name):
+                raise DatabaseCorruptError(f"{where} names {name!r} as its {role} file; a database's files are plain "
+                                           "names inside its folder: rebuild the database")
+        required = ("vectors", "items") if fmt == FORMAT else ()
+        missing = [role for role in required if not self.files.get(role)]
+        if missing:
+            raise DatabaseCorruptError(f"{where} names no {' and no '.join(missing)} file; rebuild the database")
         return self
 
     # ------------------------------------------------------------------ files
