@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import errors
 from ._version import __version__
 from .errors import (
     BackendError,
@@ -105,34 +106,7 @@ _LAZY: dict[str, str] = {
     "explanation_png": "methods.explain",
 }
 
-__all__ = [
-    "__version__",
-    "SimilarImagesError",
-    "ConfigError",
-    "InputError",
-    "SourceNotFoundError",
-    "NoInputsError",
-    "ImageLoadError",
-    "TextInputError",
-    "QueryError",
-    "UnknownIdError",
-    "BadURLError",
-    "FetchError",
-    "DatabaseError",
-    "DatabaseNotFoundError",
-    "DatabaseExistsError",
-    "DatabaseCorruptError",
-    "IndexTrainingError",
-    "WeightsError",
-    "ExplainError",
-    "FeatureMapError",
-    "BackendError",
-    "EngineError",
-    "SparkUnavailableError",
-    "PartitionFailedError",
-    "DownloadError",
-    *sorted(_LAZY),
-]
+__all__ = ["__version__", *errors.__all__, *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:

@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import ROOT
 
+from similar_images import write_database
 from similar_images.cli import main
 
 
@@ -140,3 +142,23 @@ def test_cli_logging_shows_our_progress_not_faiss_loader_lines() -> None:
         logging.getLogger().setLevel(root_level)
         logging.getLogger("faiss").setLevel(logging.NOTSET)
         logging.getLogger("faiss.loader").setLevel(logging.NOTSET)
+
+
+def test_search_rerank_option_picks_exact_or_index_scores(tmp_path: Path) -> None:
+    """`search --rerank 1` shows the PQ index's own approximate scores; the default re-ranks them exactly."""
+    x = np.random.default_rng(0).normal(size=(400, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    db = tmp_path / "db"
+    write_database(db, kind="image", model={"name": "synthetic", "dim": 16, "weights": "random"},
+                   items=[f"/img/{i}.jpg" for i in range(400)], vector_chunks=[x])
+    runner = CliRunner()
+    assert runner.invoke(main, ["build-index", str(db), "--index", "PQ4", "--quiet"]).exit_code == 0
+
+    def top(*extra: str) -> dict:
+        r = runner.invoke(main, ["search", str(db), "7", "--id", "-k", "3", "--json", *extra])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output)["results"][0]
+
+    exact, approximate = top(), top("--rerank", "1")
+    assert exact["id"] == 7 and exact["score"] == pytest.approx(1.0, abs=1e-5)
+    assert abs(approximate["score"] - 1.0) > 1e-3  # PQ4 codes cannot reproduce a vector exactly

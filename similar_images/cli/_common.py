@@ -15,7 +15,7 @@ import click
 
 from ..engines.spark import SparkEngine, build_index_spark
 from ..errors import SimilarImagesError
-from ..index import BuildReport, IndexConfig
+from ..index import DEFAULT_RERANK, BuildReport, IndexConfig
 from ..search import Results
 from ..sources.texts import shorten
 from ..store import Database
@@ -130,6 +130,22 @@ def echo_build_report(report: BuildReport) -> None:
                f"  size: {report.index_bytes:,} bytes\n"
                f"  build time: {report.build_seconds:.2f} s\n"
                f"  search defaults: {params}")
+
+
+def search_options(func: F) -> F:
+    """The options every search command shares (results, exact search, per-query index settings, re-ranking)."""
+    options = [
+        click.option("-k", default=8, show_default=True, type=click.IntRange(1, 10_000), help="Number of results."),
+        click.option("--id", "by_id", is_flag=True, help="QUERY is a database id (reuses its stored vector)."),
+        click.option("--exact", is_flag=True, help="Exact search over all vectors instead of the index."),
+        click.option("--nprobe", type=click.IntRange(1), default=None, help="IVF lists to visit for this query."),
+        click.option("--rerank", type=click.IntRange(0), default=DEFAULT_RERANK, show_default=True,
+                     help="Fetch k x RERANK candidates from the index and re-rank them with the stored vectors "
+                          "(exact scores); 1 shows the index's own approximate ranking and scores."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 def echo_results(results: Results, as_json: bool) -> None:

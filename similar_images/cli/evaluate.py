@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..index import DEFAULT_RERANK
 from ..measure import EvalConfig, TuneConfig, apply_choice, evaluate_database, plot_tuning, tune_database
 from ..measure.evaluate import load_query_vectors
 from ..store import Database
@@ -52,7 +53,8 @@ def register(group: click.Group) -> None:
                   help="Faiss threads while searching and timing.")
     @click.option("--rerank", type=click.IntRange(0), default=None,
                   help="Re-ranking depth of the 'served' figures: k x RERANK index candidates re-ranked with the "
-                       "stored vectors, as 'search' does [default: the search's default, 4]; 0 or 1: index alone only.")
+                       "stored vectors, as 'search' does [default: the search's default, "
+                       f"{DEFAULT_RERANK}]; 0 or 1: index alone only.")
     @click.option("--weights", default=None, help="Weights to embed query images with (overrides the database's).")
     @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the query samples.")
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -108,7 +110,7 @@ def register(group: click.Group) -> None:
                   help="Queries timed one at a time per setting.")
     @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
                   help="Faiss threads while searching and timing (builds use all cores).")
-    @click.option("--rerank", type=click.IntRange(0), default=4, show_default=True,
+    @click.option("--rerank", type=click.IntRange(0), default=DEFAULT_RERANK, show_default=True,
                   help="Also measure every setting as 'similar-images search' serves it by default: k x RERANK index "
                        "candidates re-ranked with the stored vectors (0 or 1: skip).")
     @click.option("--served", is_flag=True,

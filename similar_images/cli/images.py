@@ -21,6 +21,7 @@ from ._common import (
     make_engine,
     parse_query,
     run_build_index,
+    search_options,
 )
 
 WEIGHTS_HELP = (
@@ -126,17 +127,14 @@ def register(group: click.Group) -> None:
     @group.command()
     @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @click.argument("query")
-    @click.option("-k", default=8, show_default=True, type=click.IntRange(1, 10_000), help="Number of results.")
-    @click.option("--id", "by_id", is_flag=True, help="QUERY is a database id (reuses its stored vector).")
-    @click.option("--exact", is_flag=True, help="Exact search over all vectors instead of the index.")
-    @click.option("--nprobe", type=click.IntRange(1), default=None, help="IVF lists to visit for this query.")
+    @search_options
     @click.option("--ef-search", type=click.IntRange(1), default=None, help="HNSW efSearch for this query.")
     @click.option("--weights", "-w", default=None, help="Weights for embedding the query, overriding the database's. "
                   + WEIGHTS_HELP)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     @handle_errors
-    def search(db: Path, query: str, k: int, by_id: bool, exact: bool, nprobe: int | None, ef_search: int | None,
-               weights: str | None, as_json: bool) -> None:
+    def search(db: Path, query: str, k: int, by_id: bool, exact: bool, nprobe: int | None, rerank: int,
+               ef_search: int | None, weights: str | None, as_json: bool) -> None:
         """Find the images (or texts) in DB most similar to QUERY.
 
         QUERY is an image path, an http(s) URL, or with --id a database id;
@@ -147,7 +145,7 @@ def register(group: click.Group) -> None:
         configure_logging(0, True)
         database = Database.open(db, weights=weights)
         q = parse_query(query, by_id)
-        results = database.search(q, k, exact=exact, nprobe=nprobe, ef_search=ef_search)
+        results = database.search(q, k, exact=exact, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
         echo_results(results, as_json)
 
     @group.command()

@@ -22,6 +22,7 @@ from ._common import (
     make_engine,
     parse_query,
     run_build_index,
+    search_options,
 )
 
 _MODEL_PATH_HELP = ("Local sentence-transformers model folder (or hub name) overriding the default model files "
@@ -127,13 +128,7 @@ def register(group: click.Group) -> None:
     @text.command("search")
     @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @click.argument("query")
-    @click.option("-k", default=8, show_default=True, type=click.IntRange(1, 10_000), help="Number of results.")
-    @click.option("--id", "by_id", is_flag=True, help="QUERY is a database id (reuses its stored vector).")
-    @click.option("--exact", is_flag=True, help="Exact search over all vectors instead of the index.")
-    @click.option("--nprobe", type=click.IntRange(1), default=None, help="IVF lists to visit for this query.")
-    @click.option("--rerank", type=click.IntRange(0), default=4, show_default=True,
-                  help="Fetch k x RERANK candidates from the index and re-rank them with the stored vectors "
-                       "(exact scores); 1 shows the index's own approximate ranking and scores.")
+    @search_options
     @click.option("--model-path", default=None, help=_MODEL_PATH_HELP)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     @handle_errors

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..errors import ConfigError, IndexTrainingError
 from ..index import (
+    DEFAULT_RERANK,
     BuildReport,
     IndexConfig,
     RerankedSearch,
@@ -111,7 +112,7 @@ class TuneConfig:
     threads: int | None = 1
     max_latency_ms: float | None = None
     memory_fractions: tuple[float, ...] = (0.25, 0.125)
-    rerank: int = 4
+    rerank: int = DEFAULT_RERANK
     served: bool = False
     seed: int = 0
 

@@ -48,8 +48,18 @@ from tqdm.auto import tqdm
 from .._util import io as _io
 from .._util.locks import LockTimeoutError, file_lock
 from ..embed import Embedder, embedder_from_info, item_kind, l2_normalize
-from ..errors import ConfigError, DatabaseError, DatabaseExistsError, InputError
-from .folder import FAILURES, ITEMS, PARTIAL_DIR, VECTORS, remove_database_files, write_failures, write_items
+from ..errors import ConfigError, DatabaseError, InputError
+from .folder import (
+    FAILURES,
+    ITEMS,
+    PARTIAL_DIR,
+    VECTORS,
+    exists_error,
+    prepare_new_database,
+    remove_database_files,
+    write_failures,
+    write_items,
+)
 from .locking import database_lock
 from .manifest import MANIFEST, Counts, Manifest
 
@@ -479,12 +489,7 @@ def write_database(
         ValueError: If the vectors do not match the items or the dimension.
     """
     key = item_kind(kind).item_key
-    db = Path(db).expanduser()
-    if (db / MANIFEST).exists():
-        if not force:
-            raise DatabaseExistsError(f"A database already exists at {db}; pass --force (force=True) to replace it")
-        remove_database_files(db)
-    db.mkdir(parents=True, exist_ok=True)
+    db = prepare_new_database(db, force=force)
     dim = int(model["dim"])
     n = 0
     with _io.atomic_path(db / VECTORS) as tmp, open(tmp, "wb") as fh:
@@ -562,10 +567,7 @@ def build_database(
                 done = _finished_build(db, partial, settings)
                 if done is not None:
                     return done
-                raise DatabaseExistsError(
-                    f"A database already exists at {db}. Choose another folder, or pass --force (force=True) to "
-                    "replace it."
-                )
+                raise exists_error(db)
             remove_database_files(db)
         if force and partial.exists():
             shutil.rmtree(partial)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .._util import io as _io
-from ..errors import DatabaseCorruptError
+from ..errors import DatabaseCorruptError, DatabaseExistsError
 from .manifest import MANIFEST
 
 __all__ = [
@@ -45,6 +45,8 @@ __all__ = [
     "index_file_name",
     "index_generation",
     "remove_database_files",
+    "exists_error",
+    "prepare_new_database",
 ]
 
 logger = logging.getLogger(__name__)
@@ -179,11 +181,42 @@ def index_generation(name: str | None) -> int:
     return int(m.group(1)) if m else 0
 
 
-def remove_database_files(db: str | os.PathLike[str]) -> None:
-    """Delete the files of a database (manifest first, so a crash never leaves a half-valid one)."""
+def remove_database_files(db: str | os.PathLike[str], files: Iterable[str] = (VECTORS, ITEMS, FAILURES)) -> None:
+    """Delete the files of a database (manifest first, so a crash never leaves a half-valid one).
+
+    Args:
+        db: The database folder.
+        files: The data files to delete besides the manifest and the ``index-*`` generations.
+    """
     db = Path(db)
     (db / MANIFEST).unlink(missing_ok=True)
-    for name in (VECTORS, ITEMS, FAILURES):
+    for name in files:
         (db / name).unlink(missing_ok=True)
     for old in [*db.glob("index-*.faiss"), *db.glob("index-*.ivfdata")]:
         old.unlink()
+
+
+def exists_error(db: Path) -> DatabaseExistsError:
+    """The error for a new database asked for where one already exists."""
+    return DatabaseExistsError(
+        f"A database already exists at {db}. Choose another folder, or pass --force (force=True) to replace it."
+    )
+
+
+def prepare_new_database(
+    db: str | os.PathLike[str], *, force: bool, files: Iterable[str] = (VECTORS, ITEMS, FAILURES)
+) -> Path:
+    """Make ``db`` ready for a new database: refuse an existing one, or remove its files when ``force``.
+
+    Raises:
+        DatabaseExistsError: If a database exists at ``db`` and ``force`` is false.
+    """
+    db = Path(db).expanduser()
+    if (db / MANIFEST).exists():
+        if not force:
+            raise exists_error(db)
+        remove_database_files(db, files)
+    db.mkdir(parents=True, exist_ok=True)
+    return db
+
+

@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..._util import io as _io
-from ...errors import ConfigError, DatabaseExistsError, ImageLoadError, IndexTrainingError
+from ...errors import ConfigError, ImageLoadError, IndexTrainingError
 from ...index import (
     default_search_params,
     index_nbytes,
@@ -25,7 +25,7 @@ from ...index import (
     write_index,
 )
 from ...sources.images import DEFAULT_MAX_PIXELS, ImageSource, collect_inputs, load_image
-from ...store.folder import FAILURES, ITEMS, write_failures, write_items
+from ...store.folder import FAILURES, ITEMS, exists_error, prepare_new_database, write_failures, write_items
 from ...store.locking import database_lock
 from ...store.manifest import MANIFEST, Counts, IndexInfo, Manifest
 
@@ -221,12 +221,6 @@ class _IndexBuilder:
 
 
 # -------------------------------------------------------------------------- database
-def _remove_files(db: Path) -> None:
-    (db / MANIFEST).unlink(missing_ok=True)  # the commit point goes first
-    for name in (ITEMS, FAILURES, DESCRIPTOR_IMAGES, INDEX):
-        (db / name).unlink(missing_ok=True)
-
-
 def write_sift_database(
     db: str | os.PathLike[str],
     records: Iterable[tuple[str, np.ndarray]],
@@ -259,12 +253,7 @@ def write_sift_database(
         IndexTrainingError: If the index needs more training descriptors than there are.
     """
     config = config or SiftConfig()
-    db = Path(db).expanduser()
-    if (db / MANIFEST).exists():
-        if not force:
-            raise DatabaseExistsError(f"A database already exists at {db}; pass --force (force=True) to replace it")
-        _remove_files(db)
-    db.mkdir(parents=True, exist_ok=True)
+    db = prepare_new_database(db, force=force, files=(ITEMS, FAILURES, DESCRIPTOR_IMAGES, INDEX))
     builder = _IndexBuilder(config.factory, config.train_size)
     items: list[str] = []
     owners: list[np.ndarray] = []
@@ -341,9 +330,7 @@ def extract_sift(
     config = config or SiftConfig()
     db = Path(db_path).expanduser()
     if (db / MANIFEST).exists() and not force:
-        raise DatabaseExistsError(
-            f"A database already exists at {db}. Choose another folder, or pass --force (force=True) to replace it."
-        )
+        raise exists_error(db)
     paths = collect_inputs(inputs)
     extractor = SiftExtractor(config)
     failures: list[tuple[str, str]] = []
