@@ -325,12 +325,15 @@ def test_thumbnail_cache_is_lru_keyed_by_file_state(tmp_path: Path) -> None:
     assert Image.open(io.BytesIO(cache.get(b))).size == (53, 160)
     assert Image.open(io.BytesIO(cache.get(c))).size == (50, 40)  # never enlarged
     assert len(cache) == 2 and not cache.cached(a)  # a was least recently used
-    assert cache.get(c) is cache.get(c) and cache.hits == 2
+    old_c = cache.get(c)
+    assert cache.get(c) is old_c and cache.hits == 2
     misses = cache.misses
     make_image(c, seed=4, size=(60, 40))  # the file changes: a fresh thumbnail
     os.utime(c, ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert Image.open(io.BytesIO(cache.get(c))).size == (60, 40) and cache.misses == misses + 1
-    assert cache.nbytes == sum(len(v) for v in cache._entries.values())
+    new_c = cache.get(c)
+    assert Image.open(io.BytesIO(new_c)).size == (60, 40) and cache.misses == misses + 1
+    # b, the least recently used, made room; the stale entry of c is never served again
+    assert not cache.cached(b) and cache.nbytes == len(old_c) + len(new_c) == cache.stats()["bytes"]
     with pytest.raises(ImageLoadError, match="not found"):
         cache.get(tmp_path / "gone.jpg")
     (tmp_path / "bad.jpg").write_bytes(b"nope")
