@@ -436,7 +436,7 @@ function render({ model, el }) {
   }
 
   grid.addEventListener("focus", () => { if (model.get("selected") < 0 && grid.children.length) select(0); });
-  grid.addEventListener("keydown", (ev) => {
+  function gridKey(ev) {
     if (!STOP.has(ev.key) || ev.altKey || ev.ctrlKey || ev.metaKey) return;
     const n = grid.children.length;
     if (!n) return;
@@ -446,8 +446,8 @@ function render({ model, el }) {
     switch (ev.key) {
       case "ArrowRight": select(i + 1); break;
       case "ArrowLeft": select(i - 1); break;
-      case "ArrowDown": select(i + cols); break;
-      case "ArrowUp": select(i - cols); break;
+      case "ArrowDown": if (i + cols < n) select(i + cols); break;
+      case "ArrowUp": if (i - cols >= 0) select(i - cols); break;
       case "Home": select(0); break;
       case "End": select(n - 1); break;
       case "Enter": case " ":
@@ -457,7 +457,7 @@ function render({ model, el }) {
     }
     ev.preventDefault();
     ev.stopPropagation();
-  });
+  }
 
   // ================================================================== lightbox
   function lbItem(i) {
@@ -569,7 +569,7 @@ function render({ model, el }) {
     model.save_changes();
   }
 
-  lb.addEventListener("keydown", (ev) => {
+  function lightboxKey(ev) {
     if (ev.altKey || ev.ctrlKey || ev.metaKey) return;
     const i = Number(lb.dataset.index);
     switch (ev.key) {
@@ -585,7 +585,17 @@ function render({ model, el }) {
     }
     if (ev.key !== "Tab") ev.preventDefault();
     ev.stopPropagation();
-  });
+  }
+
+  // Keys are read on the window, before anything else (the capture phase): front ends bind the arrows, Enter and
+  // Esc to their own commands (moving between cells), and some stop those keys before they reach the page's
+  // elements. Only keys typed while the grid or the lightbox has the focus are taken.
+  function onKey(ev) {
+    if (!lb.hidden && lb.contains(ev.target)) lightboxKey(ev);
+    else if (ev.target === grid) gridKey(ev);
+  }
+  window.addEventListener("keydown", onKey, true);
+  cleanups.push(() => window.removeEventListener("keydown", onKey, true));
   lb.addEventListener("click", (ev) => { if (ev.target === lb || ev.target === lbMain) closeLightbox(true); });
   lbClose.addEventListener("click", () => closeLightbox(true));
   lbPrev.addEventListener("click", () => moveLightbox(-1));
