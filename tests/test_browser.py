@@ -70,14 +70,17 @@ def voila(db: Path, tmp_path: Path) -> Iterator[tuple[str, Any]]:
 
 @contextlib.contextmanager
 def jupyter(app: str, db: Path, tmp_path: Path) -> Iterator[str]:
-    """``jupyter lab`` or ``jupyter notebook`` from the repository root, without a token, on 127.0.0.1."""
+    """``jupyter lab`` or ``jupyter notebook`` on a copy of the repository's notebooks (the front end saves the
+    notebooks it runs), without a token, on 127.0.0.1."""
     port = free_port()
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
+    root = tmp_path / "project"
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
     env = {**_env(db, tmp_path), "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"), "HOME": str(home)}
     cmd = [sys.executable, "-m", app, "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-           "--IdentityProvider.token=", "--allow-root", f"--ServerApp.root_dir={ROOT}"]
-    with running_process(cmd, env=env, cwd=ROOT, log=tmp_path / f"{app}.log", ready=lambda: _listening(port),
+           "--IdentityProvider.token=", "--allow-root", f"--ServerApp.root_dir={root}"]
+    with running_process(cmd, env=env, cwd=root, log=tmp_path / f"{app}.log", ready=lambda: _listening(port),
                          timeout=120):
         yield f"http://127.0.0.1:{port}/"
 
