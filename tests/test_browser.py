@@ -132,9 +132,14 @@ _OUTPUT_TEXT = """() => [...document.querySelectorAll('.jp-OutputArea-output')]
     .map(o => (o.getAttribute('data-mime-type') || '') + ': ' + o.innerText.trim())
     .filter(t => t.length > 2)"""
 
-_ACTIVE_CELL = "() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')].findIndex(c => c.classList.contains('jp-mod-active'))"
+_ACTIVE_CELL = ("() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')]"
+                ".findIndex(c => c.classList.contains('jp-mod-active'))")
+_IDLE = ("() => !document.querySelector('.sig-results').classList.contains('sig-busy')"
+         " && !document.querySelector('.sig-query').classList.contains('sig-busy')")
+_MODEL_READY = "() => document.querySelector('.sig-model').innerText.startsWith('Model ready')"
 _SELECTED = "() => [...document.querySelectorAll('.sig-card')].findIndex(c => c.classList.contains('sig-selected'))"
-_LIGHTBOX = "() => { const lb = document.querySelector('.sig-lightbox'); return lb.hidden ? null : Number(lb.dataset.index); }"
+_LIGHTBOX = ("() => { const lb = document.querySelector('.sig-lightbox'); "
+             "return lb.hidden ? null : Number(lb.dataset.index); }")
 
 
 def _search_random(page: Any) -> None:
@@ -221,14 +226,12 @@ def test_voila_app(small_db: Path, coco_subset: Path, tmp_path: Path) -> None:
                     # A 15 MB JPEG through the page's file input: previewed at once, then results (20 MB limit).
                     page.locator(".sig-file").set_input_files(str(big))
                     page.wait_for_function("() => document.querySelector('.sig-qname').innerText === 'big-photo.jpg'")
-                    page.wait_for_function("() => !document.querySelector('.sig-results').classList.contains('sig-busy')"
-                                           " && !document.querySelector('.sig-query').classList.contains('sig-busy')",
-                                           timeout=180_000)
+                    page.wait_for_function(_IDLE, timeout=180_000)
                     assert page.locator(".sig-msg").is_hidden(), page.locator(".sig-msg").inner_text()
                     page.wait_for_function(_RESULTS_READY, arg=K)  # results for the upload
                     mb = big.stat().st_size / 2**20
                     assert page.locator(".sig-qdetail").inner_text() == f"uploaded, {mb:.1f} MB" and mb >= 15
-                    page.wait_for_function("() => document.querySelector('.sig-model').innerText.startsWith('Model ready')")
+                    page.wait_for_function(_MODEL_READY)
                     assert page.evaluate(_OUTPUT_TEXT) == []
                     page.screenshot(path=str(tmp_path / f"voila-{width}.png"), full_page=True)
                 page.goto("about:blank")  # leaving the page: Voilà asks for its kernel's shutdown
@@ -269,7 +272,7 @@ def test_jupyter_app_output_is_the_app_only(front: str, small_db: Path, tmp_path
             page.get_by_text("Run All Cells", exact=True).click()
             page.wait_for_selector(".sig-app[data-ready='1']")
             _search_random(page)
-            page.wait_for_function("() => document.querySelector('.sig-model').innerText.startsWith('Model ready')")
+            page.wait_for_function(_MODEL_READY)
             active = page.evaluate(_ACTIVE_CELL)
             _check_layout_and_keys(page, 1280)
             # The keys stayed in the app: the notebook did not move to another cell or enter edit mode.

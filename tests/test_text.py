@@ -24,7 +24,6 @@ from helpers import Route, closed_port, http_server
 
 from similar_images import Database, IndexConfig, write_database
 from similar_images.apps.text_app import EXAMPLES, DatabaseMessage, TextSearchApp, highlight_marks, text_search_app
-from similar_images.index import BAND_NAMES
 from similar_images.cli import main
 from similar_images.embed import (
     DEFAULT_TEXT_ENCODER,
@@ -36,7 +35,7 @@ from similar_images.embed import (
 )
 from similar_images.embed.text import TextInputError
 from similar_images.errors import DatabaseError, DatabaseExistsError, DownloadError, QueryError
-from similar_images.index import pq_factory
+from similar_images.index import BAND_NAMES, pq_factory
 from similar_images.sources.sentiment140 import SENTIMENT140_MEMBER, get_sentiment140, read_sentiment140, sample_tweets
 from similar_images.sources.texts import read_texts
 from similar_images.store import TextBuildConfig, build_text_database

@@ -75,7 +75,8 @@ class Sent:
         widget.send = send  # type: ignore[method-assign]
 
 
-def upload(app: SimilarImagesApp, data: bytes, name: str, *, chunk: int = UPLOAD_CHUNK, skip: int | None = None) -> None:
+def upload(app: SimilarImagesApp, data: bytes, name: str, *, chunk: int = UPLOAD_CHUNK,
+           skip: int | None = None) -> None:
     """Send a file the way the page does: start, pieces of ``chunk`` bytes, end."""
     g = app.gallery
     g.receive({"event": "upload_start", "token": "t1", "name": name, "size": len(data), "type": "image/jpeg"})

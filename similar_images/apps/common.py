@@ -239,9 +239,9 @@ def _log_stream() -> IO[str]:
             path = app_log_path()
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _LOG_STREAM = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115  (kept open: the log)
+                _LOG_STREAM = open(path, "a", encoding="utf-8", buffering=1)
             except OSError:
-                _LOG_STREAM = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+                _LOG_STREAM = open(os.devnull, "w", encoding="utf-8")
         return _LOG_STREAM
 
 
@@ -400,7 +400,7 @@ class ModelLoader:
         try:
             with quiet_output():
                 self._load()
-        except BaseException as exc:  # noqa: BLE001  (reported in the status line and on the first query)
+        except BaseException as exc:
             if sys.is_finalizing():
                 return  # the kernel is shutting down under the loading model
             logger.warning("Could not load %s", self.what, exc_info=True)
@@ -416,7 +416,7 @@ class ModelLoader:
         if self.on_change is not None:
             try:
                 self.on_change()
-            except Exception:  # noqa: BLE001  (a status update must not break loading)
+            except Exception:
                 logger.warning("Status update failed", exc_info=True)
 
     @property

@@ -186,7 +186,7 @@ class GalleryWidget(anywidget.AnyWidget):
             if self.target_of is None:
                 raise QueryError("Nothing to act on yet")
             out = action.callback(self.target_of(index))
-        except Exception as exc:  # noqa: BLE001  (an action's error is shown beside the image, never raised)
+        except Exception as exc:
             logger.warning("Lightbox action %s failed", name, exc_info=True)
             return ActionResult("error", title=action.label, text=user_message(exc))
         if isinstance(out, ActionResult):
@@ -218,7 +218,7 @@ class GalleryWidget(anywidget.AnyWidget):
             return  # anywidget's own messages
         try:
             self.receive(content, buffers)
-        except Exception:  # noqa: BLE001  (a callback must never raise into the kernel's message loop)
+        except Exception:
             logger.exception("Error handling %s from the page", content.get("event"))
 
     def _send_preview(self, key: str) -> None:
@@ -227,7 +227,7 @@ class GalleryWidget(anywidget.AnyWidget):
         if make is not None and key:
             try:
                 data = make(key)
-            except Exception:  # noqa: BLE001  (no large image: the lightbox keeps the thumbnail)
+            except Exception:
                 logger.warning("No preview for %s", key, exc_info=True)
         self.send({"event": "preview", "key": key, "ok": bool(data), "mime": "image/jpeg"}, [data] if data else None)
 

@@ -135,7 +135,8 @@ class TextSearchApp:
         one = noun[:-1] if noun.endswith("s") else noun
         with g.hold_sync():
             g.header = database_header(self.db, f"Similar {noun}", noun)
-            g.controls = {"random_label": f"Random {one}", "random_title": f"Search with a random {one} of the database",
+            g.controls = {"random_label": f"Random {one}",
+                          "random_title": f"Search with a random {one} of the database",
                           "upload": False, "placeholder": "Type a sentence and press Enter", "go_label": "Search",
                           "max_k": max_k, "include_query_option": True}
             g.upload = {"enabled": False}
@@ -313,7 +314,7 @@ class TextSearchApp:
     def _safely(self, func: Any, *args: Any) -> Any:
         try:
             return func(*args)
-        except Exception as exc:  # noqa: BLE001  (shown in the app; a page event must not raise)
+        except Exception as exc:
             logger.error("Error in the text app", exc_info=exc)
             self._show_message(user_message(exc))
             return None
