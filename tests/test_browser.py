@@ -136,6 +136,16 @@ _ACTIVE_CELL = ("() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')]"
                 ".findIndex(c => c.classList.contains('jp-mod-active'))")
 _IDLE = ("() => !document.querySelector('.sig-results').classList.contains('sig-busy')"
          " && !document.querySelector('.sig-query').classList.contains('sig-busy')")
+_MODEL_STATUS = ("() => /^Loading the image model \\(mobilenetv2\\) \u2026 \\d+(\\.\\d)? s$|^Model ready \\(/"
+                 ".test(document.querySelector('.sig-model').innerText)")
+_PREVIEW = """() => {
+    const img = document.querySelector('.sig-qimg');
+    return document.querySelector('.sig-qname').innerText === 'big-photo.jpg' && img.src.startsWith('blob:')
+        && img.complete && img.naturalWidth > 4000
+        && document.querySelector('.sig-query').classList.contains('sig-busy')
+        && getComputedStyle(document.querySelector('.sig-query .sig-spinner')).display === 'block'
+        && getComputedStyle(document.querySelector('.sig-results')).opacity < 0.5;
+}"""
 _MODEL_READY = "() => document.querySelector('.sig-model').innerText.startsWith('Model ready')"
 _SELECTED = "() => [...document.querySelectorAll('.sig-card')].findIndex(c => c.classList.contains('sig-selected'))"
 _LIGHTBOX = ("() => { const lb = document.querySelector('.sig-lightbox'); "
@@ -216,6 +226,8 @@ def test_voila_app(small_db: Path, coco_subset: Path, tmp_path: Path) -> None:
                 page.set_default_timeout(90_000)
                 page.goto(url, wait_until="domcontentloaded")
                 page.wait_for_selector(".sig-app[data-ready='1']")
+                # The model loads as soon as the page shows the app, and the status line says so, with the time.
+                page.wait_for_function(_MODEL_STATUS)
                 # Only the app: no markdown, no code, no other output.
                 assert page.locator(".jp-MarkdownCell").count() == 0
                 assert page.evaluate(_OUTPUT_TEXT) == []
@@ -225,7 +237,8 @@ def test_voila_app(small_db: Path, coco_subset: Path, tmp_path: Path) -> None:
                 if width == WIDTHS[0]:
                     # A 15 MB JPEG through the page's file input: previewed at once, then results (20 MB limit).
                     page.locator(".sig-file").set_input_files(str(big))
-                    page.wait_for_function("() => document.querySelector('.sig-qname').innerText === 'big-photo.jpg'")
+                    # At once: the photo itself in the query panel (read by the page), a spinner, old results dimmed.
+                    page.wait_for_function(_PREVIEW, timeout=5_000)
                     page.wait_for_function(_IDLE, timeout=180_000)
                     assert page.locator(".sig-msg").is_hidden(), page.locator(".sig-msg").inner_text()
                     page.wait_for_function(_RESULTS_READY, arg=K)  # results for the upload

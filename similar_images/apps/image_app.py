@@ -36,6 +36,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,8 @@ class SimilarImagesApp:
         self._shown: list[Match] = []
         self._message = ""
         self._keys = itertools.count(1)
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._prefetch_gen = 0
         self.min_score = cfg.min_score
         self.timing = _Timing()
         self.bands = db.score_bands()
@@ -290,6 +293,8 @@ class SimilarImagesApp:
 
     def close(self) -> None:
         """Close the app's widget (frees it in the kernel and the browser)."""
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=False, cancel_futures=True)
         self.widget.close()
 
     # ------------------------------------------------------------ state readers
@@ -547,6 +552,26 @@ class SimilarImagesApp:
             g.empty = {} if items else {"text": f"No result reaches {lo:.2f}: lower the minimum in 'Show'."}
             g.render_id += 1
             g.status = self._status_dict()
+        self._prefetch([m.path for m in self._shown])
+
+    def _prefetch(self, paths: list[str]) -> None:
+        """Make the query-panel images of the results shown, in the background: "Search similar" on any of them
+        then finds its picture ready."""
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="similar-images-thumbnails")
+        self._prefetch_gen += 1
+        gen = self._prefetch_gen
+
+        def work() -> None:
+            for path in paths:
+                if gen != self._prefetch_gen:
+                    return  # a newer search: its results matter now
+                try:
+                    self.thumbnails.get(path, self.config.query_size)
+                except ImageLoadError:
+                    pass
+
+        self._prefetcher.submit(work)
 
     def _query_dict(self, query: QueryInfo, note: str = "") -> dict[str, Any]:
         return {"name": query.name, "title": query.title, "detail": query.detail, "thumb": query.thumb,

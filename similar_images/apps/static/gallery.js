@@ -714,7 +714,7 @@ function render({ model, el }) {
   on("message", drawMessage);
   on("state", drawState);
   on("query", () => drawQuery());
-  on("results results_title render_id", drawResults);
+  on("render_id", drawResults); // the kernel bumps it with every new set of results (one draw per update)
   on("empty", drawEmpty);
   on("bands bands_note", drawLegend);
   on("selected", () => markSelected(model.get("selected"), true));
