@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 _CSS = """<style>
 .sid-head { font-family: var(--jp-ui-font-family, system-ui, sans-serif); color: var(--jp-ui-font-color1, #222); }
 .sid-head h3 { margin: 0 0 4px 0; font-size: 1.3em; }
-.sid-head .sid-sub { color: var(--jp-ui-font-color2, #555); font-size: 0.92em; max-width: 980px; }
+.sid-head .sid-sub { color: var(--jp-ui-font-color2, #555); font-size: 0.95em; line-height: 1.45; max-width: 980px;
+  margin-bottom: 6px; }
 .sid-summary { font-family: var(--jp-ui-font-family, system-ui, sans-serif); font-size: 1.02em; margin: 4px 0 8px 0; }
 .sid-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 12px; width: 100%;
   font-family: var(--jp-ui-font-family, system-ui, sans-serif); }
@@ -205,7 +206,7 @@ class DuplicateBrowser:
                f"way from a typical image's best match (median {b.very_similar:.3f}, over {len(self.db):,} images) "
                "to an identical copy (1.0). Resized, recompressed or slightly cropped copies score above it; two "
                "different photos of the same kind of scene score below.") if b is not None else ""
-        return (f"<div class='sid-head'><h3>Near-duplicate images</h3><div class='sid-sub'>{len(self.db):,} images "
+        return (f"<div class='sid-head'><div class='sid-sub'>{len(self.db):,} images "
                 f"&middot; model {html.escape(self.db.model_name)} &middot; "
                 f"<span title='{html.escape(str(self.db.path))}'>"
                 f"{html.escape(Path(self.db.path).name)}</span><br>{html.escape(how)}</div></div>")
@@ -218,7 +219,7 @@ class DuplicateBrowser:
         items = self.db.items
         band = self.bands.band(sim) if self.bands is not None else ""
         names = "".join(f"<span title='{html.escape(items[i], quote=True)}'>#{i} "
-                        f"{html.escape(shorten_middle(Path(items[i]).name, 24))}</span>" for i in (a, b))
+                        f"{html.escape(shorten_middle(Path(items[i]).name, 18))}</span>" for i in (a, b))
         return (f"<div class='sid-pair'><div class='sid-imgs'><img src='{self._thumb_uri(a)}' alt=''>"
                 f"<img src='{self._thumb_uri(b)}' alt=''></div><div class='sid-cap'>"
                 f"<span class='sid-band'>{html.escape(band)}</span><span class='sid-score'>{sim:.4f}</span></div>"

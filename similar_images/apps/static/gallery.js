@@ -121,7 +121,9 @@ function render({ model, el }) {
   const qName = h("div", "sig-qname");
   const qDetail = h("div", "sig-qdetail");
   const qNote = h("div", "sig-qnote");
-  qInfo.append(qLabel, qName, qDetail, qNote);
+  const qHint = h("div", "sig-qhint", { text: "Click the picture to look closer (\u2190 \u2192 to browse the results)."
+    + " Drop an image file here to search with it." });
+  qInfo.append(qLabel, qName, qDetail, qNote, qHint);
   queryPanel.append(qMedia, qInfo);
 
   // ------------------------------------------------------------------ results
@@ -273,10 +275,14 @@ function render({ model, el }) {
     if (text && q.text && document.activeElement !== input) input.value = q.text;
     qName.textContent = q.name || "";
     qName.title = q.title || q.name || "";
+    qName.hidden = text;
+    qDetail.hidden = text;
+    qLabel.textContent = text && q.detail ? `Query \u00b7 ${q.detail}` : "Query";
     qDetail.textContent = q.detail || "";
     qDetail.title = q.detail_title || "";
     qNote.textContent = q.note || "";
     qMedia.classList.toggle("sig-clickable", !text && !!queryUrl);
+    qHint.hidden = text || !q.key;
   }
 
   function cardsPerRow() {
