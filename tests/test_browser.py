@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import ROOT
-from helpers import free_port, running_process
+from helpers import closed_port, free_port, running_process
 from PIL import Image
 
 NOTEBOOK = "notebooks/similar_images.ipynb"
@@ -152,8 +152,14 @@ _LIGHTBOX = ("() => { const lb = document.querySelector('.sig-lightbox'); "
              "return lb.hidden ? null : Number(lb.dataset.index); }")
 
 
+_RENDERED = "() => document.querySelector('.sig-grid')?.dataset.rendered ?? ''"
+
+
 def _search_random(page: Any) -> None:
+    """Click Random image and wait for the new results to be drawn."""
+    before = page.evaluate(_RENDERED)
     page.get_by_role("button", name="Random image").click()
+    page.wait_for_function(f"(b) => ({_RENDERED})() !== b", arg=before, timeout=60_000)
     page.wait_for_function(_RESULTS_READY, arg=K, timeout=60_000)
 
 
@@ -190,6 +196,18 @@ def _check_layout_and_keys(page: Any, width: int) -> None:
     page.wait_for_function("(n) => document.querySelector('.sig-qname').innerText === n", arg=name)
     page.wait_for_function(_RESULTS_READY, arg=K)
     assert page.evaluate(f"() => ({_LIGHTBOX})()") is None
+
+
+def _check_error_in_plain_words(page: Any) -> None:
+    """An unreachable URL typed and submitted with Enter: one plain sentence, the previous results dimmed."""
+    box = page.get_by_placeholder("Paste an image URL and press Enter")
+    box.fill(f"127.0.0.1:{closed_port()}/cat.jpg")  # no scheme: tried as https
+    box.press("Enter")
+    page.wait_for_function("() => document.querySelector('.sig-msg').innerText.includes('Could not reach')")
+    assert page.locator(".sig-msg").inner_text().strip() == "Could not reach 127.0.0.1 (connection refused)"
+    assert page.locator(".sig-results.sig-stale").count() == 1 and page.locator(".sig-stale-note").is_visible()
+    _search_random(page)
+    assert page.locator(".sig-msg").is_hidden() and page.locator(".sig-results.sig-stale").count() == 0
 
 
 def _big_jpeg(path: Path, photo: Path, size: int = 15 * 1024 * 1024) -> Path:
@@ -235,6 +253,7 @@ def test_voila_app(small_db: Path, coco_subset: Path, tmp_path: Path) -> None:
                 assert page.locator(".sig-legend-item").count() == 4
                 _check_layout_and_keys(page, width)
                 if width == WIDTHS[0]:
+                    _check_error_in_plain_words(page)
                     # A 15 MB JPEG through the page's file input: previewed at once, then results (20 MB limit).
                     page.locator(".sig-file").set_input_files(str(big))
                     # At once: the photo itself in the query panel (read by the page), a spinner, old results dimmed.
@@ -288,6 +307,7 @@ def test_jupyter_app_output_is_the_app_only(front: str, small_db: Path, tmp_path
             page.wait_for_function(_MODEL_READY)
             active = page.evaluate(_ACTIVE_CELL)
             _check_layout_and_keys(page, 1280)
+            _check_error_in_plain_words(page)  # Enter in the URL box submits it (the notebook does not take it)
             # The keys stayed in the app: the notebook did not move to another cell or enter edit mode.
             assert page.evaluate(_ACTIVE_CELL) == active
             assert page.locator(".jp-Notebook.jp-mod-editMode").count() == 0
