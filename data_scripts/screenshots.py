@@ -68,6 +68,19 @@ def _settle(page: Any) -> None:
     page.wait_for_timeout(600)
 
 
+def _shoot(browser: Any, notebook: str, extra: str, env: dict[str, str], tmp: Path, size: tuple[int, int],
+           ready: str, path: Path) -> None:
+    """One screenshot of a notebook in Voilà, once ``ready`` is shown (and its model, if any, is loaded)."""
+    with _voila(notebook, extra, env, tmp) as url:
+        page = _page(browser, url, *size)
+        page.wait_for_selector(ready)
+        page.wait_for_function("() => !document.querySelector('.sig-model') "
+                               "|| /Model ready/.test(document.querySelector('.sig-model').innerText)")
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(path))
+        page.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", type=Path, required=True, help="The image database shown.")
@@ -102,21 +115,12 @@ def main() -> int:
             page.close()
         if args.text_db:
             env["SIMILAR_TEXTS_DB"] = str(args.text_db.resolve())
-            with _voila("text_similarity.ipynb", f"_ = app.search({args.text_query!r})", env, tmp) as url:
-                page = _page(browser, url, args.width, 900)
-                page.wait_for_selector(".sig-card")
-                page.wait_for_function("() => /Model ready/.test(document.querySelector('.sig-model').innerText)")
-                page.wait_for_timeout(400)
-                page.screenshot(path=str(args.out / "text-app.png"))
-                page.close()
+            _shoot(browser, "text_similarity.ipynb", f"_ = app.search({args.text_query!r})", env, tmp,
+                   (args.width, 900), ".sig-card", args.out / "text-app.png")
         if args.dup_db:
             env["SIMILAR_IMAGES_DB"] = str(args.dup_db.resolve())
-            with _voila("near_duplicates.ipynb", "", env, tmp) as url:
-                page = _page(browser, url, args.width, 1150)
-                page.wait_for_selector(".sid-pair")
-                page.wait_for_timeout(800)
-                page.screenshot(path=str(args.out / "near-duplicates.png"))
-                page.close()
+            _shoot(browser, "near_duplicates.ipynb", "", env, tmp, (args.width, 1150), ".sid-pair",
+                   args.out / "near-duplicates.png")
         browser.close()
     time.sleep(0.5)
     print(f"screenshots in {args.out} (logs in {tmp})")

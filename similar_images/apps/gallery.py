@@ -46,10 +46,12 @@ from typing import Any
 import anywidget
 import traitlets as t
 
-from ..errors import QueryError
+from ..errors import ConfigError, QueryError
+from ..index import BAND_NAMES, ScoreBands
+from ..search import Match, Results
 from .common import user_message
 
-__all__ = ["GalleryWidget", "ActionTarget", "ActionResult", "UPLOAD_CHUNK"]
+__all__ = ["GalleryWidget", "GalleryApp", "ActionTarget", "ActionResult", "UPLOAD_CHUNK"]
 
 logger = logging.getLogger(__name__)
 
@@ -282,3 +284,72 @@ def _too_large(name: str, size: int, limit: int) -> str:
 
 def _mb(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB" if n >= 1024 * 1024 else f"{max(n, 1) / 1024:.0f} KB"
+
+
+class GalleryApp:
+    """What the image and text apps share around their :class:`GalleryWidget`: the last results, those shown
+    (above the minimum score chosen in the page), the message, ``k``, and displaying and closing the app."""
+
+    gallery: GalleryWidget
+    widget: GalleryWidget
+    bands: ScoreBands | None
+    _results: Results | None
+    _shown: list[Match]
+    _message: str
+
+    @property
+    def results(self) -> Results | None:
+        """The results of the last search, or ``None`` (before the first, or after an empty query)."""
+        return self._results
+
+    @property
+    def shown(self) -> list[Match]:
+        """The results shown: :attr:`results` above the minimum score."""
+        return list(self._shown)
+
+    @property
+    def message(self) -> str:
+        """The message shown to the user (e.g. why an input was refused); ``""`` when none."""
+        return self._message
+
+    @property
+    def k(self) -> int:
+        """The number of results (the page's *Results* slider)."""
+        return int(self.gallery.k)
+
+    @k.setter
+    def k(self, value: int) -> None:
+        top = int(self.gallery.controls.get("max_k", 50))
+        if isinstance(value, bool) or not 1 <= int(value) <= top:
+            raise ConfigError(f"k must be an integer from 1 to {top}, got {value!r}")
+        self.gallery.k = int(value)
+
+    def _min_score(self, floor: float | None = None) -> float:
+        """The lowest score shown: ``floor`` and the band chosen in the page's *Show* list."""
+        lo = -float("inf") if floor is None else float(floor)
+        band = self.gallery.min_band
+        if band and self.bands is not None and band in BAND_NAMES:
+            lo = max(lo, self.bands.lower_bound(band))
+        return lo
+
+    def _keep_shown(self, results: Results, what: str, floor: float | None = None) -> dict[str, Any]:
+        """Keep the results above the minimum score in :attr:`shown`; returns the results' title for the page."""
+        lo = self._min_score(floor)
+        self._shown = [m for m in results if m.score >= lo]
+        hidden = len(results) - len(self._shown)
+        if not hidden:
+            return {"text": f"{len(self._shown)} most similar {what}"}
+        return {"text": f"{len(self._shown)} of the {len(results)} most similar {what}",
+                "note": f"({hidden} below {lo:.2f} hidden)"}
+
+    def _empty_after_filter(self) -> dict[str, Any]:
+        if self._shown:
+            return {}
+        return {"text": f"No result reaches {self._min_score():.2f}: lower the minimum in 'Show'."}
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def close(self) -> None:
+        """Close the app's widget (frees it in the kernel and the browser)."""
+        self.widget.close()

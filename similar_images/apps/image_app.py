@@ -47,7 +47,7 @@ import numpy as np
 from .._util.http import AddressPolicy, FetchConfig, check_url, fetch_url
 from ..embed import item_kind
 from ..errors import ConfigError, DatabaseError, ImageLoadError, QueryError, SimilarImagesError
-from ..index import BAND_NAMES, ivf_of
+from ..index import ivf_of
 from ..search import Match, Results, query_vectors
 from ..sources.thumbnails import ThumbnailCache, ThumbnailConfig, make_thumbnail, placeholder_thumbnail
 from ..store import Database
@@ -63,7 +63,7 @@ from .common import (
     unreadable_image,
     user_message,
 )
-from .gallery import ActionTarget, GalleryWidget
+from .gallery import ActionTarget, GalleryApp, GalleryWidget
 
 __all__ = ["AppConfig", "QueryInfo", "SimilarImagesApp", "open_app", "MAX_K", "UPLOAD_ACCEPT"]
 
@@ -167,7 +167,7 @@ def _mb(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB" if n >= 1024 * 1024 else f"{max(n, 1) / 1024:.0f} KB"
 
 
-class SimilarImagesApp:
+class SimilarImagesApp(GalleryApp):
     """Interactive similar-image search over a :class:`~similar_images.store.Database`.
 
     Display it in a notebook by making it the last expression of a cell (or ``display(app.widget)``).
@@ -287,32 +287,13 @@ class SimilarImagesApp:
         if self.config.preload_model:
             self.loader.start()
 
-    # ------------------------------------------------------------ display
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
-
     def close(self) -> None:
         """Close the app's widget (frees it in the kernel and the browser)."""
         if self._prefetcher is not None:
             self._prefetcher.shutdown(wait=False, cancel_futures=True)
-        self.widget.close()
+        super().close()
 
     # ------------------------------------------------------------ state readers
-    @property
-    def results(self) -> Results | None:
-        """The results of the last search, or ``None`` before the first."""
-        return self._results
-
-    @property
-    def shown(self) -> list[Match]:
-        """The results shown: :attr:`results` above the minimum score."""
-        return list(self._shown)
-
-    @property
-    def message(self) -> str:
-        """The message shown to the user (e.g. why an input was refused); ``""`` when none."""
-        return self._message
-
     @property
     def query(self) -> QueryInfo | None:
         """The current query."""
@@ -322,16 +303,6 @@ class SimilarImagesApp:
     def query_label(self) -> str:
         """Short description of the current query (file name, upload name or URL)."""
         return self._query.name if self._query else ""
-
-    @property
-    def k(self) -> int:
-        return int(self.gallery.k)
-
-    @k.setter
-    def k(self, value: int) -> None:
-        if not 1 <= int(value) <= MAX_K:
-            raise ConfigError(f"k must be an integer from 1 to {MAX_K}, got {value!r}")
-        self.gallery.k = int(value)
 
     def add_lightbox_action(self, name: str, label: str, callback: Callable[[ActionTarget], Any], *,
                             tooltip: str = "", query: bool = False) -> None:
@@ -518,30 +489,17 @@ class SimilarImagesApp:
         query.embed_ms = 0.0
         self._safely(self._run, lambda: query)
 
-    def _min_score(self) -> float:
-        lo = -np.inf if self.min_score is None else float(self.min_score)
-        band = self.gallery.min_band
-        if band and self.bands is not None and band in BAND_NAMES:
-            lo = max(lo, self.bands.lower_bound(band))
-        return float(lo)
-
     def _render(self, query: QueryInfo, results: Results) -> None:
         self._query, self._results, self._message = query, results, ""
-        lo = self._min_score()
-        self._shown = [m for m in results if m.score >= lo]
-        hidden = len(results) - len(self._shown)
         g = self.gallery
+        what = "other images" if query.id is not None and not g.include_query else "images"
+        title = self._keep_shown(results, what, self.min_score)
         items = []
         for m in self._shown:
             items.append({"id": m.id, "rank": m.rank, "score": round(float(m.score), 4),
                           "band": self.bands.band(m.score) if self.bands else "", "name": Path(m.path).name,
                           "title": m.path, "thumb": self._thumb(m.path), "key": f"db:{m.id}",
                           "is_query": m.id == query.id})
-        what = "other images" if query.id is not None and not g.include_query else "images"
-        title = {"text": f"{len(self._shown)} most similar {what}" if not hidden else
-                 f"{len(self._shown)} of the {len(results)} most similar {what}"}
-        if hidden:
-            title["note"] = f"({hidden} below {lo:.2f} hidden)"
         with g.hold_sync():
             g.query = self._query_dict(query)
             g.results = items
@@ -549,7 +507,7 @@ class SimilarImagesApp:
             g.message = {}
             g.state = "idle"
             g.selected = min(g.selected, len(items) - 1)
-            g.empty = {} if items else {"text": f"No result reaches {lo:.2f}: lower the minimum in 'Show'."}
+            g.empty = self._empty_after_filter()
             g.render_id += 1
             g.status = self._status_dict()
         self._prefetch([m.path for m in self._shown])

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DatabaseError, SimilarImagesError
-from ..index import BAND_NAMES, DEFAULT_RERANK
+from ..index import DEFAULT_RERANK
 from ..search import Match, Results
 from ..store import Database
 from .common import (
@@ -42,7 +42,7 @@ from .common import (
     quiet_output,
     user_message,
 )
-from .gallery import GalleryWidget
+from .gallery import GalleryApp, GalleryWidget
 
 __all__ = ["TextSearchApp", "text_search_app", "build_commands", "highlight_marks", "EXAMPLES"]
 
@@ -89,7 +89,7 @@ def build_commands(db_path: str | os.PathLike[str]) -> list[str]:
             f"similar-images text build TEXTS.csv {db}"]
 
 
-class TextSearchApp:
+class TextSearchApp(GalleryApp):
     """Search a text database interactively.
 
     Attributes:
@@ -123,7 +123,7 @@ class TextSearchApp:
         self.preload = preload
         self.noun = noun
         self.bands = self.db.score_bands()
-        self.last_results: Results | None = None
+        self._results: Results | None = None
         self._shown: list[Match] = []
         self._query: str | int | None = None
         self._query_text = ""
@@ -156,32 +156,14 @@ class TextSearchApp:
 
     # ------------------------------------------------------------ state
     @property
-    def results(self) -> Results | None:
-        """The results of the last search (``None`` before the first, or after an empty query)."""
-        return self.last_results
-
-    @property
-    def shown(self) -> list[Match]:
-        """The results shown (above the minimum score chosen in the page)."""
-        return list(self._shown)
-
-    @property
-    def message(self) -> str:
-        """The message shown ("" when none)."""
-        return self._message
+    def last_results(self) -> Results | None:
+        """The results of the last search (the same as :attr:`results`)."""
+        return self._results
 
     @property
     def query_text(self) -> str:
         """The text of the current query."""
         return self._query_text
-
-    @property
-    def k(self) -> int:
-        return int(self.gallery.k)
-
-    @k.setter
-    def k(self, value: int) -> None:
-        self.gallery.k = int(value)
 
     # ------------------------------------------------------------ callbacks
     def _on_ready(self) -> None:
@@ -193,8 +175,8 @@ class TextSearchApp:
             self._safely(self._run, self._query, self._query_text)
 
     def _on_filter(self, _change: dict[str, Any]) -> None:
-        if self.last_results is not None:
-            self._render(self.last_results, self._query_text, self._query)
+        if self._results is not None:
+            self._render(self._results, self._query_text, self._query)
 
     # -------------------------------------------------------------- actions
     def search(self, text: str | None = None) -> Results | None:
@@ -232,13 +214,13 @@ class TextSearchApp:
         with g.hold_sync():
             g.message = {"text": text, "kind": kind}
             if kind == "info":  # an empty query: explain, with examples, instead of old results
-                self.last_results, self._shown, self._query = None, [], None
+                self._results, self._shown, self._query = None, [], None
                 g.results, g.query, g.state = [], {}, "idle"
                 g.results_title = {}
                 g.empty = self._explain()
                 g.render_id += 1
             else:
-                g.state = "stale" if self.last_results is not None else "idle"
+                g.state = "stale" if self._results is not None else "idle"
 
     def _run(self, query: str | int, text: str) -> Results | None:
         g = self.gallery
@@ -261,17 +243,14 @@ class TextSearchApp:
             self._show_message(user_message(exc))
             return None
         self._query, self._query_text, self._message = query, text, ""
-        self.last_results = results
+        self._results = results
         self._render(results, text, query, total_ms=(time.perf_counter() - t0) * 1e3)
         return results
 
     def _render(self, results: Results, text: str, query: str | int | None, total_ms: float | None = None) -> None:
         g = self.gallery
-        lo = -1.0
-        if g.min_band and self.bands is not None and g.min_band in BAND_NAMES:
-            lo = self.bands.lower_bound(g.min_band)
-        self._shown = [m for m in results if m.score >= lo]
-        hidden = len(results) - len(self._shown)
+        what = f"other {self.noun}" if isinstance(query, int) and not g.include_query else self.noun
+        title = self._keep_shown(results, what)
         items = []
         for m in self._shown:
             shown_text = html.unescape(m.text)  # tweets carry HTML entities (&quot;, &amp;)
@@ -279,11 +258,6 @@ class TextSearchApp:
                           "band": self.bands.band(m.score) if self.bands else "", "text": shown_text,
                           "marks": highlight_marks(shown_text, text), "detail": f"#{m.id}",
                           "key": f"db:{m.id}", "is_query": isinstance(query, int) and m.id == query})
-        what = f"other {self.noun}" if isinstance(query, int) and not g.include_query else self.noun
-        title = {"text": f"{len(items)} most similar {what}" if not hidden
-                 else f"{len(items)} of the {len(results)} most similar {what}"}
-        if hidden:
-            title["note"] = f"({hidden} below {lo:.2f} hidden)"
         detail = f"{self.noun[:-1] if self.noun.endswith('s') else self.noun} #{query} of the database" \
             if isinstance(query, int) else "typed"
         with g.hold_sync():
@@ -292,13 +266,13 @@ class TextSearchApp:
             g.results_title = title
             g.message = {}
             g.state = "idle"
-            g.empty = {} if items else {"text": f"No result reaches {lo:.2f}: lower the minimum in 'Show'."}
+            g.empty = self._empty_after_filter()
             g.render_id += 1
             g.status = self._status_dict(results, total_ms)
 
     def _status_dict(self, results: Results | None = None, total_ms: float | None = None) -> dict[str, Any]:
         status: dict[str, Any] = {"model": self.loader.status()}
-        r = results if results is not None else self.last_results
+        r = results if results is not None else self._results
         if r is not None:
             index = self.db.manifest.index
             mode = "exact search" if r.params.get("exact") or index is None else f"index {index.factory}"
@@ -318,13 +292,6 @@ class TextSearchApp:
             logger.error("Error in the text app", exc_info=exc)
             self._show_message(user_message(exc))
             return None
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def close(self) -> None:
-        """Close the app's widget."""
-        self.widget.close()
 
 
 def text_search_app(db_path: str | os.PathLike[str], *, k: int = 8, max_k: int = 50,

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..index import IndexConfig, build_index, drop_self, exact_search, set_search_params
 from ..measure.compare import NeighbourComparison, compare_neighbours
 from ..measure.tune import TuneConfig, tune_database
-from ..measure.tune_report import TunePoint, TuneReport
+from ..measure.tune_report import TunePoint, TuneReport, human_bytes
 from ..store import Database
 from .common import figure_png, log_to_file, quiet_output, shorten_middle, thumbnail_array, thumbnail_bytes
 
@@ -103,7 +103,7 @@ def report_html(report: TuneReport) -> HTML:
         if srv:
             cells += [f"{p.recall_served:.4f}" if p.recall_served is not None else "",
                       f"{p.latency_served_ms:.3f}" if p.latency_served_ms is not None else ""]
-        cells += [_human(p.memory_bytes), f"{p.memory_ratio:.3f}", f"{p.bytes_per_vector:.0f}",
+        cells += [human_bytes(p.memory_bytes), f"{p.memory_ratio:.3f}", f"{p.bytes_per_vector:.0f}",
                   f"{p.build_seconds:.2f}"]
         cls = "sit-pick" if p is chosen else ("sit-pareto" if p.pareto else "")
         rows.append(f"<tr class='{cls}'>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -116,14 +116,6 @@ def report_html(report: TuneReport) -> HTML:
     return HTML(_TABLE_CSS + f"<div class='sit-wrap'><table class='sit-table'><thead><tr>{head}</tr></thead>"
                 f"<tbody>{''.join(rows)}</tbody></table></div><ul class='sit-notes'>"
                 + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 def _point(report: TuneReport | None, which: str) -> TunePoint | None:
