@@ -263,9 +263,7 @@ def log_to_file() -> Path:
             handler = logging.StreamHandler(stream)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             handler._similar_images_app = True  # type: ignore[attr-defined]
-            lg.addHandler(handler)
-            if name == "similar_images" and lg.level == logging.NOTSET:
-                lg.setLevel(logging.INFO)
+            lg.addHandler(handler)  # levels are left alone: the process's logging setup is not the app's
     return app_log_path()
 
 
