@@ -308,6 +308,10 @@ def test_jupyter_app_output_is_the_app_only(front: str, small_db: Path, tmp_path
             active = page.evaluate(_ACTIVE_CELL)
             _check_layout_and_keys(page, 1280)
             _check_error_in_plain_words(page)  # Enter in the URL box submits it (the notebook does not take it)
+            page.set_viewport_size({"width": 1920, "height": 1000})  # a wider window: the grid follows
+            page.wait_for_timeout(500)
+            grid_w, area_w = page.evaluate(_FILL)
+            assert grid_w >= 0.9 * area_w and area_w > 1100, (grid_w, area_w)
             # The keys stayed in the app: the notebook did not move to another cell or enter edit mode.
             assert page.evaluate(_ACTIVE_CELL) == active
             assert page.locator(".jp-Notebook.jp-mod-editMode").count() == 0
