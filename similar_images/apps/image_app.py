@@ -446,8 +446,10 @@ class SimilarImagesApp(GalleryApp):
         except ImageLoadError as exc:
             raise unreadable_image(name, exc) from exc
         key = f"q:{next(self._keys)}"
-        self._set_query(QueryInfo(kind, name, detail, title, thumb, key, data=data), busy=True,
-                        note="" if self.loader.ready else "Waiting for the model to load \u2026")
+        if kind != "upload" or not self.loader.ready:
+            # The picture (an upload is already shown by the page itself), and why it waits if it does.
+            self._set_query(QueryInfo(kind, name, detail, title, thumb, key, data=data), busy=True,
+                            note="" if self.loader.ready else "Waiting for the model to load \u2026")
         self.loader.wait()
         with quiet_output():
             vectors, _ = query_vectors(self.db, [data])
