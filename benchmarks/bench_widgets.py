@@ -1,4 +1,5 @@
-"""Speed of the notebook app (similar_images.widgets), server side.
+"""Speed of the image app (similar_images.apps.image_app), in the kernel (``bench_apps.py`` measures it in a
+browser).
 
 Measures, on a real database (VGG16 conv base, average pooling, real ImageNet
 weights, the 256 offline COCO photos):
@@ -21,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import statistics
@@ -63,8 +63,8 @@ def notebook_cold_start(db: Path, weights: Path) -> tuple[float, float, float]:
     from nbclient import NotebookClient
 
     nb = nbformat.read(ROOT / "notebooks" / "similar_images.ipynb", as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell("import time; _t = time.time(); app._preload_thread.join(); "
-                                              "print('READY', time.time())"))
+    nb.cells.append(nbformat.v4.new_code_cell("import time; app.gallery.receive({'event': 'ready'}); "
+                                              "app.loader.wait(); print('READY', time.time())"))
     os.environ["SIMILAR_IMAGES_DB"] = str(db)
     os.environ["SIMILAR_IMAGES_WEIGHTS"] = str(weights)
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
@@ -111,7 +111,7 @@ def main() -> None:
     _ = db.embedder.model
     t_model = time.perf_counter() - t0
     print(f"\nDatabase: {db}")
-    print(f"k={args.k}, {app.config.columns} per row, thumbnails {app.config.thumb_size} px JPEG\n")
+    print(f"k={args.k}, thumbnails {app.config.thumb_size} px JPEG\n")
     print("Cold start (this process)")
     print(f"  import + open database + index + build widgets : {t_open * 1e3:8.0f} ms")
     print(f"  query model built (VGG16 conv base)            : {t_model * 1e3:8.0f} ms")
@@ -130,9 +130,8 @@ def main() -> None:
         out = []
         for i in ids:
             app.search_id(i)
-            card = app.result_cards[0]  # "Search similar" on the top result (the image itself)
             t = time.perf_counter()
-            card.button.click()
+            app.gallery.receive({"event": "search", "index": 0})  # "Search similar" on the first result
             out.append((time.perf_counter() - t) * 1e3)
         return out
 
@@ -147,14 +146,14 @@ def main() -> None:
     random_clicks = []
     for _ in range(args.clicks):
         t = time.perf_counter()
-        app.random_button.click()
+        app.gallery.receive({"event": "random"})
         random_clicks.append((time.perf_counter() - t) * 1e3)
     per_thumb = []
     for p in db.items[:40]:
         t = time.perf_counter()
         app.thumbnails.get(p, 96)  # a size never made before
         per_thumb.append((time.perf_counter() - t) * 1e3)
-    thumb_bytes = [len(c.image.value) for c in app.result_cards]
+    thumb_bytes = [len(t["thumb"]) for t in app.gallery.results]
     photo_bytes = [Path(m.path).stat().st_size for m in app.results or []]
 
     print("\nClick to results ready, database image (stored vector, no model run)")
@@ -172,13 +171,11 @@ def main() -> None:
     upload_ms, embed_ms = [], []
     for i in ids[: args.uploads]:
         data = Path(db.items[i]).read_bytes()
-        value = ({"name": "u.jpg", "type": "image/jpeg", "size": len(data), "content": memoryview(data),
-                  "last_modified": dt.datetime.now(dt.timezone.utc)},)
         t = time.perf_counter()
-        app.upload.value = value
+        app.search_upload(data, "u.jpg")
         upload_ms.append((time.perf_counter() - t) * 1e3)
         embed_ms.append(app.timing.embed_ms)
-        assert app.results is not None and app.results[0].id == i, (i, app.message)
+        assert app.results is not None and app.results[0].id == i, (i, app.message)  # the photo finds itself
     url_ms = []
     with http_server({"/photo.jpg": Route(Path(db.items[ids[0]]).read_bytes(), "image/jpeg")}) as base:
         for n in range(10):

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to the running app:
-#   install -> get images -> extract features -> build the index -> open the notebook.
+#   install -> get images -> extract features -> build the index -> open the app (Voila, http://localhost:8866).
 #
 # Usage: bash data_scripts/quickstart.sh [--images DIR_OR_LIST] [--model NAME] [--weights W]
-#                                        [--db DIR] [--app lab|notebook|voila|none]
+#                                        [--db DIR] [--app voila|lab|notebook|none]
 # Defaults: download MS-COCO val2014 (6.2 GB) into data/coco, model vgg16-fc2 with
-# Keras' ImageNet weights, database data/coco-db, open JupyterLab.
+# Keras' ImageNet weights, database data/coco-db, open the app alone with Voila.
 # Every step is resumable and skipped when already done, so re-running is cheap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGES=""; MODEL="vgg16-fc2"; WEIGHTS="imagenet"; DB="data/coco-db"; APP="lab"
+IMAGES=""; MODEL="vgg16-fc2"; WEIGHTS="imagenet"; DB="data/coco-db"; APP="voila"
 while [ $# -gt 0 ]; do
   case "$1" in
     --images) IMAGES="$2"; shift 2 ;;
@@ -59,9 +59,12 @@ similar-images info "$DB"
 
 export SIMILAR_IMAGES_DB="$(cd "$DB" && pwd)"
 case "$APP" in
-  lab) exec jupyter lab notebooks/similar_images.ipynb ;;
-  notebook) exec jupyter notebook notebooks/similar_images.ipynb ;;
-  voila) exec voila notebooks/similar_images.ipynb ;;
+  lab) echo "==> JupyterLab: in the notebook, Run > Run All Cells (the app appears under the last cell)"
+       exec jupyter lab notebooks/similar_images.ipynb ;;
+  notebook) echo "==> Notebook 7: Run > Run All Cells (the app appears under the last cell)"
+            exec jupyter notebook notebooks/similar_images.ipynb ;;
+  voila) echo "==> The app: open http://localhost:8866 in a browser (Ctrl+C here stops it)"
+         exec voila notebooks/similar_images.ipynb ;;
   none) echo "Done. Open notebooks/similar_images.ipynb with SIMILAR_IMAGES_DB=$SIMILAR_IMAGES_DB" ;;
   *) echo "unknown --app $APP" >&2; exit 2 ;;
 esac

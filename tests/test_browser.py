@@ -1,35 +1,43 @@
-"""The image-search notebook as a Voilà app, driven in headless Chromium (Playwright).
+"""The notebook apps in a real browser: Debian's Chromium driven by Playwright, servers on 127.0.0.1.
 
-Starts ``voila notebooks/similar_images.ipynb`` on 127.0.0.1 with the small
-real database, clicks "Random image", checks the thumbnails really render,
-searches a URL by pressing Enter, uploads a photo through the real file
-input, and saves a screenshot into the test's tmp_path.
+* Voilà, started as the README says (``voila notebooks/similar_images.ipynb`` from the repository root, which
+  reads the repository's ``voila.json``), at 1280 and 1920 pixels: the grid fills the width, the lightbox opens
+  on a click, moves with the arrow keys and closes on Esc, the arrows move a selection in the grid, the page
+  shows the app only, a 15 MB JPEG upload gives results, and closed pages leave no kernel behind.
+* JupyterLab 4 and Notebook 7 (Run All): the app fills the output area, the keys work there too, and the output
+  area holds the app and nothing else (no TensorFlow, absl, oneDNN or log lines), also after the model loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from conftest import ROOT
-from helpers import Route, free_port, http_server, running_process
+from helpers import closed_port, free_port, running_process
+from PIL import Image
 
-NOTEBOOK = ROOT / "notebooks" / "similar_images.ipynb"
+NOTEBOOK = "notebooks/similar_images.ipynb"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
-K = 6
+WIDTHS = (1280, 1920)
+K = 8
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    path = shutil.which("chromium")
     if path is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is required under CI (apt-get install chromium)")
@@ -37,104 +45,282 @@ def _chromium() -> str:
     return path
 
 
-@contextlib.contextmanager
-def _voila(db: Path, tmp_path: Path) -> Iterator[str]:
-    """Run Voilà on the notebook; always stop it (and its kernels) afterwards."""
-    port = free_port()
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _env(db: Path, tmp_path: Path) -> dict[str, str]:
     env = {**os.environ, "SIMILAR_IMAGES_DB": str(db), "SIMILAR_IMAGES_K": str(K),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    cmd = [sys.executable, "-m", "voila", str(NOTEBOOK), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-           "--Voila.tornado_settings={'websocket_max_message_size': 104857600}"]
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "SIMILAR_IMAGES_APP_LOG": str(tmp_path / "apps.log"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell: the app must keep TensorFlow quiet by itself
+    return env
 
-    def listening() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
 
-    # Voilà shuts its kernels down on SIGTERM; the process group is killed if it lingers.
-    with running_process(cmd, env=env, cwd=tmp_path, log=tmp_path / "voila.log", ready=listening, timeout=60):
+@contextlib.contextmanager
+def voila(db: Path, tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """``voila notebooks/similar_images.ipynb`` from the repository root (its voila.json applies)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "voila", NOTEBOOK, "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"]
+    with running_process(cmd, env=_env(db, tmp_path), cwd=ROOT, log=tmp_path / "voila.log",
+                         ready=lambda: _listening(port), timeout=120) as proc:
+        yield f"http://127.0.0.1:{port}/", proc
+
+
+@contextlib.contextmanager
+def jupyter(app: str, db: Path, tmp_path: Path) -> Iterator[str]:
+    """``jupyter lab`` or ``jupyter notebook`` on a copy of the repository's notebooks (the front end saves the
+    notebooks it runs), without a token, on 127.0.0.1."""
+    port = free_port()
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    root = tmp_path / "project"
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    env = {**_env(db, tmp_path), "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"), "HOME": str(home)}
+    cmd = [sys.executable, "-m", app, "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+           "--IdentityProvider.token=", "--allow-root", f"--ServerApp.root_dir={root}"]
+    with running_process(cmd, env=env, cwd=root, log=tmp_path / f"{app}.log", ready=lambda: _listening(port),
+                         timeout=120):
         yield f"http://127.0.0.1:{port}/"
 
 
-@contextlib.contextmanager
-def _photo_server(photo: Path) -> Iterator[str]:
-    with http_server({"/street-photo.jpg": Route(photo.read_bytes(), "image/jpeg")}) as base:
-        yield f"{base}/street-photo.jpg"
+def _kernels(proc: Any) -> int:
+    """Kernels the server runs (its child processes running ipykernel)."""
+    import psutil
+
+    count = 0
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "ipykernel" in " ".join(child.cmdline()):
+                count += 1
+    return count
 
 
-_THUMBS_READY = """(k) => {
-    const imgs = [...document.querySelectorAll('.si-card img')]
-        .filter(i => i.offsetParent !== null);
-    return imgs.length === k && imgs.every(i => i.complete && i.naturalWidth > 0);
+def _settled_kernels(proc: Any, want: int | None = None, timeout: float = 90.0) -> int:
+    """The number of kernels once it stops changing (or reaches ``want``)."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = _kernels(proc)
+        if n != last:
+            last, since = n, time.monotonic()
+        if (want is None or n == want) and time.monotonic() - since > 4:
+            return n
+        time.sleep(0.5)
+    return last
+
+
+# ------------------------------------------------------------------------------------ page checks (shared)
+_RESULTS_READY = """(k) => {
+    const cards = [...document.querySelectorAll('.sig-grid .sig-card')];
+    const imgs = cards.map(c => c.querySelector('img'));
+    const r = document.querySelector('.sig-results');
+    return cards.length === k && imgs.every(i => i && i.complete && i.naturalWidth > 0)
+        && !r.classList.contains('sig-busy');
 }"""
 
-
-_SETTLED = """(k) => {
-    const s = [...document.querySelectorAll('.si-card .si-score')].map(e => parseFloat(e.innerText));
-    const upload = [...document.querySelectorAll('button')].find(b => b.innerText.includes('Upload image'));
-    return s.length === k && s.every((v, i) => i === 0 || s[i - 1] >= v) && upload.innerText.includes('(0)');
+_FILL = """() => {
+    const grid = document.querySelector('.sig-grid');
+    const host = document.querySelector('.sig-host');
+    const area = host.closest('.jp-OutputArea-output') || host.parentElement;
+    return [grid.getBoundingClientRect().width, area.getBoundingClientRect().width];
 }"""
-_TOP_RESULT_IS = "(name) => document.querySelector('.si-card .si-name')?.innerText === name"
+
+_OUTPUT_TEXT = """() => [...document.querySelectorAll('.jp-OutputArea-output')]
+    .filter(o => !o.querySelector('.sig-host'))
+    .map(o => (o.getAttribute('data-mime-type') || '') + ': ' + o.innerText.trim())
+    .filter(t => t.length > 2)"""
+
+_ACTIVE_CELL = ("() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')]"
+                ".findIndex(c => c.classList.contains('jp-mod-active'))")
+_IDLE = ("() => !document.querySelector('.sig-results').classList.contains('sig-busy')"
+         " && !document.querySelector('.sig-query').classList.contains('sig-busy')")
+_MODEL_STATUS = ("() => /^Loading the image model \\(mobilenetv2\\) \u2026 \\d+(\\.\\d)? s$|^Model ready \\(/"
+                 ".test(document.querySelector('.sig-model').innerText)")
+_PREVIEW = """() => {
+    const img = document.querySelector('.sig-qimg');
+    return document.querySelector('.sig-qname').innerText === 'big-photo.jpg' && img.src.startsWith('blob:')
+        && img.complete && img.naturalWidth > 4000
+        && document.querySelector('.sig-query').classList.contains('sig-busy')
+        && getComputedStyle(document.querySelector('.sig-query .sig-spinner')).display === 'block'
+        && getComputedStyle(document.querySelector('.sig-results')).opacity < 0.5;
+}"""
+_MODEL_READY = "() => document.querySelector('.sig-model').innerText.startsWith('Model ready')"
+_SELECTED = "() => [...document.querySelectorAll('.sig-card')].findIndex(c => c.classList.contains('sig-selected'))"
+_LIGHTBOX = ("() => { const lb = document.querySelector('.sig-lightbox'); "
+             "return lb.hidden ? null : Number(lb.dataset.index); }")
 
 
-def test_voila_app_in_headless_chromium(small_db: Path, coco_subset: Path, tmp_path: Path) -> None:
+_RENDERED = "() => document.querySelector('.sig-grid')?.dataset.rendered ?? ''"
+
+
+def _search_random(page: Any) -> None:
+    """Click Random image and wait for the new results to be drawn."""
+    before = page.evaluate(_RENDERED)
+    page.get_by_role("button", name="Random image").click()
+    page.wait_for_function(f"(b) => ({_RENDERED})() !== b", arg=before, timeout=60_000)
+    page.wait_for_function(_RESULTS_READY, arg=K, timeout=60_000)
+
+
+def _check_layout_and_keys(page: Any, width: int) -> None:
+    """The grid fills the width; click opens the lightbox; arrows move; Esc closes; arrows move the grid selection."""
+    grid_w, area_w = page.evaluate(_FILL)
+    assert grid_w >= 0.9 * area_w, (width, grid_w, area_w)
+    per_row = page.evaluate("() => { const c = [...document.querySelectorAll('.sig-card')]; "
+                            "return c.filter(x => x.offsetTop === c[0].offsetTop).length; }")
+    assert per_row >= min(K, int(area_w // 300)), (per_row, area_w)  # tiles of 220 to 300 px fill the rows
+    page.locator(".sig-card").nth(1).click()
+    page.wait_for_function(f"() => ({_LIGHTBOX})() === 1")
+    page.wait_for_function("() => !document.querySelector('.sig-lightbox .sig-spinner').offsetParent")  # large image
+    assert page.evaluate("() => document.querySelector('.sig-lb-img').naturalWidth") > 0
+    # Explain: the similarity maps of the query and this result appear beside the image.
+    page.locator(".sig-lightbox").get_by_role("button", name="Explain").click()
+    page.wait_for_function("() => document.querySelector('.sig-side-img')?.naturalWidth > 0", timeout=60_000)
+    assert page.locator(".sig-side-title").inner_text().startswith("Why #")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(f"() => ({_LIGHTBOX})() === 2")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function(f"() => ({_LIGHTBOX})() === 0")
+    page.keyboard.press("ArrowLeft")  # before the first result: the query
+    page.wait_for_function(f"() => ({_LIGHTBOX})() === -1")
+    page.keyboard.press("Escape")
+    page.wait_for_function(f"() => ({_LIGHTBOX})() === null")
+    page.keyboard.press("ArrowRight")  # the grid has the focus back: arrows move its selection
+    page.wait_for_function(f"() => ({_SELECTED})() === 1")
+    below = 1 + per_row if 1 + per_row < K else 1  # down a row (the last row stays)
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function(f"() => ({_SELECTED})() === {below}")
+    # Enter opens the selected one; Enter in the lightbox searches with it.
+    name = page.locator(".sig-card .sig-name").nth(below).get_attribute("data-name")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"() => ({_LIGHTBOX})() === {below}")
+    page.keyboard.press("Enter")
+    page.wait_for_function("(n) => document.querySelector('.sig-qname').innerText === n", arg=name)
+    page.wait_for_function(_RESULTS_READY, arg=K)
+    assert page.evaluate(f"() => ({_LIGHTBOX})()") is None
+
+
+def _check_error_in_plain_words(page: Any) -> None:
+    """An unreachable URL typed and submitted with Enter: one plain sentence, the previous results dimmed."""
+    box = page.get_by_placeholder("Paste an image URL and press Enter")
+    box.fill(f"127.0.0.1:{closed_port()}/cat.jpg")  # no scheme: tried as https
+    box.press("Enter")
+    page.wait_for_function("() => document.querySelector('.sig-msg').innerText.includes('Could not reach')")
+    assert page.locator(".sig-msg").inner_text().strip() == "Could not reach 127.0.0.1 (connection refused)"
+    assert page.locator(".sig-results.sig-stale").count() == 1 and page.locator(".sig-stale-note").is_visible()
+    _search_random(page)
+    assert page.locator(".sig-msg").is_hidden() and page.locator(".sig-results.sig-stale").count() == 0
+
+
+def _big_jpeg(path: Path, photo: Path, size: int = 15 * 1024 * 1024) -> Path:
+    """A real photo, enlarged and grainy, saved as a JPEG of at least ``size`` bytes."""
+    img = Image.open(photo).convert("RGB")
+    w = 5000
+    rng = np.random.default_rng(0)
+    while True:
+        big = np.asarray(img.resize((w, w * 3 // 4)), dtype=np.int16)
+        big = np.clip(big + rng.integers(-40, 41, big.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(big).save(buf, format="JPEG", quality=95)
+        if buf.tell() >= size:
+            path.write_bytes(buf.getvalue())
+            return path
+        w += 400
+
+
+# ------------------------------------------------------------------------------------ Voilà
+
+
+def test_voila_app(small_db: Path, coco_subset: Path, tmp_path: Path) -> None:
     chromium = _chromium()
     from playwright.sync_api import sync_playwright
 
     photos = [Path(p) for p in coco_subset.read_text().split()]
-    with _voila(small_db, tmp_path) as url, _photo_server(photos[5]) as photo_url, sync_playwright() as pw:
+    big = _big_jpeg(tmp_path / "big-photo.jpg", photos[9])
+    with voila(small_db, tmp_path) as (url, proc), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            start = _settled_kernels(proc)  # the pre-started kernel of voila.json's pool, if any
+            for width in WIDTHS:
+                page = browser.new_page(viewport={"width": width, "height": 1000})
+                page.set_default_timeout(90_000)
+                page.goto(url, wait_until="domcontentloaded")
+                page.wait_for_selector(".sig-app[data-ready='1']")
+                # The model loads as soon as the page shows the app, and the status line says so, with the time.
+                page.wait_for_function(_MODEL_STATUS)
+                # Only the app: no markdown, no code, no other output.
+                assert page.locator(".jp-MarkdownCell").count() == 0
+                assert page.evaluate(_OUTPUT_TEXT) == []
+                _search_random(page)
+                assert page.locator(".sig-legend-item").count() == 4
+                _check_layout_and_keys(page, width)
+                if width == WIDTHS[0]:
+                    _check_error_in_plain_words(page)
+                    # A 15 MB JPEG through the page's file input: previewed at once, then results (20 MB limit).
+                    page.locator(".sig-file").set_input_files(str(big))
+                    # At once: the photo itself in the query panel (read by the page), a spinner, old results dimmed.
+                    page.wait_for_function(_PREVIEW, timeout=5_000)
+                    page.wait_for_function(_IDLE, timeout=180_000)
+                    assert page.locator(".sig-msg").is_hidden(), page.locator(".sig-msg").inner_text()
+                    page.wait_for_function(_RESULTS_READY, arg=K)  # results for the upload
+                    mb = big.stat().st_size / 2**20
+                    assert page.locator(".sig-qdetail").inner_text() == f"uploaded, {mb:.1f} MB" and mb >= 15
+                    page.wait_for_function(_MODEL_READY)
+                    assert page.evaluate(_OUTPUT_TEXT) == []
+                    page.screenshot(path=str(tmp_path / f"voila-{width}.png"), full_page=True)
+                page.goto("about:blank")  # leaving the page: Voilà asks for its kernel's shutdown
+                page.close()
+                assert _settled_kernels(proc, want=start) == start
+            # Three more visits, their tabs closed abruptly (headless Chromium sends no shutdown request then, like
+            # a crashed browser): voila.json's culler ends their kernels once idle for 2 minutes.
+            for _ in range(3):
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.goto(url, wait_until="domcontentloaded")
+                page.wait_for_selector(".sig-app[data-ready='1']", timeout=90_000)
+                page.close(run_before_unload=True)
+            assert _settled_kernels(proc, want=start, timeout=300) == start
+        finally:
+            browser.close()
+    log = (tmp_path / "voila.log").read_text(errors="replace")
+    assert "403 POST /voila/api/shutdown" not in log
+
+
+# ------------------------------------------------------------------------------------ JupyterLab, Notebook 7
+
+
+@pytest.mark.parametrize("front", ["jupyterlab", "notebook"])
+def test_jupyter_app_output_is_the_app_only(front: str, small_db: Path, tmp_path: Path) -> None:
+    chromium = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with jupyter(front, small_db, tmp_path) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(90_000)
-            page.goto(url, wait_until="domcontentloaded", timeout=90_000)
-
-            # The app is rendered: click Random image and wait for the thumbnails to load.
-            page.get_by_role("button", name="Random image").click()
-            page.wait_for_function(_THUMBS_READY, arg=K)
-            widths = page.eval_on_selector_all(".si-card img", "els => els.map(e => e.naturalWidth)")
-            assert len(widths) == K and all(0 < w <= 160 for w in widths), widths
-            captions = page.locator(".si-card .si-score").all_inner_texts()
-            scores = [float(s) for s in captions]
-            assert len(scores) == K and scores == sorted(scores, reverse=True) and scores[0] > 0.99
-            assert page.locator(".si-query img").evaluate("e => e.naturalWidth") > 0
-            assert "search" in page.locator(".si-status").inner_text()
-            page.wait_for_timeout(300)
-            page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
-            assert (tmp_path / "app.png").stat().st_size > 20_000
-
-            # "Search similar" on the third result makes it the query.
-            third = page.locator(".si-card .si-name").nth(2).inner_text()
-            page.locator(".si-card").nth(2).get_by_role("button", name="Search similar").click()
-            page.wait_for_function("(name) => document.querySelector('.si-query')?.innerText.includes(name)",
-                                   arg=third)
-            page.wait_for_function(_THUMBS_READY, arg=K)
-
-            # A URL, submitted with Enter (runs the model in Voilà's kernel).
-            box = page.get_by_placeholder("Paste an image URL")
-            box.fill(photo_url)
-            box.press("Enter")
-            page.wait_for_function(
-                "() => document.querySelector('.si-query')?.innerText.includes('street-photo.jpg')")
-            page.wait_for_function(_TOP_RESULT_IS, arg=photos[5].name)  # the photo itself, found by the model
-            page.wait_for_function(_THUMBS_READY, arg=K)
-
-            # An unreachable URL: a message in the page, no traceback, and the app still works.
-            box.fill(f"http://127.0.0.1:{free_port()}/nothing.jpg")
-            box.press("Enter")
-            page.wait_for_function("() => document.querySelector('.si-msg')?.innerText.includes('Could not reach')")
-            assert "Traceback" not in page.content()
-
-            # An upload through the real file input.
-            with page.expect_file_chooser() as chooser:
-                page.get_by_role("button", name="Upload image").click()
-            chooser.value.set_files(str(photos[9]))
-            page.wait_for_function("(name) => document.querySelector('.si-query')?.innerText.includes(name)",
-                                   arg=photos[9].name)
-            page.wait_for_function(_TOP_RESULT_IS, arg=photos[9].name)
-            page.wait_for_function(_THUMBS_READY, arg=K)
-            # The whole update has arrived: sorted scores, and the upload button reset for the next file.
-            page.wait_for_function(_SETTLED, arg=K, timeout=20_000)
-            assert page.locator(".si-msg").count() == 0 or not page.locator(".si-msg").is_visible()
-            page.screenshot(path=str(tmp_path / "app-upload.png"), full_page=True)
+            page.set_default_timeout(120_000)
+            path = "lab/tree" if front == "jupyterlab" else "notebooks"
+            page.goto(f"{url}{path}/{NOTEBOOK}", wait_until="domcontentloaded")
+            page.wait_for_selector(".jp-Notebook .jp-Cell")
+            page.wait_for_timeout(2000)
+            page.get_by_text("Run", exact=True).first.click()
+            page.get_by_text("Run All Cells", exact=True).click()
+            page.wait_for_selector(".sig-app[data-ready='1']")
+            _search_random(page)
+            page.wait_for_function(_MODEL_READY)
+            active = page.evaluate(_ACTIVE_CELL)
+            _check_layout_and_keys(page, 1280)
+            _check_error_in_plain_words(page)  # Enter in the URL box submits it (the notebook does not take it)
+            page.set_viewport_size({"width": 1920, "height": 1000})  # a wider window: the grid follows
+            page.wait_for_timeout(500)
+            grid_w, area_w = page.evaluate(_FILL)
+            assert grid_w >= 0.9 * area_w and area_w > 1100, (grid_w, area_w)
+            # The keys stayed in the app: the notebook did not move to another cell or enter edit mode.
+            assert page.evaluate(_ACTIVE_CELL) == active
+            assert page.locator(".jp-Notebook.jp-mod-editMode").count() == 0
+            time.sleep(1.0)
+            assert page.evaluate(_OUTPUT_TEXT) == []
+            assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
         finally:
             browser.close()

@@ -235,14 +235,18 @@ def test_browser_slider_filters_pairs(planted: dict) -> None:
     from similar_images.apps.duplicates_app import DuplicateBrowser, thumbnail_bytes
 
     db = Database.open(planted["db"], load_index=False)
-    browser = DuplicateBrowser(db, min_threshold=0.6, threshold=0.6, max_pairs=8, thumb_size=64)
+    browser = DuplicateBrowser(db, min_threshold=0.5, threshold=0.6, max_pairs=8, thumb_size=64)
     n_low = len(browser.pairs_at(0.6))
-    assert n_low > len(planted["pairs"]) and len(browser.pairs_box.children) == 8
+    assert n_low > len(planted["pairs"]) and len(browser.shown) == 8
+    assert browser.pairs_html.value.count("class='sid-pair'") == 8
     assert browser.histogram.value[:8] == b"\x89PNG\r\n\x1a\n"
     browser.slider.value = 0.9999  # as a user drags the slider: only the exact copies are left
     n_exact = sum(e == "exact" for e in planted["pairs"].values())
-    assert len(browser.pairs_box.children) == len(browser.pairs_at(0.9999)) == n_exact
-    assert f"<b>{n_exact}</b> pairs" in browser.summary.value
+    assert len(browser.shown) == len(browser.pairs_at(0.9999)) == n_exact
+    assert f"<b>{n_exact}</b> pairs" in browser.summary.value and "<b>0.9999</b>" not in browser.summary.value
+    assert "&ge; <b>1.000</b>" in browser.summary.value  # the summary follows the slider
+    browser.slider.value = 0.52  # below what was searched: searched again
+    assert browser.report.config.threshold == pytest.approx(0.52) and len(browser.shown) == 8
     thumb = thumbnail_bytes(db.items[0], 64)
     import io
 
@@ -250,6 +254,24 @@ def test_browser_slider_filters_pairs(planted: dict) -> None:
 
     img = Image.open(io.BytesIO(thumb))
     assert img.format == "JPEG" and max(img.size) == 64
+
+
+def test_default_threshold_comes_from_the_distribution(planted: dict) -> None:
+    from similar_images.apps.duplicates_app import DuplicateBrowser, default_thresholds
+    from similar_images.index import ScoreBands
+
+    db = Database.open(planted["db"], load_index=False)
+    browser = DuplicateBrowser(db)
+    sims = browser.neighbors.similarity
+    bands = ScoreBands.from_similarities(sims)
+    assert browser.threshold == pytest.approx(bands.near_duplicate, abs=1e-3) == default_thresholds(sims)[0]
+    assert browser.slider.min < 0.8 and browser.slider.min <= np.percentile(sims, 5)
+    found = browser.pairs_at(browser.threshold).pair_set()
+    planted_pairs = set(planted["pairs"])
+    # The planted copies (exact, resized, recompressed, cropped) are found; few other pairs are flagged.
+    assert len(found & planted_pairs) >= 0.8 * len(planted_pairs), (len(found & planted_pairs), len(planted_pairs))
+    assert len(found - planted_pairs) <= 2, sorted(found - planted_pairs)
+    assert str(round(browser.default_threshold, 3)) in browser.header.value
 
 
 def test_notebook_runs_headless(planted: dict, tmp_path: Path) -> None:
@@ -261,12 +283,13 @@ def test_notebook_runs_headless(planted: dict, tmp_path: Path) -> None:
     execute_notebook(nb, env, tmp_path)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs)  # the matplotlib histogram
-    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)  # the browser
+    assert not any("image/png" in o.get("data", {}) for o in outputs)  # the histogram is drawn once, in the browser
+    assert sum("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs) == 1
     text = "".join(o.get("text", "") for o in outputs)
+    assert text.startswith("pairs: ") and (tmp_path / "out" / "pairs.csv").exists()
     n = len(find_duplicate_pairs(Database.open(planted["db"], load_index=False), DuplicateConfig(threshold=THRESHOLD)))
-    assert f"{n} pairs" in text
-    assert (tmp_path / "out" / "pairs.csv").exists()
+    assert len((tmp_path / "out" / "pairs.csv").read_text().splitlines()) == n + 1
+    assert [o for o in outputs if o.output_type == "stream" and o.get("name") == "stderr"] == []
 
 
 def test_edited_copy_rejects_unknown_edit(tmp_path: Path, coco_dir: Path) -> None:

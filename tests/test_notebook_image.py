@@ -51,6 +51,7 @@ def test_committed_notebook_is_clean_and_parameterised() -> None:
         assert name in code[0].source
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "clear the outputs"
     assert "widgets" not in nb.metadata  # no saved widget state either
+    assert [c.cell_type for c in nb.cells] == ["code", "code"]  # Voilà shows the app only
     assert sum(len(c.source.splitlines()) for c in code) < 25  # the app lives in the package
 
 
@@ -61,8 +62,8 @@ def test_notebook_runs_and_searches_in_a_real_kernel(small_db: Path, mobilenet_w
     nb.cells.append(nbformat.v4.new_code_cell(
         "import json\n"
         "r = app.search_random()\n"
-        "u = app.search_path(app.db.items[r.query_id])  # runs the (preloaded) model in the kernel\n"
-        "print('CHECK', json.dumps({'k': K, 'n': len(r), 'grid': len(app.grid.children), 'top': r[0].id,\n"
+        "u = app.search_path(app.db.items[r.query_id])  # runs the model in the kernel\n"
+        "print('CHECK', json.dumps({'k': K, 'n': len(r), 'grid': len(app.gallery.results), 'ids': r.ids,\n"
         "      'query': r.query_id, 'scores': r.scores, 'u_top': u[0].id, 'u_score': u[0].score,\n"
         "      'msg': app.message}))"
     ))
@@ -75,7 +76,9 @@ def test_notebook_runs_and_searches_in_a_real_kernel(small_db: Path, mobilenet_w
     line = next(ln for ln in _text(nb).splitlines() if ln.startswith("CHECK "))
     check = json.loads(line[len("CHECK "):])
     assert check["k"] == 6 and check["n"] == 6 and check["grid"] == 6
-    assert check["top"] == check["query"] and check["msg"] == ""
+    assert check["query"] not in check["ids"] and check["msg"] == ""  # the k most similar OTHER images
+    streams = [o for o in outputs if o.get("output_type") == "stream" and not o["text"].startswith("CHECK")]
+    assert streams == [], streams  # the model loaded and ran: still nothing but the app in the output area
     assert check["scores"] == sorted(check["scores"], reverse=True)
     assert check["u_top"] == check["query"] and check["u_score"] > 0.99
 

@@ -36,7 +36,8 @@ def test_committed_notebook_is_thin_and_has_no_outputs() -> None:
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.outputs == [] and c.execution_count is None for c in code)
     assert "SIMILAR_TEXTS_DB" in code[0].source and "SIMILAR_TEXTS_K" in code[0].source
-    assert sum(len(c.source.splitlines()) for c in code) <= 15
+    assert sum(len(c.source.splitlines()) for c in code) <= 20
+    assert [c.cell_type for c in nb.cells] == ["code", "code"]  # Voilà shows the app only: no markdown
 
 
 @pytest.mark.slow
@@ -46,9 +47,10 @@ def test_notebook_runs_and_searches(text_db_2k: Path, tmp_path: Path) -> None:
     nb.cells.append(nbformat.v4.new_code_cell(
         "import json\n"
         f"res = app.search({query!r})\n"
-        "app.random_button.click()\n"
-        "print('RESULTS', json.dumps({'n': len(res), 'ranks': [m.rank for m in res], 'k': app.k_slider.value,\n"
-        "      'random_top_is_itself': app.last_results[0].text == app.query.value, 'status': app.status.value}))"
+        "app.gallery.receive({'event': 'random'})\n"
+        "print('RESULTS', json.dumps({'n': len(res), 'ranks': [m.rank for m in res], 'k': app.k,\n"
+        "      'random_excludes_itself': app.results.query_id not in app.results.ids,\n"
+        "      'status': app.gallery.status['timing']}))"
     ))
     execute_notebook(nb, {"SIMILAR_TEXTS_DB": str(text_db_2k), "SIMILAR_TEXTS_K": "6"}, tmp_path)
     outs = _outputs(nb)
@@ -58,8 +60,10 @@ def test_notebook_runs_and_searches(text_db_2k: Path, tmp_path: Path) -> None:
     assert views, "the app cell shows no widget"
     printed = "".join(o.get("text", "") for o in outs if o.output_type == "stream")
     data = json.loads(printed.split("RESULTS", 1)[1])
-    assert data == {**data, "n": 6, "ranks": [1, 2, 3, 4, 5, 6], "k": 6, "random_top_is_itself": True}
-    assert "6 results" in data["status"]
+    assert data == {**data, "n": 6, "ranks": [1, 2, 3, 4, 5, 6], "k": 6, "random_excludes_itself": True}
+    assert data["status"].startswith("Found in")
+    streams = [o for o in outs if o.output_type == "stream" and "RESULTS" not in o.get("text", "")]
+    assert streams == [], streams  # nothing but the app in the output area (no library log lines)
 
 
 def test_notebook_without_database_shows_build_commands(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from helpers import Route, closed_port, http_server
 
 from similar_images import Database, IndexConfig, write_database
-from similar_images.apps.text_app import DatabaseMessage, TextSearchApp, text_search_app
+from similar_images.apps.text_app import EXAMPLES, DatabaseMessage, TextSearchApp, highlight_marks, text_search_app
 from similar_images.cli import main
 from similar_images.embed import (
     DEFAULT_TEXT_ENCODER,
@@ -35,7 +35,7 @@ from similar_images.embed import (
 )
 from similar_images.embed.text import TextInputError
 from similar_images.errors import DatabaseError, DatabaseExistsError, DownloadError, QueryError
-from similar_images.index import pq_factory
+from similar_images.index import BAND_NAMES, pq_factory
 from similar_images.sources.sentiment140 import SENTIMENT140_MEMBER, get_sentiment140, read_sentiment140, sample_tweets
 from similar_images.sources.texts import read_texts
 from similar_images.store import TextBuildConfig, build_text_database
@@ -515,38 +515,51 @@ def test_cli_help_and_encoders() -> None:
 
 
 @pytest.mark.slow
-def test_widget_callbacks(small_text_db: Path) -> None:
+def test_app_from_the_page(small_text_db: Path) -> None:
     app = text_search_app(small_text_db, k=5, seed=0)
     assert isinstance(app, TextSearchApp)
-    db = app.db
+    db, g = app.db, app.gallery
+    assert g.mode == "text" and g.empty["examples"] and "compares meanings" in g.empty["text"]
 
-    app.query.value = "I can't sleep tonight"
-    app.search_button.click()
-    assert len(app.last_results) == 5 and len(app.results.children) == 5 and len(app.result_buttons) == 5
-    first = app.last_results
-    assert "5 results" in app.status.value
-    row = app.results.children[0]
-    assert "<b>1</b>" in row.children[0].value and f"{first[0].score:.3f}" in row.children[1].value
+    g.receive({"event": "text", "text": "I can't sleep tonight"})  # Enter in the query box
+    first = app.results
+    assert first is not None and len(first) == 5 and len(g.results) == 5
+    assert [t["rank"] for t in g.results] == [1, 2, 3, 4, 5]
+    assert g.results[0]["score"] == pytest.approx(first[0].score, abs=1e-4)
+    assert all(t["band"] in BAND_NAMES for t in g.results)
+    assert g.query["text"] == "I can't sleep tonight" and app.message == ""
+    assert g.status["timing"].startswith("Found in")
+    # The query's words are marked in the results that contain them.
+    for t in g.results:
+        marked = [t["text"][a:b].lower() for a, b in t["marks"]]
+        assert all(w.startswith(("sleep", "tonight", "can't")) for w in marked), marked
 
-    app.query.value = db.items[42]
-    app.query._handle_custom_msg({"event": "submit"}, [])  # what the front end sends on Enter
-    assert app.last_results.ids[0] == 42 and app.last_results.scores[0] > 0.99
+    g.receive({"event": "text", "text": db.items[42]})
+    assert app.results.ids[0] == 42 and app.results.scores[0] > 0.99
 
-    app.random_button.click()
-    rid = app.last_results.ids[0]
-    assert app.query.value == db.items[rid] and app.last_results.scores[0] > 0.99
+    g.receive({"event": "random"})
+    r = app.results
+    assert r is not None and len(r) == 5 and r.query_id not in r.ids  # the 5 most similar OTHER texts
+    assert app.query_text == db.items[r.query_id] and g.results_title["text"] == "5 most similar other tweets"
 
-    target = app.last_results[2]
-    app.result_buttons[2].click()
-    assert app.query.value == target.text and app.last_results.ids[0] == target.id
+    target = app.shown[2]
+    g.receive({"event": "search", "index": 2})  # "Search with this" on the third card
+    assert app.query_text == target.text and app.results.query_id == target.id
 
-    app.k_slider.value = 3
-    assert len(app.last_results) == 3 and app.last_results.ids[0] == target.id
+    g.k = 3
+    assert len(app.results) == 3 and app.results.query_id == target.id
 
-    app.query.value = "   "
-    app.search_button.click()
-    assert "Type some text" in app.status.value
-    assert app.results.children == () and app.last_results is None
+    g.receive({"event": "text", "text": "   "})  # an empty query explains itself
+    assert app.message.startswith("Type a few words to find the most similar tweets")
+    assert g.message["kind"] == "info" and g.results == [] and app.results is None
+    assert g.empty["examples"] == list(EXAMPLES)
+
+
+def test_query_words_are_highlighted() -> None:
+    text = "Rainy days again... I love the rain, and days like these"
+    marks = highlight_marks(text, "I love rainy days")
+    assert [text[a:b] for a, b in marks] == ["Rainy", "days", "love", "rain", "days"]
+    assert highlight_marks(text, "the and I") == [] and highlight_marks(text, "") == []
 
 
 def test_app_for_missing_or_wrong_database(tmp_path: Path) -> None:

@@ -242,14 +242,31 @@ def test_notebook_runs_headless(small_db: Path, tmp_path: Path) -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     plot = tmp_path / "nb-plot.png"
     env = {"SIMILAR_IMAGES_DB": str(small_db), "TUNE_TARGET_RECALL": "0.9", "TUNE_HOLDOUT": "20",
-           "TUNE_QUERY_ID": "3", "TUNE_PLOT": str(plot), "TUNE_COMPARE_INDEX": "IVF6,SQ4",
-           "TUNE_COMPARE_PARAMS": '{"nprobe": 1}', "TUNE_FACTORIES": "IVF6,Flat;IVF6,SQ4;HNSW8"}
+           "TUNE_PLOT": str(plot), "TUNE_COMPARE_INDEX": "IVF6,SQ4", "TUNE_COMPARE_PARAMS": '{"nprobe": 1}',
+           "TUNE_FACTORIES": "IVF6,Flat;IVF6,SQ4;HNSW8;IVF6,PQ8"}
     execute_notebook(nb, env, tmp_path, timeout=600)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    texts = "\n".join(o.get("text", "") or o.get("data", {}).get("text/plain", "") for o in outputs)
-    assert "Pick (smallest" in texts
-    assert "missed" in texts
+    # Nothing but results: no Faiss "WARNING clustering" lines, no log lines (they go to the app log).
+    assert [o for o in outputs if o.get("output_type") == "stream"] == []
+    htmls = "\n".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "<table class='sit-table'>" in htmls and "Pick (smallest" in htmls and "white-space: nowrap" in htmls
+    # The default query ("auto") is one whose true neighbours the compared index misses.
+    assert "missed</div>" in htmls and "missed 0 of" not in htmls
+    assert "data:image/jpeg;base64," in htmls  # the neighbours' thumbnails, labels as page text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 2  # the tuning plot and the neighbour thumbnails
-    assert plot.exists()
+    assert len(images) == 1 and plot.exists()  # the tuning plot
+
+
+def test_pick_query_finds_the_most_missed(small_db: Path) -> None:
+    from similar_images import Database
+    from similar_images.apps.tuning_app import comparison_for, pick_query
+    from similar_images.index import IndexConfig, build_index
+
+    db = Database.open(small_db)
+    index, _ = build_index(db.vectors, IndexConfig(factory="IVF6,SQ4", eval_queries=0))
+    qid, misses = pick_query(db, index, {"nprobe": 1}, k=10)
+    assert misses > 0
+    cmp = comparison_for(db, None, "auto", "IVF6,SQ4", params={"nprobe": 1}, k=10)
+    assert len(cmp.missed) == misses and cmp.description == "IVF6,SQ4 (nprobe=1)"
+    assert comparison_for(db, None, 3, "Flat", k=5).missed == []  # an exact index misses nothing

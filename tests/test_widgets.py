@@ -1,12 +1,13 @@
-"""The notebook app (similar_images.widgets) driven through its widget callbacks.
+"""The image-search app (similar_images.apps.image_app) driven through its front end's events.
 
 Real parts only: the small real database (48 COCO photos, MobileNetV2 with
-real ImageNet weights), real ipywidgets, real HTTP servers on 127.0.0.1.
+real ImageNet weights), the real widget (its traits are what the page draws),
+real HTTP servers on 127.0.0.1. Page events (clicks, keys, uploads in pieces)
+are sent to :meth:`GalleryWidget.receive` exactly as the page sends them.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import html
 import io
 import os
@@ -14,6 +15,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +25,9 @@ from PIL import Image
 
 from similar_images import Database, QueryError, write_database
 from similar_images.apps import AppConfig, DatabaseMessage, SimilarImagesApp, find_database, open_app
+from similar_images.apps.gallery import UPLOAD_CHUNK, ActionResult, GalleryWidget
 from similar_images.errors import ImageLoadError
+from similar_images.index import BAND_NAMES
 from similar_images.sources.thumbnails import ThumbnailCache, ThumbnailConfig, make_thumbnail, placeholder_thumbnail
 
 pytestmark = pytest.mark.slow
@@ -57,106 +61,203 @@ def image_host(db: Database) -> Iterator[str]:
         yield url
 
 
-def _upload_value(data: bytes, name: str, ctype: str = "image/jpeg") -> tuple[dict, ...]:
-    """What ipywidgets 8 puts in FileUpload.value after the browser sends a file."""
-    return ({"name": name, "type": ctype, "size": len(data), "content": memoryview(data),
-             "last_modified": dt.datetime.now(dt.timezone.utc)},)
+class Sent:
+    """What the widget sends to the page (custom messages), recorded."""
+
+    def __init__(self, widget: GalleryWidget) -> None:
+        self.messages: list[tuple[dict, list[bytes]]] = []
+        original = widget.send
+
+        def send(content: dict, buffers: Any = None) -> None:
+            self.messages.append((content, [bytes(b) for b in buffers or []]))
+            original(content, buffers)
+
+        widget.send = send  # type: ignore[method-assign]
+
+
+def upload(app: SimilarImagesApp, data: bytes, name: str, *, chunk: int = UPLOAD_CHUNK,
+           skip: int | None = None) -> None:
+    """Send a file the way the page does: start, pieces of ``chunk`` bytes, end."""
+    g = app.gallery
+    g.receive({"event": "upload_start", "token": "t1", "name": name, "size": len(data), "type": "image/jpeg"})
+    for n, off in enumerate(range(0, len(data), chunk)):
+        if n != skip:
+            g.receive({"event": "upload_chunk", "token": "t1", "offset": off}, [memoryview(data[off:off + chunk])])
+    g.receive({"event": "upload_end", "token": "t1"})
 
 
 def _check_grid(app: SimilarImagesApp, k: int) -> None:
-    """The grid shows k tiles, best first, each with its thumbnail, rank, score and file name."""
+    """The page shows k tiles, best first, each with its thumbnail, rank, score, band and file name."""
     results = app.results
     assert results is not None and len(results) == k
-    assert len(app.grid.children) == k
-    assert [c.widget for c in app.result_cards] == list(app.grid.children)
-    scores = results.scores
-    assert all(a >= b - 1e-6 for a, b in zip(scores, scores[1:])), scores
-    for rank, (card, match) in enumerate(zip(app.result_cards, results), start=1):
-        assert card.match == match and match.rank == rank
-        caption = html.unescape(card.caption.value)
-        assert f"#{rank}" in caption and f"{match.score:.3f}" in caption and Path(match.path).name in caption
-        thumb = Image.open(io.BytesIO(card.image.value))
+    tiles = app.gallery.results
+    assert len(tiles) == k == len(app.shown)
+    scores = [t["score"] for t in tiles]
+    assert scores == sorted(scores, reverse=True)
+    for rank, (tile, match) in enumerate(zip(tiles, results), start=1):
+        assert tile["id"] == match.id and tile["rank"] == match.rank == rank
+        assert tile["score"] == pytest.approx(match.score, abs=1e-4)
+        assert tile["band"] == app.bands.band(match.score) and tile["band"] in BAND_NAMES
+        assert tile["name"] == Path(match.path).name and tile["title"] == match.path
+        thumb = Image.open(io.BytesIO(tile["thumb"]))
         assert thumb.format == "JPEG" and max(thumb.size) <= app.config.thumb_size
-        assert len(card.image.value) < Path(match.path).stat().st_size  # never the full-size photo
-    assert app.query_image.value[:2] == b"\xff\xd8"
+        assert len(tile["thumb"]) < Path(match.path).stat().st_size  # never the full-size photo
+    assert app.gallery.query["thumb"][:2] == b"\xff\xd8"
+    assert app.gallery.state == "idle" and app.gallery.message == {}
 
 
-# ----------------------------------------------------------------------------- clicks
+# ----------------------------------------------------------------------------- database queries
 
 
-def test_random_button_shows_k_results_with_the_query_first(app: SimilarImagesApp) -> None:
-    assert app.results is None and app.grid.children == ()
-    app.random_button.click()
+def test_random_shows_k_other_images_with_bands(app: SimilarImagesApp) -> None:
+    assert app.results is None and app.gallery.results == []
+    assert app.gallery.empty["text"].startswith("Click Random image")
+    app.gallery.receive({"event": "random"})
     _check_grid(app, 8)
     r = app.results
     assert r is not None and r.query_id is not None
-    assert r[0].id == r.query_id and r[0].score == pytest.approx(1.0, abs=1e-4)
-    assert app.query_label == Path(app.db.items[r.query_id]).name
+    assert r.query_id not in r.ids  # the k most similar OTHER images; the query is in the query panel
+    assert app.gallery.query["name"] == Path(app.db.items[r.query_id]).name
+    assert app.gallery.query["title"] == app.db.items[r.query_id]  # full path on hover
+    assert app.gallery.results_title["text"] == "8 most similar other images"
     assert app.message == ""
-    assert f"{r.search_ms:.2f} ms" in app.status.value
+    assert f"Found in {r.search_ms:.1f} ms" in app.gallery.status["timing"]
+    # The legend: the four bands, thresholds from the database (its manifest), best first.
+    assert [b["name"] for b in app.gallery.bands] == list(BAND_NAMES)
+    assert app.gallery.bands[0]["min"] == pytest.approx(app.db.manifest.index.get("score_bands")["near_duplicate"])
     seen = {r.query_id}
     for _ in range(4):
-        app.random_button.click()
+        app.gallery.receive({"event": "random"})
         assert app.results is not None and app.results.query_id not in seen  # never the same twice in a row
         seen = {app.results.query_id}
 
 
-def test_search_similar_button_makes_a_result_the_query(app: SimilarImagesApp) -> None:
-    first = app.search_id(0)
-    target = first[3]
-    app.result_cards[3].button.click()
+def test_include_query_brings_the_query_back_as_first_result(app: SimilarImagesApp) -> None:
+    app.search_id(5)
+    assert 5 not in app.results.ids
+    app.gallery.include_query = True  # the page's checkbox
     r = app.results
-    assert r is not None and r is not first
-    assert r.query_id == target.id and r[0].id == target.id
-    assert app.query_label == Path(target.path).name
-    _check_grid(app, 8)
-    assert "si-self" in app.result_cards[0].widget._dom_classes
-    assert "si-self" not in app.result_cards[1].widget._dom_classes
-
-
-def test_every_database_image_finds_itself_first(app: SimilarImagesApp) -> None:
+    assert r is not None and r[0].id == 5 and r[0].score == pytest.approx(1.0, abs=1e-4)
+    assert app.gallery.results[0]["is_query"] and not app.gallery.results[1]["is_query"]
+    assert app.gallery.results[0]["band"] == "near-duplicate"
+    assert app.gallery.results_title["text"] == "8 most similar images"
     for i in range(0, len(app.db), 7):
         r = app.search_id(i)
         assert r[0].id == i and r.query_id == i
 
 
-def test_k_slider_and_exact_checkbox_search_again(app: SimilarImagesApp) -> None:
+def test_search_similar_makes_a_result_the_query(app: SimilarImagesApp) -> None:
+    first = app.search_id(0)
+    target = first[3]
+    app.gallery.receive({"event": "search", "index": 3})  # "Search similar" on the 4th tile, or Enter in the lightbox
+    r = app.results
+    assert r is not None and r is not first
+    assert r.query_id == target.id and target.id not in r.ids
+    assert app.query_label == Path(target.path).name
+    _check_grid(app, 8)
+    app.gallery.receive({"event": "search", "index": 99})
+    assert "no result #100" in app.message and app.results is r
+
+
+def test_k_exact_and_minimum_score_from_the_page(app: SimilarImagesApp) -> None:
     app.search_id(5)
-    app.k_slider.value = 20
+    app.gallery.k = 20  # the page's "Results" slider
     _check_grid(app, 20)
     assert app.results is not None and app.results.query_id == 5
-    app.k_slider.value = 3
+    app.k = 3
     _check_grid(app, 3)
-    by_index = app.results.ids if app.results else []
-    app.exact_checkbox.value = True
+    by_index = app.results.ids
+    app.gallery.exact = True
     assert app.results is not None and app.results.params["exact"] is True
     assert app.results.ids == by_index  # the small database's Flat index is exact too
-    assert "exact" in app.status.value
-    assert app.k_slider.max == 50 and app.k_slider.min == 1
+    assert "exact search" in app.gallery.status["timing"]
+    with pytest.raises(ValueError, match="k must be"):
+        app.k = 51
+    # The minimum-score filter: only "very similar or better" tiles stay, the title says how many are hidden.
+    app.k = 20
+    bands = app.bands
+    app.gallery.min_band = "very similar"
+    shown = [m.score for m in app.shown]
+    assert all(s >= bands.very_similar for s in shown)
+    hidden = sum(s < bands.very_similar for s in app.results.scores)
+    assert len(app.gallery.results) == 20 - hidden
+    if hidden:
+        assert f"({hidden} below {bands.very_similar:.2f} hidden)" == app.gallery.results_title["note"]
+    app.gallery.min_band = "near-duplicate"
+    assert app.gallery.results == [] and "lower the minimum" in app.gallery.empty["text"]
+    app.gallery.min_band = ""
+    assert len(app.gallery.results) == 20
 
 
-def test_app_displays_as_a_widget(app: SimilarImagesApp) -> None:
-    bundle = app._repr_mimebundle_()
-    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == app.widget.model_id
+def test_app_displays_as_one_widget(app: SimilarImagesApp) -> None:
+    data, _metadata = app._repr_mimebundle_()
+    assert data["application/vnd.jupyter.widget-view+json"]["model_id"] == app.widget.model_id
+    assert app.gallery.header["parts"][-1] == {"text": app.db.path.name, "title": str(app.db.path.resolve()),
+                                               "code": True}
 
 
 # ----------------------------------------------------------------------------- uploads
 
 
-def test_upload_of_a_real_photo_finds_it(app: SimilarImagesApp, db: Database) -> None:
+def test_upload_in_pieces_finds_the_photo(app: SimilarImagesApp, db: Database) -> None:
     data = Path(db.items[11]).read_bytes()
-    app.upload.value = _upload_value(data, "holiday.jpg")
+    upload(app, data, "holiday.jpg", chunk=4096)  # many pieces
     assert app.message == ""
     r = app.results
     assert r is not None and r.query_id is None
-    assert r[0].id == 11 and r[0].score > 0.99
-    assert app.query_label == "holiday.jpg"
-    assert app.upload.value == ()  # cleared for the next file
+    assert r[0].id == 11 and r[0].score > 0.99 and app.gallery.results[0]["band"] == "near-duplicate"
+    assert app.query_label == "holiday.jpg" and app.gallery.query["detail"].startswith("uploaded")
     assert app.timing.embed_ms > 0
     _check_grid(app, 8)
     # A new k re-searches with the stored query vector: no model run.
-    app.k_slider.value = 5
+    app.k = 5
     assert app.results is not None and app.results.ids == r.ids[:5] and app.timing.embed_ms == 0
+
+
+def test_large_upload_arrives_in_several_pieces(app: SimilarImagesApp, db: Database) -> None:
+    big = Image.open(db.items[2]).convert("RGB").resize((3000, 2250))
+    buf = io.BytesIO()
+    big.save(buf, format="PNG")
+    data = buf.getvalue()
+    assert len(data) > UPLOAD_CHUNK  # two pieces or more
+    upload(app, data, "big.png")
+    assert app.message == "" and app.results is not None and app.results[0].id == 2
+    upload(app, data, "big.png", skip=1)  # a piece lost on the way
+    assert "arrived incomplete" in app.message and app.gallery.state == "stale"
+
+
+def test_upload_over_the_limit_is_refused_with_a_message(db: Database) -> None:
+    app = SimilarImagesApp(db, AppConfig(max_upload_bytes=10_000))
+    assert app.gallery.upload["limit"] == 10_000  # the page refuses larger files before sending them ...
+    app.gallery.receive({"event": "upload_refused", "name": "big.jpg", "size": 15 * 1024 * 1024})
+    assert app.message == ("'big.jpg' is 15.0 MB; the upload limit is 10 KB. Use a smaller image (or a copy saved "
+                           "at a lower resolution).")
+    data = Path(db.items[0]).read_bytes()
+    upload(app, data, "big.jpg")  # ... and the kernel refuses them too
+    assert "big.jpg" in app.message and "limit" in app.message and app.results is None
+    with pytest.raises(QueryError, match="limit"):
+        app.search_upload(data, "big.jpg")
+    app.close()
+
+
+def test_garbage_upload_shows_a_message_and_dims_the_old_results(app: SimilarImagesApp, db: Database) -> None:
+    app.search_id(4)
+    before = app.results
+    upload(app, b"this is not an image at all" * 10, "notes.jpg")
+    assert app.message == ("'notes.jpg' is not an image the app can read (unknown or unsupported format). Use a JPEG, "
+                           "PNG, GIF, BMP, WebP or TIFF file.")
+    assert "Traceback" not in app.message and "0x" not in app.message
+    assert app.gallery.message == {"text": app.message, "kind": "error"}
+    assert app.results is before and len(app.gallery.results) == 8  # the previous results stay, dimmed
+    assert app.gallery.state == "stale" and app.gallery.query["key"] == "db:4"  # with their own query
+
+    truncated = Path(db.items[0]).read_bytes()
+    upload(app, truncated[: len(truncated) // 3], "cut.jpg")
+    assert app.message == "'cut.jpg' is damaged or incomplete (the image data is cut short). Use the whole file."
+
+    app.gallery.receive({"event": "random"})
+    assert app.message == "" and app.gallery.message == {} and app.gallery.state == "idle"
+    _check_grid(app, 8)
 
 
 def test_upload_of_a_png_and_the_python_api(app: SimilarImagesApp, db: Database) -> None:
@@ -166,86 +267,49 @@ def test_upload_of_a_png_and_the_python_api(app: SimilarImagesApp, db: Database)
     assert r[0].id == 2 and r[0].score > 0.95
 
 
-def test_garbage_upload_shows_a_message_and_the_app_keeps_working(app: SimilarImagesApp, db: Database) -> None:
-    app.search_id(4)
-    before = app.results
-    app.upload.value = _upload_value(b"this is not an image at all" * 10, "notes.jpg")
-    assert "notes.jpg" in app.message and "not a readable image" in app.message
-    assert "Traceback" not in app.message and "0x" not in app.message
-    assert app.message_box.layout.display == "block" and "notes.jpg" in app.message_box.value
-    assert app.results is before and len(app.grid.children) == 8  # the previous results stay
-    assert app.upload.value == () and not app.random_button.disabled
-
-    truncated = Path(db.items[0]).read_bytes()
-    app.upload.value = _upload_value(truncated[: len(truncated) // 3], "cut.jpg")
-    assert "cut.jpg" in app.message and "truncated" in app.message
-
-    app.random_button.click()
-    assert app.message == "" and app.message_box.layout.display == "none"
-    _check_grid(app, 8)
-
-
-def test_upload_over_the_size_limit_is_refused(db: Database) -> None:
-    app = SimilarImagesApp(db, AppConfig(max_upload_bytes=10_000))
-    data = Path(db.items[0]).read_bytes()
-    assert len(data) > 10_000
-    app.upload.value = _upload_value(data, "big.jpg")
-    assert "big.jpg" in app.message and "limit" in app.message
-    assert app.results is None
-    with pytest.raises(QueryError, match="limit"):
-        app.search_upload(data, "big.jpg")
-    app.close()
-
-
 # ----------------------------------------------------------------------------- URLs
 
 
-def test_url_box_searches_on_change_and_button(app: SimilarImagesApp, db: Database, image_host: str) -> None:
-    base = image_host
-    app.url_text.value = f"{base}/photo.jpg"  # what Enter (continuous_update=False) sends
+def test_url_from_the_page(app: SimilarImagesApp, image_host: str) -> None:
+    app.gallery.receive({"event": "url", "url": f"{image_host}/photo.jpg"})
     assert app.message == ""
     r = app.results
     assert r is not None and r[0].id == 3 and r[0].score > 0.99
-    assert app.query_label == "photo.jpg"
+    assert app.query_label == "photo.jpg" and app.gallery.query["title"] == f"{image_host}/photo.jpg"
     _check_grid(app, 8)
-    # The button right after the box's own change event does not search twice ...
-    app.url_button.click()
-    assert app.results is r
-    # ... but a later click searches again.
-    app._last_url_done -= 5
-    app.url_button.click()
-    assert app.results is not r and app.results is not None and app.results[0].id == 3
 
 
 @pytest.mark.parametrize("path,expected", [
     ("/page.html", "did not return an image"),
     ("/missing.jpg", "HTTP 404"),
-    ("/broken.jpg", "not a readable image"),
+    ("/broken.jpg", "'broken.jpg' is not an image the app can read"),
 ])
 def test_bad_urls_show_a_message(app: SimilarImagesApp, image_host: str, path: str, expected: str) -> None:
-    base = image_host
     app.search_id(1)
-    app.url_text.value = base + path
+    app.gallery.receive({"event": "url", "url": image_host + path})
     assert expected in app.message
-    assert app.results is not None and app.results.query_id == 1
-    app.random_button.click()
+    assert app.results is not None and app.results.query_id == 1 and app.gallery.state == "stale"
+    app.gallery.receive({"event": "random"})
     assert app.message == ""
 
 
-def test_unreachable_url_and_bad_schemes(app: SimilarImagesApp) -> None:
+def test_plain_words_for_unreachable_urls_and_addresses_without_scheme(app: SimilarImagesApp) -> None:
     port = closed_port()
     t0 = time.perf_counter()
-    app.url_text.value = f"http://127.0.0.1:{port}/photo.jpg"
-    assert "Could not reach" in app.message and time.perf_counter() - t0 < 10
-    app.url_text.value = "file:///etc/passwd"
+    app.gallery.receive({"event": "url", "url": f"http://127.0.0.1:{port}/photo.jpg"})
+    assert app.message == "Could not reach 127.0.0.1 (connection refused)" and time.perf_counter() - t0 < 10
+    app.gallery.receive({"event": "url", "url": f"127.0.0.1:{port}/photo.jpg"})  # tried as https
+    assert app.message == "Could not reach 127.0.0.1 (connection refused)"
+    app.gallery.receive({"event": "url", "url": "www.example.invalid/cat.jpg"})
+    assert app.message == "Could not reach www.example.invalid (the host name could not be resolved)"
+    app.gallery.receive({"event": "url", "url": "file:///etc/passwd"})
     assert "Only http:// and https://" in app.message
-    app.url_text.value = ""
-    app.url_button.click()
-    assert "Paste an image URL" in app.message
+    app.gallery.receive({"event": "url", "url": "  "})
+    assert "Paste the address of an image" in app.message
     with pytest.raises(QueryError):
         app.search_url(f"http://127.0.0.1:{port}/x.jpg")
-    assert app.results is None
-    app.random_button.click()
+    assert app.results is None and app.gallery.state == "idle"
+    app.gallery.receive({"event": "random"})
     assert app.message == "" and app.results is not None
 
 
@@ -257,7 +321,118 @@ def test_api_errors_are_raised_and_shown(app: SimilarImagesApp) -> None:
         app.search_path("/nonexistent/photo.jpg")
     with pytest.raises(ImageLoadError):
         app.search_upload(b"\x89PNG\r\n\x1a\n garbage", "x.png")
-    assert app.search_id(2)[0].id == 2 and app.message == ""
+    assert app.search_id(2)[0].id != 2 and app.message == ""
+
+
+# ----------------------------------------------------------------------------- lightbox
+
+
+def test_lightbox_images_are_downscaled_on_the_server(app: SimilarImagesApp, db: Database) -> None:
+    sent = Sent(app.gallery)
+    app.search_id(0)
+    key = app.gallery.results[2]["key"]
+    app.gallery.receive({"event": "preview", "key": key})
+    content, buffers = sent.messages[-1]
+    assert content == {"event": "preview", "key": key, "ok": True, "mime": "image/jpeg"}
+    img = Image.open(io.BytesIO(buffers[0]))
+    source = Image.open(app.shown[2].path)
+    assert img.format == "JPEG" and max(img.size) == min(max(source.size), app.config.preview_size)
+    # The query's large image (an upload is kept in memory for it); unknown keys answer "no image".
+    big = Image.open(db.items[7]).convert("RGB").resize((2400, 1800))
+    buf = io.BytesIO()
+    big.save(buf, format="JPEG")
+    app.search_upload(buf.getvalue(), "large.jpg")
+    app.gallery.receive({"event": "preview", "key": app.gallery.query["key"]})
+    assert max(Image.open(io.BytesIO(sent.messages[-1][1][0])).size) == 1600
+    app.gallery.receive({"event": "preview", "key": "q:unknown"})
+    assert sent.messages[-1][0]["ok"] is False and sent.messages[-1][1] == []
+
+
+def test_lightbox_actions_show_what_the_callback_returns(app: SimilarImagesApp) -> None:
+    sent = Sent(app.gallery)
+    seen = []
+
+    def explain(target: Any) -> bytes:
+        seen.append((target.index, target.match.id if target.match else None, target.query.key))
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), "red").save(buf, format="PNG")
+        return buf.getvalue()
+
+    app.add_lightbox_action("explain", "Explain", explain, tooltip="Why these two are similar")
+    assert app.gallery.actions == [{"name": "explain", "label": "Explain", "tooltip": "Why these two are similar",
+                                    "query": False}]
+    app.search_id(3)
+    app.gallery.receive({"event": "action", "name": "explain", "index": 1})
+    content, buffers = sent.messages[-1]
+    assert content["event"] == "action_result" and content["kind"] == "png" and content["title"] == "Explain"
+    assert Image.open(io.BytesIO(buffers[0])).size == (40, 30)
+    assert seen == [(1, app.shown[1].id, "db:3")]
+
+    def broken(target: Any) -> str:
+        raise QueryError("nothing to explain here")
+
+    app.add_lightbox_action("broken", "Broken", broken)
+    app.gallery.receive({"event": "action", "name": "broken", "index": 0})
+    assert sent.messages[-1][0]["kind"] == "error" and sent.messages[-1][0]["text"] == "nothing to explain here"
+    app.add_lightbox_action("html", "Details", lambda t: ActionResult("html", title="Details", html="<b>x</b>"))
+    assert app.gallery.run_action("html", 0).html == "<b>x</b>"
+
+
+def test_the_lightbox_explains_a_result_with_the_real_maps(db: Database) -> None:
+    from similar_images.methods.explain import explain
+
+    app = SimilarImagesApp(db, AppConfig(k=4, seed=1))
+    try:
+        assert [a["name"] for a in app.gallery.actions] == ["explain"]  # offered by default: mobilenetv2 has a map
+        sent = Sent(app.gallery)
+        app.search_id(3)
+        shown = app.shown[1]
+        app.gallery.receive({"event": "action", "name": "explain", "index": 1})
+        content, buffers = sent.messages[-1]
+        assert content["event"] == "action_result" and content["kind"] == "png", content
+        expected = explain(db, 3, shown.id)  # what the library says about this pair
+        assert f"#{shown.id}" in content["title"] and f"score {expected.score:.3f}" in content["title"]
+        assert abs(expected.score - shown.score) < 1e-3  # the map explains the score the grid shows
+        picture = Image.open(io.BytesIO(buffers[0]))
+        assert picture.format == "PNG" and picture.width > picture.height  # query and result side by side
+        # The query itself has nothing to be compared with: a plain sentence, not a crash.
+        assert "Open a result" in app.gallery.run_action("explain", -1).text
+        # An uploaded query is explained from its bytes.
+        app.search_upload(Path(db.items[5]).read_bytes(), "mine.jpg")
+        result = app.gallery.run_action("explain", 0)
+        assert result.kind == "png" and f"#{app.shown[0].id}" in result.title
+    finally:
+        app.close()
+
+
+def test_no_explain_button_without_a_feature_map_or_when_turned_off(tmp_path: Path, db: Database) -> None:
+    off = SimilarImagesApp(db, AppConfig(explain=False))
+    assert off.gallery.actions == []
+    off.close()
+    rng = np.random.default_rng(0)
+    paths = [make_image(tmp_path / f"{i}.png", seed=i) for i in range(4)]
+    write_database(tmp_path / "db", kind="image", model={"name": "synthetic-16d", "dim": 16},
+                   items=[str(p) for p in paths], vector_chunks=[rng.normal(size=(4, 16)).astype(np.float32)])
+    app = SimilarImagesApp(Database.open(tmp_path / "db"), AppConfig(k=3))
+    assert app.gallery.actions == []  # no model to explain with: no button that can only fail
+    app.close()
+
+
+# ----------------------------------------------------------------------------- the model in the background
+
+
+def test_model_loads_in_the_background_when_the_page_shows_the_app(db: Database) -> None:
+    fresh = Database.open(db.path)  # its own embedder: nothing loaded yet
+    app = SimilarImagesApp(fresh, AppConfig(k=4))
+    assert app.loader.state == "idle" and app.gallery.status["model"]["state"] == "idle"
+    app.gallery.receive({"event": "ready"})  # the page has drawn the app
+    assert app.loader.state in ("loading", "ready")
+    assert app.gallery.status["model"]["state"] in ("loading", "ready")
+    r = app.search_path(db.items[6])  # waits for the model, then runs it
+    assert r[0].id == 6 and app.loader.state == "ready"
+    assert app.gallery.status["model"]["label"].startswith("Model ready (")
+    assert app.gallery.status["model"]["state"] == "ready"
+    app.close()
 
 
 # ----------------------------------------------------------------------------- opening
@@ -294,19 +469,20 @@ def test_open_app_finds_a_project_relative_database(tmp_path: Path, small_db: Pa
         open_app("data/db", k=51)
 
 
-def test_missing_photo_gets_a_placeholder_tile(tmp_path: Path) -> None:
+def test_missing_photo_gets_a_placeholder_tile_and_bands_are_measured(tmp_path: Path) -> None:
     paths = [make_image(tmp_path / "imgs" / f"{i}.png", seed=i, size=(320, 240)) for i in range(6)]
     rng = np.random.default_rng(0)
-    write_database(tmp_path / "db", kind="image", model={"name": "synthetic-16d", "dim": 16},
-                   items=[str(p) for p in paths], vector_chunks=[rng.normal(size=(6, 16)).astype(np.float32)])
+    write_database(tmp_path / "db", kind="image", model={"name": "mobilenetv2", "dim": 1280},
+                   items=[str(p) for p in paths], vector_chunks=[rng.normal(size=(6, 1280)).astype(np.float32)])
     db = Database.open(tmp_path / "db")
-    app = SimilarImagesApp(db, AppConfig(k=6))
-    assert app.speed_param is None and app.speed_slider.layout.display == "none"
+    app = SimilarImagesApp(db, AppConfig(k=5))
+    assert app.gallery.speed_spec == {}
+    assert app.bands is not None and len(app.gallery.bands) == 4  # no index: measured when the app opened
     paths[2].unlink()
     r = app.search_id(0)
-    assert len(r) == 6 and app.message == ""
-    card = next(c for c in app.result_cards if c.match is not None and c.match.id == 2)
-    assert card.image.value == placeholder_thumbnail(app.config.thumb_size, "image missing")
+    assert len(r) == 5 and app.message == ""
+    tile = next(t for t in app.gallery.results if t["id"] == 2)
+    assert tile["thumb"] == placeholder_thumbnail(app.config.thumb_size, "image missing")
     with pytest.raises(QueryError):
         app.search_id(6)
     app.close()

@@ -1,21 +1,32 @@
-"""What every notebook app shares: finding the database, the "no database" message, and plain-words errors.
+"""What every notebook app shares: finding the database, the "no database" message, plain-words errors,
+thumbnails, a clean output area, and the query model loading in the background.
 
 Each app's ``open_*`` function never raises for a missing or damaged
 database: it returns a :class:`DatabaseMessage` (shown as HTML, with the
 commands that build one). Errors met while the app runs are turned into one
 plain sentence by :func:`user_message`, chosen by the error's type.
+
+Nothing the libraries print belongs in a notebook's output area: the apps send
+the package's log records, and everything TensorFlow, Keras, absl or Faiss
+write while a model loads or runs (:func:`quiet_output`), to a log file
+(:func:`app_log_path`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import logging
 import os
 import re
-from collections.abc import Sequence
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image
@@ -33,7 +44,9 @@ from ..errors import (
     UnknownIdError,
     WeightsError,
 )
+from ..index import ScoreBands
 from ..sources.thumbnails import ThumbnailCache, ThumbnailConfig, placeholder_thumbnail
+from ..store import Database
 from ..store.manifest import MANIFEST
 
 logger = logging.getLogger(__name__)
@@ -42,7 +55,8 @@ logger = logging.getLogger(__name__)
 _THUMBNAILS = ThumbnailCache(ThumbnailConfig(size=128))
 
 __all__ = ["DatabaseMessage", "find_database", "no_database_message", "user_message", "figure_png",
-           "thumbnail_bytes", "thumbnail_array"]
+           "thumbnail_bytes", "thumbnail_array", "app_log_path", "log_to_file", "quiet_output", "ModelLoader",
+           "database_header", "index_words", "band_legend", "shorten_middle", "unreadable_image"]
 
 
 class DatabaseMessage:
@@ -131,13 +145,23 @@ def no_database_message(path: str | os.PathLike[str], exc: DatabaseError, *, wha
 _ADDRESS = re.compile(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>")
 
 
+def _unknown_format(text: str) -> bool:
+    """Whether an image error's text says the data is no image format Pillow knows."""
+    return any(words in text for words in ("cannot identify image file", "UnidentifiedImageError",
+                                           "not a readable image"))
+
+
 def user_message(exc: BaseException) -> str:
     """One plain sentence about an error met while an app runs, chosen by the error's type."""
+    ready = getattr(exc, "user_text", None)
+    if ready:
+        return str(ready)
     text = _ADDRESS.sub("the data", str(exc)).strip()
     if isinstance(exc, ImageLoadError):
-        if "cannot identify image file" in text or "UnidentifiedImageError" in text:
-            return "not a readable image (unknown or unsupported format)"
-        return text
+        if _unknown_format(text):
+            return ("This is not an image the app can read (unknown or unsupported format). Use a JPEG, PNG, GIF, "
+                    "BMP, WebP or TIFF file.")
+        return f"This image cannot be read: {text}"
     if isinstance(exc, FetchError):
         return text
     if isinstance(exc, BadURLError):
@@ -152,7 +176,23 @@ def user_message(exc: BaseException) -> str:
         return text
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         return "Interrupted."
-    return f"Something went wrong ({type(exc).__name__}: {text}). The app is still usable."
+    return (f"Something went wrong ({type(exc).__name__}: {text}). The app is still usable; "
+            f"details are in {app_log_path()}.")
+
+
+def unreadable_image(name: str, exc: ImageLoadError) -> ImageLoadError:
+    """The error to show for an image named ``name`` that cannot be read, in one plain sentence."""
+    text = _ADDRESS.sub("the data", str(exc)).strip()
+    if _unknown_format(text):
+        words = (f"'{name}' is not an image the app can read (unknown or unsupported format). Use a JPEG, PNG, GIF, "
+                 "BMP, WebP or TIFF file.")
+    elif "truncated" in text:
+        words = f"'{name}' is damaged or incomplete (the image data is cut short). Use the whole file."
+    else:
+        words = f"'{name}' cannot be read as an image ({text})."
+    err = ImageLoadError(words)
+    err.user_text = words  # type: ignore[attr-defined]
+    return err
 
 
 def thumbnail_bytes(path: str | os.PathLike[str], size: int = 128) -> bytes:
@@ -180,3 +220,295 @@ def figure_png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- a clean output area
+_LOG_LOCK = threading.Lock()
+_LOG_STREAM: IO[str] | None = None
+
+
+def app_log_path() -> Path:
+    """Where the apps write their log: ``SIMILAR_IMAGES_APP_LOG``, or ``similar-images/apps.log`` in the user's
+    cache folder (``XDG_CACHE_HOME`` or ``~/.cache``)."""
+    env = os.environ.get("SIMILAR_IMAGES_APP_LOG")
+    if env:
+        return Path(env).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "similar-images" / "apps.log"
+
+
+def _log_stream() -> IO[str]:
+    """The log file, opened once per process (appended to; ``os.devnull`` if it cannot be written)."""
+    global _LOG_STREAM
+    with _LOG_LOCK:
+        if _LOG_STREAM is None:
+            path = app_log_path()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _LOG_STREAM = open(path, "a", encoding="utf-8", buffering=1)
+            except OSError:
+                _LOG_STREAM = open(os.devnull, "w", encoding="utf-8")
+        return _LOG_STREAM
+
+
+_LOGGERS = ("similar_images", "faiss", "tensorflow", "absl", "keras", "h5py", "sentence_transformers",
+            "transformers", "torch", "PIL", "matplotlib", "py.warnings")
+
+
+def log_to_file() -> Path:
+    """Send the log records of this package and of the libraries the apps use to :func:`app_log_path`, so that
+    none reaches a notebook's output area (Python's last-resort handler prints warnings there otherwise).
+
+    Loggers that already have handlers (configured by the user) keep them. Returns the log file's path.
+    Called by every app when it opens; calling it again does nothing.
+    """
+    stream = _log_stream()
+    for name in _LOGGERS:
+        lg = logging.getLogger(name)
+        if not any(getattr(h, "_similar_images_app", False) for h in lg.handlers):
+            handler = logging.StreamHandler(stream)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            handler._similar_images_app = True  # type: ignore[attr-defined]
+            lg.addHandler(handler)  # levels are left alone: the process's logging setup is not the app's
+    return app_log_path()
+
+
+class _Router:
+    """Stands for ``sys.stdout`` or ``sys.stderr``: what a quiet thread writes goes to the log, the rest to the
+    stream it replaced. Handlers created meanwhile (TensorFlow's, absl's) may keep it: it stays correct."""
+
+    def __init__(self, original: Any) -> None:
+        self._original = original
+
+    def write(self, text: str) -> int:
+        if _QUIET_THREADS.get(threading.get_ident()):
+            return _log_stream().write(text)
+        return self._original.write(text)
+
+    def flush(self) -> None:
+        if _QUIET_THREADS.get(threading.get_ident()):
+            _log_stream().flush()
+        else:
+            self._original.flush()
+
+    def close(self) -> None:
+        """Never closes the stream it stands for (absl's handler closes its stream when the process exits)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+_QUIET_LOCK = threading.Lock()
+_QUIET_THREADS: Counter[int] = Counter()
+_QUIET_STATE: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def quiet_output() -> Iterator[Path]:
+    """Send what is written while the block runs to the app log instead of the notebook.
+
+    For the calling thread: ``print``, warnings and log handlers that write to ``sys.stdout``/``sys.stderr``.
+    For the whole process, while any such block runs: what C and C++ code writes to file descriptors 1 and 2
+    (TensorFlow's and absl's start-up lines, Faiss' clustering warnings). Blocks may nest and run in several
+    threads at once. Yields the log file's path.
+    """
+    ident = threading.get_ident()
+    with _QUIET_LOCK:
+        _QUIET_THREADS[ident] += 1
+        if _QUIET_STATE.get("depth", 0) == 0:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            log_fd = _log_stream().fileno()
+            saved: list[int] = []
+            try:
+                for fd in (1, 2):
+                    saved.append(os.dup(fd))
+                    os.dup2(log_fd, fd)
+            except OSError:  # no such descriptors (an embedded interpreter): Python-level routing only
+                for fd, old in zip((1, 2), saved):
+                    os.dup2(old, fd)
+                    os.close(old)
+                saved = []
+            _QUIET_STATE["saved"] = saved
+            _QUIET_STATE["streams"] = (sys.stdout, sys.stderr)
+            if not isinstance(sys.stdout, _Router):
+                sys.stdout = _Router(sys.stdout)  # type: ignore[assignment]
+            if not isinstance(sys.stderr, _Router):
+                sys.stderr = _Router(sys.stderr)  # type: ignore[assignment]
+        _QUIET_STATE["depth"] = _QUIET_STATE.get("depth", 0) + 1
+    try:
+        yield app_log_path()
+    finally:
+        with _QUIET_LOCK:
+            _QUIET_THREADS[ident] -= 1
+            if _QUIET_THREADS[ident] <= 0:
+                del _QUIET_THREADS[ident]
+            _QUIET_STATE["depth"] -= 1
+            if _QUIET_STATE["depth"] == 0:
+                with contextlib.suppress(Exception):
+                    _log_stream().flush()
+                for fd, old in zip((1, 2), _QUIET_STATE.pop("saved", [])):
+                    os.dup2(old, fd)
+                    os.close(old)
+                out, err = _QUIET_STATE.pop("streams")
+                if isinstance(sys.stdout, _Router) and sys.stdout is not out:
+                    sys.stdout = out
+                if isinstance(sys.stderr, _Router) and sys.stderr is not err:
+                    sys.stderr = err
+
+
+# ---------------------------------------------------------------------------- the query model, in the background
+class ModelLoader:
+    """Loads a query model once, in a background thread, and says how far it got (for the status line).
+
+    Args:
+        load: Builds the model (its output goes to the app log, see :func:`quiet_output`).
+        what: What is loaded, for the status line ("the image model (vgg16-avg)").
+        on_change: Called (from the loading thread too) whenever :attr:`state` changes.
+
+    Attributes:
+        state: ``"idle"``, ``"loading"``, ``"ready"`` or ``"failed"``.
+        seconds: How long loading took (``None`` until it ended).
+        error: Why it failed (``None`` unless ``state == "failed"``).
+    """
+
+    def __init__(self, load: Callable[[], Any], what: str, on_change: Callable[[], None] | None = None) -> None:
+        self._load = load
+        self.what = what
+        self.on_change = on_change
+        self.state = "idle"
+        self.seconds: float | None = None
+        self.error: BaseException | None = None
+        self._t0 = 0.0
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> threading.Thread:
+        """Start loading in a background thread (once; later calls return the same thread)."""
+        with self._lock:
+            if self._thread is None:
+                self._t0 = time.perf_counter()
+                self.state = "loading"
+                self._thread = threading.Thread(target=self._run, name="similar-images-model", daemon=True)
+                self._thread.start()
+                started = True
+            else:
+                started = False
+        if started:
+            self._changed()
+        return self._thread
+
+    def _run(self) -> None:
+        try:
+            with quiet_output():
+                self._load()
+        except BaseException as exc:
+            if sys.is_finalizing():
+                return  # the kernel is shutting down under the loading model
+            logger.warning("Could not load %s", self.what, exc_info=True)
+            self.error = exc
+            self.state = "failed"
+        else:
+            self.state = "ready"
+        self.seconds = time.perf_counter() - self._t0
+        self._done.set()
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:
+                logger.warning("Status update failed", exc_info=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def elapsed(self) -> float:
+        """Seconds since loading started (its duration once it ended)."""
+        if self.seconds is not None:
+            return self.seconds
+        return time.perf_counter() - self._t0 if self._thread is not None else 0.0
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Load (if not started) and wait until the model is ready.
+
+        Raises:
+            SimilarImagesError: The error that stopped the loading (a later call tries again).
+        """
+        self.start().join(timeout)
+        if self.state == "failed" and self.error is not None:
+            exc = self.error
+            with self._lock:  # try again next time (a weights file may have been fixed meanwhile)
+                self._thread, self.state, self.error, self.seconds = None, "idle", None, None
+                self._done.clear()
+            raise exc
+
+    def status(self) -> dict[str, Any]:
+        """The model part of the status line, for the page."""
+        if self.state == "loading":
+            return {"state": "loading", "label": f"Loading {self.what}", "elapsed": round(self.elapsed(), 2),
+                    "title": "Searches with database images work meanwhile; uploads and URLs wait for the model."}
+        if self.state == "ready":
+            return {"state": "ready", "label": f"Model ready ({self.seconds:.1f} s to load)",
+                    "title": f"{self.what} is loaded"}
+        if self.state == "failed":
+            return {"state": "failed", "label": f"{self.what[:1].upper() + self.what[1:]} could not be loaded: "
+                                               f"{user_message(self.error) if self.error else ''}",
+                    "title": f"Details in {app_log_path()}"}
+        return {"state": "idle", "label": "Model not loaded yet", "title": "It loads when the app is shown"}
+
+
+# ---------------------------------------------------------------------------- words for the page
+def shorten_middle(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters in the middle, keeping its end (where file names differ)."""
+    if len(text) <= width or width < 8:
+        return text
+    tail = -(-(width - 1) * 6 // 10)
+    head = width - 1 - tail
+    return text[:head] + "\u2026" + text[len(text) - tail:]
+
+
+def index_words(db: Database) -> str:
+    """The database's index in plain words ("exact search", "approximate index IVF64,PQ16, recall@10 0.97")."""
+    info = db.manifest.index
+    if info is None or db.index is None:
+        return "exact search (no index)"
+    if info.factory.strip().lower() in ("flat", "idmap,flat", "idmap2,flat"):
+        return "exact index (Flat)"
+    recall = info.get("recall_at_10_served") or info.get("recall_at_10")
+    return f"approximate index {info.factory}" + (f", recall@10 {float(recall):.2f}" if recall is not None else "")
+
+
+def database_header(db: Database, title: str, noun: str) -> dict[str, Any]:
+    """The app header: title, then counts, model, index and the database's name (full path on hover)."""
+    path = str(Path(db.path).resolve())
+    return {"title": title, "parts": [
+        {"text": f"{len(db):,} {noun}"},
+        {"text": f"model {db.model_name} ({db.dim}-d)"},
+        {"text": index_words(db)},
+        {"text": Path(path).name, "title": path, "code": True},
+    ]}
+
+
+_BAND_WORDS = {
+    "near-duplicate": "the same picture, resized, recompressed or lightly edited",
+    "very similar": "as close as the best match of a typical item in this database",
+    "similar": "closer than the best match of 1 item in 10 of this database",
+    "weak": "most items of this database have a closer match: probably unrelated",
+}
+
+
+def band_legend(bands: ScoreBands | None) -> tuple[list[dict[str, Any]], str]:
+    """The legend for the page: ``([{name, min, title}], note)``; empty without bands."""
+    if bands is None:
+        return [], ""
+    legend = [{"name": name, "min": round(max(lo, 0.0), 4), "title": _BAND_WORDS[name]}
+              for name, lo in bands.legend()]
+    n = bands.n or bands.percentiles.get("n", 0)
+    note = (f"Thresholds measured on this database: the similarity of each of {int(n):,} items to its nearest "
+            f"neighbour (median {bands.very_similar:.2f}).")
+    return legend, note

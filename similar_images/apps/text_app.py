@@ -1,12 +1,18 @@
-"""The interactive text-similarity search of ``notebooks/text_similarity.ipynb``.
+"""The text-search app of ``notebooks/text_similarity.ipynb`` (JupyterLab 4, Notebook 7, Voilà).
 
 :func:`text_search_app` opens a text database and returns a
-:class:`TextSearchApp` (ipywidgets): a query box (Enter or the Search button
-searches), a "Random tweet" button, a k slider, and the results with their
-rank and cosine score, each with a button that searches with that text.
-If the database cannot be opened it returns a :class:`DatabaseMessage` instead, with
-the exact commands that build one. All logic lives here so that the
-notebook stays a few lines long and the callbacks can be tested in Python.
+:class:`TextSearchApp`: a query box (Enter or the Search button searches), a
+"Random tweet" button, and the results as cards, each with its score in plain
+words (see :mod:`similar_images.index.bands`), the query's words highlighted,
+and a button that searches with that text. The sentence encoder loads in the
+background as soon as the app is shown; the status line says so.
+
+If the database cannot be opened it returns a :class:`DatabaseMessage`
+instead, with the exact commands that build one. All logic lives here so that
+the notebook stays a few lines long and the app can be tested in Python::
+
+    app.search("I love rainy days"); app.random_search(); app.search_with_result(2)
+    app.results, app.shown, app.message
 """
 
 from __future__ import annotations
@@ -15,22 +21,62 @@ import html
 import logging
 import os
 import random
+import re
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
-import ipywidgets as widgets
-
 from ..errors import ConfigError, DatabaseError, SimilarImagesError
 from ..index import DEFAULT_RERANK
-from ..search import Results
+from ..search import Match, Results
 from ..sources.texts import shorten
 from ..store import Database
-from .common import DatabaseMessage, find_database, no_database_message, user_message
+from .common import (
+    DatabaseMessage,
+    ModelLoader,
+    band_legend,
+    database_header,
+    find_database,
+    log_to_file,
+    no_database_message,
+    quiet_output,
+    user_message,
+)
+from .gallery import GalleryApp, GalleryWidget
 
-__all__ = ["TextSearchApp", "text_search_app", "build_commands"]
+__all__ = ["TextSearchApp", "text_search_app", "build_commands", "highlight_marks", "EXAMPLES"]
 
 logger = logging.getLogger(__name__)
+
+#: Example queries offered when the query box is empty.
+EXAMPLES = ("I love rainy days", "my flight got cancelled again", "best pizza in town", "can't sleep tonight")
+
+_WORD = re.compile(r"[\w']+", re.UNICODE)
+_STOP = frozenset("""a an and are as at be but by for from had has have he her his i i'm im in is it it's its me my
+no not of on or our so that the their them then there they this to too was we were what when who will with you your
+just am do did been being can could would should get got""".split())
+
+
+def _stem(word: str) -> str:
+    w = word.lower().strip("'")
+    for suffix in ("ing", "ed", "es", "s", "y"):
+        if len(w) - len(suffix) >= 3 and w.endswith(suffix):
+            return w[: -len(suffix)]
+    return w
+
+
+def highlight_marks(text: str, query: str) -> list[list[int]]:
+    """Character ranges ``[start, end)`` of the words of ``text`` that match a word of ``query``.
+
+    Words match when they are equal after lower-casing and dropping a common ending ("rainy" and "rain",
+    "days" and "day"); very common words ("the", "I", "and" ...) are not marked.
+    """
+    wanted = {_stem(w) for w in _WORD.findall(query) if w.lower() not in _STOP and len(w) > 1}
+    if not wanted:
+        return []
+    return [[m.start(), m.end()] for m in _WORD.finditer(text)
+            if m.group().lower() not in _STOP and _stem(m.group()) in wanted]
 
 
 def build_commands(db_path: str | os.PathLike[str]) -> list[str]:
@@ -44,163 +90,223 @@ def build_commands(db_path: str | os.PathLike[str]) -> list[str]:
             f"similar-images text build TEXTS.csv {db}"]
 
 
-class TextSearchApp:
+class TextSearchApp(GalleryApp):
     """Search a text database interactively.
 
     Attributes:
         db: The open :class:`~similar_images.store.Database`.
-        query: The query box (press Enter to search).
-        search_button: Runs the search.
-        random_button: Searches with a random text of the database.
-        k_slider: Number of results (changing it repeats the last search).
-        status: One line: timing, or what went wrong.
-        results: One row per match (rank, score, text, "search with this" button).
-        result_buttons: The buttons of the current rows.
-        last_results: The :class:`~similar_images.search.Results` shown, or ``None``.
+        gallery: The app's front end (:class:`~similar_images.apps.gallery.GalleryWidget`).
         widget: The whole app (display it, or display the app itself).
+        loader: The sentence encoder, loading in the background.
 
     Args:
         db: A text database (open, or its folder).
         k: Initial number of results.
-        max_k: Largest value of the k slider.
+        max_k: Largest number of results offered.
         seed: Seed of the random-tweet button.
-        preload: Load the sentence encoder now (a few seconds), so the first search is fast.
+        preload: Load the sentence encoder in the background as soon as the app is shown.
         rerank: Index candidates per result re-ranked with the stored vectors
             (see :mod:`similar_images.index.rerank`); 1 shows the index's own ranking.
+        include_query: Show a database text among its own results (as result #1).
+        noun: What the items are ("tweets", "texts"), for the page.
     """
 
     def __init__(self, db: Any, *, k: int = 8, max_k: int = 50, seed: int | None = None,
-                 preload: bool = True, rerank: int = DEFAULT_RERANK) -> None:
+                 preload: bool = True, rerank: int = DEFAULT_RERANK, include_query: bool = False,
+                 noun: str = "tweets") -> None:
         self.db = db if isinstance(db, Database) else Database.open(db)
         if self.db.kind != "text":
             raise ConfigError(f"{self.db.path} is an {self.db.kind} database; open it with the image search app")
+        log_to_file()
         max_k = max(1, min(max_k, len(self.db)))
         self._rng = random.Random(seed)
         self.rerank = rerank
-        self.query = widgets.Text(placeholder="Type a sentence and press Enter",
-                                  layout=widgets.Layout(width="60%"), description="Query")
-        self.search_button = widgets.Button(description="Search", button_style="primary", icon="search",
-                                            tooltip="Find the most similar texts")
-        self.random_button = widgets.Button(description="Random tweet", icon="random",
-                                            tooltip="Search with a random text of the database")
-        self.k_slider = widgets.IntSlider(value=max(1, min(k, max_k)), min=1, max=max_k, description="k",
-                                          continuous_update=False)
-        self.status = widgets.HTML()
-        self.results = widgets.VBox()
-        self.result_buttons: list[Any] = []
-        self.last_results: Any = None
-        self._last_query: str | int | None = None
-        info = self.db.manifest.index
-        recall = info.get("recall_at_10") if info else None
-        header = widgets.HTML(
-            f"<small>{len(self.db):,} texts, model {html.escape(self.db.model_name)}, index "
-            f"{html.escape(info.factory if info else 'none (exact search)')}"
-            + (f", recall@10 {recall}" if recall is not None else "") + "</small>"
-        )
-        self.widget = widgets.VBox([
-            header,
-            widgets.HBox([self.query, self.search_button, self.random_button]),
-            self.k_slider,
-            self.status,
-            self.results,
-        ])
-        self.search_button.on_click(lambda _b: self.search())
-        self.random_button.on_click(lambda _b: self.random_search())
-        self.query.on_msg(self._on_query_msg)  # the front end sends {"event": "submit"} on Enter
-        self.k_slider.observe(self._on_k_change, names="value")
-        if preload:
-            self.db.embedder.warm_up()  # type: ignore[attr-defined]
+        self.preload = preload
+        self.noun = noun
+        self.bands = self.db.score_bands()
+        self._results: Results | None = None
+        self._shown: list[Match] = []
+        self._query: str | int | None = None
+        self._query_text = ""
+        self._message = ""
+        self.loader = ModelLoader(lambda: self.db.embedder.embed(["warm up"]),
+                                  f"the sentence encoder ({self.db.model_name})", self._show_status)
+        g = self.gallery = GalleryWidget(mode="text")
+        legend, note = band_legend(self.bands)
+        one = noun[:-1] if noun.endswith("s") else noun
+        with g.hold_sync():
+            g.header = database_header(self.db, f"Similar {noun}", noun)
+            g.controls = {"random_label": f"Random {one}",
+                          "random_title": f"Search with a random {one} of the database",
+                          "upload": False, "placeholder": "Type a sentence and press Enter", "go_label": "Search",
+                          "max_k": max_k, "include_query_option": True}
+            g.upload = {"enabled": False}
+            g.k, g.include_query, g.tile = max(1, min(k, max_k)), include_query, 260
+            g.bands, g.bands_note = legend, note
+            g.empty = self._explain()
+        g.handlers.update({
+            "ready": self._on_ready,
+            "random": lambda: self._safely(self.random_search),
+            "text": lambda text="": self._safely(self.search, str(text)),
+            "search": lambda index=0: self._safely(self.search_with_result, int(index) + 1),
+        })
+        g.observe(self._on_params, names=["k", "exact", "include_query"])
+        g.observe(self._on_filter, names=["min_band"])
+        self.widget = g
+        self._show_status()
+
+    # ------------------------------------------------------------ state
+    @property
+    def last_results(self) -> Results | None:
+        """The results of the last search (the same as :attr:`results`)."""
+        return self._results
+
+    @property
+    def query_text(self) -> str:
+        """The text of the current query."""
+        return self._query_text
 
     # ------------------------------------------------------------ callbacks
-    def _on_query_msg(self, _widget: Any, content: dict[str, Any], _buffers: Any) -> None:
-        if content.get("event") == "submit":
-            self.search()
+    def _on_ready(self) -> None:
+        if self.preload:
+            self.loader.start()
 
-    def _on_k_change(self, _change: dict[str, Any]) -> None:
-        if self._last_query is not None:
-            self._run(self._last_query)
+    def _on_params(self, _change: dict[str, Any]) -> None:
+        if self._query is not None:
+            self._safely(self._run, self._query, self._query_text)
+
+    def _on_filter(self, _change: dict[str, Any]) -> None:
+        if self._results is not None:
+            self._render(self._results, self._query_text, self._query)
 
     # -------------------------------------------------------------- actions
-    def search(self, text: str | None = None) -> Any:
-        """Search with ``text`` (default: the query box); returns the results, or ``None`` with a message."""
-        if text is not None:
-            self.query.value = text
-        q = self.query.value
+    def search(self, text: str | None = None) -> Results | None:
+        """Search with ``text``; returns the results, or ``None`` (with an explanation) for an empty query."""
+        q = "" if text is None else str(text)
         if not q.strip():
-            self._show_message("Type some text to search for.")
+            self._show_message(f"Type a few words to find the most similar {self.noun}, or press "
+                               f"{self.gallery.controls.get('random_label', 'Random')}.", kind="info")
             return None
-        return self._run(q)
+        return self._run(q, q)
 
-    def random_search(self) -> Any:
-        """Put a random text of the database in the query box and search with its stored vector."""
+    def random_search(self) -> Results | None:
+        """Search with a random text of the database (its stored vector: no encoder run)."""
         live = self.db.live_ids()
         i = int(live[self._rng.randrange(len(live))])
-        self.query.value = self.db.items[i]
-        return self._run(i)
+        return self._run(i, self.db.items[i])
 
-    def search_with_result(self, rank: int) -> Any:
-        """Search with the text of the result at ``rank`` (1-based), as its button does."""
-        match = self.last_results[rank - 1]
-        self.query.value = match.text
-        return self._run(match.id)
+    def search_with_result(self, rank: int) -> Results | None:
+        """Search with the text of the result shown at ``rank`` (1-based), as its button does."""
+        if not 1 <= rank <= len(self._shown):
+            self._show_message(f"There is no result #{rank} to search with.")
+            return None
+        match = self._shown[rank - 1]
+        return self._run(match.id, match.text)
 
     # -------------------------------------------------------------- helpers
-    def _show_message(self, text: str) -> None:
-        self.status.value = f"<span style='color:#a00'>{html.escape(text)}</span>"
-        self.results.children = ()
-        self.result_buttons = []
-        self.last_results = None
-        self._last_query = None
+    def _explain(self) -> dict[str, Any]:
+        return {"text": f"Type a sentence to find the {self.noun} that say something similar, in other words too: "
+                        f"the search compares meanings (sentence embeddings), not letters. Try one of these:",
+                "examples": list(EXAMPLES)}
 
-    def _run(self, query: str | int) -> Results | None:
+    def _show_message(self, text: str, kind: str = "error") -> None:
+        self._message = text
+        g = self.gallery
+        with g.hold_sync():
+            g.message = {"text": text, "kind": kind}
+            if kind == "info":  # an empty query: explain, with examples, instead of old results
+                self._results, self._shown, self._query = None, [], None
+                g.results, g.query, g.state = [], {}, "idle"
+                g.results_title = {}
+                g.empty = self._explain()
+                g.render_id += 1
+            else:
+                g.state = "stale" if self._results is not None else "idle"
+
+    def _run(self, query: str | int, text: str) -> Results | None:
+        g = self.gallery
+        t0 = time.perf_counter()
+        if isinstance(query, str):
+            with g.hold_sync():
+                g.state = "busy"
+                g.message = {}
+                g.query = {"text": text, "name": "Query", "detail": "typed",
+                           "note": "" if self.loader.ready else "Waiting for the sentence encoder to load \u2026"}
         try:
-            results = self.db.search(query, int(self.k_slider.value), rerank=self.rerank)
+            if isinstance(query, str):
+                self.loader.wait()
+                with quiet_output():
+                    results = self.db.search(query, self.k, rerank=self.rerank, exact=bool(g.exact))
+            else:
+                results = self.db.search(query, self.k, rerank=self.rerank, exact=bool(g.exact),
+                                         exclude_query=not g.include_query)
         except SimilarImagesError as exc:
             self._show_message(user_message(exc))
             return None
-        self._last_query = query
-        self.last_results = results
-        self._render(results)
+        self._query, self._query_text, self._message = query, text, ""
+        self._results = results
+        self._render(results, text, query, total_ms=(time.perf_counter() - t0) * 1e3)
         return results
 
-    def _render(self, results: Results) -> None:
-        rows = []
-        self.result_buttons = []
-        for m in results:
-            button = widgets.Button(description="Search with this", icon="search",
-                                    layout=widgets.Layout(width="150px", flex="0 0 auto"),
-                                    tooltip="Search with this text")
-            button.on_click(lambda _b, rank=m.rank: self.search_with_result(rank))
-            self.result_buttons.append(button)
-            rows.append(widgets.HBox([
-                widgets.HTML(f"<b>{m.rank}</b>", layout=widgets.Layout(width="32px", flex="0 0 auto")),
-                widgets.HTML(f"<code>{m.score:.3f}</code>", layout=widgets.Layout(width="60px", flex="0 0 auto")),
-                # Tweets carry HTML entities (&quot;, &amp;): show the characters they stand for.
-                widgets.HTML(html.escape(shorten(html.unescape(m.text))), layout=widgets.Layout(flex="1 1 auto")),
-                button,
-            ]))
-        self.results.children = tuple(rows)
-        index = self.db.manifest.index
-        mode = "exact" if results.params.get("exact") or index is None else index.factory
-        if results.params.get("rerank"):
-            mode += f", re-ranked x{results.params['rerank']}"
-        self.status.value = (f"{len(results)} results in {results.search_ms:.2f} ms "
-                             f"({results.total_ms:.0f} ms with encoding, {html.escape(mode)})")
+    def _render(self, results: Results, text: str, query: str | int | None, total_ms: float | None = None) -> None:
+        g = self.gallery
+        what = f"other {self.noun}" if isinstance(query, int) and not g.include_query else self.noun
+        title = self._keep_shown(results, what)
+        items = []
+        for m in self._shown:
+            # tweets carry HTML entities (&quot;, &amp;); a very long text is cut for its card
+            shown_text = shorten(html.unescape(m.text))
+            items.append({"id": m.id, "rank": m.rank, "score": round(float(m.score), 4),
+                          "band": self.bands.band(m.score) if self.bands else "", "text": shown_text,
+                          "marks": highlight_marks(shown_text, text), "detail": f"#{m.id}",
+                          "key": f"db:{m.id}", "is_query": isinstance(query, int) and m.id == query})
+        detail = f"{self.noun[:-1] if self.noun.endswith('s') else self.noun} #{query} of the database" \
+            if isinstance(query, int) else "typed"
+        with g.hold_sync():
+            g.query = {"text": html.unescape(text), "name": "Query", "detail": detail}
+            g.results = items
+            g.results_title = title
+            g.message = {}
+            g.state = "idle"
+            g.empty = self._empty_after_filter()
+            g.render_id += 1
+            g.status = self._status_dict(results, total_ms)
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+    def _status_dict(self, results: Results | None = None, total_ms: float | None = None) -> dict[str, Any]:
+        status: dict[str, Any] = {"model": self.loader.status()}
+        r = results if results is not None else self._results
+        if r is not None:
+            index = self.db.manifest.index
+            mode = "exact search" if r.params.get("exact") or index is None else f"index {index.factory}"
+            if r.params.get("rerank"):
+                mode += f", best {r.params['rerank']}x candidates re-ranked exactly"
+            total = f" \u00b7 total {total_ms:.0f} ms" if total_ms is not None else ""
+            status["timing"] = f"Found in {r.search_ms:.1f} ms ({mode}){total}"
+        return status
+
+    def _show_status(self) -> None:
+        self.gallery.status = self._status_dict()
+
+    def _safely(self, func: Any, *args: Any) -> Any:
+        try:
+            return func(*args)
+        except Exception as exc:
+            logger.error("Error in the text app", exc_info=exc)
+            self._show_message(user_message(exc))
+            return None
 
 
 def text_search_app(db_path: str | os.PathLike[str], *, k: int = 8, max_k: int = 50,
-                    seed: int | None = None) -> TextSearchApp | DatabaseMessage:
+                    seed: int | None = None, noun: str = "tweets") -> TextSearchApp | DatabaseMessage:
     """The search app for the text database at ``db_path``, or a message saying how to build one.
 
     Never raises for a missing or unusable database: the returned message explains the problem and lists the
     commands to run.
     """
+    log_to_file()
     db = find_database(db_path)
     try:
-        return TextSearchApp(Database.open(db), k=k, max_k=max_k, seed=seed)
+        return TextSearchApp(Database.open(db), k=k, max_k=max_k, seed=seed, noun=noun)
     except DatabaseError as exc:
         logger.info("No app for %s: %s", db, exc)
         return no_database_message(db_path, exc, what="text database", commands=build_commands(db),

@@ -130,6 +130,10 @@ def echo_build_report(report: BuildReport) -> None:
                f"  size: {report.index_bytes:,} bytes\n"
                f"  build time: {report.build_seconds:.2f} s\n"
                f"  search defaults: {params}")
+    if report.score_bands:
+        b = report.score_bands
+        click.echo(f"  score bands (from each item's nearest neighbour): near-duplicate >= {b['near_duplicate']:.3f}, "
+                   f"very similar >= {b['very_similar']:.3f}, similar >= {b['similar']:.3f}, weak below")
 
 
 def search_options(func: F) -> F:

@@ -8,6 +8,7 @@ This layer knows Faiss and numpy only: it never sees a database. Modules:
 * :mod:`.calibrate`: nprobe measured against exact search;
 * :mod:`.params`: search parameters through :class:`faiss.ParameterSpace`, thread counts;
 * :mod:`.exact`, :mod:`.recall`, :mod:`.rerank`: exact search, recall@k, exact re-ranking;
+* :mod:`.bands`: score bands in plain words, thresholds from the nearest-neighbour similarities;
 * :mod:`.io`: atomic reads and writes.
 
 To add an index type, nothing is needed: any Faiss ``index_factory`` string
@@ -16,6 +17,7 @@ works (``--index``); to make it a default, add it to :data:`.factory.DEFAULTS`.
 
 from __future__ import annotations
 
+from .bands import BAND_NAMES, ScoreBands, neighbour_percentiles
 from .build import BuildReport, IndexConfig, add_vectors, build_index, finish_index, train_index
 from .calibrate import MAX_SCAN_BYTES, NPROBE_TOLERANCE, calibrate_nprobe, choose_nprobe, nprobe_cap, nprobe_steps
 from .exact import exact_search
@@ -35,6 +37,9 @@ from .recall import drop_self, recall_at_k, recall_stalled, recall_table, recall
 from .rerank import DEFAULT_RERANK, RerankedSearch, rerank_exact
 
 __all__ = [
+    "BAND_NAMES",
+    "ScoreBands",
+    "neighbour_percentiles",
     "BuildReport",
     "IndexConfig",
     "add_vectors",

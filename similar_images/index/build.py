@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, IndexTrainingError
+from .bands import ScoreBands, neighbour_percentiles
 from .calibrate import calibrate_nprobe
 from .factory import default_factory, make_index, min_training_vectors
 from .io import index_nbytes
@@ -79,6 +80,9 @@ class BuildReport:
             candidates re-ranked with the exact vectors.
         nprobe_recalls: Served recall@10 measured at each nprobe tried by the calibration (``None`` when
             nprobe was given or the index has no inverted file).
+        neighbour_similarity: Percentiles of the exact similarity of each sampled vector to its nearest
+            other vector (:func:`~.bands.neighbour_percentiles`; ``None`` without a sample).
+        score_bands: The score bands those percentiles give (:class:`~.bands.ScoreBands` as a dict).
     """
 
     factory: str
@@ -93,6 +97,8 @@ class BuildReport:
     search_params: dict[str, int] = field(default_factory=dict)
     recall_at_10_served: float | None = None
     nprobe_recalls: dict[str, float] | None = None
+    neighbour_similarity: dict[str, float] | None = None
+    score_bands: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,6 +218,11 @@ def finish_index(index: Any, vectors: np.ndarray, ids: np.ndarray, config: Index
     sample = eval_sample(vectors, ids, config.eval_queries, 10, config.seed + 1)
     recall = served = float("nan")
     nprobe_recalls = None
+    neighbours: dict[str, float] | None = None
+    bands: dict[str, Any] | None = None
+    if sample is not None and sample.truth_scores is not None:
+        neighbours = neighbour_percentiles(sample.truth_scores[:, 0]) or None
+        bands = ScoreBands.from_percentiles(neighbours).to_dict() if neighbours else None
     if sample is not None:
         if "nprobe" in params and config.nprobe is None:
             params["nprobe"], measured = calibrate_nprobe(index, vectors, sample=sample)
@@ -228,4 +239,5 @@ def finish_index(index: Any, vectors: np.ndarray, ids: np.ndarray, config: Index
         add_seconds=round(add_seconds, 3), build_seconds=round(build_seconds, 3), index_bytes=index_nbytes(index),
         recall_at_10=_round(recall), n_eval_queries=0 if sample is None else len(sample.queries),
         search_params=params, recall_at_10_served=_round(served), nprobe_recalls=nprobe_recalls,
+        neighbour_similarity=neighbours, score_bands=bands,
     )

@@ -92,12 +92,17 @@ def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
 
 @dataclass
 class EvalSample:
-    """Database vectors used as queries, their ids, and their exact top-k (each query's own id removed)."""
+    """Database vectors used as queries, their ids, and their exact top-k (each query's own id removed).
+
+    Attributes:
+        truth_scores: The exact similarities of ``truth`` (column 0: each query's nearest other vector).
+    """
 
     queries: np.ndarray
     self_ids: np.ndarray
     truth: np.ndarray
     k: int
+    truth_scores: np.ndarray | None = None
 
     def search(self, index: Any, width: int) -> np.ndarray:
         """The index's top ``width`` ids of every query, the query's own id removed."""
@@ -114,5 +119,6 @@ def eval_sample(vectors: np.ndarray, ids: np.ndarray, n_queries: int, k: int, se
     rows = sample_rows(n, n_queries, seed)
     xq = np.ascontiguousarray(vectors[rows], dtype=np.float32)
     self_ids = ids[rows]
-    _, truth = exact_search(vectors, xq, k + 1, ids=ids)
-    return EvalSample(xq, self_ids, drop_self(truth, self_ids, k)[0], k)
+    scores, truth = exact_search(vectors, xq, k + 1, ids=ids)
+    kept, kept_scores = drop_self(truth, self_ids, k, scores)
+    return EvalSample(xq, self_ids, kept, k, kept_scores)

@@ -68,11 +68,11 @@ def plot_tuning(report: TuneReport, path: str | os.PathLike[str] | None = None, 
         ax.scatter([lat(p) for p in pts], [rec(p) for p in pts], s=[size(p.memory_bytes) for p in pts],
                    color=colour, alpha=0.5, edgecolors="white", linewidths=0.5)
         b = best[factory]
-        ax.annotate(factory, (lat(b), rec(b)), textcoords="offset points", xytext=(4, 3), fontsize=6,
+        ax.annotate(factory, (lat(b), rec(b)), textcoords="offset points", xytext=(4, 3), fontsize=8,
                     color=colour, alpha=0.9)
     ax.axhline(report.target_recall, color="grey", ls="--", lw=1)
     ax.text(min(lat(p) for p in report.points), report.target_recall,
-            f" target {report.target_recall:g}", va="bottom", fontsize=8, color="grey")
+            f" target {report.target_recall:g}", va="bottom", fontsize=9, color="grey")
     marks = [("original: ", report.original, "X", "black", (10, -24)),
              ("pick: ", report.pick(mode), "*", "red", (-40, -34)),
              ("build-index default: ", report.current_default, "D", "#6a3d9a", (-150, -26))]
@@ -81,7 +81,7 @@ def plot_tuning(report: TuneReport, path: str | os.PathLike[str] | None = None, 
             continue
         ax.scatter([lat(p)], [rec(p)], marker=marker, s=200, color=colour, zorder=5)
         ax.annotate(prefix + p.label + f"\n({p.memory_ratio:.3f} x Flat memory)", (lat(p), rec(p)),
-                    textcoords="offset points", xytext=offset, fontsize=8, color=colour, zorder=6,
+                    textcoords="offset points", xytext=offset, fontsize=9, color=colour, zorder=6,
                     bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -97,9 +97,9 @@ def plot_tuning(report: TuneReport, path: str | os.PathLike[str] | None = None, 
         handles.append(Line2D([0], [0], marker="o", ls="", color="#cccccc",
                               markersize=math.sqrt(size(frac * report.flat_bytes)),
                               label=f"memory {fraction_label(frac) if frac < 1 else '1'} x Flat"))
-    ax.legend(handles=handles, fontsize=7, loc="lower right", ncol=2, framealpha=0.85, labelspacing=1.1)
+    ax.legend(handles=handles, fontsize=8, loc="lower right", ncol=2, framealpha=0.85, labelspacing=1.1)
     ax.set_title(title or f"{report.n_vectors:,} vectors, {report.dim}-d: recall@{report.k} / latency / memory "
-                 "(marker area ~ index memory)", fontsize=10)
+                 "(marker area ~ index memory)", fontsize=11)
     fig.tight_layout()
     if path is not None:
         path = Path(path)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..index import choose_nprobe
 
-__all__ = ["TunePoint", "TuneReport", "pareto_points", "pick_point", "PARAM_NAMES", "ORIGINAL_NPROBE"]
+__all__ = ["TunePoint", "TuneReport", "pareto_points", "pick_point", "human_bytes", "PARAM_NAMES", "ORIGINAL_NPROBE"]
 
 #: Search parameters, and their command-line option names.
 PARAM_NAMES = {"nprobe": "nprobe", "efSearch": "ef_search", "k_factor": "k_factor"}
@@ -220,7 +220,7 @@ class TuneReport:
             served = (f"{p.recall_served:>8.4f}{p.latency_served_ms:>8.3f}"
                       if srv and p.recall_served is not None and p.latency_served_ms is not None else "")
             lines.append(f"{p.factory[:33]:<34}{params[:19]:<20}{p.recall:>10.4f}{p.latency_ms:>10.3f}"
-                         f"{p.p99_ms:>9.3f}{p.batch_ms:>9.3f}{served}{_human(p.memory_bytes):>11}"
+                         f"{p.p99_ms:>9.3f}{p.batch_ms:>9.3f}{served}{human_bytes(p.memory_bytes):>11}"
                          f"{p.memory_ratio:>7.3f}{p.bytes_per_vector:>7.0f}{p.build_seconds:>9.2f}{mark}")
         lines.append("(* the pick; + on the recall/latency/memory Pareto frontier of the index alone; memory = the "
                      "serialised index: every byte its search needs, full vectors included where it keeps them)")
@@ -249,7 +249,7 @@ class TuneReport:
             chosen, fastest = self.pick(served), self.pick(served, by="latency")
             if chosen:
                 lines.append(f"  Pick (smallest with {cond}): {chosen.label}: recall {chosen.recall_in(served):.4f}, "
-                             f"{chosen.latency_in(served):.3f} ms, {_human(chosen.memory_bytes)} = "
+                             f"{chosen.latency_in(served):.3f} ms, {human_bytes(chosen.memory_bytes)} = "
                              f"{chosen.memory_ratio:.3f} x Flat")
                 if served == self.served:
                     lines.append("    apply with: similar-images build-index DB --force " + _cli_args(chosen))
@@ -289,11 +289,12 @@ class TuneReport:
                       if srv and p.recall_served is not None and p.latency_served_ms is not None else
                       ("- | - | " if srv else ""))
             out.append(f"| {name} | {params} | {p.recall:.3f} | {p.latency_ms:.3f} | {served}"
-                       f"{_human(p.memory_bytes)} | {p.memory_ratio:.3f} | {p.build_seconds:.1f} |")
+                       f"{human_bytes(p.memory_bytes)} | {p.memory_ratio:.3f} | {p.build_seconds:.1f} |")
         return "\n".join(out)
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """A size in bytes for people: ``512 B``, ``70.2 KB``, ``18.2 MB``."""
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

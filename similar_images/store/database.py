@@ -39,6 +39,7 @@ from ..errors import (
 from ..index import (
     BuildReport,
     IndexConfig,
+    ScoreBands,
     add_vectors,
     build_index,
     factory_for,
@@ -46,7 +47,7 @@ from ..index import (
     set_search_params,
     write_index,
 )
-from ..search import Results, search, search_batch
+from ..search import Results, search, search_batch, search_vectors
 from ..sources.images import collect_inputs
 from .build import BuildConfig, embed_items
 from .folder import (
@@ -108,6 +109,7 @@ class Database:
         self.index_lock = threading.RLock()
         self._id_by_item: dict[str, int] | None = None
         self._removed = self._removed_mask(manifest, len(items))
+        self._measured_bands: ScoreBands | None = None
 
     @staticmethod
     def _removed_mask(manifest: Manifest, n: int) -> np.ndarray:
@@ -229,6 +231,30 @@ class Database:
     def __repr__(self) -> str:
         idx = self.manifest.index.factory if self.manifest.index else "no index"
         return f"Database({str(self.path)!r}, {self.kind}, {self.model_name}, {len(self)} items, {idx})"
+
+    def score_bands(self, *, sample: int = 500, seed: int = 0) -> ScoreBands | None:
+        """The score bands of this database (:class:`~similar_images.index.ScoreBands`): plain words for scores.
+
+        Their thresholds are measured when the index is built and stored in the manifest. A database without
+        them (built by an older version, or without an index) measures them now on ``sample`` of its items
+        (their nearest neighbour through the index, exact without one), once per opened database; nothing is
+        written. ``None`` when the database has fewer than two items.
+        """
+        stored = self.manifest.index.get("score_bands") if self.manifest.index else None
+        if stored:
+            return ScoreBands.from_dict(stored)
+        if self._measured_bands is None:
+            live = self.live_ids()
+            if len(live) < 2:
+                return None
+            rng = np.random.default_rng(seed)
+            ids = np.sort(rng.choice(live, size=min(sample, len(live)), replace=False))
+            xq = np.ascontiguousarray(self.vectors[ids], dtype=np.float32)
+            scores, found, _ = search_vectors(self, xq, 2, exact=self.index is None)
+            nearest = np.where(found[:, 0] == ids, scores[:, 1], scores[:, 0])
+            self._measured_bands = ScoreBands.from_similarities(nearest[np.isfinite(nearest)])
+            logger.info("Score bands of %s measured on %d items: %s", self.path, len(ids), self._measured_bands)
+        return self._measured_bands
 
     def live_ids(self) -> np.ndarray:
         """Ids of the items that can be returned by a search."""
