@@ -28,11 +28,12 @@ actions). An action is a Python callback that gets an :class:`ActionTarget`
 and returns PNG bytes, an HTML string, or an :class:`ActionResult`; the
 lightbox shows the answer beside the image::
 
-    def explain(target):                     # target.match: the result shown (None for the query)
-        return render_explanation_png(target.query, target.match)
+    def details(target):                     # target.match: the result shown (None for the query)
+        return f"<b>#{target.match.id}</b> {html.escape(str(target.match.item))}"
 
-    app.add_lightbox_action("explain", "Explain", explain, tooltip="Which regions make these two similar")
-"""
+    app.add_lightbox_action("details", "Details", details, tooltip="Where this photo is")
+
+The image app's own "Explain" action is built this way (``SimilarImagesApp.explain_result``)."""
 
 from __future__ import annotations
 
