@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ConfigError, ImageLoadError, NoInputsError, SourceNotFoundError
+from . import fastjpeg
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -224,7 +225,10 @@ def load_image(
             side = max(draft_size)
             img.draft(img.mode, (side, side))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        if owned:
+            ImageOps.exif_transpose(img, in_place=True)  # no copy of an image nobody else holds
+        else:
+            img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
     except ImageLoadError:
         raise
@@ -240,8 +244,15 @@ def prepare_array(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
-    """Decode and resize an image to ``size`` (width, height) as a uint8 HxWx3 array."""
-    img = load_image(source, max_pixels=max_pixels, draft_size=size)
+    """Decode and resize an image to ``size`` (width, height) as a uint8 HxWx3 array.
+
+    JPEG files and bytes are decoded at a reduced scale by libjpeg-turbo when
+    ``simplejpeg`` is installed (see :mod:`similar_images.sources.fastjpeg`);
+    every other image, and every error, goes through :func:`load_image`.
+    """
+    img = fastjpeg.load_scaled(source, size, max_pixels)
+    if img is None:
+        img = load_image(source, max_pixels=max_pixels, draft_size=size)
     if img.size != tuple(size):
         img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
     return np.asarray(img, dtype=np.uint8)
