@@ -24,6 +24,16 @@ from .base import PRECISIONS, Runner, check_backend, check_precision, cpu_capabi
 from .cache import ModelCache, file_sha256, package_versions
 from .calibration import Calibration
 from .keras import KerasRunner
+from .openvino import (
+    OpenVINORunner,
+    convert_keras_model,
+    import_nncf,
+    import_openvino,
+    openvino_capabilities,
+    openvino_core,
+    quantize_int8,
+    save_ov_model,
+)
 
 __all__ = ["RunnerFactory", "make_runner", "weights_identity"]
 
@@ -89,7 +99,6 @@ class RunnerFactory:
 
     def ov_fp32(self) -> Any:
         """The float OpenVINO model: a cached IR path, or an in-memory model."""
-        from .openvino import convert_keras_model, save_ov_model  # noqa: PLC0415  (heavy: OpenVINO)
 
         if self._ov_fp32 is not None:
             return self._ov_fp32
@@ -108,12 +117,6 @@ class RunnerFactory:
 
     def ov_int8(self, calibration: Calibration) -> Any:
         """The int8 OpenVINO model quantized on ``calibration``'s sample (cached)."""
-        from .openvino import (  # noqa: PLC0415
-            import_nncf,
-            openvino_core,
-            quantize_int8,
-            save_ov_model,
-        )
 
         import_nncf()  # fail early, with the install command, before any work
         arrays = calibration.arrays(self.spec.input_size)
@@ -152,7 +155,6 @@ class RunnerFactory:
             if self.emulate:
                 return True, "emulated: this CPU has no native bf16 (avx512_bf16 / amx_bf16)"
             return False, f"this CPU ({cpu.model}) has no native bf16 (avx512_bf16 / amx_bf16)"
-        from .openvino import openvino_capabilities  # noqa: PLC0415  (heavy: OpenVINO)
 
         caps = openvino_capabilities()
         if precision == "bf16":
@@ -174,7 +176,6 @@ class RunnerFactory:
             runner = self.keras_runner(precision)
             runner.extra.update(info or {})
             return runner
-        from .openvino import OpenVINORunner  # noqa: PLC0415  (heavy: OpenVINO)
 
         if precision == "int8":
             if calibration is None:
@@ -236,7 +237,6 @@ def make_runner(
         raise ConfigError("The keras backend runs fp32 or bf16; for int8 use --backend openvino "
                           "(pip install openvino nncf)")
     if backend == "openvino":
-        from .openvino import import_openvino  # noqa: PLC0415  (heavy: OpenVINO)
 
         import_openvino()
     if factory is None:

@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendError, BackendUnavailableError
-from .base import check_precision
+from .base import check_precision, cpu_capabilities
 
 __all__ = [
     "INSTALL_COMMAND",
@@ -88,8 +89,6 @@ def convert_keras_model(model: Any, input_size: tuple[int, int]) -> Any:
     ov = import_openvino()
     w, h = input_size
     example = np.zeros((1, h, w, 3), dtype=np.float32)
-    import warnings  # noqa: PLC0415
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Keras' "expected keras_tensor" note about the traced input structure
         ov_model = ov.convert_model(model, example_input=example)
@@ -130,8 +129,6 @@ class QuantizationSettings:
         """``overflow_fix`` with ``auto`` decided for this CPU."""
         if self.overflow_fix != "auto":
             return self.overflow_fix
-        from .base import cpu_capabilities  # noqa: PLC0415  (avoids a cycle at import)
-
         return "first_layer" if cpu_capabilities().vnni else "enable"
 
     def to_dict(self) -> dict[str, Any]:
