@@ -294,12 +294,8 @@ def test_fast_jpeg_path_matches_pillow(tmp_path: Path, orientation: int) -> None
     exif[0x0112] = orientation
     _photo().save(path, exif=exif.tobytes(), quality=92)
     assert fastjpeg.load_scaled(path, (224, 224), 10**8) is not None
-    fast = prepare_array(path, (224, 224)).astype(int)
-    old = fastjpeg.set_enabled(False)
-    try:
-        slow = prepare_array(path, (224, 224)).astype(int)
-    finally:
-        fastjpeg.set_enabled(old)
+    fast = prepare_array(path, (224, 224), fast_jpeg=True).astype(int)
+    slow = prepare_array(path, (224, 224)).astype(int)
     assert fast.shape == slow.shape == (224, 224, 3)
     assert np.abs(fast - slow).mean() < 3.0  # the same picture, the same way up
 
@@ -312,19 +308,19 @@ def test_fast_jpeg_path_leaves_errors_and_other_images_to_pillow(tmp_path: Path)
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     assert fastjpeg.load_scaled(truncated, (224, 224), 10**8) is None
     with pytest.raises(ImageLoadError, match="truncated|corrupt"):
-        prepare_array(truncated, (224, 224))
+        prepare_array(truncated, (224, 224), fast_jpeg=True)
     with pytest.raises(ImageLoadError, match="too large"):
-        prepare_array(good, (224, 224), max_pixels=1000)  # the decompression-bomb guard still holds
+        prepare_array(good, (224, 224), max_pixels=1000, fast_jpeg=True)  # the decompression-bomb guard holds
     cmyk = tmp_path / "cmyk.jpg"
     _photo().convert("CMYK").save(cmyk)
     assert fastjpeg.load_scaled(cmyk, (224, 224), 10**8) is None
-    assert prepare_array(cmyk, (224, 224)).shape == (224, 224, 3)
+    assert prepare_array(cmyk, (224, 224), fast_jpeg=True).shape == (224, 224, 3)
     png = tmp_path / "a.png"
     _photo().save(png)
     assert fastjpeg.load_scaled(png, (224, 224), 10**8) is None
     gray = tmp_path / "gray.jpg"
     _photo().convert("L").save(gray)
-    arr = prepare_array(gray, (224, 224))
+    arr = prepare_array(gray, (224, 224), fast_jpeg=True)
     assert arr.shape == (224, 224, 3) and (arr[..., 0] == arr[..., 1]).all()
 
 
@@ -377,6 +373,20 @@ def test_a_database_records_its_backend_and_its_queries_use_it(tiny_model: str, 
     added = database.add(tmp_path / "more")
     assert len(added.ids) == 1
     assert json.loads((db / "manifest.json").read_text())["model"]["precision"] == "int8"
+
+
+@pytest.mark.skipif(not fastjpeg.available(), reason="simplejpeg is not installed")
+def test_the_fast_decoder_is_recorded_and_used_by_queries(tiny_model: str, tmp_path: Path) -> None:
+    root = tmp_path / "big"
+    for i in range(6):
+        make_image(root / f"b{i}.jpg", seed=200 + i, size=(300, 200))
+    db = tmp_path / "db"
+    extract_features(root, db, ExtractConfig(model=tiny_model, weights="random", decoder="fast", verbose=False))
+    database = Database.open(db)
+    assert database.manifest.model["decoder"] == "fast" and database.embedder.decoder == "fast"  # type: ignore
+    np.testing.assert_allclose(database.embedder.embed(database.items[:3]), database.vectors[:3], atol=1e-6)
+    with pytest.raises(ConfigError, match="Unknown decoder"):
+        ExtractConfig(decoder="turbo")
 
 
 def test_auto_records_its_choice_and_figures(tiny_model: str, photo_folder: Path, tmp_path: Path) -> None:

@@ -59,6 +59,9 @@ def register(group: click.Group) -> None:
                   help="Images sampled from IMAGES to calibrate int8 and to measure agreement for auto.")
     @click.option("--agreement", type=click.FloatRange(0.0), default=DEFAULT_THRESHOLD, show_default=True,
                   help="Top-10 agreement with fp32 that auto requires of a lower precision.")
+    @click.option("--decoder", type=click.Choice(["pil", "fast"]), default="pil", show_default=True,
+                  help="fast: JPEGs decoded at a reduced scale by libjpeg-turbo (needs simplejpeg; slightly "
+                       "different pixels, recorded so that queries decode the same way).")
     @click.option("--force", is_flag=True, help="Replace an existing database at DB.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log messages.")
     @click.option("--verbose", "-v", count=True, help="More log messages.")
@@ -66,7 +69,7 @@ def register(group: click.Group) -> None:
     @handle_errors
     def extract(images: Path, db: Path, model: str, weights: str, batch_size: int, workers: int | None,
                 shard_size: int, max_pixels: int, backend: str, precision: str, calibration_size: int,
-                agreement: float, force: bool, quiet: bool, verbose: int, engine: str,
+                agreement: float, decoder: str, force: bool, quiet: bool, verbose: int, engine: str,
                 master: str | None, partitions: int | None) -> None:
         """Extract feature vectors of IMAGES into the database folder DB.
 
@@ -85,7 +88,8 @@ def register(group: click.Group) -> None:
         runner = make_engine(engine, master, partitions)
         config = ExtractConfig(model=model, weights=weights, batch_size=batch_size, workers=workers,
                                shard_size=shard_size, max_pixels=max_pixels, verbose=not quiet, backend=backend,
-                               precision=precision, calibration_size=calibration_size, agreement=agreement)
+                               precision=precision, calibration_size=calibration_size, agreement=agreement,
+                               decoder=decoder)
         s = extract_features(images, db, config, force=force, engine=runner)
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
         click.echo(f"Extracted {s.extracted} of {s.total} images{resumed} into {db} in {s.seconds:.1f} s "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from PIL import Image
 
 from .._util.http import FetchConfig, fetch_url, is_url
 from ..errors import ConfigError, QueryError
+from ..sources import fastjpeg
 from ..sources.images import DEFAULT_MAX_PIXELS, ImageSource, prepare_array
 from .backends import (
     DEFAULT_CALIBRATION_SIZE,
@@ -27,7 +29,12 @@ from .backends import (
 from .base import SpecBacked, l2_normalize
 from .image_models import DEFAULT_MODEL, ModelSpec, get_model_spec, resolve_weights, weights_label
 
-__all__ = ["ImageEmbedder"]
+__all__ = ["ImageEmbedder", "DECODERS"]
+
+logger = logging.getLogger(__name__)
+
+#: How images are decoded: Pillow, or libjpeg-turbo's scaled JPEG decoding (see sources.fastjpeg).
+DECODERS = ("pil", "fast")
 
 
 class ImageEmbedder(SpecBacked):
@@ -45,6 +52,8 @@ class ImageEmbedder(SpecBacked):
         calibration_size: Images in the calibration sample.
         agreement: The top-10 agreement with fp32 that ``auto`` requires of a lower precision.
         cache_dir: The converted-model cache (default ``$SIMILAR_IMAGES_CACHE`` or ``~/.cache/similar-images``).
+        decoder: ``"pil"`` (Pillow) or ``"fast"``: JPEGs decoded at a reduced scale by libjpeg-turbo
+            (``simplejpeg``; slightly different pixels, so it is recorded and queries use it too).
         batch_size: Images per model call in :meth:`embed`.
         seed: Seed used when the weights are random.
         max_pixels: Decompression-bomb guard for decoded images.
@@ -77,6 +86,7 @@ class ImageEmbedder(SpecBacked):
         calibration_size: int = DEFAULT_CALIBRATION_SIZE,
         agreement: float = DEFAULT_THRESHOLD,
         cache_dir: str | os.PathLike[str] | None = None,
+        decoder: str = "pil",
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -92,6 +102,11 @@ class ImageEmbedder(SpecBacked):
             raise ConfigError(f"calibration_size must be at least 1, got {calibration_size}")
         if not 0.0 <= agreement:
             raise ConfigError(f"agreement must be from 0 to 1, got {agreement}")
+        if decoder not in DECODERS:
+            raise ConfigError(f"Unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
+        if decoder == "fast" and not fastjpeg.available():
+            logger.warning("decoder 'fast' needs simplejpeg (pip install simplejpeg); decoding with Pillow")
+        self.decoder = decoder
         self.batch_size = batch_size
         self.seed = seed
         self.max_pixels = max_pixels
@@ -124,7 +139,7 @@ class ImageEmbedder(SpecBacked):
                     "images it extracts), or choose --precision fp32 or bf16")
             return None
         cal = Calibration(self.calibration, size=self.calibration_size, threshold=self.agreement,
-                          max_pixels=self.max_pixels)
+                          max_pixels=self.max_pixels, fast_jpeg=self.decoder == "fast")
         self._sample = cal.sample()
         return cal
 
@@ -168,6 +183,8 @@ class ImageEmbedder(SpecBacked):
         info = {**self.spec.info(), "weights": weights_label(self.weights), "seed": self.seed}
         if self.max_pixels != DEFAULT_MAX_PIXELS:  # recorded only when changed: older manifests stay equal
             info["max_pixels"] = self.max_pixels
+        if self.decoder != "pil":
+            info["decoder"] = self.decoder
         if (self.backend, self.precision) != ("keras", "fp32"):
             self.resolve()  # record what runs (auto's choice, or a fallback), not what was asked for
         if (self.backend, self.precision) != ("keras", "fp32"):
@@ -186,7 +203,7 @@ class ImageEmbedder(SpecBacked):
         Raises:
             ImageLoadError: If the image cannot be read.
         """
-        return prepare_array(item, self.spec.input_size, max_pixels=self.max_pixels)
+        return prepare_array(item, self.spec.input_size, max_pixels=self.max_pixels, fast_jpeg=self.decoder == "fast")
 
     def embed_prepared(self, batch: Sequence[np.ndarray]) -> np.ndarray:
         """Embed prepared images (see :meth:`prepare`)."""

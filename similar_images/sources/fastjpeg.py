@@ -14,7 +14,10 @@ a file object, an image over the pixel limit, a decoding error), and the
 caller then decodes with Pillow as before, which also produces the error
 messages. EXIF orientation is applied like :func:`PIL.ImageOps.exif_transpose`.
 
-Set ``SIMILAR_IMAGES_DECODER=pil`` to turn the fast path off.
+The fast path is opt-in (``prepare_array(..., fast_jpeg=True)``; an image
+model's ``decoder="fast"``, recorded in the database manifest): its pixels
+differ slightly from Pillow's (a mean of about 1 grey level on COCO photos),
+so a database and its queries must be decoded the same way.
 """
 
 from __future__ import annotations
@@ -26,11 +29,10 @@ from typing import Any
 
 from PIL import Image
 
-__all__ = ["available", "enabled", "load_scaled", "set_enabled"]
+__all__ = ["available", "load_scaled"]
 
 _SIMPLEJPEG: Any = None
 _CHECKED = False
-_ENABLED = os.environ.get("SIMILAR_IMAGES_DECODER", "").lower() != "pil"
 
 # EXIF orientation -> the transposition that undoes it (as in PIL.ImageOps.exif_transpose).
 _TRANSPOSE = {
@@ -56,25 +58,13 @@ def available() -> bool:
     return _SIMPLEJPEG is not None
 
 
-def enabled() -> bool:
-    """Whether the fast path is on (installed, and not turned off)."""
-    return _ENABLED and available()
-
-
-def set_enabled(on: bool) -> bool:
-    """Turn the fast path on or off (for comparisons); returns the previous setting."""
-    global _ENABLED
-    old, _ENABLED = _ENABLED, bool(on)
-    return old
-
-
 def load_scaled(source: Any, min_size: tuple[int, int], max_pixels: int) -> Image.Image | None:
     """Decode a JPEG at the smallest libjpeg-turbo scale that keeps ``min_size`` (width, height).
 
     Returns:
         An RGB image with EXIF orientation applied, or ``None`` when the fast path does not apply.
     """
-    if not enabled():
+    if not available():
         return None
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)

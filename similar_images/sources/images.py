@@ -243,14 +243,19 @@ def prepare_array(
     size: tuple[int, int],
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    fast_jpeg: bool = False,
 ) -> np.ndarray:
     """Decode and resize an image to ``size`` (width, height) as a uint8 HxWx3 array.
 
-    JPEG files and bytes are decoded at a reduced scale by libjpeg-turbo when
-    ``simplejpeg`` is installed (see :mod:`similar_images.sources.fastjpeg`);
-    every other image, and every error, goes through :func:`load_image`.
+    Args:
+        source: The image.
+        size: ``(width, height)`` of the result.
+        max_pixels: Decompression-bomb guard.
+        fast_jpeg: Decode JPEG files and bytes at a reduced scale with libjpeg-turbo (``simplejpeg``, see
+            :mod:`similar_images.sources.fastjpeg`); every other image, and every error, goes through
+            :func:`load_image`. Slightly different pixels: decode a database and its queries the same way.
     """
-    img = fastjpeg.load_scaled(source, size, max_pixels)
+    img = fastjpeg.load_scaled(source, size, max_pixels) if fast_jpeg else None
     if img is None:
         img = load_image(source, max_pixels=max_pixels, draft_size=size)
     if img.size != tuple(size):

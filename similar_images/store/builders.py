@@ -17,6 +17,7 @@ from typing import Any
 
 from ..embed import DEFAULT_MODEL, DEFAULT_TEXT_ENCODER, ImageEmbedder, TextEmbedder
 from ..embed.backends import DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, check_backend, check_precision
+from ..embed.image import DECODERS
 from ..errors import ConfigError
 from ..sources.images import DEFAULT_MAX_PIXELS, collect_inputs
 from ..sources.texts import read_texts
@@ -55,6 +56,8 @@ class ExtractConfig:
             queries of the database use the same backend and precision.
         calibration_size: Images sampled (seeded) from the inputs for int8 calibration and ``auto``'s measurement.
         agreement: The top-10 agreement with fp32 that ``auto`` requires of a lower precision.
+        decoder: ``"pil"`` or ``"fast"`` (JPEGs decoded at a reduced scale by libjpeg-turbo through
+            ``simplejpeg``; recorded, and used for the database's queries too).
     """
 
     model: str = DEFAULT_MODEL
@@ -69,6 +72,7 @@ class ExtractConfig:
     precision: str = "fp32"
     calibration_size: int = DEFAULT_CALIBRATION_SIZE
     agreement: float = DEFAULT_THRESHOLD
+    decoder: str = "pil"
 
     def __post_init__(self) -> None:
         self.build_config()  # validates the sizes
@@ -76,6 +80,8 @@ class ExtractConfig:
         self.precision = check_precision(self.precision)
         if self.backend == "keras" and self.precision == "int8":
             raise ConfigError("The keras backend runs fp32 or bf16; for int8 use backend 'openvino'")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"Unknown decoder {self.decoder!r}; choose one of: {', '.join(DECODERS)}")
         if self.calibration_size < 1:
             raise ConfigError(f"calibration_size must be at least 1, got {self.calibration_size}")
 
@@ -132,7 +138,8 @@ def extract_features(
         embedder = ImageEmbedder(config.model, config.weights, batch_size=config.batch_size, seed=config.seed,
                                  max_pixels=config.max_pixels, backend=config.backend, precision=config.precision,
                                  calibration=paths if needs_sample else None,
-                                 calibration_size=config.calibration_size, agreement=config.agreement)
+                                 calibration_size=config.calibration_size, agreement=config.agreement,
+                                 decoder=config.decoder)
     elif embedder.spec.name != config.model:
         raise ConfigError(f"The embedder runs {embedder.spec.name!r} but config.model is {config.model!r}; "
                           "make them the same")

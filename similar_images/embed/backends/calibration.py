@@ -42,6 +42,7 @@ class Calibration:
         quantization: NNCF settings for int8.
         workers: Decoding threads (default: the number of CPUs, at most 8).
         max_pixels: Decompression-bomb guard for the decoded images.
+        fast_jpeg: Decode JPEGs with libjpeg-turbo's scaling (as the embedder does with ``decoder="fast"``).
     """
 
     images: Sequence[ImageSource] | np.ndarray
@@ -52,6 +53,7 @@ class Calibration:
     quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
     workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    fast_jpeg: bool = False
     _arrays: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -87,7 +89,7 @@ class Calibration:
 
             def decode(i: int) -> np.ndarray | None:
                 try:
-                    return prepare_array(items[i], (w, h), max_pixels=self.max_pixels)
+                    return prepare_array(items[i], (w, h), max_pixels=self.max_pixels, fast_jpeg=self.fast_jpeg)
                 except ImageLoadError as exc:
                     logger.debug("Calibration: skipping %s (%s)", items[i], exc)
                     return None
