@@ -159,21 +159,6 @@ def peak_memory(model: str, variant: str, args: argparse.Namespace) -> tuple[flo
     return float(rate), int(mib)
 
 
-def setup_device(device: str) -> str:
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if device == "gpu":
-        if not gpus:
-            sys.exit("--device gpu: TensorFlow sees no GPU (install tensorflow[and-cuda] on a CUDA machine)")
-        for g in gpus:
-            tf.config.experimental.set_memory_growth(g, True)
-        return f"GPU: {', '.join(g.name for g in gpus)}"
-    if gpus:
-        tf.config.set_visible_devices([], "GPU")
-    return "CPU"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="vgg16-fc2,vgg16-avg,mobilenetv2")
@@ -213,6 +198,8 @@ def main() -> None:
             print(f"decode {row['count']} images from {row['images']}: Pillow {row['pillow']:.2f} CPU-ms/image, "
                   f"scaled JPEG {row.get('scaled_jpeg', float('nan')):.2f} CPU-ms/image")
         return
+    from bench_extract import setup_device  # the same device set-up as the extraction benchmark
+
     device = setup_device(args.device)
     cpu = cpu_capabilities()
     all_paths = find_images(args.images)
