@@ -389,6 +389,22 @@ def test_the_fast_decoder_is_recorded_and_used_by_queries(tiny_model: str, tmp_p
         ExtractConfig(decoder="turbo")
 
 
+def test_the_service_embeds_queries_with_the_recorded_backend(tiny_model: str, photo_folder: Path,
+                                                             tmp_path: Path) -> None:
+    from similar_images.service.config import ServeConfig
+    from similar_images.service.logic import ServiceState
+
+    db = tmp_path / "db"
+    extract_features(photo_folder, db, ExtractConfig(model=tiny_model, weights="random", backend="openvino",
+                                                     verbose=False))
+    state = ServiceState.load(ServeConfig(db=db, warmup=True, batch_queries=False))
+    assert isinstance(state.db.embedder.runner, OpenVINORunner)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="built with openvino fp32"):
+        ServiceState.load(ServeConfig(db=db, backend="keras"))
+    state = ServiceState.load(ServeConfig(db=db, backend="keras", allow_backend_mismatch=True, warmup=False))
+    assert isinstance(state.db.embedder.runner, KerasRunner)  # type: ignore[attr-defined]
+
+
 def test_auto_records_its_choice_and_figures(tiny_model: str, photo_folder: Path, tmp_path: Path) -> None:
     db = tmp_path / "db"
     config = ExtractConfig(model=tiny_model, weights="random", backend="openvino", precision="auto",

@@ -100,7 +100,10 @@ class Calibration:
                 logger.warning("Calibration: %d of %d sampled images could not be read", len(pick) - len(decoded),
                                len(pick))
             if not decoded:
-                raise BackendError("None of the calibration images could be read; pass readable images")
+                raise BackendError(
+                    f"None of the {len(pick)} calibration images could be read (first: {items[pick[0]]}); pass "
+                    "readable images. A database built in int8 names them in its manifest: its queries quantize "
+                    "the model again from them when the model cache has no copy")
             out = np.stack(decoded)
         if len(out) < self.size:
             logger.warning("Calibration uses %d images (fewer than the %d asked for)", len(out), self.size)
