@@ -20,6 +20,11 @@ subprocesses extracting two collections of different sizes.
     python benchmarks/bench_extract.py --model vgg16-avg \
         --weights ../shared/assets/weights/vgg16_imagenet_notop.weights.h5
     python benchmarks/bench_extract.py --memory              # + peak memory, 256 vs 4,064 images
+    python benchmarks/bench_extract.py --backend openvino --precision int8   # another inference backend
+    python benchmarks/bench_extract.py --device gpu --batch-size 128         # TensorFlow on a GPU
+
+``--device gpu`` needs a TensorFlow that sees a GPU (``pip install 'tensorflow[and-cuda]'`` on a CUDA
+machine) and stops with a message otherwise; ``--device cpu`` (the default) hides any GPU from TensorFlow.
 """
 
 from __future__ import annotations
@@ -81,12 +86,32 @@ def peak_memory(images: Path, model: str, weights: str) -> tuple[int, float, int
     return int(out[0]), float(out[1]), int(out[2])
 
 
+def setup_device(device: str) -> str:
+    """Make TensorFlow use the GPU(s) or the CPU only; returns a description."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "gpu":
+        if not gpus:
+            sys.exit("--device gpu: TensorFlow sees no GPU here (a CUDA machine with "
+                     "`pip install 'tensorflow[and-cuda]'` is needed); run with --device cpu")
+        for g in gpus:
+            tf.config.experimental.set_memory_growth(g, True)
+        return f"GPU ({', '.join(g.name for g in gpus)})"
+    if gpus:
+        tf.config.set_visible_devices([], "GPU")
+    return "CPU"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=Path, default=ASSETS / "images" / "coco", help="folder of images")
     ap.add_argument("--model", default="vgg16-fc2", help="model name")
     ap.add_argument("--weights", default="random", help="'random', 'imagenet' or a weights file")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where TensorFlow runs the model")
+    ap.add_argument("--backend", choices=["keras", "openvino"], default="keras", help="inference backend")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "int8", "auto"], default="fp32")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of bare / pipeline / naive")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (256 vs 4,064 images)")
     ap.add_argument("--memory-model", default="mobilenetv2", help="model for the memory runs")
@@ -97,11 +122,15 @@ def main() -> None:
     from similar_images import ExtractConfig, ImageEmbedder, extract_features
     from similar_images.sources.images import find_images
 
+    if args.device == "gpu" and args.backend != "keras":
+        sys.exit("--device gpu runs the keras backend (TensorFlow's GPU path); leave out --backend")
+    device = setup_device(args.device)
     paths = find_images(args.images)
-    emb = ImageEmbedder(args.model, args.weights, batch_size=args.batch_size)
+    emb = ImageEmbedder(args.model, args.weights, batch_size=args.batch_size, backend=args.backend,
+                        precision=args.precision, calibration=paths).resolve()
     arrays = np.stack([emb.prepare(p) for p in paths])
     print(f"{len(paths)} images from {args.images}, model {args.model} ({args.weights} weights), "
-          f"batch {args.batch_size}, {os.cpu_count()} CPUs")
+          f"{emb.backend} {emb.precision}, batch {args.batch_size}, {os.cpu_count()} CPUs, device {device}")
 
     def pipeline_throughput() -> float:
         # The same warm embedder as the baseline: both measured after the model's one-time build and trace.

@@ -26,6 +26,7 @@ from . import errors
 from ._version import __version__
 from .errors import (
     BackendError,
+    BackendUnavailableError,
     BadURLError,
     ConfigError,
     DatabaseCorruptError,

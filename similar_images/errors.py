@@ -28,6 +28,7 @@ dressing them up as user messages.
     |-- ExplainError (ValueError)          a similarity explanation cannot be made (a text database, a vector query)
     |   `-- FeatureMapError                the model's spatial feature map cannot be reached
     |-- BackendError                       an inference backend is missing or cannot run the model
+    |   `-- BackendUnavailableError (ImportError)  openvino / nncf not installed (the message names the pip command)
     |-- EngineError                        a distributed engine (Spark, Java) is missing or failed
     |   |-- SparkUnavailableError          pyspark or Java is missing, or Spark does not start
     |   `-- PartitionFailedError           shards of a distributed build failed for good (the others are kept)
@@ -62,6 +63,7 @@ __all__ = [
     "ExplainError",
     "FeatureMapError",
     "BackendError",
+    "BackendUnavailableError",
     "EngineError",
     "SparkUnavailableError",
     "PartitionFailedError",
@@ -150,6 +152,10 @@ class FeatureMapError(ExplainError):
 
 class BackendError(SimilarImagesError):
     """An inference backend is not installed, or cannot run the model."""
+
+
+class BackendUnavailableError(BackendError, ImportError):
+    """The package an inference backend needs (OpenVINO, NNCF) is not installed; the message names the pip command."""
 
 
 class EngineError(SimilarImagesError):

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ..embed.backends import BACKENDS, PRECISIONS
 from ..engines.spark import SparkEngine, build_index_spark
 from ..errors import SimilarImagesError
 from ..index import DEFAULT_RERANK, BuildReport, IndexConfig
@@ -74,6 +75,23 @@ def engine_options(func: F) -> F:
                           "[default: the one spark-submit was given, else local[*]]."),
         click.option("--partitions", type=click.IntRange(1), default=None,
                      help="Spark partitions (tasks) with --engine spark [default: one per shard to do]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def query_backend_options(func: F) -> F:
+    """``--backend``, ``--precision`` and ``--allow-backend-mismatch`` for commands that embed with an existing
+    database's model (add, search, serve): by default the backend and precision recorded in its manifest."""
+    options = [
+        click.option("--backend", type=click.Choice(BACKENDS), default=None,
+                     help="Inference backend [default: the one the database was built with]."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+                     help="Inference precision [default: the one the database was built with]."),
+        click.option("--allow-backend-mismatch", is_flag=True,
+                     help="Allow another backend or precision than the database's (a warning states the measured "
+                          "agreement with fp32); otherwise such a request is refused."),
     ]
     for option in reversed(options):
         func = option(func)

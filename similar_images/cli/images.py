@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..embed import DEFAULT_MODEL, available_models, get_model_spec
+from ..embed.backends import BACKENDS, DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, PRECISION_CHOICES, PRECISIONS
 from ..index import IndexConfig
 from ..sources.images import DEFAULT_MAX_PIXELS
 from ..store import Database, ExtractConfig, extract_features
@@ -20,6 +21,7 @@ from ._common import (
     index_build_options,
     make_engine,
     parse_query,
+    query_backend_options,
     run_build_index,
     search_options,
 )
@@ -48,13 +50,26 @@ def register(group: click.Group) -> None:
     @click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
                   help="Skip images with more pixels than this (a guard against decompression bombs); the limit "
                        "is recorded and also applies to later adds and queries.")
+    @click.option("--backend", type=click.Choice(BACKENDS), default="keras", show_default=True,
+                  help="Inference backend; openvino needs 'pip install openvino nncf'.")
+    @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
+                  help="Inference precision; auto keeps the fastest whose top-10 agreement with fp32, measured on "
+                       "a sample of IMAGES, reaches --agreement (recorded in the manifest; queries use the same).")
+    @click.option("--calibration-size", type=click.IntRange(1), default=DEFAULT_CALIBRATION_SIZE, show_default=True,
+                  help="Images sampled from IMAGES to calibrate int8 and to measure agreement for auto.")
+    @click.option("--agreement", type=click.FloatRange(0.0), default=DEFAULT_THRESHOLD, show_default=True,
+                  help="Top-10 agreement with fp32 that auto requires of a lower precision.")
+    @click.option("--decoder", type=click.Choice(["pil", "fast"]), default="pil", show_default=True,
+                  help="fast: JPEGs decoded at a reduced scale by libjpeg-turbo (needs simplejpeg; slightly "
+                       "different pixels, recorded so that queries decode the same way).")
     @click.option("--force", is_flag=True, help="Replace an existing database at DB.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log messages.")
     @click.option("--verbose", "-v", count=True, help="More log messages.")
     @engine_options
     @handle_errors
     def extract(images: Path, db: Path, model: str, weights: str, batch_size: int, workers: int | None,
-                shard_size: int, max_pixels: int, force: bool, quiet: bool, verbose: int, engine: str,
+                shard_size: int, max_pixels: int, backend: str, precision: str, calibration_size: int,
+                agreement: float, decoder: str, force: bool, quiet: bool, verbose: int, engine: str,
                 master: str | None, partitions: int | None) -> None:
         """Extract feature vectors of IMAGES into the database folder DB.
 
@@ -72,7 +87,9 @@ def register(group: click.Group) -> None:
         configure_logging(verbose, quiet)
         runner = make_engine(engine, master, partitions)
         config = ExtractConfig(model=model, weights=weights, batch_size=batch_size, workers=workers,
-                               shard_size=shard_size, max_pixels=max_pixels, verbose=not quiet)
+                               shard_size=shard_size, max_pixels=max_pixels, verbose=not quiet, backend=backend,
+                               precision=precision, calibration_size=calibration_size, agreement=agreement,
+                               decoder=decoder)
         s = extract_features(images, db, config, force=force, engine=runner)
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
         click.echo(f"Extracted {s.extracted} of {s.total} images{resumed} into {db} in {s.seconds:.1f} s "
@@ -131,10 +148,12 @@ def register(group: click.Group) -> None:
     @click.option("--ef-search", type=click.IntRange(1), default=None, help="HNSW efSearch for this query.")
     @click.option("--weights", "-w", default=None, help="Weights for embedding the query, overriding the database's. "
                   + WEIGHTS_HELP)
+    @query_backend_options
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     @handle_errors
     def search(db: Path, query: str, k: int, by_id: bool, exact: bool, nprobe: int | None, rerank: int,
-               ef_search: int | None, weights: str | None, as_json: bool) -> None:
+               ef_search: int | None, weights: str | None, backend: str | None, precision: str | None,
+               allow_backend_mismatch: bool, as_json: bool) -> None:
         """Find the images (or texts) in DB most similar to QUERY.
 
         QUERY is an image path, an http(s) URL, or with --id a database id;
@@ -143,7 +162,8 @@ def register(group: click.Group) -> None:
         Example: similar-images search photos-db cat.jpg -k 8
         """
         configure_logging(0, True)
-        database = Database.open(db, weights=weights)
+        database = Database.open(db, weights=weights, backend=backend, precision=precision,
+                                 allow_backend_mismatch=allow_backend_mismatch)
         q = parse_query(query, by_id)
         results = database.search(q, k, exact=exact, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
         echo_results(results, as_json)
@@ -187,11 +207,16 @@ def register(group: click.Group) -> None:
     @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @click.argument("images", type=click.Path(exists=True, path_type=Path))
     @click.option("--weights", "-w", default=None, help="Weights overriding the database's. " + WEIGHTS_HELP)
+    @click.option("--backend", type=click.Choice(BACKENDS), default=None,
+                  help="Inference backend [default: the database's; another one is refused: its vectors would "
+                       "not match the database's].")
+    @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+                  help="Inference precision [default: the database's; another one is refused].")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
     @engine_options
     @handle_errors
-    def add(db: Path, images: Path, weights: str | None, quiet: bool, engine: str, master: str | None,
-            partitions: int | None) -> None:
+    def add(db: Path, images: Path, weights: str | None, backend: str | None, precision: str | None, quiet: bool,
+            engine: str, master: str | None, partitions: int | None) -> None:
         """Add the images in IMAGES (a folder or file list) to DB without retraining.
 
         New images get new ids; images already in DB are skipped.
@@ -200,7 +225,7 @@ def register(group: click.Group) -> None:
         """
         configure_logging(0, quiet)
         runner = make_engine(engine, master, partitions)
-        database = Database.open(db, weights=weights)
+        database = Database.open(db, weights=weights, backend=backend, precision=precision)
         summary = database.add(images, verbose=not quiet, engine=runner)
         first = f" (ids {summary.ids[0]}..{summary.ids[-1]})" if summary.ids else ""
         click.echo(f"Added {len(summary.ids)} images{first}; {len(summary.failures)} failed")

@@ -13,7 +13,7 @@ import click
 from ..embed import resolve_weights
 from ..service.config import APP_FACTORY, ENV_PREFIX, ServeConfig
 from ..store import Database
-from ._common import configure_logging, handle_errors
+from ._common import configure_logging, handle_errors, query_backend_options
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -70,6 +70,7 @@ def register(group: click.Group) -> None:
     @click.option("--weights", "-w", default=None,
                   help="Weights for embedding query images, overriding the database's: 'imagenet', 'random', "
                        "or the path of a local weights file.")
+    @query_backend_options
     @click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(min=0.001),
                   help="Largest request body (and image fetched from a URL), in MiB; larger ones get 413.")
     @click.option("--fetch-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
@@ -97,7 +98,8 @@ def register(group: click.Group) -> None:
     @click.option("--access-log/--no-access-log", default=True, show_default=True,
                   help="Log every request.")
     @handle_errors
-    def serve(db: Path, host: str, port: int, workers: int, weights: str | None, max_upload_mb: float,
+    def serve(db: Path, host: str, port: int, workers: int, weights: str | None, backend: str | None,
+              precision: str | None, allow_backend_mismatch: bool, max_upload_mb: float,
               fetch_timeout: float, fetch_deadline: float, max_fetches: int, upload_timeout: float, max_k: int,
               no_urls: bool, allow_private_urls: bool,
               no_batching: bool, faiss_threads: int, log_level: str, access_log: bool) -> None:
@@ -114,17 +116,21 @@ def register(group: click.Group) -> None:
         then: curl -F file=@cat.jpg 'http://127.0.0.1:8000/search?k=5'
         """
         configure_logging(0, log_level in ("critical", "error", "warning"))
-        database = Database.open(db, weights=weights, mmap_index=True)  # fail here, not in every worker
+        database = Database.open(db, weights=weights, mmap_index=True, backend=backend, precision=precision,
+                                 allow_backend_mismatch=allow_backend_mismatch)  # fail here, not in every worker
         if weights is not None:
             resolve_weights(weights)
-        config = ServeConfig(db=db, weights=weights, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        config = ServeConfig(db=db, weights=weights, backend=backend, precision=precision,
+                             allow_backend_mismatch=allow_backend_mismatch,
+                             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                              fetch_timeout=fetch_timeout, fetch_deadline=fetch_deadline, max_fetches=max_fetches,
                              upload_timeout=upload_timeout, max_k=max_k,
                              allow_urls=not no_urls, allow_private_urls=allow_private_urls,
                              batch_queries=not no_batching, faiss_threads=faiss_threads)
         os.environ.update(config.to_env())
-        if weights is None:
-            os.environ.pop(ENV_PREFIX + "WEIGHTS", None)
+        for name, value in (("WEIGHTS", weights), ("BACKEND", backend), ("PRECISION", precision)):
+            if value is None:
+                os.environ.pop(ENV_PREFIX + name, None)
 
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"Serving {database!r} at http://{shown}:{port} with {workers} worker(s); "

@@ -84,6 +84,11 @@ def embedder_from_info(info: dict[str, Any], *, kind: str = "image", weights: st
     recorded = info.get("weights", "imagenet")
     if "max_pixels" in info:
         options.setdefault("max_pixels", int(info["max_pixels"]))
+    if "decoder" in info:
+        options.setdefault("decoder", str(info["decoder"]))
+    if info.get("calibration"):  # an int8 model: quantized again (or found in the cache) from the same images
+        options.setdefault("calibration", list(info["calibration"]))
+        options.setdefault("calibration_size", len(info["calibration"]))
     return ImageEmbedder(info["name"], weights or (None if recorded == "random" else recorded),
                          backend=info.get("backend", "keras"), precision=info.get("precision", "fp32"),
                          seed=int(info.get("seed", 0)), **options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -12,12 +13,28 @@ from PIL import Image
 
 from .._util.http import FetchConfig, fetch_url, is_url
 from ..errors import ConfigError, QueryError
+from ..sources import fastjpeg
 from ..sources.images import DEFAULT_MAX_PIXELS, ImageSource, prepare_array
-from .backends import Runner, make_runner
+from .backends import (
+    DEFAULT_CALIBRATION_SIZE,
+    DEFAULT_THRESHOLD,
+    Calibration,
+    PrecisionChoice,
+    Runner,
+    RunnerFactory,
+    check_backend,
+    check_precision,
+    make_runner,
+)
 from .base import SpecBacked, l2_normalize
 from .image_models import DEFAULT_MODEL, ModelSpec, get_model_spec, resolve_weights, weights_label
 
-__all__ = ["ImageEmbedder"]
+__all__ = ["ImageEmbedder", "DECODERS"]
+
+logger = logging.getLogger(__name__)
+
+#: How images are decoded: Pillow, or libjpeg-turbo's scaled JPEG decoding (see sources.fastjpeg).
+DECODERS = ("pil", "fast")
 
 
 class ImageEmbedder(SpecBacked):
@@ -26,8 +43,17 @@ class ImageEmbedder(SpecBacked):
     Args:
         model: A model name or :class:`~similar_images.embed.image_models.ModelSpec`.
         weights: ``"imagenet"``, ``"random"``/``None``, or a weights file path.
-        backend: The inference backend (see :mod:`similar_images.embed.backends`).
-        precision: The numeric precision of the backend.
+        backend: The inference backend, ``"keras"`` or ``"openvino"`` (see :mod:`similar_images.embed.backends`).
+        precision: ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"auto"`` (the fastest precision whose top-10
+            neighbour agreement with fp32, measured on the calibration sample, reaches ``agreement``). A
+            precision the CPU lacks falls back to fp32 (logged); :attr:`precision` then names what runs.
+        calibration: The user's images to sample for int8 calibration and for ``auto``'s measurement
+            (:func:`~similar_images.store.extract_features` passes the images being extracted).
+        calibration_size: Images in the calibration sample.
+        agreement: The top-10 agreement with fp32 that ``auto`` requires of a lower precision.
+        cache_dir: The converted-model cache (default ``$SIMILAR_IMAGES_CACHE`` or ``~/.cache/similar-images``).
+        decoder: ``"pil"`` (Pillow) or ``"fast"``: JPEGs decoded at a reduced scale by libjpeg-turbo
+            (``simplejpeg``; slightly different pixels, so it is recorded and queries use it too).
         batch_size: Images per model call in :meth:`embed`.
         seed: Seed used when the weights are random.
         max_pixels: Decompression-bomb guard for decoded images.
@@ -56,6 +82,11 @@ class ImageEmbedder(SpecBacked):
         batch_size: int = 32,
         seed: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        calibration: Sequence[ImageSource] | None = None,
+        calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+        agreement: float = DEFAULT_THRESHOLD,
+        cache_dir: str | os.PathLike[str] | None = None,
+        decoder: str = "pil",
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -63,25 +94,84 @@ class ImageEmbedder(SpecBacked):
             raise ConfigError(f"max_pixels must be at least 1, got {max_pixels}")
         self.spec = get_model_spec(model) if isinstance(model, str) else model
         self.weights = resolve_weights(weights)
-        self.backend = backend
-        self.precision = precision
+        self.backend = check_backend(backend)
+        self.precision = check_precision(precision)
+        if self.backend == "keras" and self.precision == "int8":
+            raise ConfigError("The keras backend runs fp32 or bf16; for int8 use backend 'openvino'")
+        if calibration_size < 1:
+            raise ConfigError(f"calibration_size must be at least 1, got {calibration_size}")
+        if not 0.0 <= agreement:
+            raise ConfigError(f"agreement must be from 0 to 1, got {agreement}")
+        if decoder not in DECODERS:
+            raise ConfigError(f"Unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
+        if decoder == "fast" and not fastjpeg.available():
+            logger.warning("decoder 'fast' needs simplejpeg (pip install simplejpeg); decoding with Pillow")
+        self.decoder = decoder
         self.batch_size = batch_size
         self.seed = seed
         self.max_pixels = max_pixels
+        self.calibration = list(calibration) if calibration is not None else None
+        self.calibration_size = calibration_size
+        self.agreement = agreement
+        self.cache_dir = cache_dir
+        #: The precision asked for (``auto``, or one that may fall back).
+        self.requested_precision = self.precision
+        #: How the precision was chosen, with the measured figures (set once the runner is made).
+        self.choice: PrecisionChoice | None = None
         self._runner: Runner | None = None
+        self._factory: RunnerFactory | None = None
+        self._sample: list[ImageSource] | None = None
+
+    @property
+    def factory(self) -> RunnerFactory:
+        """Builds the runners of this model (shares the Keras model and the cached conversions)."""
+        if self._factory is None:
+            self._factory = RunnerFactory(self.spec, self.weights, seed=self.seed, cache_dir=self.cache_dir)
+        return self._factory
+
+    def _calibration(self) -> Calibration | None:
+        if self.backend != "openvino" and self.precision != "auto":
+            return None
+        if self.calibration is None:
+            if self.precision in ("int8", "auto"):
+                raise ConfigError(
+                    f"Precision {self.precision} needs a sample of your images (calibration=...; extract passes the "
+                    "images it extracts), or choose --precision fp32 or bf16")
+            return None
+        cal = Calibration(self.calibration, size=self.calibration_size, threshold=self.agreement,
+                          max_pixels=self.max_pixels, fast_jpeg=self.decoder == "fast")
+        self._sample = cal.sample()
+        return cal
 
     @property
     def runner(self) -> Runner:
-        """The inference runner, made on first use."""
+        """The inference runner, made on first use (for ``auto``, after measuring the precisions)."""
         if self._runner is None:
-            self._runner = make_runner(self.spec, self.weights, backend=self.backend, precision=self.precision,
-                                       seed=self.seed)
+            runner = make_runner(self.spec, self.weights, backend=self.backend, precision=self.precision,
+                                 calibration=self._calibration(), seed=self.seed, batch_size=self.batch_size,
+                                 factory=self.factory)
+            self.choice = getattr(runner, "choice", None)
+            self.precision = runner.precision  # what runs (auto's choice, or a fallback)
+            self._runner = runner
         return self._runner
+
+    def resolve(self) -> ImageEmbedder:
+        """Make the runner now, so that :attr:`precision` and :meth:`info` name what runs (``auto`` measures)."""
+        _ = self.runner
+        return self
+
+    def inference_info(self) -> dict[str, Any]:
+        """The backend, the precision asked for and the one that runs, and ``auto``'s figures (for summaries)."""
+        out: dict[str, Any] = {"backend": self.backend, "requested_precision": self.requested_precision,
+                               "precision": self.precision}
+        if self.choice is not None:
+            out["choice"] = self.choice.to_dict()
+        return out
 
     @property
     def model(self) -> Any:
-        """The Keras model behind the runner (built on first use)."""
-        return self.runner.model  # type: ignore[attr-defined]
+        """The Keras fp32 model (built on first use): what explanations and feature maps read."""
+        return self.factory.keras_model("fp32")
 
     def warm_up(self) -> None:
         """Build the model now (a build does this before it starts its clock)."""
@@ -93,8 +183,17 @@ class ImageEmbedder(SpecBacked):
         info = {**self.spec.info(), "weights": weights_label(self.weights), "seed": self.seed}
         if self.max_pixels != DEFAULT_MAX_PIXELS:  # recorded only when changed: older manifests stay equal
             info["max_pixels"] = self.max_pixels
+        if self.decoder != "pil":
+            info["decoder"] = self.decoder
+        if (self.backend, self.precision) != ("keras", "fp32"):
+            self.resolve()  # record what runs (auto's choice, or a fallback), not what was asked for
         if (self.backend, self.precision) != ("keras", "fp32"):
             info.update(backend=self.backend, precision=self.precision)
+        if self.precision == "int8" and self._sample is not None:
+            # The quantized model depends on its calibration images: record them, so that queries of the
+            # database rebuild the same model (from the model cache, or by quantizing again).
+            if all(isinstance(x, (str, os.PathLike)) for x in self._sample):
+                info["calibration"] = [str(x) for x in self._sample]
         return info
 
     # ------------------------------------------------------------------ the two steps
@@ -104,7 +203,7 @@ class ImageEmbedder(SpecBacked):
         Raises:
             ImageLoadError: If the image cannot be read.
         """
-        return prepare_array(item, self.spec.input_size, max_pixels=self.max_pixels)
+        return prepare_array(item, self.spec.input_size, max_pixels=self.max_pixels, fast_jpeg=self.decoder == "fast")
 
     def embed_prepared(self, batch: Sequence[np.ndarray]) -> np.ndarray:
         """Embed prepared images (see :meth:`prepare`)."""

@@ -31,6 +31,9 @@ class ServeConfig:
         db: The database folder (opened read-only).
         weights: Weights to embed queries with, overriding the database's
             (``"imagenet"``, ``"random"`` or a file path).
+        backend: Inference backend of the queries (``None``: the one recorded in the database's manifest).
+        precision: Inference precision of the queries (``None``: the recorded one).
+        allow_backend_mismatch: Allow another backend or precision than the database's (otherwise refused).
         max_upload_bytes: Largest accepted request body (and fetched URL body).
         fetch_timeout: Seconds allowed for connecting to a query URL and for each read.
         fetch_deadline: Seconds allowed for a whole URL fetch (redirects and body included).
@@ -57,6 +60,9 @@ class ServeConfig:
 
     db: Path
     weights: str | None = None
+    backend: str | None = None
+    precision: str | None = None
+    allow_backend_mismatch: bool = False
     max_upload_bytes: int = 20 * 1024 * 1024
     fetch_timeout: float = 10.0
     fetch_deadline: float = 20.0

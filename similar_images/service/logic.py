@@ -108,7 +108,8 @@ class ServiceState:
     def load(cls, config: ServeConfig) -> ServiceState:
         """Open the database (and, for an image database, load and warm up the model)."""
         t0 = time.perf_counter()
-        db = Database.open(config.db, weights=config.weights)
+        db = Database.open(config.db, weights=config.weights, backend=config.backend, precision=config.precision,
+                           allow_backend_mismatch=config.allow_backend_mismatch)
         embedder = None
         if item_kind(db.kind).files:
             embedder = SerializedEmbedder(db.embedder, batch=config.batch_queries, max_batch=config.max_batch)

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ConfigError, ImageLoadError, NoInputsError, SourceNotFoundError
+from . import fastjpeg
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -224,7 +225,10 @@ def load_image(
             side = max(draft_size)
             img.draft(img.mode, (side, side))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        if owned:
+            ImageOps.exif_transpose(img, in_place=True)  # no copy of an image nobody else holds
+        else:
+            img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
     except ImageLoadError:
         raise
@@ -239,9 +243,21 @@ def prepare_array(
     size: tuple[int, int],
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    fast_jpeg: bool = False,
 ) -> np.ndarray:
-    """Decode and resize an image to ``size`` (width, height) as a uint8 HxWx3 array."""
-    img = load_image(source, max_pixels=max_pixels, draft_size=size)
+    """Decode and resize an image to ``size`` (width, height) as a uint8 HxWx3 array.
+
+    Args:
+        source: The image.
+        size: ``(width, height)`` of the result.
+        max_pixels: Decompression-bomb guard.
+        fast_jpeg: Decode JPEG files and bytes at a reduced scale with libjpeg-turbo (``simplejpeg``, see
+            :mod:`similar_images.sources.fastjpeg`); every other image, and every error, goes through
+            :func:`load_image`. Slightly different pixels: decode a database and its queries the same way.
+    """
+    img = fastjpeg.load_scaled(source, size, max_pixels) if fast_jpeg else None
+    if img is None:
+        img = load_image(source, max_pixels=max_pixels, draft_size=size)
     if img.size != tuple(size):
         img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
     return np.asarray(img, dtype=np.uint8)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..embed import DEFAULT_MODEL, DEFAULT_TEXT_ENCODER, ImageEmbedder, TextEmbedder
+from ..embed.backends import DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, check_backend, check_precision
+from ..embed.image import DECODERS
 from ..errors import ConfigError
 from ..sources.images import DEFAULT_MAX_PIXELS, collect_inputs
 from ..sources.texts import read_texts
@@ -47,6 +49,15 @@ class ExtractConfig:
         max_pixels: Larger images are skipped (decompression-bomb guard).
         seed: Seed for randomly initialised weights, so runs are reproducible.
         verbose: Show a progress bar.
+        backend: Inference backend, ``"keras"`` or ``"openvino"`` (``pip install openvino nncf``).
+        precision: ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"auto"``: the fastest precision whose top-10
+            neighbour agreement with fp32, measured on a sample of the images, reaches ``agreement``. What runs
+            (after ``auto`` or a fallback on a CPU without bf16) and the measured figures go into the manifest;
+            queries of the database use the same backend and precision.
+        calibration_size: Images sampled (seeded) from the inputs for int8 calibration and ``auto``'s measurement.
+        agreement: The top-10 agreement with fp32 that ``auto`` requires of a lower precision.
+        decoder: ``"pil"`` or ``"fast"`` (JPEGs decoded at a reduced scale by libjpeg-turbo through
+            ``simplejpeg``; recorded, and used for the database's queries too).
     """
 
     model: str = DEFAULT_MODEL
@@ -57,9 +68,22 @@ class ExtractConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     seed: int = 0
     verbose: bool = True
+    backend: str = "keras"
+    precision: str = "fp32"
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE
+    agreement: float = DEFAULT_THRESHOLD
+    decoder: str = "pil"
 
     def __post_init__(self) -> None:
         self.build_config()  # validates the sizes
+        self.backend = check_backend(self.backend)
+        self.precision = check_precision(self.precision)
+        if self.backend == "keras" and self.precision == "int8":
+            raise ConfigError("The keras backend runs fp32 or bf16; for int8 use backend 'openvino'")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"Unknown decoder {self.decoder!r}; choose one of: {', '.join(DECODERS)}")
+        if self.calibration_size < 1:
+            raise ConfigError(f"calibration_size must be at least 1, got {self.calibration_size}")
 
     def build_config(self) -> BuildConfig:
         return BuildConfig(batch_size=self.batch_size, workers=self.workers, shard_size=self.shard_size,
@@ -108,18 +132,26 @@ def extract_features(
         SourceNotFoundError, NoInputsError: If the input does not exist or holds no image.
     """
     config = config or ExtractConfig()
+    paths = [str(p) for p in collect_inputs(inputs)]
     if embedder is None:
+        needs_sample = config.backend == "openvino" or config.precision == "auto"
         embedder = ImageEmbedder(config.model, config.weights, batch_size=config.batch_size, seed=config.seed,
-                                 max_pixels=config.max_pixels)
+                                 max_pixels=config.max_pixels, backend=config.backend, precision=config.precision,
+                                 calibration=paths if needs_sample else None,
+                                 calibration_size=config.calibration_size, agreement=config.agreement,
+                                 decoder=config.decoder)
     elif embedder.spec.name != config.model:
         raise ConfigError(f"The embedder runs {embedder.spec.name!r} but config.model is {config.model!r}; "
                           "make them the same")
-    paths = [str(p) for p in collect_inputs(inputs)]
+    if (embedder.backend, embedder.precision) != ("keras", "fp32"):
+        embedder.resolve()  # auto measures here; the plan and the manifest record what runs
+        logger.info("Inference: %s %s (asked: %s)", embedder.backend, embedder.precision,
+                    embedder.requested_precision)
 
     def extra(s: BuildSummary) -> dict[str, Any]:
         return {"extraction": {**asdict(config), "images": s.total, "seconds_last_run": round(s.seconds, 3),
                                "images_per_second_last_run": round(s.items_per_second, 2),
-                               "engine": describe_engine(engine)}}
+                               "engine": describe_engine(engine), "inference": embedder.inference_info()}}
 
     s = build_database(paths, embedder, db_path, config.build_config(), extra=extra, force=force, engine=engine)
     return ExtractSummary(total=s.total, extracted=s.embedded, failed=s.failed, resumed_from=s.resumed_from,

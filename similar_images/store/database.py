@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from ..embed import Embedder, default_index_name, embedder_from_info, item_kind, l2_normalize, registered_dim
+from ..embed.backends import check_backend, check_precision
 from ..errors import (
     ConfigError,
     DatabaseCorruptError,
@@ -98,13 +99,14 @@ class Database:
     """
 
     def __init__(self, path: Path, manifest: Manifest, vectors: np.ndarray, items: list[str], index: Any | None,
-                 *, weights: str | None = None) -> None:
+                 *, weights: str | None = None, inference: dict[str, str] | None = None) -> None:
         self.path = path
         self.manifest = manifest
         self.vectors = vectors
         self.items = items
         self.index = index
         self._weights_override = weights
+        self._inference_override = dict(inference or {})
         self._embedder: Embedder | None = None
         self.index_lock = threading.RLock()
         self._id_by_item: dict[str, int] | None = None
@@ -120,7 +122,8 @@ class Database:
     # ------------------------------------------------------------------ loading
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, model: str | None = None, weights: str | None = None,
-             load_index: bool = True, mmap_index: bool = False) -> Database:
+             load_index: bool = True, mmap_index: bool = False, backend: str | None = None,
+             precision: str | None = None, allow_backend_mismatch: bool = False) -> Database:
         """Open a database folder and check it against its manifest.
 
         Args:
@@ -130,18 +133,28 @@ class Database:
                 (e.g. a local file when the database was built with ``imagenet``).
             load_index: Load the Faiss index (otherwise only exact search works).
             mmap_index: Memory-map the index file where Faiss supports it.
+            backend: The inference backend queries must use (``None``: the one recorded in the manifest).
+                Another than the recorded one is refused unless ``allow_backend_mismatch``.
+            precision: The precision queries must use (``None``: the recorded one); as ``backend``.
+            allow_backend_mismatch: Embed queries with another backend or precision than the database's
+                (a warning states the agreement measured at extraction, when there is one).
 
         Raises:
             DatabaseNotFoundError: If the folder holds no database.
             DatabaseCorruptError: If a file is damaged or contradicts the manifest.
             DatabaseError: If the database was built with another model than ``model``.
+            ConfigError: If ``backend`` or ``precision`` differ from the database's without
+                ``allow_backend_mismatch``.
         """
         db = Path(path).expanduser()
+        inference = {k: v for k, v in (("backend", backend), ("precision", precision)) if v is not None}
+        if inference:
+            inference["allow"] = "1" if allow_backend_mismatch else ""
         for attempt in range(20):
             manifest = cls._load_manifest(db)
             try:
                 return cls._open_with(db, manifest, model=model, weights=weights, load_index=load_index,
-                                      mmap_index=mmap_index)
+                                      mmap_index=mmap_index, inference=inference)
             except _GenerationChangedError:
                 # A writer committed a new index generation (and dropped an older one) while we read: read again.
                 time.sleep(min(0.2, 0.01 * (attempt + 1)))
@@ -161,10 +174,11 @@ class Database:
 
     @classmethod
     def _open_with(cls, db: Path, manifest: Manifest, *, model: str | None, weights: str | None, load_index: bool,
-                   mmap_index: bool) -> Database:
+                   mmap_index: bool, inference: dict[str, str] | None = None) -> Database:
         if model is not None and manifest.model_name != model:
             raise DatabaseError(f"{db} was built with model {manifest.model_name!r}, not {model!r}; "
                                 "use the same model or rebuild the database")
+        inference = _check_inference(db, manifest, inference or {})
         try:
             kind = item_kind(manifest.kind)
         except ConfigError as exc:
@@ -177,7 +191,7 @@ class Database:
         index = None
         if load_index and manifest.index is not None:
             index = _read_checked_index(db, manifest, mmap_index)
-        return cls(db, manifest, vectors, items, index, weights=weights)
+        return cls(db, manifest, vectors, items, index, weights=weights, inference=inference)
 
     # --------------------------------------------------------------- properties
     @property
@@ -303,7 +317,8 @@ class Database:
     def embedder(self) -> Embedder:
         """The embedder that embeds queries the way the database was built (its model loads on first use)."""
         if self._embedder is None:
-            self._embedder = embedder_from_info(self.manifest.model, kind=self.kind, weights=self._weights_override)
+            info = {**self.manifest.model, **self._inference_override}
+            self._embedder = embedder_from_info(info, kind=self.kind, weights=self._weights_override)
         return self._embedder
 
     @embedder.setter
@@ -526,7 +541,8 @@ class Database:
         if disk.to_dict() == self.manifest.to_dict():
             return
         fresh = self._open_with(self.path, disk, model=None, weights=self._weights_override,
-                                load_index=self.index is not None, mmap_index=False)
+                                load_index=self.index is not None, mmap_index=False,
+                                inference={**self._inference_override, "allow": "1"})
         self.manifest, self.vectors, self.items, self.index = fresh.manifest, fresh.vectors, fresh.items, fresh.index
         self._removed = fresh._removed
         self._id_by_item = None
@@ -573,6 +589,53 @@ class _GenerationChangedError(Exception):
 
 def _newest_generation(db: Path) -> int:
     return max((index_generation(p.name) for p in db.glob("index-*.faiss")), default=0)
+
+
+def _recorded_inference(manifest: Manifest) -> tuple[str, str]:
+    """The backend and precision the database's vectors were made with."""
+    return str(manifest.model.get("backend", "keras")), str(manifest.model.get("precision", "fp32"))
+
+
+def measured_agreement(manifest: Manifest, precision: str) -> float | None:
+    """The top-10 agreement with fp32 of ``precision`` measured when the database was extracted (``auto``)."""
+    choice = manifest.extra.get("extraction", {}).get("inference", {}).get("choice") or {}
+    for c in choice.get("candidates", []):
+        if c.get("precision") == precision and c.get("agreement") is not None:
+            return float(c["agreement"])
+    return None
+
+
+def _check_inference(db: Path, manifest: Manifest, asked: dict[str, str]) -> dict[str, str]:
+    """The backend and precision queries use instead of the recorded ones ({} for the recorded ones).
+
+    Raises:
+        ConfigError: If they differ from the recorded ones and the mismatch is not allowed.
+    """
+    if not asked or ("backend" not in asked and "precision" not in asked):
+        return {}
+    if manifest.kind != "image":
+        raise ConfigError(f"{db} is a {manifest.kind} database: backend and precision apply to image models only")
+    recorded = _recorded_inference(manifest)
+    backend = check_backend(asked.get("backend", recorded[0]))
+    precision = check_precision(asked.get("precision", recorded[1]))
+    if precision == "auto":
+        raise ConfigError(f"Queries of {db} use a fixed precision; it was built with {recorded[0]} {recorded[1]} "
+                          "(leave out --precision to use it)")
+    if (backend, precision) == recorded:
+        return {}
+    figures = [f"{p} {a:.3f}" for p in {recorded[1], precision} - {"fp32"}
+               if (a := measured_agreement(manifest, p)) is not None]
+    measured = (f"measured top-10 agreement with fp32 at extraction: {', '.join(figures)}" if figures
+                else "no agreement between them was measured at extraction")
+    if not asked.get("allow"):
+        raise ConfigError(
+            f"{db} was built with {recorded[0]} {recorded[1]}; its queries use the same backend and precision so "
+            f"that query and database vectors come from the same model. Leave out --backend/--precision, or pass "
+            f"--allow-backend-mismatch (allow_backend_mismatch=True) to embed queries with {backend} {precision} "
+            f"anyway ({measured}).")
+    logger.warning("Queries of %s use %s %s, but the database was built with %s %s (%s)", db, backend, precision,
+                   recorded[0], recorded[1], measured)
+    return {"backend": backend, "precision": precision}
 
 
 def _check_model_dim(db: Path, manifest: Manifest) -> None:

@@ -1,62 +1,57 @@
-"""Inference backends: what runs an image model on a preprocessed batch.
+"""Inference backends: one image model's network on Keras or OpenVINO, in fp32, bf16 or int8.
 
-A :class:`Runner` maps a preprocessed float32 ``(n, h, w, 3)`` batch to the
-model's raw ``(n, dim)`` features. :func:`make_runner` builds the runner of a
-backend and precision; the Keras fp32 runner is the reference every other
-backend is measured against.
+- :class:`Runner`: the seam (a preprocessed float32 ``(n, h, w, 3)`` batch in,
+  raw ``(n, dim)`` features out); the Keras fp32 runner is the reference every
+  other backend is measured against.
+- :class:`KerasRunner` (:mod:`.keras`), :class:`OpenVINORunner` (:mod:`.openvino`): the two runtimes.
+- :func:`make_runner`: builds one (converting, quantizing and caching as needed);
+  ``precision="auto"`` measures agreement with fp32 and keeps the fastest that holds.
+- :class:`Calibration`: the sample of the user's images used by int8 and ``auto``.
+- :class:`ModelCache`: converted and quantized models on disk.
+
+Nothing heavy is imported here: TensorFlow, OpenVINO and NNCF load when a runner is built.
 """
 
-from __future__ import annotations
-
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
-
-import numpy as np
-
-from ...errors import ConfigError
+from .auto import CandidateFigures, PrecisionChoice, cosine_to_reference, pick_precision, topk_agreement
+from .base import (
+    BACKENDS,
+    PRECISION_CHOICES,
+    PRECISIONS,
+    CpuCapabilities,
+    Runner,
+    check_backend,
+    check_precision,
+    cpu_capabilities,
+)
+from .cache import ModelCache, default_cache_dir
+from .calibration import DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, Calibration
+from .factory import RunnerFactory, make_runner
 from .keras import KerasRunner
+from .openvino import INSTALL_COMMAND, OpenVINORunner, QuantizationSettings
 
-if TYPE_CHECKING:
-    from ..image_models import ModelSpec
-
-__all__ = ["Runner", "BACKENDS", "PRECISIONS", "make_runner"]
-
-#: Inference backends.
-BACKENDS = ("keras",)
-#: Numeric precisions a runner may use.
-PRECISIONS = ("fp32",)
-
-
-@runtime_checkable
-class Runner(Protocol):
-    """Runs an image model.
-
-    Attributes:
-        backend: ``"keras"``, ...
-        precision: ``"fp32"``, ...
-    """
-
-    backend: str
-    precision: str
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Preprocessed float32 ``(n, h, w, 3)`` batch -> raw ``(n, dim)`` float32 features."""
-        ...
-
-    def run_batches(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """The outputs of ``batches``, in order (a runtime may keep several batches in flight)."""
-        ...
-
-
-def make_runner(spec: ModelSpec, weights: str | None, *, backend: str = "keras", precision: str = "fp32",
-                seed: int = 0) -> Runner:
-    """The runner of ``spec`` with ``weights`` on ``backend`` at ``precision``.
-
-    Raises:
-        ConfigError: For an unknown backend or precision.
-    """
-    if backend not in BACKENDS:
-        raise ConfigError(f"Unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"Unknown precision {precision!r} for {backend}; choose one of: {', '.join(PRECISIONS)}")
-    return KerasRunner(spec, weights, seed=seed)
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_CALIBRATION_SIZE",
+    "DEFAULT_THRESHOLD",
+    "INSTALL_COMMAND",
+    "PRECISIONS",
+    "PRECISION_CHOICES",
+    "Calibration",
+    "CandidateFigures",
+    "CpuCapabilities",
+    "KerasRunner",
+    "ModelCache",
+    "OpenVINORunner",
+    "PrecisionChoice",
+    "QuantizationSettings",
+    "Runner",
+    "RunnerFactory",
+    "check_backend",
+    "check_precision",
+    "cosine_to_reference",
+    "cpu_capabilities",
+    "default_cache_dir",
+    "make_runner",
+    "pick_precision",
+    "topk_agreement",
+]

@@ -1,0 +1,337 @@
+"""OpenVINO: convert a Keras model, quantize it to int8 with NNCF, run it with asynchronous requests."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import BackendError, BackendUnavailableError
+from .base import check_precision, cpu_capabilities
+
+__all__ = [
+    "INSTALL_COMMAND",
+    "OpenVINORunner",
+    "QuantizationSettings",
+    "convert_keras_model",
+    "import_nncf",
+    "import_openvino",
+    "openvino_capabilities",
+    "openvino_core",
+    "quantize_int8",
+    "save_ov_model",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The command that installs the openvino backend.
+INSTALL_COMMAND = "pip install openvino nncf"
+
+
+def import_openvino() -> Any:
+    """Import OpenVINO, or raise :class:`BackendUnavailableError` naming the install command."""
+    try:
+        import openvino  # noqa: PLC0415  (heavy: OpenVINO runtime)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"The openvino backend needs the OpenVINO runtime, which is not installed ({exc}). "
+            f"Install it with `{INSTALL_COMMAND}`, or use --backend keras."
+        ) from exc
+    return openvino
+
+
+def import_nncf() -> Any:
+    """Import NNCF (int8 quantization), or raise :class:`BackendUnavailableError` naming the install command."""
+    try:
+        import nncf  # noqa: PLC0415  (heavy: NNCF pulls in its own stack)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"int8 precision needs NNCF for post-training quantization, which is not installed ({exc}). "
+            f"Install it with `{INSTALL_COMMAND}`, or use --precision fp32 or bf16."
+        ) from exc
+    return nncf
+
+
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
+
+
+def openvino_core() -> Any:
+    """The process's shared ``openvino.Core``."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = import_openvino().Core()
+        return _CORE
+
+
+def openvino_capabilities(device: str = "CPU") -> list[str]:
+    """The device's ``OPTIMIZATION_CAPABILITIES`` (``FP32``, ``BF16``, ``INT8``, ...)."""
+    return [str(c) for c in openvino_core().get_property(device, "OPTIMIZATION_CAPABILITIES")]
+
+
+def convert_keras_model(model: Any, input_size: tuple[int, int]) -> Any:
+    """Convert a Keras model to an ``openvino.Model`` with a dynamic batch dimension.
+
+    Args:
+        model: A Keras model taking ``(n, height, width, 3)`` float32 input.
+        input_size: ``(width, height)`` of the model input.
+    """
+    ov = import_openvino()
+    w, h = input_size
+    example = np.zeros((1, h, w, 3), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras' "expected keras_tensor" note about the traced input structure
+        ov_model = ov.convert_model(model, example_input=example)
+    ov_model.reshape([-1, h, w, 3])
+    if len(ov_model.outputs) != 1:
+        raise BackendError(f"Expected a model with one output, got {len(ov_model.outputs)}")
+    return ov_model
+
+
+def save_ov_model(ov_model: Any, xml: Path) -> None:
+    """Save an OpenVINO model as IR (``.xml`` + ``.bin``) without compressing weights to fp16."""
+    import_openvino().save_model(ov_model, str(xml), compress_to_fp16=False)
+
+
+@dataclass(frozen=True)
+class QuantizationSettings:
+    """How NNCF's post-training quantization runs.
+
+    Attributes:
+        preset: ``"performance"`` (symmetric activations) or ``"mixed"`` (asymmetric activations).
+        fast_bias_correction: NNCF's fast bias correction (``False``: the slower full bias correction).
+        keep_ends: Leave the first and the last weighted layer in floating point (NNCF ignored scope).
+        keep_depthwise: Leave depthwise convolutions in floating point (MobileNet's weak spot).
+        overflow_fix: NNCF's overflow fix (weights on 7 bits, so that the int16 sums of CPUs
+            without VNNI cannot saturate): ``"enable"`` (every layer), ``"first_layer"``,
+            ``"disable"``, or ``"auto"``: every layer on a CPU without VNNI, else the first layer.
+        calibration_batch: Images per calibration inference.
+    """
+
+    preset: str = "performance"
+    fast_bias_correction: bool = True
+    keep_ends: bool = False
+    keep_depthwise: bool = False
+    overflow_fix: str = "auto"
+    calibration_batch: int = 1
+
+    def resolved_overflow_fix(self) -> str:
+        """``overflow_fix`` with ``auto`` decided for this CPU."""
+        if self.overflow_fix != "auto":
+            return self.overflow_fix
+        return "first_layer" if cpu_capabilities().vnni else "enable"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preset": self.preset, "fast_bias_correction": self.fast_bias_correction,
+                "keep_ends": self.keep_ends, "keep_depthwise": self.keep_depthwise,
+                "overflow_fix": self.resolved_overflow_fix(), "calibration_batch": self.calibration_batch}
+
+
+_WEIGHTED = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")
+
+
+def end_layers(ov_model: Any) -> list[str]:
+    """Friendly names of the first and the last weighted operation of an OpenVINO model."""
+    names = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() in _WEIGHTED]
+    if not names:
+        return []
+    return sorted({names[0], names[-1]})
+
+
+def quantize_int8(ov_model: Any, calibration: np.ndarray, settings: QuantizationSettings | None = None) -> Any:
+    """Quantize an OpenVINO model to int8 with NNCF post-training quantization.
+
+    Args:
+        ov_model: The float model (left unchanged).
+        calibration: Preprocessed float32 ``(n, h, w, 3)`` calibration images.
+        settings: Quantization settings.
+
+    Returns:
+        The quantized ``openvino.Model``.
+    """
+    nncf = import_nncf()
+    from nncf.quantization.advanced_parameters import (  # noqa: PLC0415  (heavy: NNCF)
+        AdvancedQuantizationParameters,
+        OverflowFix,
+    )
+
+    settings = settings or QuantizationSettings()
+    if len(calibration) == 0:
+        raise BackendError("int8 quantization needs calibration images; none could be read")
+    bs = max(1, settings.calibration_batch)
+    items = [np.ascontiguousarray(calibration[i:i + bs], dtype=np.float32) for i in range(0, len(calibration), bs)]
+    presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
+    if settings.preset not in presets:
+        raise BackendError(f"Unknown quantization preset {settings.preset!r}; choose performance or mixed")
+    kwargs: dict[str, Any] = {
+        "subset_size": len(items),
+        "preset": presets[settings.preset],
+        "fast_bias_correction": settings.fast_bias_correction,
+        "target_device": nncf.TargetDevice.CPU,
+    }
+    names = end_layers(ov_model) if settings.keep_ends else []
+    types = ["GroupConvolution"] if settings.keep_depthwise else []
+    if names or types:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=names, types=types, validate=False)
+        logger.info("Keeping in floating point: %s", ", ".join(names + types))
+    fixes = {"enable": OverflowFix.ENABLE, "first_layer": OverflowFix.FIRST_LAYER, "disable": OverflowFix.DISABLE}
+    fix = settings.resolved_overflow_fix()
+    if fix not in fixes:
+        raise BackendError(f"Unknown overflow_fix {settings.overflow_fix!r}; choose auto, enable, first_layer, disable")
+    kwargs["advanced_parameters"] = AdvancedQuantizationParameters(overflow_fix=fixes[fix],
+                                                                   batchwise_statistics=bs > 1 or None)
+    logger.info("Quantizing to int8 on %d calibration images (%s)", len(calibration), settings.to_dict())
+    nncf_logger = logging.getLogger("nncf")
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.WARNING)
+    try:
+        # NNCF draws progress bars on stdout; a library prints nothing.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return nncf.quantize(ov_model.clone(), nncf.Dataset(items), **kwargs)
+    finally:
+        nncf_logger.setLevel(level)
+
+
+class OpenVINORunner:
+    """An OpenVINO model compiled for a device, run with asynchronous inference requests.
+
+    Args:
+        model: An ``openvino.Model`` or the path of an IR ``.xml`` file.
+        precision: ``"fp32"``, ``"bf16"`` (the inference-precision hint) or
+            ``"int8"`` (a model quantized by :func:`quantize_int8`, its
+            remaining float layers run in fp32).
+        hint: ``"throughput"`` (several streams, for :meth:`run_batches`) or
+            ``"latency"`` (one stream using every core: one batch at a time).
+        requests: Inference requests kept in flight by :meth:`run_batches`
+            (default: the device's optimal number).
+        device: The OpenVINO device.
+        info: Extra JSON for :meth:`info`.
+    """
+
+    backend = "openvino"
+
+    def __init__(self, model: Any, precision: str = "fp32", *, hint: str = "throughput",
+                 requests: int | None = None, device: str = "CPU", info: dict[str, Any] | None = None) -> None:
+        import_openvino()
+        self.precision = check_precision(precision, allow_auto=False)
+        hint = hint.lower()
+        if hint not in ("throughput", "latency"):
+            raise BackendError(f"Unknown performance hint {hint!r}; choose throughput or latency")
+        self.hint = hint
+        self.device = device
+        config = {"PERFORMANCE_HINT": hint.upper(),
+                  "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
+        source = str(model) if isinstance(model, (str, os.PathLike)) else model
+        #: The IR file the model came from (a model cache entry), or ``None`` for an in-memory model.
+        self.source: Path | None = Path(source) if isinstance(source, str) else None
+        self.compiled = openvino_core().compile_model(source, device, config)
+        self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if self.precision == "bf16" and "bf16" not in self.inference_precision.lower():
+            logger.warning("OpenVINO runs %s in %s on this %s: it has no native bf16", device,
+                           self.inference_precision, device)
+        self.requests = requests or max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.extra: dict[str, Any] = dict(info or {})
+        self._request = self.compiled.create_infer_request()
+        self._request_lock = threading.Lock()
+        self._queue: Any = None  # reused by run_batches: requests keep their buffers between calls
+        self._queue_lock = threading.Lock()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n = len(x)
+        if self.requests > 1 and n >= 2 * self.requests:
+            # Spread one large batch over the streams.
+            parts = np.array_split(x, self.requests)
+            return np.concatenate(list(self.run_batches(parts)))
+        with self._request_lock:
+            self._request.infer({0: x}, share_inputs=True)
+            out = self._request.get_output_tensor(0).data.copy()
+        return out.reshape(n, -1)
+
+    def run_batches(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        ov = import_openvino()
+        owned = self._queue_lock.acquire(blocking=False)  # busy (another thread, or nested): a queue of its own
+        try:
+            if owned:
+                if self._queue is None:
+                    self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
+                queue = self._queue
+            else:
+                queue = ov.AsyncInferQueue(self.compiled, self.requests)
+            yield from self._run(queue, batches)
+        finally:
+            if owned:
+                self._queue_lock.release()
+
+    def _run(self, queue: Any, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        done: dict[int, Any] = {}
+        keep: dict[int, np.ndarray] = {}  # inputs shared with running requests stay alive until they finish
+        cond = threading.Condition()
+
+        def callback(request: Any, job: int) -> None:
+            try:
+                result: Any = request.get_output_tensor(0).data.copy()
+            except BaseException as exc:  # noqa: BLE001  (handed to the consumer, never lost in OpenVINO's thread)
+                result = exc
+            with cond:
+                done[job] = result
+                cond.notify_all()
+
+        queue.set_callback(callback)
+        sent = taken = 0
+
+        def take() -> np.ndarray:
+            with cond:
+                cond.wait_for(lambda: taken in done)
+                result = done.pop(taken)
+            n = len(keep.pop(taken))
+            if isinstance(result, BaseException):
+                raise BackendError(f"OpenVINO inference failed: {result}") from result
+            return result.reshape(n, -1)
+
+        try:
+            for batch in batches:
+                batch = np.ascontiguousarray(batch, dtype=np.float32)
+                keep[sent] = batch
+                queue.start_async({0: batch}, sent, share_inputs=True)  # waits while every request is busy
+                sent += 1
+                while True:
+                    with cond:
+                        ready = taken in done
+                    if not ready:
+                        break
+                    out = take()
+                    taken += 1
+                    yield out
+            while taken < sent:
+                out = take()
+                taken += 1
+                yield out
+        finally:
+            queue.wait_all()
+
+    def info(self) -> dict[str, Any]:
+        """JSON description for manifests and summaries."""
+        out = {"backend": self.backend, "precision": self.precision, "device": self.device, "hint": self.hint,
+               "requests": self.requests, "inference_precision": self.inference_precision, **self.extra}
+        if self.source is not None:
+            out["model_file"] = str(self.source)
+        return out
+
+    def __repr__(self) -> str:
+        return f"OpenVINORunner({self.precision}, {self.hint}, {self.requests} requests)"
+
+
+def split_batches(x: np.ndarray, size: int) -> Sequence[np.ndarray]:
+    """``x`` cut into consecutive batches of at most ``size`` rows."""
+    return [x[i:i + size] for i in range(0, len(x), size)]
