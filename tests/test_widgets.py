@@ -418,6 +418,20 @@ def test_no_explain_button_without_a_feature_map_or_when_turned_off(tmp_path: Pa
     app.close()
 
 
+def test_the_model_status_names_a_backend_other_than_keras_fp32(tmp_path: Path, db: Database) -> None:
+    plain = SimilarImagesApp(db, AppConfig(explain=False))
+    assert plain.loader.what == "the image model (mobilenetv2)"
+    plain.close()
+    paths = [make_image(tmp_path / f"{i}.png", seed=i) for i in range(3)]
+    write_database(tmp_path / "ov", kind="image",
+                   model={"name": "mobilenetv2", "dim": 1280, "backend": "openvino", "precision": "int8"},
+                   items=[str(p) for p in paths],
+                   vector_chunks=[np.random.default_rng(0).normal(size=(3, 1280)).astype(np.float32)])
+    app = SimilarImagesApp(Database.open(tmp_path / "ov"), AppConfig(explain=False))
+    assert app.loader.what == "the image model (mobilenetv2, openvino int8)"
+    app.close()
+
+
 # ----------------------------------------------------------------------------- the model in the background
 
 

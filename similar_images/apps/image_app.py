@@ -82,6 +82,12 @@ UPLOAD_ACCEPT = ".jpg,.jpeg,.png,.gif,.bmp,.webp,.tif,.tiff,image/*"
 EXPLAIN_TOOLTIP = "Which regions of the two images make them similar"
 
 
+def _model_label(db: Database) -> str:
+    """The query model's name, with its inference backend when it is not Keras fp32 ("vgg16-avg, openvino int8")."""
+    backend, precision = str(db.manifest.model.get("backend", "keras")), str(db.manifest.model.get("precision", "fp32"))
+    return db.model_name if (backend, precision) == ("keras", "fp32") else f"{db.model_name}, {backend} {precision}"
+
+
 def _explainable(db: Database) -> bool:
     """Whether the database's model has a feature map to explain matches with."""
     if not item_kind(db.kind).files:
@@ -229,7 +235,7 @@ class SimilarImagesApp(GalleryApp):
         self.min_score = cfg.min_score
         self.timing = _Timing()
         self.bands = db.score_bands()
-        self.loader = ModelLoader(self._load_model, f"the image model ({db.model_name})", self._show_status)
+        self.loader = ModelLoader(self._load_model, f"the image model ({_model_label(db)})", self._show_status)
 
         g = self.gallery = GalleryWidget(mode="image")
         legend, note = band_legend(self.bands)
