@@ -421,6 +421,22 @@ def test_auto_records_its_choice_and_figures(tiny_model: str, photo_folder: Path
     assert Database.open(db).embedder.precision == "fp32"
 
 
+def test_the_default_auto_keeps_keras_fp32_at_once_without_a_lower_native_precision(
+        tiny_model: str, photo_folder: Path, tmp_path: Path) -> None:
+    if cpu_capabilities().bf16:
+        pytest.skip("this CPU has native bf16: auto measures it")
+    extract_features(photo_folder, tmp_path / "db", ExtractConfig(model=tiny_model, weights="random", verbose=False))
+    manifest = json.loads((tmp_path / "db" / "manifest.json").read_text())
+    inference = manifest["extraction"]["inference"]
+    assert inference["requested_precision"] == "auto" and inference["precision"] == "fp32"
+    choice = inference["choice"]
+    # nothing to compare fp32 with: no sample decoded, no second model run, and the reason says so
+    assert not choice["measured"] and choice["sample_size"] is None
+    assert choice["reason"] == "no lower precision runs natively here"
+    assert [(c["precision"], c["status"]) for c in choice["candidates"]] == [("bf16", "unsupported")]
+    assert Database.open(tmp_path / "db").embedder.precision == "fp32"
+
+
 def test_keras_bf16_without_native_support_is_recorded_as_fp32(tiny_model: str, photo_folder: Path,
                                                                tmp_path: Path, caplog: pytest.LogCaptureFixture
                                                                ) -> None:

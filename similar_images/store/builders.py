@@ -50,9 +50,11 @@ class ExtractConfig:
         seed: Seed for randomly initialised weights, so runs are reproducible.
         verbose: Show a progress bar.
         backend: Inference backend, ``"keras"`` or ``"openvino"`` (``pip install openvino nncf``).
-        precision: ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"auto"``: the fastest precision whose top-10
-            neighbour agreement with fp32, measured on a sample of the images, reaches ``agreement``. What runs
-            (after ``auto`` or a fallback on a CPU without bf16) and the measured figures go into the manifest;
+        precision: ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"auto"`` (the default): the fastest precision whose
+            top-10 neighbour agreement with fp32, measured on a sample of the images, reaches ``agreement``
+            (fp32 without measuring where the CPU runs no lower precision natively, as for Keras without bf16).
+            What runs (after ``auto`` or a fallback on a CPU without bf16) and the measured figures go into the
+            manifest;
             queries of the database use the same backend and precision.
         calibration_size: Images sampled (seeded) from the inputs for int8 calibration and ``auto``'s measurement.
         agreement: The top-10 agreement with fp32 that ``auto`` requires of a lower precision.
@@ -69,7 +71,7 @@ class ExtractConfig:
     seed: int = 0
     verbose: bool = True
     backend: str = "keras"
-    precision: str = "fp32"
+    precision: str = "auto"
     calibration_size: int = DEFAULT_CALIBRATION_SIZE
     agreement: float = DEFAULT_THRESHOLD
     decoder: str = "pil"

@@ -273,6 +273,15 @@ def _auto(factory: RunnerFactory, backend: str, calibration: Calibration, batch_
           ) -> tuple[Runner, PrecisionChoice]:
     cpu = cpu_capabilities()
     candidates = [p for p in PRECISIONS if not (backend == "keras" and p == "int8")]
+    support = {p: factory.supported(backend, p) for p in candidates}
+    if not any(ok for p, (ok, _note) in support.items() if p != "fp32"):
+        # Nothing to compare fp32 with: no sample to decode, no model to run twice.
+        figures = [CandidateFigures(p, "unsupported", note) for p, (ok, note) in support.items() if not ok]
+        logger.info("auto: %s fp32, the only precision %s runs natively on this CPU", backend, backend)
+        choice = PrecisionChoice(backend=backend, requested="auto", precision="fp32",
+                                 reason="no lower precision runs natively here", threshold=calibration.threshold,
+                                 k=calibration.k, candidates=figures, cpu=cpu.to_dict())
+        return factory.runner(backend, "fp32", calibration), choice
     arrays = calibration.arrays(factory.spec.input_size)
     if len(arrays) < calibration.k + 1:
         raise BackendError(f"precision auto needs at least {calibration.k + 1} readable calibration images, "
