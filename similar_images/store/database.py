@@ -27,7 +27,16 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..embed import Embedder, default_index_name, embedder_from_info, item_kind, l2_normalize, registered_dim
+from ..embed import (
+    DEFAULT_TEXT_BACKEND,
+    Embedder,
+    check_text_backend,
+    default_index_name,
+    embedder_from_info,
+    item_kind,
+    l2_normalize,
+    registered_dim,
+)
 from ..embed.backends import check_backend, check_precision
 from ..errors import (
     ConfigError,
@@ -133,9 +142,11 @@ class Database:
                 (e.g. a local file when the database was built with ``imagenet``).
             load_index: Load the Faiss index (otherwise only exact search works).
             mmap_index: Memory-map the index file where Faiss supports it.
-            backend: The inference backend queries must use (``None``: the one recorded in the manifest).
+            backend: The inference backend queries must use (``None``: the one recorded in the manifest):
+                ``keras``/``openvino`` for an image database, ``torch``/``onnx`` for a text one.
                 Another than the recorded one is refused unless ``allow_backend_mismatch``.
-            precision: The precision queries must use (``None``: the recorded one); as ``backend``.
+            precision: The precision queries must use (``None``: the recorded one; image databases only);
+                as ``backend``.
             allow_backend_mismatch: Embed queries with another backend or precision than the database's
                 (a warning states the agreement measured at extraction, when there is one).
 
@@ -613,8 +624,11 @@ def _check_inference(db: Path, manifest: Manifest, asked: dict[str, str]) -> dic
     """
     if not asked or ("backend" not in asked and "precision" not in asked):
         return {}
+    if manifest.kind == "text":
+        return _check_text_inference(db, manifest, asked)
     if manifest.kind != "image":
-        raise ConfigError(f"{db} is a {manifest.kind} database: backend and precision apply to image models only")
+        raise ConfigError(f"{db} is a {manifest.kind} database: backend and precision apply to image and text "
+                          "models only")
     recorded = _recorded_inference(manifest)
     backend = check_backend(asked.get("backend", recorded[0]))
     precision = check_precision(asked.get("precision", recorded[1]))
@@ -636,6 +650,24 @@ def _check_inference(db: Path, manifest: Manifest, asked: dict[str, str]) -> dic
     logger.warning("Queries of %s use %s %s, but the database was built with %s %s (%s)", db, backend, precision,
                    recorded[0], recorded[1], measured)
     return {"backend": backend, "precision": precision}
+
+
+def _check_text_inference(db: Path, manifest: Manifest, asked: dict[str, str]) -> dict[str, str]:
+    """As :func:`_check_inference`, for a text database: a backend (torch, onnx) and no precision."""
+    if "precision" in asked:
+        raise ConfigError(f"{db} is a text database: its encoder has no precision setting (leave out --precision)")
+    recorded = str(manifest.model.get("backend", DEFAULT_TEXT_BACKEND))
+    backend = check_text_backend(asked["backend"])
+    if backend == recorded:
+        return {}
+    if not asked.get("allow"):
+        raise ConfigError(
+            f"{db} was built with the {recorded} text backend; its queries use the same backend so that query and "
+            f"database vectors come from the same model. Leave out --backend, or pass --allow-backend-mismatch "
+            f"(allow_backend_mismatch=True) to embed queries with {backend} anyway.")
+    logger.warning("Queries of %s use the %s text backend, but the database was built with %s", db, backend,
+                   recorded)
+    return {"backend": backend}
 
 
 def _check_model_dim(db: Path, manifest: Manifest) -> None:

@@ -8,6 +8,8 @@
   ``precision="auto"`` measures agreement with fp32 and keeps the fastest that holds.
 - :class:`Calibration`: the sample of the user's images used by int8 and ``auto``.
 - :class:`ModelCache`: converted and quantized models on disk.
+- :func:`load_onnx_sentence_encoder` (:mod:`.onnx_text`): a sentence-transformers text encoder exported to ONNX
+  and run on ONNX Runtime (the text encoder's ``onnx`` backend).
 
 Nothing heavy is imported here: TensorFlow, OpenVINO and NNCF load when a runner is built.
 """
@@ -27,6 +29,7 @@ from .cache import ModelCache, default_cache_dir
 from .calibration import DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, Calibration
 from .factory import RunnerFactory, make_runner
 from .keras import KerasRunner
+from .onnx_text import ONNX_INSTALL_COMMAND, load_onnx_sentence_encoder
 from .openvino import INSTALL_COMMAND, OpenVINORunner, QuantizationSettings
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "DEFAULT_CALIBRATION_SIZE",
     "DEFAULT_THRESHOLD",
     "INSTALL_COMMAND",
+    "ONNX_INSTALL_COMMAND",
     "PRECISIONS",
     "PRECISION_CHOICES",
     "Calibration",
@@ -51,6 +55,7 @@ __all__ = [
     "cosine_to_reference",
     "cpu_capabilities",
     "default_cache_dir",
+    "load_onnx_sentence_encoder",
     "make_runner",
     "pick_precision",
     "topk_agreement",
