@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def _weights_file(folder: Path) -> Path:
 def _export(folder: Path, out: Path) -> dict[str, Any]:
     """Export the transformer with mean pooling to ``out/model.onnx``."""
     try:
-        import onnx  # noqa: F401, PLC0415  (heavy: needed by torch.onnx.export)
+        import onnx  # noqa: PLC0415, F401  (heavy: needed by torch.onnx.export)
         import torch  # noqa: PLC0415  (heavy: torch)
         from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415  (heavy: torch)
     except ImportError as exc:
@@ -119,8 +120,6 @@ def _export(folder: Path, out: Path) -> dict[str, Any]:
     sample = tokenizer(["a sample text", "another, somewhat longer sample text"], padding=True, return_tensors="pt")
     args = tuple(sample[k] if k in sample else torch.zeros_like(sample["input_ids"]) for k in _INPUTS)
     axes = {k: {0: "batch", 1: "tokens"} for k in _INPUTS} | {"embedding": {0: "batch"}}
-    import warnings  # noqa: PLC0415  (only to hide the exporter's tracing warnings)
-
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(MeanPooled(model), args, str(out / "model.onnx"), input_names=list(_INPUTS),
