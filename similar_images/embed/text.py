@@ -28,6 +28,7 @@ import numpy as np
 from .._util.registry import Registry
 from ..errors import ConfigError, QueryError, TextInputError, WeightsError
 from ..sources.images import IMAGE_EXTENSIONS
+from .backends.base import check_backend
 from .backends.onnx_text import load_onnx_sentence_encoder
 from .base import SpecBacked, l2_normalize
 
@@ -136,10 +137,7 @@ def check_text_backend(backend: str) -> str:
     Raises:
         ConfigError: If it is not one of :data:`TEXT_BACKENDS`.
     """
-    name = str(backend).lower()
-    if name not in TEXT_BACKENDS:
-        raise ConfigError(f"Unknown text backend {backend!r}; choose one of {', '.join(TEXT_BACKENDS)}")
-    return name
+    return check_backend(backend, TEXT_BACKENDS, "text backend")
 
 
 def _packaged_minilm() -> Path | None:

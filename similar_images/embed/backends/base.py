@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import platform
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -58,15 +58,20 @@ class Runner(Protocol):
         ...
 
 
-def check_backend(backend: str) -> str:
-    """Validate a backend name.
+def check_backend(backend: str, choices: Sequence[str] = BACKENDS, what: str = "backend") -> str:
+    """Validate a backend name (lower-cased).
+
+    Args:
+        backend: The name given.
+        choices: The valid names (default: the image backends, :data:`BACKENDS`).
+        what: What the name is, for the message (e.g. ``"text backend"``).
 
     Raises:
-        ConfigError: If it is not one of :data:`BACKENDS`.
+        ConfigError: If it is not one of ``choices``.
     """
     name = str(backend).lower()
-    if name not in BACKENDS:
-        raise ConfigError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if name not in choices:
+        raise ConfigError(f"Unknown {what} {backend!r}; choose one of {', '.join(choices)}")
     return name
 
 
