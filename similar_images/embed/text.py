@@ -304,7 +304,12 @@ class TextEmbedder(SpecBacked):
         label = self.source
         if self.spec.name == DEFAULT_TEXT_ENCODER:
             label = _minilm_source(self.source)[1]
-        return {**self.spec.info(), "source": label, "kind": "text", "backend": self.backend}
+        info = {**self.spec.info(), "source": label, "kind": "text"}
+        if self.backend != DEFAULT_TEXT_BACKEND:
+            # Written only when it is not the default, so databases and interrupted builds from before the
+            # backend existed keep the same description (a missing backend reads as the default).
+            info["backend"] = self.backend
+        return info
 
     # ------------------------------------------------------------------ the two steps
     def prepare(self, item: Any) -> str:
