@@ -84,7 +84,7 @@ EXPLAIN_TOOLTIP = "Which regions of the two images make them similar"
 
 def _model_label(db: Database) -> str:
     """The query model's name, with its inference backend when it is not Keras fp32 ("vgg16-avg, openvino int8")."""
-    backend, precision = str(db.manifest.model.get("backend", "keras")), str(db.manifest.model.get("precision", "fp32"))
+    backend, precision = db.manifest.image_inference
     return db.model_name if (backend, precision) == ("keras", "fp32") else f"{db.model_name}, {backend} {precision}"
 
 

@@ -602,11 +602,6 @@ def _newest_generation(db: Path) -> int:
     return max((index_generation(p.name) for p in db.glob("index-*.faiss")), default=0)
 
 
-def _recorded_inference(manifest: Manifest) -> tuple[str, str]:
-    """The backend and precision the database's vectors were made with."""
-    return str(manifest.model.get("backend", "keras")), str(manifest.model.get("precision", "fp32"))
-
-
 def measured_agreement(manifest: Manifest, precision: str) -> float | None:
     """The top-10 agreement with fp32 of ``precision`` measured when the database was extracted (``auto``)."""
     choice = manifest.extra.get("extraction", {}).get("inference", {}).get("choice") or {}
@@ -629,7 +624,7 @@ def _check_inference(db: Path, manifest: Manifest, asked: dict[str, str]) -> dic
     if manifest.kind != "image":
         raise ConfigError(f"{db} is a {manifest.kind} database: backend and precision apply to image and text "
                           "models only")
-    recorded = _recorded_inference(manifest)
+    recorded = manifest.image_inference
     backend = check_backend(asked.get("backend", recorded[0]))
     precision = check_precision(asked.get("precision", recorded[1]))
     if precision == "auto":

@@ -189,6 +189,12 @@ class Manifest:
     def model_name(self) -> str:
         return str(self.model["name"])
 
+    @property
+    def image_inference(self) -> tuple[str, str]:
+        """The backend and precision an image database's vectors were made with (``keras``, ``fp32`` when not
+        recorded: the defaults are not written)."""
+        return str(self.model.get("backend", "keras")), str(self.model.get("precision", "fp32"))
+
     def copy(self) -> Manifest:
         """A deep copy, to change and commit."""
         return copy.deepcopy(self)
