@@ -51,7 +51,7 @@ def test_files_get_normal_permissions_not_the_temporary_files(tmp_path: Path) ->
         Database.open(tmp_path / "db", load_index=False).build_index(IndexConfig(factory="Flat", eval_queries=0))
         for f in (tmp_path / "db").iterdir():
             if f.is_file():
-                assert f.stat().st_mode & 0o777 == 0o666 & ~_io._UMASK, f  # others can read a shared database
+                assert f.stat().st_mode & 0o777 == 0o666 & ~_io.UMASK, f  # others can read a shared database
         (tmp_path / "db" / "manifest.json").chmod(0o640)
         _io.write_json(tmp_path / "db" / "manifest.json", {"replaced": True})
         assert (tmp_path / "db" / "manifest.json").stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode

@@ -16,11 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json", "read_json", "write_bytes", "fsync_dir"]
+__all__ = ["UMASK", "atomic_path", "write_json", "read_json", "write_bytes", "fsync_dir", "user_cache_dir"]
 
-# The process umask, read once (os.umask can only be read by setting it, which is not thread-safe later).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+#: The process umask, read once (os.umask can only be read by setting it, which is not thread-safe later).
+UMASK = os.umask(0)
+os.umask(UMASK)
+
+
+def user_cache_dir() -> Path:
+    """This project's folder in the user's cache: ``$XDG_CACHE_HOME/similar-images``, else
+    ``~/.cache/similar-images``."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "similar-images"
 
 
 def fsync_dir(path: Path) -> None:
@@ -62,7 +69,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         try:
             mode = dest.stat().st_mode & 0o7777
         except FileNotFoundError:
-            mode = 0o666 & ~_UMASK
+            mode = 0o666 & ~UMASK
         os.chmod(tmp, mode)
         os.replace(tmp, dest)
         fsync_dir(dest.parent)

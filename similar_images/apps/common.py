@@ -31,6 +31,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
+from .._util.io import user_cache_dir
 from ..errors import (
     BadURLError,
     DatabaseCorruptError,
@@ -233,8 +234,7 @@ def app_log_path() -> Path:
     env = os.environ.get("SIMILAR_IMAGES_APP_LOG")
     if env:
         return Path(env).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "similar-images" / "apps.log"
+    return user_cache_dir() / "apps.log"
 
 
 def _log_stream() -> IO[str]:

@@ -46,11 +46,7 @@ _ENTRY_JSON = "entry.json"
 def default_cache_dir() -> Path:
     """``$SIMILAR_IMAGES_CACHE``, else ``$XDG_CACHE_HOME/similar-images``, else ``~/.cache/similar-images``."""
     env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "similar-images"
+    return Path(env).expanduser() if env else _io.user_cache_dir()
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}
@@ -193,7 +189,7 @@ class ModelCache:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "build_seconds": round(seconds, 2),
                     **dict(extra)}
             _io.write_json(tmp / _ENTRY_JSON, meta)
-            os.chmod(tmp, 0o777 & ~_umask())
+            os.chmod(tmp, 0o777 & ~_io.UMASK)
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -241,6 +237,3 @@ class ModelCache:
         _io.write_json(path, {"key": cache_key(fields), "fields": dict(fields), "record": dict(record)})
         return path
 
-
-def _umask() -> int:
-    return getattr(_io, "_UMASK", 0o022)
