@@ -301,7 +301,7 @@ def _auto(factory: RunnerFactory, backend: str, calibration: Calibration, batch_
         logger.info("auto: using the figures measured earlier on the same sample (%s)",
                     factory.cache.record_path("measurements", record_fields))
     else:
-        figures = _measure(factory, backend, candidates, calibration, factory.spec.preprocess(arrays), batch_size,
+        figures = _measure(factory, backend, support, calibration, factory.spec.preprocess(arrays), batch_size,
                            runners)
         if factory.use_cache:
             factory.cache.save_record("measurements", record_fields,
@@ -314,14 +314,14 @@ def _auto(factory: RunnerFactory, backend: str, calibration: Calibration, batch_
     return runner, choice
 
 
-def _measure(factory: RunnerFactory, backend: str, candidates: list[str], calibration: Calibration, x: np.ndarray,
-             batch_size: int, runners: dict[str, Runner]) -> list[CandidateFigures]:
-    """Run every supported candidate on the sample; figures against the first (fp32)."""
+def _measure(factory: RunnerFactory, backend: str, support: dict[str, tuple[bool, str]], calibration: Calibration,
+             x: np.ndarray, batch_size: int, runners: dict[str, Runner]) -> list[CandidateFigures]:
+    """Run every supported candidate (``support``: precision -> whether it runs here, and a note, fp32 first) on
+    the sample; figures against fp32."""
     figures: list[CandidateFigures] = []
     reference: np.ndarray | None = None
     ref_speed = 0.0
-    for p in candidates:
-        ok, note = factory.supported(backend, p)
+    for p, (ok, note) in support.items():
         if not ok:
             logger.info("auto: skipping %s %s (%s)", backend, p, note)
             figures.append(CandidateFigures(p, "unsupported", note))
