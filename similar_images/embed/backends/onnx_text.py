@@ -11,7 +11,6 @@ vectors match the torch encoder's (cosine above 0.9999 on tweets).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..._util import io as _io
 from ...errors import BackendError, BackendUnavailableError, ConfigError
 from .cache import ModelCache, file_sha256, package_versions
 
@@ -50,7 +50,7 @@ def import_onnxruntime() -> Any:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return _io.read_json(path)
     except (OSError, ValueError):
         return None
 
@@ -107,16 +107,8 @@ def _export(folder: Path, out: Path) -> dict[str, Any]:
             weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
-    from transformers.utils import logging as tf_logging  # noqa: PLC0415  (heavy: transformers)
-
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    was_enabled = tf_logging.is_progress_bar_enabled()
-    tf_logging.disable_progress_bar()  # no "Loading weights" bar
-    try:
-        model = AutoModel.from_pretrained(str(folder)).eval()
-    finally:
-        if was_enabled:
-            tf_logging.enable_progress_bar()
+    model = AutoModel.from_pretrained(str(folder)).eval()
     sample = tokenizer(["a sample text", "another, somewhat longer sample text"], padding=True, return_tensors="pt")
     args = tuple(sample[k] if k in sample else torch.zeros_like(sample["input_ids"]) for k in _INPUTS)
     axes = {k: {0: "batch", 1: "tokens"} for k in _INPUTS} | {"embedding": {0: "batch"}}
