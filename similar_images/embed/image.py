@@ -22,8 +22,7 @@ from .backends import (
     PrecisionChoice,
     Runner,
     RunnerFactory,
-    check_backend,
-    check_precision,
+    check_inference,
     make_runner,
 )
 from .base import SpecBacked, l2_normalize
@@ -94,10 +93,7 @@ class ImageEmbedder(SpecBacked):
             raise ConfigError(f"max_pixels must be at least 1, got {max_pixels}")
         self.spec = get_model_spec(model) if isinstance(model, str) else model
         self.weights = resolve_weights(weights)
-        self.backend = check_backend(backend)
-        self.precision = check_precision(precision)
-        if self.backend == "keras" and self.precision == "int8":
-            raise ConfigError("The keras backend runs fp32 or bf16; for int8 use backend 'openvino'")
+        self.backend, self.precision = check_inference(backend, precision)
         if calibration_size < 1:
             raise ConfigError(f"calibration_size must be at least 1, got {calibration_size}")
         if not 0.0 <= agreement:

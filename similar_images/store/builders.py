@@ -23,7 +23,7 @@ from ..embed import (
     TextEmbedder,
     check_text_backend,
 )
-from ..embed.backends import DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, check_backend, check_precision
+from ..embed.backends import DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, check_inference
 from ..embed.image import DECODERS
 from ..errors import ConfigError
 from ..sources.images import DEFAULT_MAX_PIXELS, collect_inputs
@@ -85,10 +85,7 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         self.build_config()  # validates the sizes
-        self.backend = check_backend(self.backend)
-        self.precision = check_precision(self.precision)
-        if self.backend == "keras" and self.precision == "int8":
-            raise ConfigError("The keras backend runs fp32 or bf16; for int8 use backend 'openvino'")
+        self.backend, self.precision = check_inference(self.backend, self.precision)
         if self.decoder not in DECODERS:
             raise ConfigError(f"Unknown decoder {self.decoder!r}; choose one of: {', '.join(DECODERS)}")
         if self.calibration_size < 1:

@@ -22,6 +22,7 @@ from .base import (
     CpuCapabilities,
     Runner,
     check_backend,
+    check_inference,
     check_precision,
     cpu_capabilities,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "Runner",
     "RunnerFactory",
     "check_backend",
+    "check_inference",
     "check_precision",
     "cosine_to_reference",
     "cpu_capabilities",

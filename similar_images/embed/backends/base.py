@@ -21,6 +21,7 @@ __all__ = [
     "CpuCapabilities",
     "Runner",
     "check_backend",
+    "check_inference",
     "check_precision",
     "cpu_capabilities",
     "parse_cpuinfo",
@@ -88,6 +89,19 @@ def check_precision(precision: str, *, allow_auto: bool = True) -> str:
     if name not in allowed:
         raise ConfigError(f"Unknown precision {precision!r}; choose one of {', '.join(allowed)}")
     return name
+
+
+def check_inference(backend: str, precision: str) -> tuple[str, str]:
+    """Validate an image model's backend and precision together (:func:`check_backend`, :func:`check_precision`).
+
+    Raises:
+        ConfigError: For an unknown name, or int8 on the keras backend.
+    """
+    backend, precision = check_backend(backend), check_precision(precision)
+    if backend == "keras" and precision == "int8":
+        raise ConfigError("The keras backend runs fp32 or bf16; for int8 use backend 'openvino' "
+                          "(pip install openvino nncf)")
+    return backend, precision
 
 
 # /proc/cpuinfo flags that give native bf16 and int8 dot products (x86 names, then Arm names).

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BackendError, ConfigError
+from ...errors import BackendError
 from ..image_models import ModelSpec, get_model_spec, resolve_weights
 from .auto import (
     CandidateFigures,
@@ -20,7 +20,7 @@ from .auto import (
     pick_precision,
     topk_agreement,
 )
-from .base import PRECISIONS, Runner, check_backend, check_precision, cpu_capabilities
+from .base import PRECISIONS, Runner, check_inference, cpu_capabilities
 from .cache import ModelCache, file_sha256, package_versions
 from .calibration import Calibration
 from .keras import KerasRunner
@@ -231,11 +231,7 @@ def make_runner(
         BackendError: Unknown backend or precision, or int8/auto without calibration images.
         BackendUnavailableError: OpenVINO or NNCF is not installed (the message names the pip command).
     """
-    backend = check_backend(backend)
-    precision = check_precision(precision)
-    if backend == "keras" and precision == "int8":
-        raise ConfigError("The keras backend runs fp32 or bf16; for int8 use --backend openvino "
-                          "(pip install openvino nncf)")
+    backend, precision = check_inference(backend, precision)
     if backend == "openvino":
 
         import_openvino()
