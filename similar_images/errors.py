@@ -14,6 +14,7 @@ dressing them up as user messages.
     |   |-- SourceNotFoundError (FileNotFoundError)   a folder, file list or CSV does not exist
     |   |-- NoInputsError                  a folder or list holds nothing usable
     |   |-- ImageLoadError                 an image cannot be decoded (corrupt, truncated, too large)
+    |   |-- InputFileError                 a file list is an image, not UTF-8 text, a FIFO, too large
     |   `-- TextInputError                 a text table or text cannot be used
     |-- QueryError (ValueError)            a search query is invalid
     |   |-- UnknownIdError (KeyError)      no such (or a removed) database id or item
@@ -22,8 +23,12 @@ dressing them up as user messages.
     |-- DatabaseError                      a database folder is missing, incomplete or inconsistent
     |   |-- DatabaseNotFoundError (FileNotFoundError)
     |   |-- DatabaseExistsError (FileExistsError)
-    |   `-- DatabaseCorruptError           a file of the database cannot be read or contradicts the manifest
+    |   |-- DatabaseCorruptError           a file of the database cannot be read or contradicts the manifest
+    |   |   `-- DatabaseFileError          a database file is a folder, a FIFO, a device, a link loop, unreadable,
+    |   |                                  too large, or JSON beyond the limits (too deep, 1e400)
+    |   `-- DiskFullError                  no space left while writing a database file (the database is unchanged)
     |-- IndexTrainingError (ValueError)    too few vectors, or an invalid index description
+    |   `-- IndexDescriptionError          an index description too long, or sizes needing too much memory
     |-- WeightsError                       model weights cannot be downloaded or loaded
     |-- ExplainError (ValueError)          a similarity explanation cannot be made (a text database, a vector query)
     |   `-- FeatureMapError                the model's spatial feature map cannot be reached
@@ -42,6 +47,8 @@ by type.
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "SimilarImagesError",
     "ConfigError",
@@ -49,6 +56,7 @@ __all__ = [
     "SourceNotFoundError",
     "NoInputsError",
     "ImageLoadError",
+    "InputFileError",
     "TextInputError",
     "QueryError",
     "UnknownIdError",
@@ -58,7 +66,10 @@ __all__ = [
     "DatabaseNotFoundError",
     "DatabaseExistsError",
     "DatabaseCorruptError",
+    "DatabaseFileError",
+    "DiskFullError",
     "IndexTrainingError",
+    "IndexDescriptionError",
     "WeightsError",
     "ExplainError",
     "FeatureMapError",
@@ -93,6 +104,21 @@ class NoInputsError(InputError):
 
 class ImageLoadError(InputError):
     """An image could not be read or decoded (corrupt, truncated, not an image, too large)."""
+
+
+class InputFileError(InputError):
+    """A file given as an input (a file list) cannot be read as one: an image, not UTF-8 text, a folder, a FIFO,
+    a device, a link loop, unreadable, or too large.
+
+    Attributes:
+        path: The file.
+        reason: What is wrong with it, in a few words (``"a FIFO (named pipe)"``, ``"not UTF-8 text"``).
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
 
 
 class TextInputError(InputError):
@@ -134,8 +160,56 @@ class DatabaseCorruptError(DatabaseError):
     """A file of the database cannot be read, or contradicts the manifest."""
 
 
+class DatabaseFileError(DatabaseCorruptError):
+    """A file of the database is not a regular file that can be read (a folder, a FIFO, a device, a link loop,
+    no permission), is larger than such a file can be, or holds JSON beyond the limits (nested too deep, a number
+    out of range such as ``1e400``).
+
+    Attributes:
+        path: The file.
+        reason: What is wrong with it, in a few words (``"a FIFO (named pipe)"``, ``"nested 100,000 deep"``).
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+class DiskFullError(DatabaseError):
+    """No space (or quota) was left on the device while a database file was written; the database is unchanged.
+
+    Attributes:
+        path: The file being written.
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class IndexTrainingError(SimilarImagesError, ValueError):
     """Too few vectors to train the requested index, or an invalid index description."""
+
+
+class IndexDescriptionError(IndexTrainingError):
+    """An index description is refused before Faiss reads it: too long, a number out of range, or sizes whose
+    fixed parts (centroids, codebooks, inverted lists) would need more memory than the limit.
+
+    Attributes:
+        factory: The description (shortened when it is very long).
+        part: The part of it that is refused (``"PQ16x20"``), or ``""`` for the whole.
+        needed_bytes: The memory the part's fixed structures would take (0 when not a size problem).
+        limit_bytes: The limit it exceeds (0 when not a size problem).
+    """
+
+    def __init__(self, message: str, *, factory: str = "", part: str = "", needed_bytes: int = 0,
+                 limit_bytes: int = 0) -> None:
+        super().__init__(message)
+        self.factory = factory
+        self.part = part
+        self.needed_bytes = needed_bytes
+        self.limit_bytes = limit_bytes
 
 
 class WeightsError(SimilarImagesError):

@@ -27,23 +27,38 @@ from typing import Any
 
 import faiss
 
-from ..errors import ConfigError, IndexTrainingError
+from ..errors import ConfigError, IndexDescriptionError, IndexTrainingError
 from .params import unwrap
 
 __all__ = [
     "MIN_PQ_VECTORS",
+    "MAX_FACTORY_CHARS",
+    "MAX_CODE_BITS",
+    "MAX_FIXED_INDEX_BYTES",
     "DEFAULTS",
     "default_factory",
     "original_factory",
     "pq_factory",
     "factory_for",
     "make_index",
+    "check_factory_sizes",
+    "fixed_index_bytes",
     "min_training_vectors",
 ]
 
 #: Fewest vectors for which the default index is compressed: Faiss recommends 39 training
 #: points per centroid, and an 8-bit PQ trains 256 centroids per sub-quantizer.
 MIN_PQ_VECTORS = 39 * 256
+
+#: The longest index description accepted (Faiss' parser crashes on long ones: 20,000 characters segfault it;
+#: the longest useful ones, such as ``OPQ64_256,IVF65536_HNSW32,PQ64x4fsr,Refine(SQfp16)``, take about 50).
+MAX_FACTORY_CHARS = 256
+#: The most bits a code of a product or additive quantizer may have (``PQ16x16``: 65,536 centroids a
+#: sub-quantizer, which already needs 2.5 million training vectors).
+MAX_CODE_BITS = 16
+#: The most memory the fixed parts of an index (coarse centroids, codebooks, transforms, empty inverted lists)
+#: may take; Faiss allocates them when it reads the description, before any check of its own.
+MAX_FIXED_INDEX_BYTES = 2**30
 
 
 def _divisor_at_most(d: int, m: int) -> int:
@@ -125,6 +140,7 @@ def make_index(factory: str, d: int, *, metric: str = "ip") -> Any:
     if not factory or not factory.strip():
         raise IndexTrainingError("The index description is empty; give a Faiss index_factory string such as 'Flat', "
                                  "'IVF256,PQ16' or 'HNSW32'.")
+    check_factory_sizes(factory, d)
     _check_factory_numbers(factory)
     try:
         index = faiss.index_factory(d, factory, metrics[metric])
@@ -150,6 +166,80 @@ def make_index(factory: str, d: int, *, metric: str = "ip") -> Any:
 #: ``HNSW1`` segfaults when vectors are added, ``NSG2`` and ``NSG4`` never finish building), and the largest
 #: that fit in memory for any useful number of vectors.
 _GRAPH_LIMITS = {"HNSW": (2, 1024), "NSG": (8, 1024)}
+
+
+def _refuse(factory: str, part: str, why: str, needed: int = 0) -> IndexDescriptionError:
+    shown = factory if len(factory) <= 80 else f"{factory[:60]}... ({len(factory):,} characters)"
+    return IndexDescriptionError(f"Invalid index description {shown!r}: {why}. Examples: 'Flat', 'IVF256,PQ16', "
+                                 "'HNSW32'.", factory=shown, part=part, needed_bytes=needed,
+                                 limit_bytes=MAX_FIXED_INDEX_BYTES if needed else 0)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
+
+
+def fixed_index_bytes(factory: str, d: int) -> list[tuple[str, int]]:
+    """The memory the fixed parts of an index take, by part of its description (an upper estimate).
+
+    Counted: coarse centroids and empty inverted lists (``IVF``, ``IMI``), codebooks (``PQ``, ``RQ``, ``LSQ``,
+    ``PRQ``, ``PLSQ``), and transform matrices (``PCA``, ``OPQ``, ``ITQ``, ``RR``), at the largest dimension the
+    description reaches. Not counted: what grows with the vectors (codes, ids, graph links).
+
+    Raises:
+        IndexDescriptionError: If a code has more than :data:`MAX_CODE_BITS` bits.
+    """
+    outs = [int(x) for x in re.findall(r"(?:PCAW?R?|ITQ|RR|OPQ\d+_)(\d+)", factory)]
+    dmax = max([d, *outs])
+    parts: list[tuple[str, int]] = []
+    for m in re.finditer(r"(?<![A-Za-z])(?:PCAW?R?|ITQ|RR)(\d+)", factory):
+        parts.append((m.group(), d * int(m.group(1)) * 4))
+    for m in re.finditer(r"OPQ(\d+)(?:_(\d+))?", factory):
+        parts.append((m.group(), d * int(m.group(2) or d) * 4))
+    for m in re.finditer(r"IVF(\d+)", factory):
+        parts.append((m.group(), int(m.group(1)) * (dmax * 4 + 48)))
+    for m in re.finditer(r"IMI(\d+)x(\d+)", factory):
+        if int(m.group(2)) > MAX_CODE_BITS:
+            raise _refuse(factory, m.group(), f"{m.group()} asks for codes of {m.group(2)} bits (at most "
+                                              f"{MAX_CODE_BITS})")
+        lists = 2 ** min(64, int(m.group(1)) * int(m.group(2)))
+        parts.append((m.group(), lists * 48 + 2 ** int(m.group(2)) * dmax * 4))
+    quantizers = [(m.group(), 1, m.group(2)) for m in re.finditer(r"(?<![A-Za-z])PQ(\d+)(?:x(\d+))?", factory)]
+    quantizers += [(m.group(), int(m.group(1)), m.group(2)) for m in
+                   re.finditer(r"(?<![A-Za-z])(?:RQ|LSQ)(\d+)x(\d+)", factory)]
+    quantizers += [(m.group(), int(m.group(1)), m.group(2)) for m in
+                   re.finditer(r"(?<![A-Za-z])P(?:RQ|LSQ)\d+x(\d+)x(\d+)", factory)]
+    for part, books, bits in quantizers:
+        nbits = int(bits or 8)
+        if nbits > MAX_CODE_BITS:
+            raise _refuse(factory, part, f"{part} asks for codes of {nbits} bits, {2 ** nbits:,} centroids each "
+                                         f"(at most {MAX_CODE_BITS} bits)")
+        parts.append((part, books * 2 ** nbits * dmax * 4))
+    return parts
+
+
+def check_factory_sizes(factory: str, d: int) -> None:
+    """Refuse a description Faiss would crash on or allocate too much memory for, before Faiss reads it.
+
+    Checks its length (:data:`MAX_FACTORY_CHARS`), its numbers (at most 2**31 - 1), the bits of each code
+    (:data:`MAX_CODE_BITS`) and the memory of its fixed parts (:func:`fixed_index_bytes`, at most
+    :data:`MAX_FIXED_INDEX_BYTES`).
+
+    Raises:
+        IndexDescriptionError: Naming the part refused and, for memory, what it needs and the limit.
+    """
+    if len(factory) > MAX_FACTORY_CHARS:
+        raise _refuse(factory, "", f"it has {len(factory):,} characters, at most {MAX_FACTORY_CHARS}")
+    for m in re.finditer(r"\d+", factory):
+        if len(m.group()) > 10 or int(m.group()) >= 2**31:
+            raise _refuse(factory, m.group(), f"the number {m.group()[:20]} is too large for a size")
+    parts = fixed_index_bytes(factory, d)
+    total = sum(b for _, b in parts)
+    if total > MAX_FIXED_INDEX_BYTES:
+        part, need = max(parts, key=lambda p: p[1])
+        raise _refuse(factory, part, f"for {d}-d vectors its fixed parts need {_gib(total)} before any vector is "
+                                     f"added ({part}: {_gib(need)}), more than the limit of "
+                                     f"{_gib(MAX_FIXED_INDEX_BYTES)}; use fewer lists or fewer bits", total)
 
 
 def _check_factory_numbers(factory: str) -> None:

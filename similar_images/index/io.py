@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,24 @@ def index_nbytes(index: Any) -> int:
     return int(faiss.serialize_index(index).size)
 
 
+#: How Faiss words a write that ran out of space (it reports the C library's message in a RuntimeError).
+_FULL_MESSAGES = {os.strerror(errno.ENOSPC): errno.ENOSPC, os.strerror(errno.EDQUOT): errno.EDQUOT}
+
+
 def write_index(index: Any, path: str | Path) -> None:
-    """Atomically write a Faiss index."""
+    """Atomically write a Faiss index.
+
+    Raises:
+        DiskFullError: If the device ran out of space (the previous file, if any, is left as it was).
+    """
     with atomic_path(path) as tmp:
-        faiss.write_index(index, str(tmp))
+        try:
+            faiss.write_index(index, str(tmp))
+        except RuntimeError as exc:
+            code = next((c for m, c in _FULL_MESSAGES.items() if m in str(exc)), None)
+            if code is None:
+                raise
+            raise OSError(code, os.strerror(code), str(tmp)) from exc  # atomic_path turns it into DiskFullError
 
 
 def read_index(path: str | Path, *, mmap: bool = False) -> Any:

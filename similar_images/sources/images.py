@@ -22,7 +22,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ..errors import ConfigError, ImageLoadError, NoInputsError, SourceNotFoundError
+from .._util import io as _io
+from ..errors import ConfigError, ImageLoadError, InputFileError, NoInputsError, SourceNotFoundError
 from . import fastjpeg
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "ImageSource",
     "find_images",
     "read_file_list",
+    "MAX_FILE_LIST_BYTES",
     "collect_inputs",
     "file_signature",
     "normalize_path",
@@ -83,22 +85,59 @@ def find_images(root: str | os.PathLike[str], *, follow_symlinks: bool = False) 
     return found
 
 
+#: The largest file list read (about a million paths).
+MAX_FILE_LIST_BYTES = 256 * 2**20
+
+
+def _file_list_error(path: Path, reason: str) -> InputFileError:
+    return InputFileError(f"{path} is {reason}; expected a folder of images, or a text file (UTF-8) listing one "
+                          "image path per line", path=path, reason=reason)
+
+
 def read_file_list(path: str | os.PathLike[str]) -> list[Path]:
-    """Read a file list: one image path per line; blank lines and ``#`` comments ignored.
+    """Read a file list: one image path per line (UTF-8); blank lines and ``#`` comments ignored.
 
     Relative paths are taken from the list's own folder.
+
+    Raises:
+        SourceNotFoundError: If there is no such file.
+        InputFileError: If it is an image, not UTF-8 text, or not a regular readable file (a FIFO, a device, a
+            link loop), or larger than :data:`MAX_FILE_LIST_BYTES`.
     """
     path = Path(path).expanduser()
     base = normalize_path(path).parent
+    try:
+        with _io.open_regular(path, max_bytes=MAX_FILE_LIST_BYTES, error=InputFileError) as fh:
+            data = fh.read(MAX_FILE_LIST_BYTES + 1)
+    except FileNotFoundError:
+        raise SourceNotFoundError(f"No such folder or file list: {path}") from None
+    except InputFileError as exc:
+        raise _file_list_error(path, exc.reason) from None
+    if path.suffix.lower() in IMAGE_EXTENSIONS or _looks_like_image(data):
+        raise _file_list_error(path, "an image, not a folder or a file list (to use one image, list it in a file "
+                                     "list)")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise _file_list_error(path, f"binary data, not text (a NUL byte at offset {nul:,})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise _file_list_error(path, f"not UTF-8 text (byte {exc.start:,}, line {line:,})") from None
     out: list[Path] = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            p = Path(line).expanduser()
-            out.append(p if p.is_absolute() else (base / p))
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        p = Path(line).expanduser()
+        out.append(p if p.is_absolute() else (base / p))
     return out
+
+
+def _looks_like_image(data: bytes) -> bool:
+    """Whether ``data`` starts like an image file Pillow reads (JPEG, PNG, GIF, BMP, TIFF, WebP)."""
+    return data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")) \
+        or (data[:2] == b"BM" and data[6:10] == b"\x00" * 4) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
 _PILLOW_GUARD_LOCK = threading.Lock()
@@ -292,13 +331,14 @@ def collect_inputs(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[s
 
     Raises:
         SourceNotFoundError: If a folder or file list does not exist.
+        InputFileError: If what should be a file list is an image, not UTF-8 text, or not a regular file.
         NoInputsError: If no image is found.
     """
     if isinstance(inputs, (str, os.PathLike)):
         p = Path(inputs).expanduser()
         if p.is_dir():
             paths = find_images(p)
-        elif p.is_file():
+        elif p.exists() or p.is_symlink():  # a file list, or something read_file_list names (a FIFO, a loop)
             paths = read_file_list(p)
         else:
             raise SourceNotFoundError(f"No such folder or file list: {p}")

@@ -36,6 +36,7 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ from .folder import (
     write_items,
 )
 from .locking import database_lock
-from .manifest import MANIFEST, Counts, Manifest
+from .manifest import MANIFEST, Checksum, Counts, Manifest
 
 __all__ = [
     "BuildConfig",
@@ -491,21 +492,24 @@ def write_database(
     key = item_kind(kind).item_key
     db = prepare_new_database(db, force=force)
     dim = int(model["dim"])
-    n = 0
+    n, crc = 0, 0
     with _io.atomic_path(db / VECTORS) as tmp, open(tmp, "wb") as fh:
         for chunk in vector_chunks:
             arr = np.ascontiguousarray(chunk, dtype=np.float32)
             if arr.ndim != 2 or arr.shape[1] != dim:
                 raise ValueError(f"Vectors of shape {arr.shape} do not match the model dimension {dim}")
-            fh.write(_unit_rows(arr).tobytes())
+            data = _unit_rows(arr).tobytes()
+            fh.write(data)
+            crc = zlib.crc32(data, crc)
             n += len(arr)
     if n != len(items):
         (db / VECTORS).unlink(missing_ok=True)
         raise ValueError(f"Got {n} vectors for {len(items)} items")
-    write_items(db / ITEMS, key, items)
+    items_checksum = write_items(db / ITEMS, key, items)
     write_failures(db / FAILURES, failures)
     manifest = Manifest(kind=kind, model=dict(model),
                         files={"vectors": VECTORS, "items": ITEMS, "failures": FAILURES, "index": None},
+                        checksums={"vectors": Checksum(n, crc), "items": items_checksum},
                         counts=Counts(items=n, failed=len(failures)), extra=dict(extra or {}))
     manifest.save(db)
     logger.info("Wrote database %s: %d items, %d failures", db, n, len(failures))

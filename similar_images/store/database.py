@@ -15,10 +15,12 @@ next change, so a reader that read the old manifest can still open it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .._util import io as _io
+from .._util.io import disk_full
 from ..embed import (
     DEFAULT_TEXT_BACKEND,
     Embedder,
@@ -43,6 +47,7 @@ from ..errors import (
     DatabaseCorruptError,
     DatabaseError,
     DatabaseExistsError,
+    DatabaseFileError,
     DatabaseNotFoundError,
     UnknownIdError,
 )
@@ -71,10 +76,11 @@ from .folder import (
     open_vectors,
     read_failures,
     read_items,
+    vectors_crc32,
     write_failures,
 )
 from .locking import database_lock
-from .manifest import MANIFEST, IndexInfo, Manifest, now
+from .manifest import MANIFEST, Checksum, IndexInfo, Manifest, now
 
 __all__ = ["Database", "AddSummary", "BUILD_HINT"]
 
@@ -196,9 +202,11 @@ class Database:
             raise DatabaseError(f"{db / MANIFEST}: {exc} (was it written by a newer similar-images?)") from None
         dim, n = manifest.dim, manifest.counts.items
         _check_model_dim(db, manifest)
-        vectors = open_vectors(db / str(manifest.files["vectors"]), n, dim)
+        vectors = open_vectors(db / str(manifest.files["vectors"]), n, dim,
+                               checksum=manifest.checksums.get("vectors"))
         _check_unit_rows(db, manifest, vectors)
-        items = read_items(db / str(manifest.files["items"]), n, kind.item_key)
+        items = read_items(db / str(manifest.files["items"]), n, kind.item_key,
+                           checksum=manifest.checksums.get("items"))
         index = None
         if load_index and manifest.index is not None:
             index = _read_checked_index(db, manifest, mmap_index)
@@ -317,9 +325,10 @@ class Database:
         """
         key = item_kind(self.kind).normalize(item)
         if self._id_by_item is None:
-            self._id_by_item = {it: i for i, it in enumerate(self.items)}
+            # the live id of each item (one removed and added again has a live id besides its removed ones)
+            self._id_by_item = {it: i for i, it in enumerate(self.items) if not self._removed[i]}
         i = self._id_by_item.get(key)
-        if i is None or self._removed[i]:
+        if i is None:
             raise UnknownIdError(f"{item} is not in the database")
         return i
 
@@ -447,7 +456,7 @@ class Database:
         with database_lock(self.path):
             self._refresh()
             if skip_existing and len(items):
-                known = set(self.items)
+                known = self.live_items()
                 keep = [i for i, item in enumerate(items) if str(item) not in known]
                 if len(keep) < len(items):
                     vectors, items = vectors[keep], [items[i] for i in keep]
@@ -456,17 +465,24 @@ class Database:
             n_old = len(self.items)
             new_ids = list(range(n_old, n_old + len(items)))
             vpath = self.path / str(self.manifest.files["vectors"])
-            with open(vpath, "r+b") as fh:  # drop rows of an interrupted add, then append
-                fh.truncate(n_old * self.dim * 4)
-                fh.seek(0, os.SEEK_END)
-                fh.write(vectors.tobytes())
-                fh.flush()
-                os.fsync(fh.fileno())
-            append_items(self.path / str(self.manifest.files["items"]), self.item_key, [str(x) for x in items],
-                         keep=n_old)
+            vectors_checksum = self._extended_vectors_checksum(vectors)
+            try:
+                with open(vpath, "r+b") as fh:  # drop rows of an interrupted add, then append
+                    fh.truncate(n_old * self.dim * 4)
+                    fh.seek(0, os.SEEK_END)
+                    fh.write(vectors.tobytes())
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the rows beyond the manifest's count are ignored
+                    raise disk_full(vpath) from exc
+                raise
+            items_checksum = append_items(self.path / str(self.manifest.files["items"]), self.item_key,
+                                          [str(x) for x in items], keep=n_old)
             if failures:
                 write_failures(self.path / str(self.manifest.files["failures"]), self.failures + list(failures))
             manifest = self.manifest.copy()
+            manifest.checksums = {**manifest.checksums, "vectors": vectors_checksum, "items": items_checksum}
             manifest.counts.items = n_old + len(items)
             manifest.counts.failed += len(failures)
             index = self.index
@@ -482,11 +498,24 @@ class Database:
         logger.info("Added %d items to %s", len(new_ids), self.path)
         return new_ids
 
+    def live_items(self) -> set[str]:
+        """The items a search can return (removed ones left out: adding one of those again gives it a new id)."""
+        return {item for item, removed in zip(self.items, self._removed) if not removed}
+
+    def _extended_vectors_checksum(self, new: np.ndarray) -> Checksum:
+        """The vectors checksum once ``new`` rows are appended (the rows the current one does not cover, from a
+        database written before checksums or an add by an older version, are read for it first)."""
+        current = self.manifest.checksums.get("vectors")
+        rows, crc = (current.rows, current.crc32) if current else (0, 0)
+        crc = vectors_crc32(self.vectors, rows, len(self.items), crc)
+        return Checksum(len(self.items) + len(new), zlib.crc32(new.tobytes(), crc))
+
     def add(self, sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
             batch_size: int = 32, verbose: bool = False, engine: Any = None) -> AddSummary:
         """Embed new images (a folder, a file list or paths) and add them without retraining the index.
 
-        Images already in the database are skipped; unreadable ones are reported.
+        Images already in the database are skipped (a removed image is added again, under a new id); unreadable
+        ones are reported.
 
         Args:
             sources: A folder, a file list, or paths.
@@ -500,7 +529,7 @@ class Database:
         """
         if not item_kind(self.kind).files:
             raise ConfigError("add() takes image files; for a text database use add_vectors()")
-        known = set(self.items)
+        known = self.live_items()
         paths = [str(p) for p in collect_inputs(sources) if str(p) not in known]
         if not paths:
             return AddSummary(ids=[])
@@ -565,6 +594,8 @@ class Database:
             name = self.next_index_name()
             write_index(index, self.path / name)
             manifest.files["index"] = name
+            if manifest.index is not None:  # what `info` reports: the size now, not at the first build
+                manifest.index.figures["index_bytes"] = (self.path / name).stat().st_size
         manifest.save(self.path)
         self.manifest = manifest
         n = manifest.counts.items
@@ -717,9 +748,16 @@ def _read_checked_index(db: Path, manifest: Manifest, mmap: bool) -> Any:
     name = str(manifest.files["index"])
     ipath = db / name
     rebuild = f"; rebuild it with: similar-images build-index {db} --force"
-    if not ipath.exists():
+    if not (ipath.exists() or ipath.is_symlink()):
         _raise_if_moved_on(db, name)
         raise DatabaseCorruptError(f"Index file {ipath} named by the manifest is missing{rebuild}")
+    try:
+        _io.check_regular(ipath)
+    except FileNotFoundError:
+        _raise_if_moved_on(db, name)
+        raise DatabaseCorruptError(f"Index file {ipath} named by the manifest is missing{rebuild}") from None
+    except DatabaseFileError as exc:
+        raise DatabaseFileError(f"{exc}{rebuild}", path=ipath, reason=exc.reason) from None
     try:
         index = read_index(ipath, mmap=mmap)
     except (RuntimeError, MemoryError) as exc:

@@ -30,12 +30,13 @@ import numpy as np
 
 from .._util import io as _io
 from .._version import __version__
-from ..errors import DatabaseCorruptError, DatabaseError, DatabaseNotFoundError
+from ..errors import DatabaseCorruptError, DatabaseError, DatabaseFileError, DatabaseNotFoundError
 
 __all__ = [
     "MANIFEST",
     "FORMAT",
     "FORMAT_VERSION",
+    "Checksum",
     "Counts",
     "IndexInfo",
     "Manifest",
@@ -71,6 +72,25 @@ def _plain_file_name(name: Any) -> bool:
     """Whether ``name`` is the name of a file directly inside the database folder (no folder, no ``..``)."""
     return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
         and "\x00" not in name
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """The CRC-32 of the first ``rows`` rows of a data file (vectors) or lines (items), as committed.
+
+    The files only grow, so the checksum of a prefix stays valid: a manifest whose checksum covers fewer rows
+    than it counts (the rows an older version added) is verified on that prefix.
+    """
+
+    rows: int
+    crc32: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Checksum:
+        return cls(rows=int(d["rows"]), crc32=int(d["crc32"]))
+
+    def to_dict(self) -> dict[str, int]:
+        return {"rows": self.rows, "crc32": self.crc32}
 
 
 @dataclass
@@ -153,6 +173,8 @@ class Manifest:
         counts: The numbers.
         index: The index and its figures (``None``: no index, searches are exact).
         removed_ids: Ids removed (never returned by a search).
+        checksums: The checksum of each data file by role (``vectors``, ``items``); none in a database written
+            before checksums existed (it gets them at its next add).
         metric: ``"cosine"`` (L2-normalised vectors, inner product) or ``"l2"``.
         normalized: Whether the stored vectors are L2-normalised.
         created_at, updated_at: ISO 8601 times.
@@ -167,6 +189,7 @@ class Manifest:
     counts: Counts = field(default_factory=Counts)
     index: IndexInfo | None = None
     removed_ids: list[int] = field(default_factory=list)
+    checksums: dict[str, Checksum] = field(default_factory=dict)
     metric: str = "cosine"
     normalized: bool = True
     created_at: str = field(default_factory=now)
@@ -177,7 +200,7 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     _KEYS = ("format", "format_version", "kind", "created_at", "updated_at", "model", "metric", "normalized", "files",
-             "counts", "removed_ids", "index", "versions")
+             "checksums", "counts", "removed_ids", "index", "versions")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -215,6 +238,7 @@ class Manifest:
                 counts=Counts.from_dict(d.get("counts", {})),
                 index=IndexInfo.from_dict(d["index"]) if d.get("index") else None,
                 removed_ids=[int(i) for i in d.get("removed_ids", [])],
+                checksums={str(k): Checksum.from_dict(v) for k, v in dict(d.get("checksums") or {}).items()},
                 metric=str(d.get("metric", "cosine")),
                 normalized=bool(d.get("normalized", True)),
                 created_at=str(d.get("created_at", "")),
@@ -241,6 +265,7 @@ class Manifest:
             "metric": self.metric,
             "normalized": self.normalized,
             "files": self.files,
+            **({"checksums": {k: v.to_dict() for k, v in self.checksums.items()}} if self.checksums else {}),
             "counts": self.counts.to_dict(),
             "removed_ids": list(self.removed_ids),
             "index": self.index.to_dict() if self.index else None,
@@ -273,6 +298,10 @@ class Manifest:
             raise DatabaseCorruptError(f"{where} has negative counts ({c.to_dict()}); rebuild the database")
         if self.removed_ids and (min(self.removed_ids) < 0 or max(self.removed_ids) >= c.items):
             raise DatabaseCorruptError(f"{where} lists removed ids outside 0..{c.items - 1}; rebuild the database")
+        for role, ck in self.checksums.items():
+            if not 0 <= ck.rows <= c.items or not 0 <= ck.crc32 < 2**32:
+                raise DatabaseCorruptError(f"{where} records an impossible {role} checksum ({ck.to_dict()} for "
+                                           f"{c.items} items); rebuild the database")
         for role, name in self.files.items():
             if name is not None and not _plain_file_name(name):
                 raise DatabaseCorruptError(f"{where} names {name!r} as its {role} file; a database's files are plain "
@@ -299,12 +328,21 @@ class Manifest:
             DatabaseError: If it is another format, or too new.
         """
         path = Path(folder).expanduser() / MANIFEST
-        if not path.exists():
+        if not (path.exists() or path.is_symlink()):
             raise DatabaseNotFoundError(f"No database at {path.parent} (no {MANIFEST}).{build_hint}")
         try:
             data = _io.read_json(path)
+        except FileNotFoundError:  # a link to nothing, or removed meanwhile
+            raise DatabaseNotFoundError(f"No database at {path.parent} ({MANIFEST} is a link to nothing, or was "
+                                        f"removed).{build_hint}") from None
+        except DatabaseFileError as exc:
+            raise DatabaseFileError(f"{exc}; a manifest is a small JSON file: rebuild the database", path=path,
+                                    reason=exc.reason) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DatabaseCorruptError(f"{path} is not valid JSON ({exc}); rebuild the database") from exc
+            raise DatabaseCorruptError(f"{path} is not valid JSON ({exc}); rebuild the database") from None
+        except ValueError as exc:  # beyond the bounds: too deep, 1e400, NaN
+            raise DatabaseFileError(f"{path} is damaged (its JSON is {exc}); rebuild the database", path=path,
+                                    reason=str(exc)) from None
         if not isinstance(data, dict):
             raise DatabaseCorruptError(f"{path} does not hold a JSON object; rebuild the database")
         if data.get("format") != fmt:
