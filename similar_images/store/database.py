@@ -77,6 +77,7 @@ from .folder import (
     read_failures,
     read_items,
     vectors_crc32,
+    verify_vectors,
     write_failures,
 )
 from .locking import database_lock
@@ -202,9 +203,10 @@ class Database:
             raise DatabaseError(f"{db / MANIFEST}: {exc} (was it written by a newer similar-images?)") from None
         dim, n = manifest.dim, manifest.counts.items
         _check_model_dim(db, manifest)
-        vectors = open_vectors(db / str(manifest.files["vectors"]), n, dim,
-                               checksum=manifest.checksums.get("vectors"))
-        _check_unit_rows(db, manifest, vectors)
+        vpath = db / str(manifest.files["vectors"])
+        vectors = open_vectors(vpath, n, dim)
+        _check_unit_rows(db, manifest, vectors)  # first: it says when the dimension is what is wrong
+        verify_vectors(vpath, vectors, manifest.checksums.get("vectors"))
         items = read_items(db / str(manifest.files["items"]), n, kind.item_key,
                            checksum=manifest.checksums.get("items"))
         index = None
@@ -596,7 +598,12 @@ class Database:
             manifest.files["index"] = name
             if manifest.index is not None:  # what `info` reports: the size now, not at the first build
                 manifest.index.figures["index_bytes"] = (self.path / name).stat().st_size
-        manifest.save(self.path)
+        try:
+            manifest.save(self.path)
+        except BaseException:
+            if index is not None:  # no manifest names it (a full disk): the generation is dropped
+                (self.path / str(manifest.files["index"])).unlink(missing_ok=True)
+            raise
         self.manifest = manifest
         n = manifest.counts.items
         if len(self.items) != n:
