@@ -147,7 +147,7 @@ def shard_done(partial: Path, shard: int) -> bool:
         return False
     try:
         info = _io.read_json(meta)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, ValueError, DatabaseError):  # damaged, or not a regular file: _valid_shard says which
         return False
     return (partial / info["vectors"]).exists()
 
@@ -378,12 +378,13 @@ def _valid_shard(job: BuildJob, shard: int) -> bool:
         positions = [int(i) for i in ok] + [int(i) for i, _ in failures]
         if sorted(positions) != list(job.shard_items(shard)):
             raise ValueError("its positions are not those of the shard")
+        _io.check_regular(job.partial / name)  # a FIFO would hang np.load
         vectors = np.load(job.partial / name, mmap_mode="r", allow_pickle=False)
         if vectors.dtype != np.float32 or vectors.shape != (len(ok), job.dim):
             raise ValueError(f"vectors of shape {vectors.shape} ({vectors.dtype}) for {len(ok)} items")
     except FileNotFoundError:
         return False
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, DatabaseError) as exc:
         logger.warning("Shard %d of the interrupted build in %s is damaged (%s); embedding it again", shard,
                        job.partial, exc)
         meta_path.unlink(missing_ok=True)
