@@ -24,6 +24,7 @@ from helpers import plugin_env
 from similar_images import Database, IndexConfig, write_database
 from similar_images.cli import main
 from similar_images.embed import l2_normalize
+from similar_images.errors import UnknownIdError
 
 TINY = {"name": "tiny", "dim": 16, "layer": "dense", "weights": "random", "seed": 0}
 INDEX = "index-0001.faiss"
@@ -400,6 +401,12 @@ def test_a_removed_image_can_be_added_again(pristine: dict[str, Path], tmp_path:
     assert found.exit_code == 0, found.output
     assert json.loads(found.output)["results"][0]["id"] == 40
     assert runner.invoke(main, ["add", str(db), str(listed), "-q"]).output.startswith("Added 0 images")
+    live = Database.open(db)  # the same object through remove and add: its path lookup follows
+    live.id_of(image)
+    live.remove([image])
+    with pytest.raises(UnknownIdError):
+        live.id_of(image)
+    assert live.add([image]).ids == [41] and live.id_of(image) == 41
 
 
 def test_info_reports_the_index_size_after_add_and_remove(pristine: dict[str, Path], tmp_path: Path,

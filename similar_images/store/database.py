@@ -330,7 +330,7 @@ class Database:
             # the live id of each item (one removed and added again has a live id besides its removed ones)
             self._id_by_item = {it: i for i, it in enumerate(self.items) if not self._removed[i]}
         i = self._id_by_item.get(key)
-        if i is None:
+        if i is None or self._removed[i]:
             raise UnknownIdError(f"{item} is not in the database")
         return i
 
@@ -597,7 +597,10 @@ class Database:
             write_index(index, self.path / name)
             manifest.files["index"] = name
             if manifest.index is not None:  # what `info` reports: the size now, not at the first build
-                manifest.index.figures["index_bytes"] = (self.path / name).stat().st_size
+                stem = Path(name).stem  # with its on-disk inverted lists, if any
+                manifest.index.figures["index_bytes"] = sum(
+                    (self.path / f"{stem}{suffix}").stat().st_size for suffix in (".faiss", ".ivfdata")
+                    if (self.path / f"{stem}{suffix}").exists())
         try:
             manifest.save(self.path)
         except BaseException:
@@ -609,8 +612,8 @@ class Database:
         if len(self.items) != n:
             self.items = read_items(self.path / str(manifest.files["items"]), n, self.item_key)
             self.vectors = open_vectors(self.path / str(manifest.files["vectors"]), n, self.dim)
-            self._id_by_item = None
         self._removed = self._removed_mask(manifest, n)
+        self._id_by_item = None  # the live id of an item changes when it is removed or added again
         if index is not None:
             self.index = index
             keep = {Path(str(n)).stem for n in (manifest.files["index"], previous) if n}
