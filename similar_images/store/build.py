@@ -421,7 +421,7 @@ def _load_or_create_plan(partial: Path, items: list[str], settings: dict[str, An
             saved_items = _read_plan_items(partial / _PLAN_ITEMS)
             if len(saved_items) != saved.get("n"):
                 raise ValueError(f"{partial / _PLAN_ITEMS} is damaged")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, DatabaseError) as exc:
             saved, saved_items = None, None
             logger.warning("The plan of the interrupted build in %s is unreadable (%s); starting over", partial, exc)
         if saved is not None and saved_items is not None and saved.get("settings") == settings:
@@ -447,8 +447,8 @@ def _load_or_create_plan(partial: Path, items: list[str], settings: dict[str, An
 
 
 def _read_plan_items(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as fh:
-        items = [json.loads(line) for line in fh]
+    with _io.open_regular(path) as fh:  # a FIFO or a device is refused, not read forever
+        items = [json.loads(line.decode("utf-8")) for line in fh]
     if not all(isinstance(item, str) for item in items):
         raise ValueError(f"{path} is damaged")
     return items
