@@ -26,7 +26,7 @@ dressing them up as user messages.
     |   |-- DatabaseCorruptError           a file of the database cannot be read or contradicts the manifest
     |   |   `-- DatabaseFileError          a database file is a folder, a FIFO, a device, a link loop, unreadable,
     |   |                                  too large, or JSON beyond the limits (too deep, 1e400)
-    |   `-- DiskFullError                  no space left while writing a database file (the database is unchanged)
+    |   `-- DiskFullError (OSError)        no space left while writing a file (the database is unchanged)
     |-- IndexTrainingError (ValueError)    too few vectors, or an invalid index description
     |   `-- IndexDescriptionError          an index description too long, or sizes needing too much memory
     |-- WeightsError                       model weights cannot be downloaded or loaded
@@ -176,16 +176,23 @@ class DatabaseFileError(DatabaseCorruptError):
         self.reason = reason
 
 
-class DiskFullError(DatabaseError):
-    """No space (or quota) was left on the device while a database file was written; the database is unchanged.
+class DiskFullError(DatabaseError, OSError):
+    """No space (or quota) was left on the device while a file was written; the file (and the database it belongs
+    to) is unchanged. An :class:`OSError` too, with the ``errno`` and ``filename`` of the failed write, so that code
+    that catches a failed write still does.
 
     Attributes:
         path: The file being written.
     """
 
-    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, errno: int | None = None) -> None:
         super().__init__(message)
         self.path = path
+        self.errno = errno
+        self.filename = None if path is None else os.fspath(path)
+
+    def __str__(self) -> str:  # OSError would show the errno and file name again
+        return str(self.args[0]) if self.args else ""
 
 
 class IndexTrainingError(SimilarImagesError, ValueError):

@@ -101,7 +101,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     except OSError as exc:
         if exc.errno in _FULL:
-            raise disk_full(dest) from exc
+            raise disk_full(dest, exc.errno) from exc
         raise
     os.close(fd)
     tmp = Path(tmp_name)
@@ -119,16 +119,17 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(exc, OSError) and exc.errno in _FULL:
-            raise disk_full(dest) from exc
+        if isinstance(exc, OSError) and exc.errno in _FULL and not isinstance(exc, DiskFullError):
+            raise disk_full(dest, exc.errno) from exc
         raise
 
 
-def disk_full(path: str | os.PathLike[str]) -> DiskFullError:
-    """The error for a write of ``path`` that ran out of space (or quota)."""
+def disk_full(path: str | os.PathLike[str], code: int = errno.ENOSPC) -> DiskFullError:
+    """The error for a write of ``path`` that ran out of space (``ENOSPC``) or quota (``EDQUOT``)."""
     path = Path(path)
-    return DiskFullError(f"No space left on the device to write {path}: free some space and run it again "
-                         "(the database is unchanged)", path=path)
+    what = "quota" if code == errno.EDQUOT else "space"
+    return DiskFullError(f"No {what} left on the device to write {path}; nothing was changed (files are replaced "
+                         "whole or not at all): free some space and run it again", path=path, errno=code)
 
 
 def write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:

@@ -477,7 +477,7 @@ class Database:
                     os.fsync(fh.fileno())
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the rows beyond the manifest's count are ignored
-                    raise disk_full(vpath) from exc
+                    raise disk_full(vpath, exc.errno) from exc
                 raise
             items_checksum = append_items(self.path / str(self.manifest.files["items"]), self.item_key,
                                           [str(x) for x in items], keep=n_old)
