@@ -15,7 +15,7 @@ are ignored. Every file is written to a temporary name, flushed and renamed.
 The manifest records a CRC-32 of the committed rows of ``vectors.f32`` and of
 the committed lines of ``items.jsonl`` (``checksums``), extended at every
 commit that adds rows; opening a database verifies both in full (the vectors
-are read once: about 25 ms for 40,000 x 512). A database written before
+are read once: 30 to 100 ms for 40,000 x 512). A database written before
 checksums existed opens without them and gets them at its next add.
 """
 
@@ -244,7 +244,7 @@ def open_vectors(path: Path, n: int, dim: int) -> np.ndarray:
 
 def verify_vectors(path: Path, vectors: np.ndarray, checksum: Checksum | None) -> None:
     """Check the first ``checksum.rows`` rows of ``vectors`` (read from ``path``) against the manifest's checksum
-    (it reads them: about 25 ms for 40,000 x 512, see ``benchmarks/bench_open.py``); nothing without one.
+    (it reads them: 30 to 100 ms for 40,000 x 512, see ``benchmarks/bench_open.py``); nothing without one.
 
     Raises:
         DatabaseCorruptError: If they do not match (a zeroed or bit-flipped file).
