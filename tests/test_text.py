@@ -310,7 +310,7 @@ def test_build_is_resumable_and_streams_chunks(tmp_path: Path, hash_encoder: dic
     np.testing.assert_array_equal(np.asarray(a.vectors), np.asarray(b.vectors))
     assert [r for _, r in a.failures] == ["empty text", "empty text"]
     assert a.manifest.model["name"] == "test-trigrams"
-    with pytest.raises(DatabaseExistsError, match="--force"):
+    with pytest.raises(DatabaseExistsError, match="force=True"):
         build_text_database(texts, db, cfg)
 
 

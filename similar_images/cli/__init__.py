@@ -20,8 +20,12 @@ from .._version import __version__
 def main() -> None:
     """Find similar images (and short texts) with Keras features and Faiss indexes.
 
-    Typical use: ``similar-images extract IMAGES DB`` then
-    ``similar-images build-index DB`` then ``similar-images search DB QUERY``.
+    Typical use:
+
+    \b
+      similar-images extract IMAGES DB
+      similar-images build-index DB
+      similar-images search DB QUERY
 
     Custom models: set SIMILAR_IMAGES_PLUGINS to a comma-separated list of
     modules that call similar_images.embed.register_model on import.

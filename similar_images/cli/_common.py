@@ -15,7 +15,13 @@ import click
 
 from ..embed.backends import BACKENDS, PRECISIONS
 from ..engines.spark import SparkEngine, build_index_spark
-from ..errors import SimilarImagesError
+from ..errors import (
+    DatabaseExistsError,
+    IndexExistsError,
+    IndexNotBuiltError,
+    InterruptedBuildError,
+    SimilarImagesError,
+)
 from ..index import DEFAULT_RERANK, BuildReport, IndexConfig
 from ..search import Results
 from ..sources.texts import shorten
@@ -46,16 +52,36 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except SimilarImagesError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(cli_message(exc)) from exc
         except PermissionError as exc:
             raise click.ClickException(f"Permission denied: {exc.filename or exc}") from exc
 
     return wrapper  # type: ignore[return-value]
 
 
+def cli_message(exc: SimilarImagesError) -> str:
+    """The message of a library error, with the command line's advice (its flags) where the error carries the data.
+
+    The library describes the problem in its own terms (``force=True``); the options that fix it are the CLI's.
+    """
+    if isinstance(exc, IndexExistsError):
+        return f"{exc.path} already has an index ({exc.factory}); pass --force to rebuild it"
+    if isinstance(exc, DatabaseExistsError) and exc.path is not None:
+        return f"A database already exists at {exc.path}. Choose another folder, or pass --force to replace it."
+    if isinstance(exc, InterruptedBuildError):
+        return (f"{exc.path} holds an interrupted build with other settings ({exc.settings}), {exc.shards} shard(s) "
+                "done. Re-run with the same options to resume it, or pass --force to start over.")
+    if isinstance(exc, IndexNotBuiltError):
+        return f"{exc.path} has no index; run 'similar-images build-index {exc.path}' first, or use --index flat"
+    return str(exc)
+
+
 def parse_query(query: str, by_id: bool, *, guess: bool = False) -> str | int:
-    """A QUERY argument: the text as given, or with ``--id`` the database id it names (with ``guess``, digits that
-    name no file are an id too)."""
+    """A QUERY argument: the text as given, or with ``--id`` the database id it names.
+
+    With ``guess`` (an image query: ``search`` of an image database, ``explain``), digits that name no file are an
+    id too, so ``search DB 128`` and ``explain DB 128 40`` read ``128`` the same way.
+    """
     if not by_id and not (guess and query.isdigit() and not Path(query).exists()):
         return query
     try:
@@ -158,7 +184,9 @@ def search_options(func: F) -> F:
     """The options every search command shares (results, exact search, per-query index settings, re-ranking)."""
     options = [
         click.option("-k", default=8, show_default=True, type=click.IntRange(1, 10_000), help="Number of results."),
-        click.option("--id", "by_id", is_flag=True, help="QUERY is a database id (reuses its stored vector)."),
+        click.option("--id", "by_id", is_flag=True,
+                     help="QUERY is a database id (reuses its stored vector); for images, a QUERY of digits that "
+                          "names no file is taken as an id anyway."),
         click.option("--exact", is_flag=True, help="Exact search over all vectors instead of the index."),
         click.option("--nprobe", type=click.IntRange(1), default=None, help="IVF lists to visit for this query."),
         click.option("--rerank", type=click.IntRange(0), default=DEFAULT_RERANK, show_default=True,

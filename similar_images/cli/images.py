@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..embed import DEFAULT_MODEL, available_models, get_model_spec
+from ..embed import DEFAULT_MODEL, available_models, get_model_spec, item_kind
 from ..embed.backends import BACKENDS, DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, PRECISION_CHOICES, PRECISIONS
 from ..index import IndexConfig
 from ..sources.images import DEFAULT_MAX_PIXELS
@@ -157,15 +157,16 @@ def register(group: click.Group) -> None:
                allow_backend_mismatch: bool, as_json: bool) -> None:
         """Find the images (or texts) in DB most similar to QUERY.
 
-        QUERY is an image path, an http(s) URL, or with --id a database id;
-        for a text database, the query text.
+        QUERY is an image path, an http(s) URL, or a database id (digits
+        that name no file, or any QUERY with --id); for a text database, the
+        query text.
 
         Example: similar-images search photos-db cat.jpg -k 8
         """
         configure_logging(0, True)
         database = Database.open(db, weights=weights, backend=backend, precision=precision,
                                  allow_backend_mismatch=allow_backend_mismatch)
-        q = parse_query(query, by_id)
+        q = parse_query(query, by_id, guess=bool(item_kind(database.kind).files))
         results = database.search(q, k, exact=exact, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
         echo_results(results, as_json)
 

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from .._util import io as _io
 from .._util.locks import LockTimeoutError, file_lock
 from ..embed import Embedder, embedder_from_info, item_kind, l2_normalize
-from ..errors import ConfigError, DatabaseError, InputError
+from ..errors import ConfigError, DatabaseError, InputError, InterruptedBuildError
 from .folder import (
     FAILURES,
     ITEMS,
@@ -425,15 +425,12 @@ def _load_or_create_plan(partial: Path, items: list[str], settings: dict[str, An
         if saved is not None and saved_items is not None and saved.get("settings") == settings:
             if saved.get("digest") != digest:
                 logger.warning("The input changed since the interrupted run; resuming with the saved list of %d "
-                               "items (pass --force to start over with the new input)", len(saved_items))
+                               "items (a forced build starts over with the new input)", len(saved_items))
             return saved_items
         committed = _committed_shards(partial)
         if saved is not None and committed:
             shown = {k: v for k, v in (saved.get("settings") or {}).items()}
-            raise DatabaseError(
-                f"{partial.parent} holds an interrupted build with other settings ({shown}), {committed} shard(s) "
-                "done. Re-run with the same options to resume it, or pass --force (force=True) to start over."
-            )
+            raise InterruptedBuildError(partial.parent, shown, committed)
         logger.info("Replacing the plan of an interrupted build that committed nothing (settings changed)")
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
@@ -553,7 +550,7 @@ def build_database(
 
     Raises:
         DatabaseExistsError: If a database already exists at ``db_path`` and ``force`` is false.
-        DatabaseError: If an interrupted build with other settings is found.
+        InterruptedBuildError: If an interrupted build with other settings is found.
     """
     config = config or BuildConfig()
     db = Path(db_path).expanduser()
