@@ -283,7 +283,10 @@ class LocalEngine:
     def run(self, job: BuildJob, shards: Sequence[int], embedder: Embedder | None,
             progress: Callable[[int], None]) -> None:
         emb = embedder if embedder is not None else job.make_embedder()
-        batches = self._batches(job, shards, emb, progress)
+        # An embedder that reports per model call (a text chunk is many calls) advances the bar as it embeds;
+        # otherwise an item counts once prepared (decoding is the slow part of an image, and runs ahead).
+        per_call = bool(getattr(emb, "reports_progress", False))
+        batches = self._batches(job, shards, emb, progress, count_prepared=not per_call)
         embed_batches = getattr(emb, "embed_batches", None)
         pending: collections.deque[_Batch] = collections.deque()
         shard_vecs: list[np.ndarray] = []
@@ -308,7 +311,12 @@ class LocalEngine:
                 shard_ok.clear()
                 shard_fail.clear()
 
-        outputs = embed_batches(feed()) if embed_batches is not None else (emb.embed_prepared(p) for p in feed())
+        if embed_batches is not None:
+            outputs = embed_batches(feed())
+        elif per_call:
+            outputs = (emb.embed_prepared(p, progress=progress) for p in feed())  # type: ignore[call-arg]
+        else:
+            outputs = (emb.embed_prepared(p) for p in feed())
         for vecs in outputs:
             while pending and not pending[0].prepared:
                 finish(pending.popleft(), None)
@@ -316,8 +324,8 @@ class LocalEngine:
         while pending:  # trailing batches without items to embed (all failed)
             finish(pending.popleft(), None)
 
-    def _batches(self, job: BuildJob, shards: Sequence[int], emb: Embedder,
-                 progress: Callable[[int], None]) -> Iterator[_Batch]:
+    def _batches(self, job: BuildJob, shards: Sequence[int], emb: Embedder, progress: Callable[[int], None],
+                 *, count_prepared: bool = True) -> Iterator[_Batch]:
         positions = (p for s in shards for p in job.shard_items(s))
         prepared = self._prepared(job, emb, positions)
         batch: _Batch | None = None
@@ -331,10 +339,12 @@ class LocalEngine:
             if err is not None:
                 logger.debug("Skipping %s: %s", job.items[pos], err)
                 batch.failures.append((pos, err))
+                progress(1)  # a failed item is done
             else:
                 batch.positions.append(pos)
                 batch.prepared.append(value)
-            progress(1)
+                if count_prepared:
+                    progress(1)
         if batch is not None:
             batch.last = True
             yield batch
@@ -580,7 +590,7 @@ def build_database(
         t0 = time.perf_counter()
         if todo:
             with tqdm(total=len(items), initial=done_before, unit=config.unit, desc=f"embed {info['name']}",
-                      disable=not config.verbose, smoothing=0.1) as bar:
+                      disable=not config.verbose, smoothing=0.1, miniters=1) as bar:
 
                 def progress(n: int) -> None:
                     nonlocal processed
