@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import ROOT
-from helpers import plugin_env
+from helpers import plugin_env, running_process
 
 from similar_images import write_database
 from similar_images.cli import main
@@ -127,7 +128,10 @@ def test_data_scripts_are_thin_wrappers(tmp_path: Path) -> None:
         assert f"{command} [OPTIONS]" in out.stdout
     out = subprocess.run(["bash", str(ROOT / "data_scripts" / "quickstart.sh"), "--help"], capture_output=True,
                          text=True, check=True)
-    assert "--images" in out.stdout
+    assert "--images" in out.stdout and "--backend" in out.stdout and "--precision" in out.stdout
+    # only the help: the comment block without its '#', no line of the script itself
+    assert out.stdout.startswith("One command") and not out.stderr, out.stdout
+    assert "set -euo" not in out.stdout and "cd " not in out.stdout and "#" not in out.stdout, out.stdout
 
 
 def test_cli_logging_shows_our_progress_not_faiss_loader_lines() -> None:
@@ -292,3 +296,27 @@ def test_a_malformed_url_query_is_a_one_line_error(tmp_path: Path, tiny_model: s
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "malformed" in lines[0], r.output
+
+
+@pytest.mark.slow
+def test_quickstart_prints_the_address_voila_serves_on_and_passes_the_precision(tmp_path: Path,
+                                                                                 synthetic_images: Path) -> None:
+    """With its port taken, Voila serves on another one: the quickstart announces that one (it used to print 8866
+    whatever Voila did), and --precision reaches 'similar-images extract'."""
+    announced = re.compile(r"==> The app: open http://localhost:(\d+)/ in a browser")
+    log = tmp_path / "quickstart.log"
+    db = tmp_path / "db"
+    cmd = ["bash", str(ROOT / "data_scripts" / "quickstart.sh"), "--no-install", "--images", str(synthetic_images),
+           "--model", "tiny", "--weights", "random", "--precision", "bf16", "--db", str(db)]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with running_process([*cmd, "--port", str(port)], ready=lambda: bool(announced.search(log.read_text())),
+                             log=log, env=plugin_env(), cwd=tmp_path, timeout=400):
+            text = log.read_text()
+            served = int(announced.search(text).group(1))
+            assert served != port and f"Voilà is running at:\nhttp://localhost:{served}/" in text, text[-2000:]
+            with socket.create_connection(("127.0.0.1", served), timeout=10):
+                pass  # Voila listens where the quickstart says
+    assert '"requested_precision": "bf16"' in (db / "manifest.json").read_text()
