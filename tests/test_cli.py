@@ -247,6 +247,8 @@ def test_a_bare_number_is_an_id_in_search_as_in_explain(tmp_path: Path, monkeypa
     r = runner.invoke(main, ["search", str(db), "7", "-k", "3", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["results"][0]["id"] == 7
+    r = runner.invoke(main, ["search", str(db), "128"])
+    assert r.exit_code == 1 and "Unknown id 128" in r.output and "no image file is named '128'" in r.output
     # The same rule as explain's: digits naming an existing file are that file.
     assert parse_query("7", False, guess=True) == 7
     (tmp_path / "7").write_bytes(b"not an image")

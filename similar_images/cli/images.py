@@ -9,6 +9,7 @@ import click
 
 from ..embed import DEFAULT_MODEL, available_models, get_model_spec, item_kind
 from ..embed.backends import BACKENDS, DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, PRECISION_CHOICES, PRECISIONS
+from ..errors import UnknownIdError
 from ..index import IndexConfig
 from ..sources.images import DEFAULT_MAX_PIXELS
 from ..store import Database, ExtractConfig, extract_features
@@ -167,7 +168,12 @@ def register(group: click.Group) -> None:
         database = Database.open(db, weights=weights, backend=backend, precision=precision,
                                  allow_backend_mismatch=allow_backend_mismatch)
         q = parse_query(query, by_id, guess=bool(item_kind(database.kind).files))
-        results = database.search(q, k, exact=exact, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
+        try:
+            results = database.search(q, k, exact=exact, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
+        except UnknownIdError as exc:
+            if by_id or not isinstance(q, int):
+                raise
+            raise click.ClickException(f"{exc}; no image file is named {query!r} either") from exc
         echo_results(results, as_json)
 
     @group.command()
