@@ -21,10 +21,10 @@ dressing them up as user messages.
     |   `-- FetchError                     a well-formed URL could not be fetched (network, status, not an image)
     |-- DatabaseError                      a database folder is missing, incomplete or inconsistent
     |   |-- DatabaseNotFoundError (FileNotFoundError)
-    |   |-- DatabaseExistsError (FileExistsError)
-    |   |   `-- IndexExistsError           the database already has an index
-    |   |-- InterruptedBuildError          an interrupted build with other settings is in the folder
+    |   |-- InterruptedBuildError          the folder holds an interrupted build made with other settings
     |   |-- IndexNotBuiltError             the database has no index yet
+    |   |-- IndexExistsError (a DatabaseExistsError)  the database already has an index
+    |   |-- DatabaseExistsError (FileExistsError)
     |   `-- DatabaseCorruptError           a file of the database cannot be read or contradicts the manifest
     |-- IndexTrainingError (ValueError)    too few vectors, or an invalid index description
     |-- WeightsError                       model weights cannot be downloaded or loaded
@@ -45,8 +45,7 @@ by type.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import os
 
 __all__ = [
     "SimilarImagesError",
@@ -62,10 +61,10 @@ __all__ = [
     "FetchError",
     "DatabaseError",
     "DatabaseNotFoundError",
-    "DatabaseExistsError",
-    "IndexExistsError",
     "InterruptedBuildError",
     "IndexNotBuiltError",
+    "IndexExistsError",
+    "DatabaseExistsError",
     "DatabaseCorruptError",
     "IndexTrainingError",
     "WeightsError",
@@ -142,7 +141,7 @@ class DatabaseExistsError(DatabaseError, FileExistsError):
         path: The folder that already holds a database (``None`` where the message alone tells).
     """
 
-    def __init__(self, message: str, *, path: Path | None = None) -> None:
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
         super().__init__(message)
         self.path = path
 
@@ -158,7 +157,7 @@ class IndexExistsError(DatabaseExistsError):
         factory: The index description of the existing index.
     """
 
-    def __init__(self, path: Path, factory: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], factory: str) -> None:
         super().__init__(f"{path} already has an index ({factory}); building another one needs force=True",
                          path=path)
         self.factory = factory
@@ -173,7 +172,7 @@ class InterruptedBuildError(DatabaseError):
         shards: How many shards it committed.
     """
 
-    def __init__(self, path: Path, settings: dict[str, Any], shards: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], settings: dict[str, object], shards: int) -> None:
         super().__init__(f"{path} holds an interrupted build with other settings ({settings}), {shards} shard(s) "
                          "done; the same settings resume it, force=True starts over")
         self.path, self.settings, self.shards = path, settings, shards
@@ -186,7 +185,7 @@ class IndexNotBuiltError(DatabaseError):
         path: The database folder.
     """
 
-    def __init__(self, path: Path, what: str = "this") -> None:
+    def __init__(self, path: str | os.PathLike[str], what: str = "this") -> None:
         super().__init__(f"{path} has no index yet; {what} needs one")
         self.path = path
 

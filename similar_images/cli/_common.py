@@ -21,6 +21,7 @@ from ..errors import (
     IndexNotBuiltError,
     InterruptedBuildError,
     SimilarImagesError,
+    UnknownIdError,
 )
 from ..index import DEFAULT_RERANK, BuildReport, IndexConfig
 from ..search import Results
@@ -77,11 +78,8 @@ def cli_message(exc: SimilarImagesError) -> str:
 
 
 def parse_query(query: str, by_id: bool, *, guess: bool = False) -> str | int:
-    """A QUERY argument: the text as given, or with ``--id`` the database id it names.
-
-    With ``guess`` (an image query: ``search`` of an image database, ``explain``), digits that name no file are an
-    id too, so ``search DB 128`` and ``explain DB 128 40`` read ``128`` the same way.
-    """
+    """A QUERY argument: the text as given, or with ``--id`` the database id it names (with ``guess``, digits that
+    name no file are an id too)."""
     if not by_id and not (guess and query.isdigit() and not Path(query).exists()):
         return query
     try:
@@ -212,3 +210,18 @@ def echo_results(results: Results, as_json: bool) -> None:
                                                                  if k != "exact")
     click.echo(f"({len(results)} results, search {results.search_ms:.2f} ms, total {results.total_ms:.0f} ms, "
                f"{mode or 'index defaults'})")
+
+
+def search_query(database: Database, query: str, by_id: bool, k: int, **options: Any) -> Results:
+    """Search ``database`` for a QUERY argument.
+
+    In an image database, digits that name no file are an id, as in ``explain`` (``search DB 128`` and
+    ``explain DB 128 40`` read ``128`` the same way); in a text database they are text unless ``--id`` is given.
+    """
+    q = parse_query(query, by_id, guess=database.item_key == "path")
+    try:
+        return database.search(q, k, **options)
+    except UnknownIdError as exc:
+        if by_id or not isinstance(q, int):
+            raise
+        raise click.ClickException(f"{exc}; no image file is named {query!r} either") from exc

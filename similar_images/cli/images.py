@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..embed import DEFAULT_MODEL, available_models, get_model_spec, item_kind
+from ..embed import DEFAULT_MODEL, available_models, get_model_spec
 from ..embed.backends import BACKENDS, DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, PRECISION_CHOICES, PRECISIONS
-from ..errors import UnknownIdError
 from ..index import IndexConfig
 from ..sources.images import DEFAULT_MAX_PIXELS
 from ..store import Database, ExtractConfig, extract_features
@@ -21,10 +20,10 @@ from ._common import (
     handle_errors,
     index_build_options,
     make_engine,
-    parse_query,
     query_backend_options,
     run_build_index,
     search_options,
+    search_query,
 )
 
 WEIGHTS_HELP = (
@@ -167,13 +166,8 @@ def register(group: click.Group) -> None:
         configure_logging(0, True)
         database = Database.open(db, weights=weights, backend=backend, precision=precision,
                                  allow_backend_mismatch=allow_backend_mismatch)
-        q = parse_query(query, by_id, guess=bool(item_kind(database.kind).files))
-        try:
-            results = database.search(q, k, exact=exact, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
-        except UnknownIdError as exc:
-            if by_id or not isinstance(q, int):
-                raise
-            raise click.ClickException(f"{exc}; no image file is named {query!r} either") from exc
+        results = search_query(database, query, by_id, k, exact=exact, nprobe=nprobe, ef_search=ef_search,
+                               rerank=rerank)
         echo_results(results, as_json)
 
     @group.command()
