@@ -13,6 +13,7 @@ import os
 import click
 
 from .._version import __version__
+from ..embed.tf_import import quiet_tensorflow
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,6 +31,7 @@ def main() -> None:
     Custom models: set SIMILAR_IMAGES_PLUGINS to a comma-separated list of
     modules that call similar_images.embed.register_model on import.
     """
+    quiet_tensorflow()  # before the plugins: one may import Keras at the top
     load_plugins()
 
 

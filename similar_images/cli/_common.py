@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from ..embed.backends import BACKENDS, PRECISIONS
+from ..embed.tf_import import quiet_tensorflow
 from ..engines.spark import SparkEngine, build_index_spark
 from ..errors import (
     DatabaseExistsError,
@@ -38,8 +38,7 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     # Other libraries' INFO lines (e.g. faiss.loader's four lines about CPU builds) are noise for a CLI user.
     for name in ("faiss", "faiss.loader"):
         logging.getLogger(name).setLevel(logging.WARNING if level == logging.INFO else logging.NOTSET)
-    # TensorFlow is chatty on import; keep its C++ logs to errors.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()  # TensorFlow is chatty on import (the user's own settings win)
 
 
 def handle_errors(func: F) -> F:
