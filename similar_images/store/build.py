@@ -285,9 +285,9 @@ class LocalEngine:
         emb = embedder if embedder is not None else job.make_embedder()
         # An embedder that reports per model call (a text chunk is many calls) advances the bar as it embeds;
         # otherwise an item counts once prepared (decoding is the slow part of an image, and runs ahead).
-        per_call = bool(getattr(emb, "reports_progress", False))
-        batches = self._batches(job, shards, emb, progress, count_prepared=not per_call)
         embed_batches = getattr(emb, "embed_batches", None)
+        per_call = embed_batches is None and bool(getattr(emb, "reports_progress", False))
+        batches = self._batches(job, shards, emb, progress, count_prepared=not per_call)
         pending: collections.deque[_Batch] = collections.deque()
         shard_vecs: list[np.ndarray] = []
         shard_ok: list[int] = []
