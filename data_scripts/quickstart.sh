@@ -1,44 +1,75 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to the running app:
-#   install -> get images -> extract features -> build the index -> open the app (Voila, http://localhost:8866).
+#   install -> get images -> extract features -> build the index -> open the app (Voila).
 #
 # Usage: bash data_scripts/quickstart.sh [--images DIR_OR_LIST] [--model NAME] [--weights W]
-#                                        [--db DIR] [--app voila|lab|notebook|none]
+#                                        [--backend keras|openvino] [--precision auto|fp32|bf16|int8]
+#                                        [--db DIR] [--app voila|lab|notebook|none] [--port N] [--no-install]
 # Defaults: download MS-COCO val2014 (6.2 GB) into data/coco, model vgg16-fc2 with
-# Keras' ImageNet weights, database data/coco-db, open the app alone with Voila.
+# Keras' ImageNet weights, database data/coco-db, open the app alone with Voila
+# (port 8866, or the next free one: the address it serves on is printed).
+# --backend and --precision go to 'similar-images extract'; --no-install skips the
+# Java and pip steps (already installed).
 # Every step is resumable and skipped when already done, so re-running is cheap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGES=""; MODEL="vgg16-fc2"; WEIGHTS="imagenet"; DB="data/coco-db"; APP="voila"
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+need() { [ $# -ge 2 ] || { echo "$1 needs a value (see --help)" >&2; exit 2; }; }
+
+IMAGES=""; MODEL="vgg16-fc2"; WEIGHTS="imagenet"; DB="data/coco-db"; APP="voila"; PORT=""; INSTALL=1
+EXTRACT_OPTIONS=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --images) IMAGES="$2"; shift 2 ;;
-    --model) MODEL="$2"; shift 2 ;;
-    --weights) WEIGHTS="$2"; shift 2 ;;
-    --db) DB="$2"; shift 2 ;;
-    --app) APP="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
+    --no-install) INSTALL=0; shift; continue ;;
+  esac
+  need "$@"
+  case "$1" in
+    --images) IMAGES="$2" ;;
+    --model) MODEL="$2" ;;
+    --weights) WEIGHTS="$2" ;;
+    --backend|--precision) EXTRACT_OPTIONS+=("$1" "$2") ;;
+    --db) DB="$2" ;;
+    --app) APP="$2" ;;
+    --port) PORT="$2" ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
+  shift 2
 done
 
-if ! command -v java >/dev/null 2>&1 && [ -z "${JAVA_HOME:-}" ]; then
-  echo "==> Installing Java 17 (for the Spark engine, --engine spark)"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  if command -v apt-get >/dev/null 2>&1; then
-    $SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null \
-      || echo "warning: could not install openjdk-17-jre-headless; everything but --engine spark works without it" >&2
-  else
-    echo "warning: no apt-get: install a Java 17 runtime yourself to use --engine spark" >&2
-  fi
-fi
+# Print Voila's output, and once it says where it listens ("Voila is running at:" then the URL on the next
+# line), the address to open: it moves to the next free port when the first one is taken.
+announce_url() {
+  local line after=""
+  while IFS= read -r line; do
+    printf '%s\n' "$line"
+    if [ -n "$after" ] && [[ "$line" == http* ]]; then
+      echo "==> The app: open $line in a browser (Ctrl+C here stops it)"
+    fi
+    after=""
+    case "$line" in *"running at:"*) after=1 ;; esac
+  done
+}
 
-echo "==> Installing (torch CPU build first, then requirements, the tests' requirements and the package)"
-python -m pip install -q torch==2.13.0
-# requirements-dev.txt: what README's second command (python -m pytest -ra) needs
-python -m pip install -q -r requirements.txt -r requirements-dev.txt
-python -m pip install -q --no-deps -e .
+if [ "$INSTALL" = 1 ]; then
+  if ! command -v java >/dev/null 2>&1 && [ -z "${JAVA_HOME:-}" ]; then
+    echo "==> Installing Java 17 (for the Spark engine, --engine spark)"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    if command -v apt-get >/dev/null 2>&1; then
+      $SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null \
+        || echo "warning: could not install openjdk-17-jre-headless; everything but --engine spark works without it" >&2
+    else
+      echo "warning: no apt-get: install a Java 17 runtime yourself to use --engine spark" >&2
+    fi
+  fi
+
+  echo "==> Installing (torch CPU build first, then requirements, the tests' requirements and the package)"
+  python -m pip install -q torch==2.13.0
+  # requirements-dev.txt: what README's second command (python -m pytest -ra) needs
+  python -m pip install -q -r requirements.txt -r requirements-dev.txt
+  python -m pip install -q --no-deps -e .
+fi
 
 if [ -z "$IMAGES" ]; then
   echo "==> Downloading MS-COCO 2014 validation images into data/coco"
@@ -49,7 +80,8 @@ if [ -f "$DB/manifest.json" ]; then
   echo "==> Database $DB exists; skipping extraction"
 else
   echo "==> Extracting $MODEL features of $IMAGES into $DB (resumes if interrupted)"
-  similar-images extract "$IMAGES" "$DB" --model "$MODEL" --weights "$WEIGHTS"
+  similar-images extract "$IMAGES" "$DB" --model "$MODEL" --weights "$WEIGHTS" \
+    ${EXTRACT_OPTIONS[@]+"${EXTRACT_OPTIONS[@]}"}
 fi
 if similar-images info "$DB" | grep -q "index: none"; then
   echo "==> Building the index"
@@ -63,8 +95,8 @@ case "$APP" in
        exec jupyter lab notebooks/similar_images.ipynb ;;
   notebook) echo "==> Notebook 7: Run > Run All Cells (the app appears under the last cell)"
             exec jupyter notebook notebooks/similar_images.ipynb ;;
-  voila) echo "==> The app: open http://localhost:8866 in a browser (Ctrl+C here stops it)"
-         exec voila notebooks/similar_images.ipynb ;;
+  voila) echo "==> Starting the app with Voila"
+         voila notebooks/similar_images.ipynb ${PORT:+"--port=$PORT"} 2>&1 | announce_url ;;
   none) echo "Done. Open notebooks/similar_images.ipynb with SIMILAR_IMAGES_DB=$SIMILAR_IMAGES_DB" ;;
   *) echo "unknown --app $APP" >&2; exit 2 ;;
 esac

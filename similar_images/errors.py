@@ -22,6 +22,9 @@ dressing them up as user messages.
     |   `-- FetchError                     a well-formed URL could not be fetched (network, status, not an image)
     |-- DatabaseError                      a database folder is missing, incomplete or inconsistent
     |   |-- DatabaseNotFoundError (FileNotFoundError)
+    |   |-- InterruptedBuildError          the folder holds an interrupted build made with other settings
+    |   |-- IndexNotBuiltError             the database has no index yet
+    |   |-- IndexExistsError (a DatabaseExistsError)  the database already has an index
     |   |-- DatabaseExistsError (FileExistsError)
     |   |-- DatabaseCorruptError           a file of the database cannot be read or contradicts the manifest
     |   |   `-- DatabaseFileError          a database file is a folder, a FIFO, a device, a link loop, unreadable,
@@ -64,6 +67,9 @@ __all__ = [
     "FetchError",
     "DatabaseError",
     "DatabaseNotFoundError",
+    "InterruptedBuildError",
+    "IndexNotBuiltError",
+    "IndexExistsError",
     "DatabaseExistsError",
     "DatabaseCorruptError",
     "DatabaseFileError",
@@ -153,7 +159,59 @@ class DatabaseNotFoundError(DatabaseError, FileNotFoundError):
 
 
 class DatabaseExistsError(DatabaseError, FileExistsError):
-    """An output already exists and ``force`` was not given."""
+    """An output already exists and ``force`` was not given.
+
+    Attributes:
+        path: The folder that already holds a database (``None`` where the message alone tells).
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:  # FileExistsError would format a one-argument error as its message anyway
+        return str(self.args[0]) if self.args else ""
+
+
+class IndexExistsError(DatabaseExistsError):
+    """The database already has an index, and ``force`` was not given.
+
+    Attributes:
+        path: The database folder.
+        factory: The index description of the existing index.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], factory: str) -> None:
+        super().__init__(f"{path} already has an index ({factory}); building another one needs force=True",
+                         path=path)
+        self.factory = factory
+
+
+class InterruptedBuildError(DatabaseError):
+    """The folder holds an interrupted build made with other settings; resuming it needs the same settings.
+
+    Attributes:
+        path: The database folder.
+        settings: The settings of the interrupted build.
+        shards: How many shards it committed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], settings: dict[str, object], shards: int) -> None:
+        super().__init__(f"{path} holds an interrupted build with other settings ({settings}), {shards} shard(s) "
+                         "done; the same settings resume it, force=True starts over")
+        self.path, self.settings, self.shards = path, settings, shards
+
+
+class IndexNotBuiltError(DatabaseError):
+    """An operation needs the database's index, and it has none yet.
+
+    Attributes:
+        path: The database folder.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str = "this") -> None:
+        super().__init__(f"{path} has no index yet; {what} needs one")
+        self.path = path
 
 
 class DatabaseCorruptError(DatabaseError):

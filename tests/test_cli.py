@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -13,9 +16,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import ROOT
+from helpers import plugin_env, running_process
 
 from similar_images import write_database
 from similar_images.cli import main
+from similar_images.cli._common import parse_query
 
 
 def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
@@ -123,7 +128,10 @@ def test_data_scripts_are_thin_wrappers(tmp_path: Path) -> None:
         assert f"{command} [OPTIONS]" in out.stdout
     out = subprocess.run(["bash", str(ROOT / "data_scripts" / "quickstart.sh"), "--help"], capture_output=True,
                          text=True, check=True)
-    assert "--images" in out.stdout
+    assert "--images" in out.stdout and "--backend" in out.stdout and "--precision" in out.stdout
+    # only the help: the comment block without its '#', no line of the script itself
+    assert out.stdout.startswith("One command") and not out.stderr, out.stdout
+    assert "set -euo" not in out.stdout and "cd " not in out.stdout and "#" not in out.stdout, out.stdout
 
 
 def test_cli_logging_shows_our_progress_not_faiss_loader_lines() -> None:
@@ -162,3 +170,154 @@ def test_search_rerank_option_picks_exact_or_index_scores(tmp_path: Path) -> Non
     exact, approximate = top(), top("--rerank", "1")
     assert exact["id"] == 7 and exact["score"] == pytest.approx(1.0, abs=1e-5)
     assert abs(approximate["score"] - 1.0) > 1e-3  # PQ4 codes cannot reproduce a vector exactly
+
+
+# --- issue 20: a quiet, consistent command line -------------------------------------------------------------------
+
+#: TensorFlow's and absl's start-up lines: absl's pre-init notice, glog-style "I0000 00:00:..." lines, the CPU
+#: instruction list of cpu_feature_guard, oneDNN's notice, and absl's Python "WARNING:absl:" records.
+_TF_NOISE = re.compile(r"absl|cpu_feature_guard|oneDNN|^[IWEF]\d{4} \d\d:\d\d:|rebuild TensorFlow", re.MULTILINE)
+
+
+def _small_db(path: Path, n: int = 40, model: str = "synthetic") -> Path:
+    x = np.random.default_rng(1).normal(size=(n, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    write_database(path, kind="image", model={"name": model, "dim": 16, "weights": "random"},
+                   items=[f"/img/{i}.jpg" for i in range(n)], vector_chunks=[x])
+    return path
+
+
+@pytest.mark.slow
+def test_python_api_prints_no_tensorflow_start_up_lines(tmp_path: Path, synthetic_images: Path) -> None:
+    """A library user who set nothing sees no absl / cpu_feature_guard / oneDNN lines when a model loads."""
+    env = plugin_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL")
+    code = ("import tiny_model\n"
+            "from similar_images import ExtractConfig, extract_features\n"
+            f"s = extract_features({str(synthetic_images)!r}, {str(tmp_path / 'db')!r}, "
+            "ExtractConfig(model='tiny', weights='random', verbose=False, precision='fp32'))\n"
+            "print('extracted', s.extracted)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "extracted 12" in out.stdout
+    assert not _TF_NOISE.search(out.stdout + out.stderr), out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_plugin_that_imports_keras_at_the_top_prints_no_tensorflow_start_up_lines(tmp_path: Path) -> None:
+    """SIMILAR_IMAGES_PLUGINS modules are imported before any command runs; one that imports Keras at the top used
+    to bring TensorFlow's start-up lines to every command."""
+    (tmp_path / "eager_plugin.py").write_text("import keras  # at the top, as plugins often do\n")
+    env = plugin_env(SIMILAR_IMAGES_PLUGINS="eager_plugin")
+    env.pop("TF_CPP_MIN_LOG_LEVEL")
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    out = subprocess.run([sys.executable, "-m", "similar_images", "models"], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0 and "vgg16-fc2" in out.stdout, out.stderr[-2000:]
+    assert not _TF_NOISE.search(out.stdout + out.stderr), out.stderr[-2000:]
+
+
+def test_quiet_tensorflow_keeps_what_the_user_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from similar_images.embed.tf_import import quiet_tensorflow
+
+    absl = logging.getLogger("absl")
+    old = absl.level
+    try:
+        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+        absl.setLevel(logging.NOTSET)
+        quiet_tensorflow()
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2" and absl.level == logging.ERROR
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+        absl.setLevel(logging.INFO)
+        quiet_tensorflow()
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0" and absl.level == logging.INFO
+    finally:
+        absl.setLevel(old)
+
+
+def test_a_bare_number_is_an_id_in_search_as_in_explain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = _small_db(tmp_path / "db")
+    runner = CliRunner()
+    assert runner.invoke(main, ["build-index", str(db), "--index", "Flat", "-q"]).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(main, ["search", str(db), "7", "-k", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["results"][0]["id"] == 7
+    r = runner.invoke(main, ["search", str(db), "128"])
+    assert r.exit_code == 1 and "Unknown id 128" in r.output and "no image file is named '128'" in r.output
+    # The same rule as explain's: digits naming an existing file are that file.
+    assert parse_query("7", False, guess=True) == 7
+    (tmp_path / "7").write_bytes(b"not an image")
+    assert parse_query("7", False, guess=True) == "7"
+    r = runner.invoke(main, ["search", str(db), "7"])
+    assert r.exit_code == 1 and "Unknown id" not in r.output, r.output  # read as the file: its model is unknown
+
+
+def test_library_errors_carry_data_and_the_cli_names_the_flag(tmp_path: Path) -> None:
+    from similar_images import Database, DatabaseExistsError, IndexConfig, IndexExistsError, IndexNotBuiltError
+
+    db = _small_db(tmp_path / "db")
+    runner = CliRunner()
+    r = runner.invoke(main, ["duplicates", str(db), "--index", "db"])
+    assert r.exit_code == 1 and "--index flat" in r.output and f"similar-images build-index {db}" in r.output
+    from similar_images.methods.duplicates import DuplicateConfig, find_duplicates
+    with pytest.raises(IndexNotBuiltError) as no_index:
+        find_duplicates(Database.open(db), DuplicateConfig(index="db"))
+    assert no_index.value.path == db and "--" not in str(no_index.value)
+
+    database = Database.open(db, load_index=False)
+    database.build_index(IndexConfig(factory="Flat", eval_queries=0))
+    with pytest.raises(IndexExistsError) as exists:
+        database.build_index(IndexConfig(factory="Flat"))
+    assert exists.value.path == db and exists.value.factory == "Flat"
+    assert "--" not in str(exists.value) and "similar-images" not in str(exists.value)
+    r = runner.invoke(main, ["build-index", str(db), "--index", "Flat"])
+    assert r.exit_code == 1 and "already has an index (Flat); pass --force to rebuild it" in r.output
+
+    with pytest.raises(DatabaseExistsError) as folder:
+        _small_db(db)
+    assert folder.value.path == db and "--" not in str(folder.value)
+
+
+def test_help_is_plain_text_without_restructuredtext_markup() -> None:
+    markup = re.compile(r"``|:(?:func|class|meth|data|mod|attr|exc|obj|ref):`|`[^`\n]+`_|`")
+    runner = CliRunner()
+    for path, _ in [((), main), *_all_commands(main)]:
+        out = runner.invoke(main, [*path, "--help"]).output
+        found = [line for line in out.splitlines() if markup.search(line)]
+        assert not found, (path, found)
+
+
+def test_a_malformed_url_query_is_a_one_line_error(tmp_path: Path, tiny_model: str) -> None:
+    db = _small_db(tmp_path / "db", model=tiny_model)
+    r = CliRunner().invoke(main, ["search", str(db), "http://[::1"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "malformed" in lines[0], r.output
+
+
+@pytest.mark.slow
+def test_quickstart_prints_the_address_voila_serves_on_and_passes_the_precision(tmp_path: Path,
+                                                                                 synthetic_images: Path) -> None:
+    """With its port taken, Voila serves on another one: the quickstart announces that one (it used to print 8866
+    whatever Voila did), and --precision reaches 'similar-images extract'."""
+    announced = re.compile(r"==> The app: open http://localhost:(\d+)/ in a browser")
+    log = tmp_path / "quickstart.log"
+    db = tmp_path / "db"
+    cmd = ["bash", str(ROOT / "data_scripts" / "quickstart.sh"), "--no-install", "--images", str(synthetic_images),
+           "--model", "tiny", "--weights", "random", "--precision", "bf16", "--db", str(db)]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with running_process([*cmd, "--port", str(port)], ready=lambda: bool(announced.search(log.read_text())),
+                             log=log, env=plugin_env(), cwd=tmp_path, timeout=400):
+            text = log.read_text()
+            served = int(announced.search(text).group(1))
+            assert served != port and f"Voilà is running at:\nhttp://localhost:{served}/" in text, text[-2000:]
+            with socket.create_connection(("127.0.0.1", served), timeout=10):
+                pass  # Voila listens where the quickstart says
+    assert '"requested_precision": "bf16"' in (db / "manifest.json").read_text()

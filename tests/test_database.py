@@ -61,7 +61,7 @@ def test_files_get_normal_permissions_not_the_temporary_files(tmp_path: Path) ->
 
 def test_write_refuses_existing_and_mismatched(tmp_path: Path) -> None:
     _make_db(tmp_path / "db")
-    with pytest.raises(DatabaseExistsError, match="--force"):
+    with pytest.raises(DatabaseExistsError, match="force=True"):
         _make_db(tmp_path / "db")
     with pytest.raises(ValueError, match="dimension"):
         write_database(tmp_path / "db2", kind="image", model={"name": "m", "dim": 8}, items=["a"],
@@ -111,7 +111,7 @@ def test_build_index_needs_force_and_uses_generations(tmp_path: Path) -> None:
     db = Database.open(tmp_path / "db")
     db.build_index(IndexConfig(factory="Flat", eval_queries=20))
     assert (tmp_path / "db" / "index-0001.faiss").exists()
-    with pytest.raises(DatabaseExistsError, match="--force"):
+    with pytest.raises(DatabaseExistsError, match="force=True"):
         db.build_index(IndexConfig(factory="Flat"))
     report = db.build_index(IndexConfig(factory="IVF8,Flat", nprobe=8, eval_queries=50), force=True)
     # the previous generation stays until the next change, for readers that opened the old manifest

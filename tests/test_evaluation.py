@@ -148,6 +148,28 @@ def test_hand_made_labeled_set_precision_and_map(labeled_db: Database) -> None:
     assert exact.chance == pytest.approx(2 / 5)
 
 
+@pytest.mark.parametrize(("folders", "why"), [
+    (["2024-05-01", "2024-05-02"], "dates, dataset splits"),
+    (["val2014", "train2017"], "dates, dataset splits"),
+    ([f"event{i}" for i in range(6)], "fewer than two per folder"),
+    (["photos"], "only one class"),
+])
+def test_folder_names_that_are_not_classes_give_no_precision_against_chance(tmp_path: Path, folders: list[str],
+                                                                               why: str) -> None:
+    """Images in folders by date, split or one per folder: evaluate says the folders are not classes instead
+    of printing P@k against "chance"."""
+    items = [str(tmp_path / "photos" / folders[i % len(folders)] / f"img{i}.jpg") for i in range(len(ANGLES))]
+    db = _write_db(tmp_path / "db", _angle_vectors(), items)
+    report = evaluate_database(db, EvalConfig(ks=(1,), quality_k=3, latency_queries=5))
+    assert report.quality == []
+    assert any(why in note and note.startswith("no retrieval quality") for note in report.notes), report.notes
+    table = report.format_table()
+    assert "chance" not in table and why in table
+    classes = [str(tmp_path / "photos" / c / f"img{i}.jpg") for i, c in enumerate(CLASSES)]  # real class folders
+    assert evaluate_database(_write_db(tmp_path / "db2", _angle_vectors(), classes),
+                             EvalConfig(ks=(1,), quality_k=3, latency_queries=5)).quality
+
+
 def test_labels_csv_changes_the_answer(labeled_db: Database, tmp_path: Path) -> None:
     # Relabel by angle: items 0-3 "near", 4-5 "far". Query 2 now finds three "near" neighbours.
     csv_path = tmp_path / "labels.csv"
@@ -219,8 +241,12 @@ def test_cli_evaluate_small_db(small_db: Path) -> None:
     assert data["recall"]["recall@1"] == 1.0 and data["recall"]["recall@10"] == 1.0
     assert "recall@100" not in data["recall"]  # only 48 items
     assert data["latency"]["median_ms"] > 0 and data["index_bytes"] > 0
-    # COCO photos sit in two folders (train2017, val2014): auto labels find them
-    assert data["quality"] and {c["label"] for c in data["quality"][0]["per_class"]} <= {"train2017", "val2014"}
+    # COCO photos sit in two folders (train2017, val2014): dataset splits, not classes, so no P@k against chance
+    assert data["quality"] == [] and any("train2017" in n and "not classes" in n for n in data["notes"]), data
+    res = runner.invoke(main, ["evaluate", str(small_db), "--json", "--labels", "folders", "--latency-queries", "5"])
+    data = json.loads(res.stdout)  # asked for explicitly: measured, with the warning
+    assert {c["label"] for c in data["quality"][0]["per_class"]} <= {"train2017", "val2014"}
+    assert any("may not be classes" in n for n in data["notes"]), data["notes"]
     res = runner.invoke(main, ["evaluate", str(small_db), "--labels", "none", "--latency-queries", "5"])
     assert res.exit_code == 0, res.output
     assert "recall@10" in res.output and "latency median" in res.output and "Retrieval quality" not in res.output

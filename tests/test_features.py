@@ -84,7 +84,7 @@ def test_extract_never_overwrites_without_force(tmp_path: Path, synthetic_images
     db = tmp_path / "db"
     extract_features(synthetic_images, db, _config(tiny_model))
     before = (db / "manifest.json").read_bytes()
-    with pytest.raises(DatabaseExistsError, match="--force"):
+    with pytest.raises(DatabaseExistsError, match="force=True"):
         extract_features(synthetic_images, db, _config(tiny_model))
     assert (db / "manifest.json").read_bytes() == before
     summary = extract_features(synthetic_images, db, _config(tiny_model), force=True)

@@ -136,8 +136,11 @@ def test_descriptor_map_round_trips_through_disk(tmp_path: Path) -> None:
     assert len(SiftDatabase.open(tmp_path / "s")) == 2
     # Damage is detected.
     np.save(tmp_path / "s" / "descriptor_images.npy", np.zeros(3, dtype=np.int32))
-    with pytest.raises(DatabaseError, match="rebuild"):
+    with pytest.raises(DatabaseError, match="rebuild") as damaged:
         SiftDatabase.open(tmp_path / "s")
+    assert "--" not in str(damaged.value)  # the library says what is wrong; the CLI names the command and flag
+    r = CliRunner().invoke(main, ["sift", "info", str(tmp_path / "s")])
+    assert r.exit_code == 1 and f"similar-images sift extract IMAGES {tmp_path / 's'} --force" in r.output, r.output
 
 
 def test_trained_index_and_training_errors(tmp_path: Path) -> None:

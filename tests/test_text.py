@@ -274,6 +274,42 @@ def test_read_texts_errors_say_how_to_fix(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- build (resumable) with a small encoder
 
 
+def test_text_build_progress_advances_with_every_model_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar of a text build moves after each model call (a few dozen texts), not once per 2,048-text chunk:
+    on a slow encoder it used to stay at 0 for minutes."""
+    from tqdm.auto import tqdm
+
+    import similar_images.store.build as build_mod
+
+    calls = [0]
+    trigrams = _hash_encoder(64)
+
+    def load(source: str | None):
+        encode = trigrams(source)
+
+        def counted(batch: Sequence[str]) -> np.ndarray:
+            calls[0] += 1
+            return encode(batch)
+
+        return counted
+
+    register_text_encoder(TextEncoderSpec(name="test-counted", dim=64, loader=load, description="counted (tests)"),
+                          replace=True)
+    seen: list[tuple[int, int]] = []  # (model calls so far, bar position) at each update of the bar
+
+    class Recording(tqdm):
+        def update(self, n: float | None = 1) -> bool | None:
+            out = super().update(n)
+            seen.append((calls[0], int(self.n)))
+            return out
+
+    monkeypatch.setattr(build_mod, "tqdm", Recording)
+    texts = [f"text number {i} of a slow build" for i in range(100)]
+    s = build_text_database(texts, tmp_path / "db", TextBuildConfig(encoder="test-counted", batch_size=10))
+    assert s.encoded == 100 and calls[0] == 10  # one chunk of the default 2,048, ten model calls
+    assert seen == [(k, 10 * k) for k in range(1, 11)], seen  # 10 texts after each of the 10 model calls
+
+
 @pytest.fixture()
 def hash_encoder() -> Iterator[dict]:
     state = {"fail_after": [10 ** 9]}
@@ -310,7 +346,7 @@ def test_build_is_resumable_and_streams_chunks(tmp_path: Path, hash_encoder: dic
     np.testing.assert_array_equal(np.asarray(a.vectors), np.asarray(b.vectors))
     assert [r for _, r in a.failures] == ["empty text", "empty text"]
     assert a.manifest.model["name"] == "test-trigrams"
-    with pytest.raises(DatabaseExistsError, match="--force"):
+    with pytest.raises(DatabaseExistsError, match="force=True"):
         build_text_database(texts, db, cfg)
 
 

@@ -266,7 +266,10 @@ def check_url(url: str, *, assume_https: bool = False) -> str:
         url = "https://" + url
     if len(url) > MAX_URL_LENGTH:
         raise BadURLError(f"The URL is longer than {MAX_URL_LENGTH} characters")
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": an unclosed bracket
+        raise BadURLError(f"The URL {url!r} is malformed ({exc})") from None
     if parts.scheme.lower() not in _ALLOWED_SCHEMES:
         got = f"{parts.scheme}://" if parts.scheme else "no scheme"
         raise BadURLError(f"Only http:// and https:// URLs are allowed, got {got} in {url!r}")

@@ -13,6 +13,7 @@ import os
 import click
 
 from .._version import __version__
+from ..embed.tf_import import quiet_tensorflow
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,12 +21,17 @@ from .._version import __version__
 def main() -> None:
     """Find similar images (and short texts) with Keras features and Faiss indexes.
 
-    Typical use: ``similar-images extract IMAGES DB`` then
-    ``similar-images build-index DB`` then ``similar-images search DB QUERY``.
+    Typical use:
+
+    \b
+      similar-images extract IMAGES DB
+      similar-images build-index DB
+      similar-images search DB QUERY
 
     Custom models: set SIMILAR_IMAGES_PLUGINS to a comma-separated list of
     modules that call similar_images.embed.register_model on import.
     """
+    quiet_tensorflow()  # before the plugins: one may import Keras at the top
     load_plugins()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,8 +13,16 @@ from typing import Any, TypeVar
 import click
 
 from ..embed.backends import BACKENDS, PRECISIONS
+from ..embed.tf_import import quiet_tensorflow
 from ..engines.spark import SparkEngine, build_index_spark
-from ..errors import SimilarImagesError
+from ..errors import (
+    DatabaseExistsError,
+    IndexExistsError,
+    IndexNotBuiltError,
+    InterruptedBuildError,
+    SimilarImagesError,
+    UnknownIdError,
+)
 from ..index import DEFAULT_RERANK, BuildReport, IndexConfig
 from ..search import Results
 from ..sources.texts import shorten
@@ -31,8 +38,7 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     # Other libraries' INFO lines (e.g. faiss.loader's four lines about CPU builds) are noise for a CLI user.
     for name in ("faiss", "faiss.loader"):
         logging.getLogger(name).setLevel(logging.WARNING if level == logging.INFO else logging.NOTSET)
-    # TensorFlow is chatty on import; keep its C++ logs to errors.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()  # TensorFlow is chatty on import (the user's own settings win)
 
 
 def handle_errors(func: F) -> F:
@@ -46,11 +52,28 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except SimilarImagesError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(cli_message(exc)) from exc
         except PermissionError as exc:
             raise click.ClickException(f"Permission denied: {exc.filename or exc}") from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def cli_message(exc: SimilarImagesError) -> str:
+    """The message of a library error, with the command line's advice (its flags) where the error carries the data.
+
+    The library describes the problem in its own terms (``force=True``); the options that fix it are the CLI's.
+    """
+    if isinstance(exc, IndexExistsError):
+        return f"{exc.path} already has an index ({exc.factory}); pass --force to rebuild it"
+    if isinstance(exc, DatabaseExistsError) and exc.path is not None:
+        return f"A database already exists at {exc.path}. Choose another folder, or pass --force to replace it."
+    if isinstance(exc, InterruptedBuildError):
+        return (f"{exc.path} holds an interrupted build with other settings ({exc.settings}), {exc.shards} shard(s) "
+                "done. Re-run with the same options to resume it, or pass --force to start over.")
+    if isinstance(exc, IndexNotBuiltError):
+        return f"{exc.path} has no index; run 'similar-images build-index {exc.path}' first, or use --index flat"
+    return str(exc)
 
 
 def parse_query(query: str, by_id: bool, *, guess: bool = False) -> str | int:
@@ -158,7 +181,9 @@ def search_options(func: F) -> F:
     """The options every search command shares (results, exact search, per-query index settings, re-ranking)."""
     options = [
         click.option("-k", default=8, show_default=True, type=click.IntRange(1, 10_000), help="Number of results."),
-        click.option("--id", "by_id", is_flag=True, help="QUERY is a database id (reuses its stored vector)."),
+        click.option("--id", "by_id", is_flag=True,
+                     help="QUERY is a database id (reuses its stored vector); for images, a QUERY of digits that "
+                          "names no file is taken as an id anyway."),
         click.option("--exact", is_flag=True, help="Exact search over all vectors instead of the index."),
         click.option("--nprobe", type=click.IntRange(1), default=None, help="IVF lists to visit for this query."),
         click.option("--rerank", type=click.IntRange(0), default=DEFAULT_RERANK, show_default=True,
@@ -184,3 +209,18 @@ def echo_results(results: Results, as_json: bool) -> None:
                                                                  if k != "exact")
     click.echo(f"({len(results)} results, search {results.search_ms:.2f} ms, total {results.total_ms:.0f} ms, "
                f"{mode or 'index defaults'})")
+
+
+def search_query(database: Database, query: str, by_id: bool, k: int, **options: Any) -> Results:
+    """Search ``database`` for a QUERY argument.
+
+    In an image database, digits that name no file are an id, as in ``explain`` (``search DB 128`` and
+    ``explain DB 128 40`` read ``128`` the same way); in a text database they are text unless ``--id`` is given.
+    """
+    q = parse_query(query, by_id, guess=database.item_key == "path")
+    try:
+        return database.search(q, k, **options)
+    except UnknownIdError as exc:
+        if by_id or not isinstance(q, int):
+            raise
+        raise click.ClickException(f"{exc}; no image file is named {query!r} either") from exc

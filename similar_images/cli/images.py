@@ -20,10 +20,10 @@ from ._common import (
     handle_errors,
     index_build_options,
     make_engine,
-    parse_query,
     query_backend_options,
     run_build_index,
     search_options,
+    search_query,
 )
 
 WEIGHTS_HELP = (
@@ -157,16 +157,17 @@ def register(group: click.Group) -> None:
                allow_backend_mismatch: bool, as_json: bool) -> None:
         """Find the images (or texts) in DB most similar to QUERY.
 
-        QUERY is an image path, an http(s) URL, or with --id a database id;
-        for a text database, the query text.
+        QUERY is an image path, an http(s) URL, or a database id (digits
+        that name no file, or any QUERY with --id); for a text database, the
+        query text.
 
         Example: similar-images search photos-db cat.jpg -k 8
         """
         configure_logging(0, True)
         database = Database.open(db, weights=weights, backend=backend, precision=precision,
                                  allow_backend_mismatch=allow_backend_mismatch)
-        q = parse_query(query, by_id)
-        results = database.search(q, k, exact=exact, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
+        results = search_query(database, query, by_id, k, exact=exact, nprobe=nprobe, ef_search=ef_search,
+                               rerank=rerank)
         echo_results(results, as_json)
 
     @group.command()

@@ -7,8 +7,17 @@ from pathlib import Path
 
 import click
 
+from ..errors import DatabaseCorruptError
 from ..methods.sift import SiftConfig, SiftDatabase, extract_sift
 from ._common import configure_logging, handle_errors
+
+
+def _open(db: Path) -> SiftDatabase:
+    """Open a SIFT database; a damaged one gets the command that rebuilds it."""
+    try:
+        return SiftDatabase.open(db)
+    except DatabaseCorruptError as exc:
+        raise click.ClickException(f"{exc}: similar-images sift extract IMAGES {db} --force") from exc
 
 
 def register(group: click.Group) -> None:
@@ -71,7 +80,7 @@ def register(group: click.Group) -> None:
 
         Example: similar-images sift search photos-sift query.jpg -k 5 --ratio 0.8
         """
-        sdb = SiftDatabase.open(db)
+        sdb = _open(db)
         res = sdb.search(image, k, knn=knn, ratio=ratio)
         if as_json:
             click.echo(json.dumps(res.to_dict(), indent=2, ensure_ascii=False))
@@ -91,7 +100,7 @@ def register(group: click.Group) -> None:
 
         Example: similar-images sift info photos-sift
         """
-        sdb = SiftDatabase.open(db)
+        sdb = _open(db)
         if as_json:
             click.echo(json.dumps(sdb.manifest.to_dict(), indent=2, ensure_ascii=False))
             return

@@ -45,8 +45,11 @@ def register(group: click.Group) -> None:
     def text() -> None:
         """Find similar short texts (tweets) with sentence embeddings and a trained Faiss index.
 
-        Typical use: ``similar-images text build tweets.csv tweets-db`` then
-        ``similar-images text search tweets-db "good morning"``.
+        Typical use:
+
+        \b
+          similar-images text build tweets.csv tweets-db
+          similar-images text search tweets-db "good morning"
         """
 
     @text.command("build")

@@ -42,6 +42,7 @@ import numpy as np
 
 from .._util.registry import Registry
 from ..errors import ConfigError, FeatureMapError
+from .tf_import import import_keras, import_tensorflow
 
 if TYPE_CHECKING:
     from .image import ImageEmbedder
@@ -143,9 +144,7 @@ def pool(maps: np.ndarray, pooling: Pooling) -> np.ndarray:
 
 
 def _keras() -> Any:
-    import keras  # noqa: PLC0415  (heavy: TensorFlow)
-
-    return keras
+    return import_keras()
 
 
 class FeatureMapModel:
@@ -231,8 +230,7 @@ class FeatureMapModel:
     def _compiled_forward(self) -> Any:
         """The forward pass as one TensorFlow graph for any batch size (traced once: no retracing per size)."""
         if self._forward is None:
-            import tensorflow as tf  # noqa: PLC0415  (heavy: TensorFlow)
-
+            tf = import_tensorflow()
             spec = tf.TensorSpec((None, *tuple(self._model.inputs[0].shape)[1:]), tf.float32)
             model = self._model
             self._forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
@@ -277,8 +275,7 @@ class FeatureMapModel:
         """
         if len(batch) != 2:
             raise ValueError(f"similarity_gradients takes a pair of images, got {len(batch)}")
-        import tensorflow as tf  # noqa: PLC0415  (heavy: TensorFlow)
-
+        tf = import_tensorflow()
         x = tf.convert_to_tensor(self._preprocess(batch))
         with self._lock:
             with tf.GradientTape() as tape:

@@ -30,6 +30,7 @@ import numpy as np
 
 from .._util.registry import Registry
 from ..errors import SourceNotFoundError, WeightsError
+from .tf_import import import_keras
 
 __all__ = [
     "ModelSpec",
@@ -146,10 +147,7 @@ def weights_label(weights: str | None) -> str:
 
 
 def _keras() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras  # noqa: PLC0415  (heavy: TensorFlow)
-
-    return keras
+    return import_keras()
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:

@@ -270,6 +270,8 @@ class TextEmbedder(SpecBacked):
     kind = "text"
     #: Checking a text is cheap: a build does it inline rather than in a thread pool.
     parallel_prepare = False
+    #: :meth:`embed_prepared` reports each model call to a build's ``progress`` (a chunk is many calls).
+    reports_progress = True
 
     def __init__(self, name: str = DEFAULT_TEXT_ENCODER, source: str | os.PathLike[str] | None = None,
                  batch_size: int = 64, backend: str = DEFAULT_TEXT_BACKEND) -> None:
@@ -325,8 +327,13 @@ class TextEmbedder(SpecBacked):
             raise TextInputError("empty text")
         return item
 
-    def embed_prepared(self, batch: Sequence[str]) -> np.ndarray:
-        """Embed checked texts, in batches of ``batch_size`` sorted by length (less padding)."""
+    def embed_prepared(self, batch: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Embed checked texts, in batches of ``batch_size`` sorted by length (less padding).
+
+        Args:
+            batch: The texts.
+            progress: Called with the number of texts after each model call (a build's progress bar).
+        """
         texts = list(batch)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -339,6 +346,8 @@ class TextEmbedder(SpecBacked):
             if vecs.shape[1] != self.dim:
                 raise ValueError(f"Encoder {self.name} produced {vecs.shape[1]}-d vectors, expected {self.dim}")
             out[rows] = vecs
+            if progress is not None:
+                progress(len(rows))
         return l2_normalize(out)
 
     def embed(self, items: Sequence[str]) -> np.ndarray:

@@ -45,7 +45,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..errors import ConfigError, DatabaseExistsError, PartitionFailedError
+from ..embed.tf_import import import_tensorflow
+from ..errors import ConfigError, IndexExistsError, PartitionFailedError
 from ..index import IndexConfig, finish_index, train_index, write_index
 from ..index.build import BuildReport
 from ..index.distributed import add_to_copy, estimate_index_bytes, is_ivf_factory, merge_in_memory, merge_on_disk
@@ -145,10 +146,8 @@ def _limit_threads(threads: int) -> None:
     if _THREADS_SET:
         return
     _THREADS_SET = True
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import tensorflow as tf  # noqa: PLC0415  (heavy: executor only)
-
+        tf = import_tensorflow()
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     except (ImportError, RuntimeError) as exc:  # no TensorFlow, or its runtime already started
@@ -474,7 +473,7 @@ def build_index_spark(db_path: str | os.PathLike[str], config: IndexConfig | Non
         The build report (also stored in the manifest, with the engine that built it).
 
     Raises:
-        DatabaseExistsError: If an index exists and ``force`` is false.
+        IndexExistsError: If an index exists and ``force`` is false.
         IndexTrainingError: If there are too few vectors for the index.
     """
     engine = engine or SparkEngine()
@@ -482,8 +481,7 @@ def build_index_spark(db_path: str | os.PathLike[str], config: IndexConfig | Non
     with database_lock(db_path):
         db = Database.open(db_path, load_index=False)
         if db.manifest.index is not None and not force:
-            raise DatabaseExistsError(
-                f"{db.path} already has an index ({db.manifest.index.factory}); pass --force to rebuild it")
+            raise IndexExistsError(db.path, db.manifest.index.factory)
         live = db.live_ids()
         n, d = len(live), db.dim
         factory = config.factory or db.default_factory()

@@ -404,7 +404,7 @@ def evaluate_database(db: Database, config: EvalConfig | None = None, *,
     else:
         notes.append("no index: recall and latency need one (similar-images build-index DB)")
     quality: list[QualityReport] = []
-    resolved = resolve_labels(db, labels)
+    resolved = resolve_labels(db, labels, notes=notes)
     if resolved is not None:
         codes, names, source = resolved
         live_mask = ~db.removed

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "precision_at_k",
     "average_precision_at_k",
     "labels_from_folders",
+    "folders_not_classes",
     "read_labels_csv",
     "resolve_labels",
     "retrieval_quality",
@@ -133,6 +135,43 @@ def labels_from_folders(items: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     return np.asarray([lookup[p] for p in parents], dtype=np.int64), names
 
 
+#: Folder names that say where or when an image came from rather than what it shows: dataset splits (train,
+#: val2014, test-2), dates (2024, 2024-05, 20240501, 2024_05_01 trip), camera and catch-all folders (DCIM,
+#: 100APPLE, photos). Plain numbers may be class ids (0 ... 9): they are not on this list.
+_NOT_A_CLASS = re.compile(
+    r"(?:train|training|val|valid|validation|test|testing|dev|eval)[-_]?\d*"
+    r"|(?:19|20)\d\d(?:[-_.]?\d\d){0,2}(?:[-_ T].*)?"
+    r"|dcim|\d{3}[a-z_]{3,}|camera|camera roll|screenshots|images|photos|pictures|img|imgs",
+    re.IGNORECASE,
+)
+
+
+def folders_not_classes(names: Sequence[str], counts: np.ndarray) -> str | None:
+    """Why folder labels do not look like classes, or ``None`` when they may be classes.
+
+    Folders are not classes when they hold fewer than two images each on average, or when most of their names
+    are dates, dataset splits or camera folders (``val2014``, ``2024-05-01``, ``100APPLE``).
+
+    Args:
+        names: The folder names (label names).
+        counts: Images per folder, indexed like ``names``.
+    """
+    counts = np.asarray(counts)
+    used = [name for name, c in zip(names, counts, strict=True) if c > 0]
+    total = int(counts.sum())
+    if len(used) < 2:
+        where = f"one folder ({used[0]!r})" if used else "no folder"
+        return f"the images sit in {where}: there is only one class"
+    if 2 * len(used) > total:
+        return f"the {total} images sit in {len(used)} folders, fewer than two per folder: they are not classes"
+    odd = [name for name in used if _NOT_A_CLASS.fullmatch(name.strip())]
+    if 2 * len(odd) >= len(used):
+        shown = ", ".join(odd[:4]) + (", ..." if len(odd) > 4 else "")
+        return (f"{len(odd)} of the {len(used)} folder names ({shown}) are dates, dataset splits or camera folders, "
+                "not classes")
+    return None
+
+
 def read_labels_csv(path: str | os.PathLike[str], items: Sequence[str], *, kind: str = "image") -> tuple[
         np.ndarray, list[str]]:
     """Read ``path,label`` rows (a header row ``path,label`` is optional) and label the matching items.
@@ -187,11 +226,19 @@ def read_labels_csv(path: str | os.PathLike[str], items: Sequence[str], *, kind:
     return codes, names
 
 
-def resolve_labels(db: Database, labels: str | os.PathLike[str] | None) -> tuple[np.ndarray, list[str], str] | None:
+def resolve_labels(db: Database, labels: str | os.PathLike[str] | None, *,
+                   notes: list[str] | None = None) -> tuple[np.ndarray, list[str], str] | None:
     """Labels of a database's items from ``"folders"``, ``"auto"``, ``None``/``"none"`` or a CSV path.
 
     ``"auto"`` uses folder names when the database holds images spread over at
-    least two folders with at least two images each; otherwise no labels.
+    least two folders with at least two images each, and the folders look like
+    classes (see :func:`folders_not_classes`); otherwise no labels.
+
+    Args:
+        db: The database.
+        labels: Where the labels come from.
+        notes: Where to add why folder names were not used as classes (``"auto"``), or why they may not be
+            classes (``"folders"``).
 
     Returns:
         ``(codes, names, source)`` or ``None`` when there are no labels.
@@ -206,8 +253,14 @@ def resolve_labels(db: Database, labels: str | os.PathLike[str] | None) -> tuple
         live = db.live_ids()
         codes, names = labels_from_folders(db.items)
         counts = np.bincount(codes[live], minlength=len(names))
-        if str(labels) == "auto" and (np.count_nonzero(counts >= 2) < 2):
+        why = folders_not_classes(names, counts)
+        if str(labels) == "auto" and (why is not None or np.count_nonzero(counts >= 2) < 2):
+            if why is not None and notes is not None:
+                notes.append(f"no retrieval quality (precision@k, mAP@k): {why}; it needs class labels "
+                             "(class sub-folders, or a CSV of path,label rows)")
             return None
+        if why is not None and notes is not None:
+            notes.append(f"the folder labels may not be classes: {why}")
         return codes, names, "folders"
     codes, names = read_labels_csv(labels, db.items, kind=db.kind)
     return codes, names, str(labels)

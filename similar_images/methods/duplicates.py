@@ -47,7 +47,7 @@ import faiss
 import numpy as np
 
 from .._util import io as _io
-from ..errors import ConfigError, DatabaseError
+from ..errors import ConfigError, IndexNotBuiltError
 from ..index import exact_search, make_index, set_search_params, unwrap
 
 if TYPE_CHECKING:
@@ -376,7 +376,7 @@ def find_duplicate_pairs(db: Database, config: DuplicateConfig | None = None) ->
         A :class:`DuplicateReport` (pairs once each, lower id first, highest similarity first; groups).
 
     Raises:
-        DatabaseError: If ``config.index`` is ``"db"`` and the database has no index.
+        IndexNotBuiltError: If ``config.index`` is ``"db"`` and the database has no index.
     """
     config = config or DuplicateConfig()
     live = _live(db)
@@ -399,9 +399,7 @@ def find_duplicate_pairs(db: Database, config: DuplicateConfig | None = None) ->
         parts, truncated = _knn_growing_pairs(index, db, live, config, set_ef)
     else:
         if db.index is None:
-            raise DatabaseError(
-                f"{db.path} has no index; run 'similar-images build-index {db.path}' first, or use --index flat"
-            )
+            raise IndexNotBuiltError(db.path, "finding duplicates with its index (index='db')")
         index = db.index
         defaults = db.search_defaults
         extra["db_index"] = db.manifest.index.factory if db.manifest.index else "index"

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from .._util import io as _io
 from .._util.locks import LockTimeoutError, file_lock
 from ..embed import Embedder, embedder_from_info, item_kind, l2_normalize
-from ..errors import ConfigError, DatabaseError, InputError
+from ..errors import ConfigError, DatabaseError, InputError, InterruptedBuildError
 from .folder import (
     FAILURES,
     ITEMS,
@@ -284,8 +284,11 @@ class LocalEngine:
     def run(self, job: BuildJob, shards: Sequence[int], embedder: Embedder | None,
             progress: Callable[[int], None]) -> None:
         emb = embedder if embedder is not None else job.make_embedder()
-        batches = self._batches(job, shards, emb, progress)
+        # An embedder that reports per model call (a text chunk is many calls) advances the bar as it embeds;
+        # otherwise an item counts once prepared (decoding is the slow part of an image, and runs ahead).
         embed_batches = getattr(emb, "embed_batches", None)
+        per_call = embed_batches is None and bool(getattr(emb, "reports_progress", False))
+        batches = self._batches(job, shards, emb, progress, count_prepared=not per_call)
         pending: collections.deque[_Batch] = collections.deque()
         shard_vecs: list[np.ndarray] = []
         shard_ok: list[int] = []
@@ -309,7 +312,12 @@ class LocalEngine:
                 shard_ok.clear()
                 shard_fail.clear()
 
-        outputs = embed_batches(feed()) if embed_batches is not None else (emb.embed_prepared(p) for p in feed())
+        if embed_batches is not None:
+            outputs = embed_batches(feed())
+        elif per_call:
+            outputs = (emb.embed_prepared(p, progress=progress) for p in feed())  # type: ignore[call-arg]
+        else:
+            outputs = (emb.embed_prepared(p) for p in feed())
         for vecs in outputs:
             while pending and not pending[0].prepared:
                 finish(pending.popleft(), None)
@@ -317,8 +325,8 @@ class LocalEngine:
         while pending:  # trailing batches without items to embed (all failed)
             finish(pending.popleft(), None)
 
-    def _batches(self, job: BuildJob, shards: Sequence[int], emb: Embedder,
-                 progress: Callable[[int], None]) -> Iterator[_Batch]:
+    def _batches(self, job: BuildJob, shards: Sequence[int], emb: Embedder, progress: Callable[[int], None],
+                 *, count_prepared: bool = True) -> Iterator[_Batch]:
         positions = (p for s in shards for p in job.shard_items(s))
         prepared = self._prepared(job, emb, positions)
         batch: _Batch | None = None
@@ -332,10 +340,12 @@ class LocalEngine:
             if err is not None:
                 logger.debug("Skipping %s: %s", job.items[pos], err)
                 batch.failures.append((pos, err))
+                progress(1)  # a failed item is done
             else:
                 batch.positions.append(pos)
                 batch.prepared.append(value)
-            progress(1)
+                if count_prepared:
+                    progress(1)
         if batch is not None:
             batch.last = True
             yield batch
@@ -427,15 +437,12 @@ def _load_or_create_plan(partial: Path, items: list[str], settings: dict[str, An
         if saved is not None and saved_items is not None and saved.get("settings") == settings:
             if saved.get("digest") != digest:
                 logger.warning("The input changed since the interrupted run; resuming with the saved list of %d "
-                               "items (pass --force to start over with the new input)", len(saved_items))
+                               "items (a forced build starts over with the new input)", len(saved_items))
             return saved_items
         committed = _committed_shards(partial)
         if saved is not None and committed:
             shown = {k: v for k, v in (saved.get("settings") or {}).items()}
-            raise DatabaseError(
-                f"{partial.parent} holds an interrupted build with other settings ({shown}), {committed} shard(s) "
-                "done. Re-run with the same options to resume it, or pass --force (force=True) to start over."
-            )
+            raise InterruptedBuildError(partial.parent, shown, committed)
         logger.info("Replacing the plan of an interrupted build that committed nothing (settings changed)")
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
@@ -558,7 +565,7 @@ def build_database(
 
     Raises:
         DatabaseExistsError: If a database already exists at ``db_path`` and ``force`` is false.
-        DatabaseError: If an interrupted build with other settings is found.
+        InterruptedBuildError: If an interrupted build with other settings is found.
     """
     config = config or BuildConfig()
     db = Path(db_path).expanduser()
@@ -588,7 +595,7 @@ def build_database(
         t0 = time.perf_counter()
         if todo:
             with tqdm(total=len(items), initial=done_before, unit=config.unit, desc=f"embed {info['name']}",
-                      disable=not config.verbose, smoothing=0.1) as bar:
+                      disable=not config.verbose, smoothing=0.1, miniters=1) as bar:
 
                 def progress(n: int) -> None:
                     nonlocal processed

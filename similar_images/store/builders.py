@@ -247,7 +247,7 @@ def build_text_database(source: str | os.PathLike[str] | Sequence[Any], db_path:
 
     Raises:
         DatabaseExistsError: If a database already exists and ``force`` is false.
-        DatabaseError: If an interrupted build with other settings is found.
+        InterruptedBuildError: If an interrupted build with other settings is found.
         TextInputError: If the input holds no usable text.
     """
     config = config or TextBuildConfig()

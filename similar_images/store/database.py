@@ -46,9 +46,9 @@ from ..errors import (
     ConfigError,
     DatabaseCorruptError,
     DatabaseError,
-    DatabaseExistsError,
     DatabaseFileError,
     DatabaseNotFoundError,
+    IndexExistsError,
     UnknownIdError,
 )
 from ..index import (
@@ -376,7 +376,7 @@ class Database:
             The build report (recall@10 alone and served, size, times, search defaults).
 
         Raises:
-            DatabaseExistsError: If an index exists and ``force`` is false.
+            IndexExistsError: If an index exists and ``force`` is false.
             IndexTrainingError: If there are too few vectors for the index.
         """
         with database_lock(self.path):
@@ -395,8 +395,7 @@ class Database:
 
     def _refuse_existing_index(self, force: bool) -> None:
         if self.manifest.index is not None and not force:
-            raise DatabaseExistsError(
-                f"{self.path} already has an index ({self.manifest.index.factory}); pass --force to rebuild it")
+            raise IndexExistsError(self.path, self.manifest.index.factory)
 
     def next_index_name(self) -> str:
         """The file name the next index generation will get (``index-0003.faiss``); files that must sit beside
@@ -416,7 +415,7 @@ class Database:
             extra: More figures for the manifest's index section (e.g. the engine that built it).
 
         Raises:
-            DatabaseExistsError: If an index exists and ``force`` is false.
+            IndexExistsError: If an index exists and ``force`` is false.
             ConfigError: If the index does not hold exactly the live items or has another dimension.
         """
         with database_lock(self.path):

@@ -295,9 +295,7 @@ def remove_database_files(db: str | os.PathLike[str], files: Iterable[str] = (VE
 
 def exists_error(db: Path) -> DatabaseExistsError:
     """The error for a new database asked for where one already exists."""
-    return DatabaseExistsError(
-        f"A database already exists at {db}. Choose another folder, or pass --force (force=True) to replace it."
-    )
+    return DatabaseExistsError(f"A database already exists at {db}; replacing it needs force=True", path=db)
 
 
 def prepare_new_database(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import BackendError
+from ..tf_import import import_keras
 from .base import check_precision
 
 if TYPE_CHECKING:
@@ -35,8 +36,7 @@ def build_keras_model(spec: ModelSpec, weights: str | None, *, seed: int = 0, pr
         seed: Seed for random weights (the same seed gives the same weights in both precisions).
         precision: ``"fp32"`` or ``"bf16"`` (variables stay float32, computations run in bfloat16).
     """
-    import keras  # noqa: PLC0415  (heavy: TensorFlow)
-
+    keras = import_keras()
     t0 = time.perf_counter()
     with _POLICY_LOCK:
         if weights is None:

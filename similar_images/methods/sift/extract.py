@@ -188,7 +188,7 @@ class _IndexBuilder:
         if len(data) < max(self.need, 1):
             raise IndexTrainingError(
                 f"Descriptor index {self.factory!r} needs at least {self.need:,} training descriptors, but the "
-                f"images gave only {len(data):,}. Use --index Flat, a smaller index, or more images."
+                f"images gave only {len(data):,}. Use the index 'Flat', a smaller index, or more images."
             )
         rng = np.random.default_rng(0)
         sample = data if len(data) <= self.train_size else data[np.sort(rng.choice(len(data), self.train_size,

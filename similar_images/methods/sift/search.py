@@ -134,7 +134,7 @@ class SiftDatabase:
                                  f"IMAGES_FOLDER {db}")
         files, counts = manifest.files, manifest.counts
         n_desc = int(counts.extra.get("descriptors", counts.indexed))
-        rebuild = "; rebuild the SIFT database with --force"
+        rebuild = "; rebuild the SIFT database"
         for name in ("items", "descriptor_images", "index"):
             if not (db / str(files[name])).exists():
                 raise DatabaseCorruptError(f"{db / str(files[name])} is missing{rebuild}")
