@@ -156,13 +156,10 @@ class AddressPolicy:
             BadURLError: For an internal or malformed address literal, or a local name.
         """
         ip = host_address(host)
-        if self.allow_private:
-            return
-        name = host.rstrip(".")
-        if ip is None and (name in _LOCAL_NAMES or name.endswith(".localhost")):
+        if ip is not None:
+            self.check(host, str(ip))
+        elif not self.allow_private and (host.rstrip(".") in _LOCAL_NAMES or host.rstrip(".").endswith(".localhost")):
             raise _refusal(host, "a local name")
-        if ip is not None and is_internal(ip):
-            raise _refusal(host, ip)
 
 
 # --------------------------------------------------------------------------- connections
@@ -366,6 +363,9 @@ def check_url(url: str, *, assume_https: bool = False, policy: AddressPolicy | N
         raise BadURLError(f"Only http:// and https:// URLs are allowed, got {got} in {shown(url)}")
     if not host:
         raise BadURLError(f"The URL has no host name: {shown(url)}")
+    after_bracket = parts.netloc.rpartition("]")[2] if "[" in parts.netloc else ""
+    if after_bracket and not re.fullmatch(r":[0-9]*", after_bracket):
+        raise BadURLError(f"The URL {shown(url)} is malformed (text after the IPv6 address)")
     if undecodable_at(url) is not None or any(ord(c) < 32 or c == "\x7f" for c in url):
         raise BadURLError(f"The URL {shown(url)} holds undecodable bytes or control characters")
     if not host.isascii():

@@ -120,6 +120,10 @@ _POST_SEARCH_OPENAPI = {
                 "id": {"type": "integer", "description": "A database id."},
                 **_SEARCH_OPTIONS_SCHEMA}},
                 "example": {"url": "https://example.com/cat.jpg", "k": 8}},
+            "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {
+                "url": {"type": "string", "description": "An http(s) address of the query image."},
+                "id": {"type": "integer", "description": "A database id."},
+                **_SEARCH_OPTIONS_SCHEMA}}},
             "image/*": {"schema": {"type": "string", "format": "binary"}},
         },
     },
