@@ -412,13 +412,19 @@ def test_every_spelling_of_an_internal_address_is_refused_before_connecting(host
         fetch_url(url, FetchConfig(policy=policy, timeout=2, deadline=4))
 
 
-@pytest.mark.parametrize("address", ["64:ff9b::8.8.8.8", "2002:808:808::1", "::ffff:8.8.8.8", "8.8.8.8",
-                                     "2001:4860:4860::8888"])
-def test_public_addresses_in_any_spelling_are_allowed(address: str) -> None:
+@pytest.mark.parametrize(("internal", "public"), [("::127.0.0.1", "64:ff9b::8.8.8.8"),
+                                                 ("64:ff9b::7f00:1", "2002:808:808::1"),
+                                                 ("2002:7f00:1::", "::ffff:8.8.8.8"),
+                                                 ("64:ff9b::a9fe:a9fe", "2001:4860:4860::8888")])
+def test_ipv6_spellings_are_judged_by_the_ipv4_address_they_carry(internal: str, public: str) -> None:
     """The checks see through the IPv6 spellings rather than refusing them all: a public IPv4 address behind NAT64,
-    6to4 or an IPv4-mapped address is public (an IPv6-only server reaches the web through NAT64)."""
-    assert not is_internal(ipaddress.ip_address(address))
-    AddressPolicy(allow_private=False).check("example.com", address)
+    6to4 or an IPv4-mapped address is public (an IPv6-only server reaches the web through NAT64); an internal one
+    is internal."""
+    policy = AddressPolicy(allow_private=False)
+    with pytest.raises(BadURLError, match="loopback, private"):
+        policy.check("example.com", internal)
+    policy.check("example.com", public)
+    assert is_internal(ipaddress.ip_address(internal)) and not is_internal(ipaddress.ip_address(public))
 
 
 @pytest.mark.parametrize("url", ["http://[::1", "http://[::1]x/a.png", "http://999.1.1.1/a.png", "http://a\x00b/",
@@ -441,9 +447,16 @@ class _NamesLookPublic(AddressPolicy):
         super().check_host(host)
 
 
-def test_a_name_that_resolves_to_an_internal_address_is_refused_when_connecting() -> None:
+def test_local_names_are_refused_by_name_and_every_name_again_by_its_addresses() -> None:
+    """``localhost.`` (a trailing dot) was looked up and connected to; local names are now refused before the
+    lookup. Any other name is checked on the addresses it resolves to, right before connecting (here: a policy
+    that lets every name through the first check)."""
     with http_server({"/cat.jpg": Route(b"\x89PNG fake", "image/png")}) as base:
         port = base.rsplit(":", 1)[1]
+        policy = AddressPolicy(allow_private=False)
+        for name in ("localhost", "localhost.", "LocalHost", "db.localhost"):
+            with pytest.raises(BadURLError, match="a local name"):
+                check_url(f"http://{name}:{port}/cat.jpg", policy=policy)
         config = FetchConfig(policy=_NamesLookPublic(allow_private=False), timeout=2, deadline=4)
         with pytest.raises(BadURLError, match=r"Refused to fetch from localhost \((127\.0\.0\.1|::1)\)"):
             fetch_url(f"http://localhost:{port}/cat.jpg", config)
