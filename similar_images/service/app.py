@@ -386,7 +386,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
              responses={200: {"content": {"image/png": {}, "application/json": {}},
                               "description": "A PNG with the query and the result side by side, each with its "
                                              "similarity map; or the maps as JSON"},
-                        **{code: error_responses[code] for code in (400, 404, 422, 502)}})
+                        **{code: error_responses[code] for code in (400, 404, 422, 502, 503)}})
     async def get_explain(
         request: Request,
         id: Annotated[int, Query(description="The database id of the result to explain."), ascii_int],
