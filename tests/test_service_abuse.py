@@ -250,6 +250,10 @@ HOSTILE_TEXT: list[str | bytes] = [
     "http://\uff11\uff12\uff17.0.0.1/a.png", "http://", "ftp://127.0.0.1/a.png", "javascript:alert(1)",
     "http://" + "a" * 3000 + ".png", "é" * 3000,
 ]
+#: Field names nobody expects: not UTF-8 (raw, or a lone surrogate escaped in JSON), control characters, very long,
+#: and very many.
+HOSTILE_NAMES: list[list[str | bytes]] = [[b"\xff\xfe"], ["\\udcff"], ["a\nb\r\x00"], ["n" * 5000],
+                                          [f"f{i}" for i in range(2000)]]
 #: JSON values of other types than text.
 HOSTILE_JSON: list[object] = [None, True, False, 1.5, -1, 0, 10**30, -(10**30), 1e308, [], {}, [1], {"a": 1}]
 
@@ -260,11 +264,14 @@ def _quoted(value: str | bytes) -> str:
     return urllib.parse.quote(value, safe="")
 
 
-def _multipart(fields: dict[str, str | bytes], boundary: str = "fuzzboundary") -> bytes:
+def _multipart(fields: dict[Any, str | bytes], boundary: str = "fuzzboundary") -> bytes:
+    """A multipart/form-data body of plain fields, names and values sent as they are (bytes: not UTF-8)."""
     out = b""
     for name, value in fields.items():
+        raw_name = name if isinstance(name, bytes) else name.encode("utf-8", "surrogatepass")
         data = value if isinstance(value, bytes) else value.encode()
-        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n').encode() + data + b"\r\n"
+        out += (b"--" + boundary.encode() + b'\r\nContent-Disposition: form-data; name="' + raw_name + b'"\r\n\r\n'
+                + data + b"\r\n")
     return out + f"--{boundary}--\r\n".encode()
 
 
@@ -322,6 +329,18 @@ def _fuzz_requests(schema: dict[str, Any]) -> Iterator[tuple[str, str, str, dict
                             else:
                                 yield label, method, target, {"content": urllib.parse.urlencode(
                                     {**fields, name: value}), "headers": {"Content-Type": media}}
+                for names in HOSTILE_NAMES:  # unknown fields
+                    label = f"{method.upper()} {path} {media} field names {names[0]!r:.30} ({len(names)})"
+                    if media == "application/json":
+                        yield label, method, target, {"content": b"{" + b", ".join(
+                            b'"%s": 1' % (n.encode("utf-8", "surrogatepass") if isinstance(n, str) else n)
+                            for n in names) + b"}", "headers": {"Content-Type": media}}
+                    elif media == "multipart/form-data":
+                        yield label, method, target, {"content": _multipart(dict.fromkeys(names, "1")), "headers": {
+                            "Content-Type": f"{media}; boundary=fuzzboundary"}}
+                    elif media == "application/x-www-form-urlencoded":
+                        yield label, method, target, {"content": urllib.parse.urlencode(dict.fromkeys(names, "1")),
+                                                      "headers": {"Content-Type": media}}
                 if media.startswith("image/"):  # the body is the image; the fields go in the query string
                     for name in ("id", "url", "k", "exact", "nprobe", "ef_search"):
                         for value in HOSTILE_TEXT:

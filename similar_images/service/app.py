@@ -73,7 +73,19 @@ def _ascii_int(value: Any) -> Any:
     return value
 
 
+def _names(names: list[str], most: int = 5) -> str:
+    """Field names a client sent, for an error message: at most ``most``, each cut short and escaped."""
+    shown_ = [name if name.isprintable() and len(name) <= 40 and name.isascii() else shown(name) for name in names]
+    return ", ".join(shown_[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+#: Longest error message answered (the client's own input, quoted in it, is cut shorter still).
+MAX_DETAIL_CHARS = 1000
+
+
 def _error_body(status: int, code: str, detail: Any) -> dict[str, Any]:
+    if isinstance(detail, str):  # one line, bounded, and encodable: a lone surrogate would fail the JSON answer
+        detail = " ".join(detail.splitlines())[:MAX_DETAIL_CHARS].encode("utf-8", "backslashreplace").decode()
     return {"error": code, "detail": detail, "status": status}
 
 
@@ -341,7 +353,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
                 raise InvalidQueryError('The JSON body must be an object such as {"url": "...", "k": 8}')
             unknown = sorted(set(obj) - _JSON_FIELDS)
             if unknown:
-                raise InvalidQueryError(f"Unknown field(s) {', '.join(unknown)}; expected some of "
+                raise InvalidQueryError(f"Unknown field(s) {_names(unknown)}; expected some of "
                                    f"{', '.join(sorted(_JSON_FIELDS))} (upload files as multipart)")
             fields_.update({key: v for key, v in obj.items() if v is not None})
         elif mime in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -352,7 +364,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
             try:
                 unknown = sorted(set(form.keys()) - _FORM_FIELDS)
                 if unknown:
-                    raise InvalidQueryError(f"Unknown form field(s) {', '.join(unknown)}; expected some of "
+                    raise InvalidQueryError(f"Unknown form field(s) {_names(unknown)}; expected some of "
                                        f"{', '.join(sorted(_FORM_FIELDS))}")
                 for key, value in form.multi_items():
                     if key == "file":
