@@ -88,9 +88,9 @@ def is_internal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 def _refusal(host: str, ip: object) -> BadURLError:
-    shown = host if host == str(ip) else f"{host} ({ip})"
+    who = host if host == str(ip) else f"{host} ({ip})"
     return BadURLError(
-        f"Refused to fetch from {shown}: it is a loopback, private, link-local or reserved address. "
+        f"Refused to fetch from {who}: it is a loopback, private, link-local or reserved address. "
         "Use a public address, or allow internal addresses explicitly (serve --allow-private-urls)."
     )
 
@@ -357,17 +357,17 @@ def check_url(url: str, *, assume_https: bool = False, policy: AddressPolicy | N
         host = parts.hostname
         _ = parts.port
     except ValueError as exc:
-        raise BadURLError(f"The URL {shown(url)} is malformed ({exc})") from None
+        raise BadURLError(f"The URL {shown(url, 120)} is malformed ({exc})") from None
     if parts.scheme.lower() not in _ALLOWED_SCHEMES:
         got = f"{parts.scheme}://" if parts.scheme else "no scheme"
-        raise BadURLError(f"Only http:// and https:// URLs are allowed, got {got} in {shown(url)}")
+        raise BadURLError(f"Only http:// and https:// URLs are allowed, got {got} in {shown(url, 120)}")
     if not host:
-        raise BadURLError(f"The URL has no host name: {shown(url)}")
+        raise BadURLError(f"The URL has no host name: {shown(url, 120)}")
     after_bracket = parts.netloc.rpartition("]")[2] if "[" in parts.netloc else ""
     if after_bracket and not re.fullmatch(r":[0-9]*", after_bracket):
-        raise BadURLError(f"The URL {shown(url)} is malformed (text after the IPv6 address)")
+        raise BadURLError(f"The URL {shown(url, 120)} is malformed (text after the IPv6 address)")
     if undecodable_at(url) is not None or any(ord(c) < 32 or c == "\x7f" for c in url):
-        raise BadURLError(f"The URL {shown(url)} holds undecodable bytes or control characters")
+        raise BadURLError(f"The URL {shown(url, 120)} holds undecodable bytes or control characters")
     if not host.isascii():
         try:  # the resolver reads "１２７.０.０.１" as 127.0.0.1: check what it will look up
             host = host.encode("idna").decode("ascii").lower()
