@@ -313,7 +313,8 @@ def test_a_text_database_refuses_an_image_path_as_a_query(tmp_path: Path) -> Non
 
 # ----------------------------------------------------------------------------- issue 20: malformed URLs, bad bytes
 def test_a_malformed_url_query_is_a_one_line_cli_error(tmp_path: Path, tiny_model: str) -> None:
-    """Issue 20: ``search DB 'http://[::1'`` printed a ValueError traceback (urlsplit's "Invalid IPv6 URL")."""
+    """Issue 20: ``search DB 'http://[::1'`` printed a ValueError traceback (urlsplit's "Invalid IPv6 URL"), and
+    ``remove DB ²`` another (``"²".isdigit()`` but not ``int()``)."""
     from similar_images import write_database
     from similar_images.embed import l2_normalize
 
@@ -325,6 +326,9 @@ def test_a_malformed_url_query_is_a_one_line_cli_error(tmp_path: Path, tiny_mode
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (url, result.output)
         assert result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1, result.output
         assert "malformed" in result.output or "not a valid IPv4 address" in result.output, result.output
+    # the same kind of check elsewhere: "²".isdigit() is true, and int("²") raised a ValueError traceback
+    removed = CliRunner().invoke(main, ["remove", str(db), "²"])
+    assert removed.exit_code == 1 and removed.output.strip() == "Error: ² is not in the database", removed.output
 
 
 def test_a_text_query_that_is_not_utf8_is_a_one_line_error(tmp_path: Path) -> None:
