@@ -79,8 +79,8 @@ def is_internal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
             return is_internal(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         if ip in _NAT64_LOCAL or ip in _IPV4_COMPATIBLE or ip.is_site_local:
             return True
-        if ip.sixtofour is not None and is_internal(ip.sixtofour):
-            return True
+        if ip.sixtofour is not None:  # judged by its IPv4 address alone (newer Pythons call all of 2002::/16 private)
+            return is_internal(ip.sixtofour)
         if ip.teredo is not None and any(is_internal(v4) for v4 in ip.teredo):
             return True
     return (not ip.is_global or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
