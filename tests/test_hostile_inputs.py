@@ -309,3 +309,46 @@ def test_a_text_database_refuses_an_image_path_as_a_query(tmp_path: Path) -> Non
     with pytest.raises(QueryError, match="is an image file"):
         TextEmbedder().coerce_query(str(photo))
     assert TextEmbedder().coerce_query("cat.jpg") == "cat.jpg"  # no such file: a text like any other
+
+
+# ----------------------------------------------------------------------------- issue 20: malformed URLs, bad bytes
+def test_a_malformed_url_query_is_a_one_line_cli_error(tmp_path: Path, tiny_model: str) -> None:
+    """Issue 20: ``search DB 'http://[::1'`` printed a ValueError traceback (urlsplit's "Invalid IPv6 URL"), and
+    ``remove DB ²`` another (``"²".isdigit()`` but not ``int()``)."""
+    from similar_images import write_database
+    from similar_images.embed import l2_normalize
+
+    db = tmp_path / "db"
+    write_database(db, kind="image", model={"name": tiny_model, "dim": 16}, items=[f"{i}.png" for i in range(10)],
+                   vector_chunks=[l2_normalize(np.random.default_rng(0).normal(size=(10, 16)).astype(np.float32))])
+    for url in ("http://[::1", "http://[::1]x/cat.jpg", "http://999.1.1.1/cat.jpg"):
+        result = CliRunner().invoke(main, ["search", str(db), url])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (url, result.output)
+        assert result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1, result.output
+        assert "malformed" in result.output or "not a valid IPv4 address" in result.output, result.output
+    # the same kind of check elsewhere: "²".isdigit() is true, and int("²") raised a ValueError traceback
+    removed = CliRunner().invoke(main, ["remove", str(db), "²"])
+    assert removed.exit_code == 1 and removed.output.strip() == "Error: ² is not in the database", removed.output
+
+
+def test_a_text_query_that_is_not_utf8_is_a_one_line_error(tmp_path: Path) -> None:
+    """Issue 20: a text query with bytes that are not UTF-8 (``$'caf\\xe9'`` in a Latin-1 terminal) reached the
+    tokenizer as lone surrogates, which printed a TypeError traceback. The command line hands undecodable bytes
+    over as such surrogates: given as bytes in a real process, and as the same str to the library."""
+    from similar_images import write_database
+    from similar_images.embed import DEFAULT_TEXT_ENCODER, TextEmbedder, l2_normalize
+    from similar_images.errors import QueryError
+
+    db = tmp_path / "texts-db"
+    write_database(db, kind="text", model={"name": DEFAULT_TEXT_ENCODER, "dim": 384, "kind": "text"},
+                   items=[f"text {i}" for i in range(10)],
+                   vector_chunks=[l2_normalize(np.random.default_rng(0).normal(size=(10, 384)).astype(np.float32))])
+    run = subprocess.run([sys.executable, "-c", "from similar_images.cli import main; main()", "text", "search",
+                          os.fsencode(db), b"caf\xe9 au lait"], capture_output=True, text=True, timeout=300,
+                         env=plugin_env())
+    shown = (run.stdout + run.stderr).strip()
+    assert run.returncode == 1 and len(shown.splitlines()) == 1, shown
+    assert shown == "Error: The query is not valid UTF-8 text (an undecodable byte at character 4): type it in UTF-8"
+    with pytest.raises(QueryError, match="not valid UTF-8"):
+        TextEmbedder().coerce_query("caf\udce9")
+    assert TextEmbedder().coerce_query("café") == "café"

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..errors import DownloadError
 from .http import _USER_AGENT, build_opener, check_url, describe_network_error
 from .io import fsync_dir
+from .parsing import parse_int
 
 __all__ = ["download_file", "human_bytes", "check_free_space", "Progress"]
 
@@ -117,8 +118,8 @@ def _fetch_once(opener: urllib.request.OpenerDirector, url: str, part: Path, *, 
 
     with response:
         status = response.status
-        length_header = response.headers.get("Content-Length")
-        length = int(length_header) if length_header and length_header.isdigit() else None
+        length = parse_int(response.headers.get("Content-Length") or "")
+        length = None if length is None or length < 0 else length
         if status == 206 and offset:
             start, total = _parse_content_range(response.headers.get("Content-Range"))
             if start != offset:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadURLError, FetchError
+from .parsing import parse_int, shown, undecodable_at
 
 __all__ = [
     "AddressPolicy",
@@ -43,6 +44,8 @@ __all__ = [
     "is_url",
     "looks_like_url",
     "check_url",
+    "host_address",
+    "is_internal",
     "describe_network_error",
     "build_opener",
 ]
@@ -55,6 +58,69 @@ MAX_URL_LENGTH = 2048
 
 
 # --------------------------------------------------------------------------- addresses
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address in the last 32 bits
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: local-use NAT64, never public
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated "::a.b.c.d" (with :: and ::1)
+_LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+def is_internal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``ip`` is not a public unicast address, whatever IPv4 address an IPv6 spelling embeds.
+
+    Refused: private, loopback, link-local, site-local, reserved, multicast, unspecified and other non-global
+    addresses (carrier-grade NAT 100.64/10 included), and IPv6 addresses that carry such an IPv4 address:
+    IPv4-mapped (``::ffff:127.0.0.1``), IPv4-compatible (``::127.0.0.1``), NAT64 (``64:ff9b::7f00:1``, and the
+    local-use ``64:ff9b:1::/48``), 6to4 (``2002:7f00:1::``) and Teredo.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return is_internal(ip.ipv4_mapped)
+        if ip in _NAT64:
+            return is_internal(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip in _NAT64_LOCAL or ip in _IPV4_COMPATIBLE or ip.is_site_local:
+            return True
+        if ip.sixtofour is not None:  # judged by its IPv4 address alone (newer Pythons call all of 2002::/16 private)
+            return is_internal(ip.sixtofour)
+        if ip.teredo is not None and any(is_internal(v4) for v4 in ip.teredo):
+            return True
+    return (not ip.is_global or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
+            or ip.is_multicast or ip.is_unspecified)
+
+
+def _refusal(host: str, ip: object) -> BadURLError:
+    who = host if host == str(ip) else f"{host} ({ip})"
+    return BadURLError(
+        f"Refused to fetch from {who}: it is a loopback, private, link-local or reserved address. "
+        "Use a public address, or allow internal addresses explicitly (serve --allow-private-urls)."
+    )
+
+
+_NUMERIC_HOST = re.compile(r"(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+))*\.?")
+
+
+def host_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a URL's host names literally, in any spelling the system's resolver takes, or ``None`` for a
+    host name.
+
+    IPv6 literals may carry a zone (``fe80::1%eth0``); IPv4 ones may be written as ``inet_aton`` reads them:
+    ``2130706433``, ``0x7f.1``, ``0177.0.0.1``, ``127.1``, with a trailing dot.
+
+    Raises:
+        BadURLError: For a host made of numbers that is no IPv4 address (``999.1.1.1``), or a bad IPv6 literal.
+    """
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise BadURLError(f"{host!r} is not a valid IPv6 address") from None
+    if _NUMERIC_HOST.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host.rstrip(".")))
+        except OSError:
+            raise BadURLError(f"{host!r} is not a valid IPv4 address") from None
+    return None
+
+
 @dataclass(frozen=True)
 class AddressPolicy:
     """Which addresses a URL may lead to.
@@ -62,9 +128,9 @@ class AddressPolicy:
     Attributes:
         allow_private: Allow loopback (127.0.0.0/8, ::1), private (10/8, 172.16/12, 192.168/16, fc00::/7),
             link-local (169.254/16, fe80::/10), carrier-grade NAT, multicast, reserved and unspecified
-            addresses. A server open to others should keep this ``False``: otherwise a client can make it
-            fetch internal services (its own, or its network's). A notebook on the user's own machine may
-            allow them.
+            addresses, and IPv6 addresses that embed such an IPv4 address (see :func:`is_internal`). A server
+            open to others should keep this ``False``: otherwise a client can make it fetch internal services
+            (its own, or its network's). A notebook on the user's own machine may allow them.
     """
 
     allow_private: bool = False
@@ -78,14 +144,22 @@ class AddressPolicy:
         if self.allow_private:
             return
         ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if not ip.is_global or ip.is_multicast:
-            shown = host if host == str(ip) else f"{host} ({ip})"
-            raise BadURLError(
-                f"Refused to fetch from {shown}: it is a loopback, private, link-local or reserved address. "
-                "Use a public address, or allow internal addresses explicitly (serve --allow-private-urls)."
-            )
+        if is_internal(ip):
+            raise _refusal(host, ip)
+
+    def check_host(self, host: str) -> None:
+        """Refuse a URL's host before any lookup when it names an internal address itself: an address literal
+        in any spelling (:func:`host_address`), or ``localhost`` and its subdomains. Host names are checked
+        again by :meth:`check` on the addresses they resolve to, right before connecting.
+
+        Raises:
+            BadURLError: For an internal or malformed address literal, or a local name.
+        """
+        ip = host_address(host)
+        if ip is not None:
+            self.check(host, str(ip))
+        elif not self.allow_private and (host.rstrip(".") in _LOCAL_NAMES or host.rstrip(".").endswith(".localhost")):
+            raise _refusal(host, "a local name")
 
 
 # --------------------------------------------------------------------------- connections
@@ -207,15 +281,24 @@ class _Handler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
 
 
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to http and https URLs (each hop's addresses are checked when it connects)."""
+    """Follow redirects only to well-formed http and https URLs whose host passes the policy (each hop's
+    resolved addresses are checked again when it connects)."""
 
     max_redirections = 5
 
+    def __init__(self, policy: AddressPolicy | None = None) -> None:
+        super().__init__()
+        self._policy = policy
+
     def http_error_302(self, req, fp, code, msg, headers):  # type: ignore[no-untyped-def]
-        target = urllib.parse.urljoin(req.full_url, headers.get("Location") or headers.get("URI") or "")
-        scheme = urllib.parse.urlsplit(target).scheme.lower()
+        try:
+            target = urllib.parse.urljoin(req.full_url, headers.get("Location") or headers.get("URI") or "")
+            scheme = urllib.parse.urlsplit(target).scheme.lower()
+        except ValueError as exc:
+            raise FetchError(f"Refused a malformed redirect ({exc})") from None
         if scheme not in _ALLOWED_SCHEMES:
             raise FetchError(f"Refused a redirect to a {scheme}:// URL; only http and https are allowed")
+        check_url(target, policy=self._policy)
         return super().http_error_302(req, fp, code, msg, headers)
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
@@ -229,7 +312,7 @@ def build_opener(*, read_timeout: float | None, policy: AddressPolicy | None = N
     opener = urllib.request.OpenerDirector()
     if policy is None:
         opener.add_handler(urllib.request.ProxyHandler())
-    for handler in (_Handler(read_timeout, policy, deadline or _Deadline(None)), _SafeRedirects(),
+    for handler in (_Handler(read_timeout, policy, deadline or _Deadline(None)), _SafeRedirects(policy),
                     urllib.request.HTTPErrorProcessor(), urllib.request.HTTPDefaultErrorHandler()):
         opener.add_handler(handler)
     return opener
@@ -251,15 +334,18 @@ def looks_like_url(text: str) -> bool:
     return is_url(text) or bool(_HOSTLIKE.match(text)) and not os.path.exists(text)
 
 
-def check_url(url: str, *, assume_https: bool = False) -> str:
+def check_url(url: str, *, assume_https: bool = False, policy: AddressPolicy | None = None) -> str:
     """Validate a URL and return it stripped.
 
     Args:
         url: The address.
         assume_https: Prefix ``https://`` to an address given without a scheme (``www.example.com/a.jpg``).
+        policy: Refuse a host that names an internal address itself (:meth:`AddressPolicy.check_host`), before
+            any connection; the addresses a host name resolves to are checked when connecting.
 
     Raises:
-        BadURLError: If it is too long, has another scheme than http(s), or has no host.
+        BadURLError: If it is too long, malformed, has another scheme than http(s), has no host, or (with
+            ``policy``) names a refused address.
     """
     url = url.strip()
     if assume_https and not is_url(url) and looks_like_url(url):
@@ -268,18 +354,29 @@ def check_url(url: str, *, assume_https: bool = False) -> str:
         raise BadURLError(f"The URL is longer than {MAX_URL_LENGTH} characters")
     try:
         parts = urllib.parse.urlsplit(url)
-    except ValueError as exc:  # "Invalid IPv6 URL": an unclosed bracket
-        raise BadURLError(f"The URL {url!r} is malformed ({exc})") from None
-    if parts.scheme.lower() not in _ALLOWED_SCHEMES:
-        got = f"{parts.scheme}://" if parts.scheme else "no scheme"
-        raise BadURLError(f"Only http:// and https:// URLs are allowed, got {got} in {url!r}")
-    try:
         host = parts.hostname
         _ = parts.port
     except ValueError as exc:
-        raise BadURLError(f"The URL {url!r} is malformed ({exc})") from None
+        raise BadURLError(f"The URL {shown(url, 120)} is malformed ({exc})") from None
+    if parts.scheme.lower() not in _ALLOWED_SCHEMES:
+        got = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        raise BadURLError(f"Only http:// and https:// URLs are allowed, got {got} in {shown(url, 120)}")
     if not host:
-        raise BadURLError(f"The URL has no host name: {url!r}")
+        raise BadURLError(f"The URL has no host name: {shown(url, 120)}")
+    after_bracket = parts.netloc.rpartition("]")[2] if "[" in parts.netloc else ""
+    if after_bracket and not re.fullmatch(r":[0-9]*", after_bracket):
+        raise BadURLError(f"The URL {shown(url, 120)} is malformed (text after the IPv6 address)")
+    if undecodable_at(url) is not None or any(ord(c) < 32 or c == "\x7f" for c in url):
+        raise BadURLError(f"The URL {shown(url, 120)} holds undecodable bytes or control characters")
+    if not host.isascii():
+        try:  # the resolver reads "１２７.０.０.１" as 127.0.0.1: check what it will look up
+            host = host.encode("idna").decode("ascii").lower()
+        except UnicodeError:
+            raise BadURLError(f"The URL's host name {shown(host)} is not a valid international name") from None
+    if policy is not None:
+        policy.check_host(host)
+    else:
+        host_address(host)
     return url
 
 
@@ -352,7 +449,7 @@ def fetch_url(url: str, config: FetchConfig | None = None) -> bytes:
             image, or one over the size limit.
     """
     config = config or FetchConfig()
-    url = check_url(url)
+    url = check_url(url, policy=config.policy)
     host = urllib.parse.urlsplit(url).hostname or url
     req = urllib.request.Request(url, headers={"User-Agent": config.user_agent, "Accept": "image/*"})
     deadline = _Deadline(config.deadline)
@@ -368,9 +465,9 @@ def fetch_url(url: str, config: FetchConfig | None = None) -> bytes:
             if not ctype.startswith("image/"):
                 raise FetchError(f"{url} did not return an image (it answered {ctype or 'no content type'}); "
                                  "give the address of the image itself, not of a web page")
-            length = resp.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > config.max_bytes:
-                raise FetchError(f"The image at {url} is too large ({int(length):,} bytes; "
+            length = parse_int(resp.headers.get("Content-Length") or "")
+            if length is not None and length > config.max_bytes:
+                raise FetchError(f"The image at {url} is too large ({length:,} bytes; "
                                  f"the limit is {config.max_bytes:,})")
             data = bytearray()
             while len(data) <= config.max_bytes:
@@ -381,8 +478,8 @@ def fetch_url(url: str, config: FetchConfig | None = None) -> bytes:
                 data += chunk
             if deadline.passed:  # the timer shut the socket: what was read is cut short
                 raise TimeoutError(f"the fetch took longer than {config.deadline:g} s")
-            if length and length.isdigit() and len(data) < int(length):
-                raise http.client.IncompleteRead(bytes(data), int(length) - len(data))
+            if length is not None and len(data) < length:
+                raise http.client.IncompleteRead(bytes(data), length - len(data))
     except (BadURLError, FetchError):
         raise
     except urllib.error.HTTPError as exc:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from .._util.parsing import parse_int, shown
 from ..embed.backends import BACKENDS, PRECISIONS
 from ..embed.tf_import import quiet_tensorflow
 from ..engines.spark import SparkEngine, build_index_spark
@@ -79,12 +80,12 @@ def cli_message(exc: SimilarImagesError) -> str:
 def parse_query(query: str, by_id: bool, *, guess: bool = False) -> str | int:
     """A QUERY argument: the text as given, or with ``--id`` the database id it names (with ``guess``, digits that
     name no file are an id too)."""
-    if not by_id and not (guess and query.isdigit() and not Path(query).exists()):
+    if not by_id and not (guess and query.isascii() and query.isdigit() and not Path(query).exists()):
         return query
-    try:
-        return int(query)
-    except ValueError:
-        raise click.BadParameter(f"--id needs an integer, got {query!r}", param_hint="QUERY") from None
+    value = parse_int(query)
+    if value is None:
+        raise click.BadParameter(f"--id needs an integer, got {shown(query)}", param_hint="QUERY")
+    return value
 
 
 def engine_options(func: F) -> F:

@@ -244,7 +244,7 @@ def register(group: click.Group) -> None:
         Example: similar-images remove photos-db 12 photos/dup.jpg
         """
         database = Database.open(db)
-        parsed: list[int | str] = [int(t) if t.isdigit() else t for t in targets]
+        parsed: list[int | str] = [int(t) if t.isascii() and t.isdigit() else t for t in targets]
         removed = database.remove(parsed)
         click.echo(f"Removed {len(removed)} items: ids {', '.join(map(str, removed))}")
 

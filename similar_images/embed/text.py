@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .._util.parsing import undecodable_at
 from .._util.registry import Registry
 from ..errors import ConfigError, QueryError, TextInputError, WeightsError
 from ..sources.images import IMAGE_EXTENSIONS
@@ -402,6 +403,10 @@ class TextEmbedder(SpecBacked):
             raise QueryError(f"A text database takes str queries (or ids/vectors), got {type(query).__name__}")
         if not query.strip():
             raise QueryError("The query is empty: type some text")
+        bad = undecodable_at(query)
+        if bad is not None:
+            raise QueryError(f"The query is not valid UTF-8 text (an undecodable byte at character {bad + 1}): "
+                             "type it in UTF-8")
         text = query.strip()
         if "\n" not in text and Path(text).suffix.lower() in IMAGE_EXTENSIONS and Path(text).expanduser().is_file():
             raise QueryError(f"{text} is an image file, and this database holds texts: type some text, "

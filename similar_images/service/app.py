@@ -35,8 +35,9 @@ import json
 import logging
 import mimetypes
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from .._util.parsing import MAX_INT_DIGITS, parse_int, shown
 from .._version import __version__
 from ..errors import SimilarImagesError
 from ..methods.explain import explanation_png
@@ -60,7 +61,31 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 
+def _ascii_int(value: Any) -> Any:
+    """A query or path parameter's text as an integer by :func:`~similar_images._util.parsing.parse_int`, as
+    :func:`~.logic.as_int` parses the JSON and form fields (pydantic's own parsing takes ``"1_000"``, ``"1.0"``
+    and numbers too large for Faiss)."""
+    if isinstance(value, str):
+        result = parse_int(value)
+        if result is None:
+            raise ValueError(f"must be an integer (ASCII digits, at most {MAX_INT_DIGITS})")
+        return result
+    return value
+
+
+def _names(names: list[str], most: int = 5) -> str:
+    """Field names a client sent, for an error message: at most ``most``, each cut short and escaped."""
+    shown_ = [name if name.isprintable() and len(name) <= 40 and name.isascii() else shown(name) for name in names]
+    return ", ".join(shown_[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+#: Longest error message answered (the client's own input, quoted in it, is cut shorter still).
+MAX_DETAIL_CHARS = 1000
+
+
 def _error_body(status: int, code: str, detail: Any) -> dict[str, Any]:
+    if isinstance(detail, str):  # one line, bounded, and encodable: a lone surrogate would fail the JSON answer
+        detail = " ".join(detail.splitlines())[:MAX_DETAIL_CHARS].encode("utf-8", "backslashreplace").decode()
     return {"error": code, "detail": detail, "status": status}
 
 
@@ -107,6 +132,10 @@ _POST_SEARCH_OPENAPI = {
                 "id": {"type": "integer", "description": "A database id."},
                 **_SEARCH_OPTIONS_SCHEMA}},
                 "example": {"url": "https://example.com/cat.jpg", "k": 8}},
+            "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {
+                "url": {"type": "string", "description": "An http(s) address of the query image."},
+                "id": {"type": "integer", "description": "A database id."},
+                **_SEARCH_OPTIONS_SCHEMA}}},
             "image/*": {"schema": {"type": "string", "format": "binary"}},
         },
     },
@@ -142,11 +171,13 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
         RedirectResponse,
         Response,
     )
-    from pydantic import BaseModel  # noqa: PLC0415  (heavy: FastAPI)
+    from pydantic import BaseModel, BeforeValidator  # noqa: PLC0415  (heavy: FastAPI)
     from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: PLC0415  (heavy: FastAPI)
     from starlette.requests import ClientDisconnect  # noqa: PLC0415  (heavy: FastAPI)
 
     cfg = config if config is not None else ServeConfig.from_env()
+    #: Parses an integer query or path parameter as the JSON and form fields are parsed (:func:`~.logic.as_int`).
+    ascii_int = BeforeValidator(_ascii_int)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -217,7 +248,8 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
         parts = []
         for err in exc.errors():
             loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("query", "path", "body"))
-            parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')} (got {err.get('input')!r})")
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            parts.append(f"{loc or 'request'}: {msg} (got {shown(err.get('input'))})")
         body = _error_body(422, "invalid_parameter", "; ".join(parts) or "Invalid request")
         return JSONResponse(body, status_code=422)
 
@@ -258,12 +290,13 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
              summary="Search with a database id or an image URL")
     async def search_get(
         request: Request,
-        id: int | None = Query(None, description="A database id: its stored vector is the query."),
+        id: Annotated[int | None, Query(description="A database id: its stored vector is the query."),
+                      ascii_int] = None,
         url: str | None = Query(None, description="An http(s) address of the query image."),
-        k: int = Query(cfg.default_k, ge=1, le=cfg.max_k, description="Number of results."),
+        k: Annotated[int, Query(ge=1, le=cfg.max_k, description="Number of results."), ascii_int] = cfg.default_k,
         exact: bool = Query(False, description="Exact search over all vectors instead of the index."),
-        nprobe: int | None = Query(None, ge=1, description="IVF lists to visit."),
-        ef_search: int | None = Query(None, ge=1, description="HNSW search depth."),
+        nprobe: Annotated[int | None, Query(ge=1, description="IVF lists to visit."), ascii_int] = None,
+        ef_search: Annotated[int | None, Query(ge=1, description="HNSW search depth."), ascii_int] = None,
     ) -> JSONResponse:
         """Give exactly one of `id` and `url`. Results are best first, with cosine similarity scores."""
         state = service(request)
@@ -281,12 +314,12 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
     async def _read_body_now(request: Request, limit: int) -> bytes:
         length = request.headers.get("content-length")
         if length is not None:
-            if not length.strip().isdigit():
-                raise BadRequestError(f"Invalid Content-Length header {length!r}")
-            if int(length) > limit:
-                raise PayloadTooLargeError(f"The request body ({int(length):,} bytes) is over the limit of {limit:,} "
-                                           "bytes; "
-                                      "send a smaller image")
+            size = parse_int(length)
+            if size is None or size < 0:
+                raise BadRequestError(f"Invalid Content-Length header {shown(length)}")
+            if size > limit:
+                raise PayloadTooLargeError(f"The request body ({size:,} bytes) is over the limit of {limit:,} bytes; "
+                                           "send a smaller image")
         buf = bytearray()
         try:
             async for chunk in request.stream():
@@ -320,7 +353,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
                 raise InvalidQueryError('The JSON body must be an object such as {"url": "...", "k": 8}')
             unknown = sorted(set(obj) - _JSON_FIELDS)
             if unknown:
-                raise InvalidQueryError(f"Unknown field(s) {', '.join(unknown)}; expected some of "
+                raise InvalidQueryError(f"Unknown field(s) {_names(unknown)}; expected some of "
                                    f"{', '.join(sorted(_JSON_FIELDS))} (upload files as multipart)")
             fields_.update({key: v for key, v in obj.items() if v is not None})
         elif mime in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -331,7 +364,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
             try:
                 unknown = sorted(set(form.keys()) - _FORM_FIELDS)
                 if unknown:
-                    raise InvalidQueryError(f"Unknown form field(s) {', '.join(unknown)}; expected some of "
+                    raise InvalidQueryError(f"Unknown form field(s) {_names(unknown)}; expected some of "
                                        f"{', '.join(sorted(_FORM_FIELDS))}")
                 for key, value in form.multi_items():
                     if key == "file":
@@ -365,29 +398,34 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
              responses={200: {"content": {"image/png": {}, "application/json": {}},
                               "description": "A PNG with the query and the result side by side, each with its "
                                              "similarity map; or the maps as JSON"},
-                        **{code: error_responses[code] for code in (400, 404, 422, 502)}})
-    def get_explain(
+                        **{code: error_responses[code] for code in (400, 404, 422, 502, 503)}})
+    async def get_explain(
         request: Request,
-        id: int = Query(..., description="The database id of the result to explain."),
-        query_id: int | None = Query(None, description="The query: a database id."),
+        id: Annotated[int, Query(description="The database id of the result to explain."), ascii_int],
+        query_id: Annotated[int | None, Query(description="The query: a database id."), ascii_int] = None,
         url: str | None = Query(None, description="The query: an http(s) address of an image."),
         format: str = Query("png", pattern="^(png|json)$", description="png (an image) or json (the maps)."),
         method: str = Query("auto", pattern="^(auto|exact|gradient)$",
                             description="exact (average- and max-pooled models), gradient (approximate), or auto."),
-        height: int = Query(320, ge=16, le=1024, description="Height of each photo in the PNG."),
+        height: Annotated[int, Query(ge=16, le=1024, description="Height of each photo in the PNG."), ascii_int] = 320,
     ) -> Response:
         """The similarity of the result to the query, decomposed over the last convolutional feature map
         (exact for average and max pooling, an approximate gradient map otherwise), for a database id or a URL
-        as the query. Unknown ids give 404; a text database or a model without a feature map gives 400."""
+        as the query. Unknown ids give 404; a text database or a model without a feature map gives 400. A URL is
+        fetched in the fetch threads that URL searches use (503 when they are all busy)."""
         state = service(request)
+        state.check_explain(query_id=query_id, url=url, item_id=id, method=method)
+        data = await fetched(state, url) if query_id is None else None
         if format == "json":
-            e = state.explain(query_id=query_id, url=url, item_id=id, method=method)
+            e = await run_in_threadpool(state.explain, query_id=query_id, url=url, item_id=id, method=method,
+                                        fetched=data)
             return JSONResponse(e.to_dict())
-        if query_id is not None and url is None:
-            png = state.explanation_png(state.db.check_id(query_id), state.db.check_id(id), method, height)
+        if query_id is not None:
+            png = await run_in_threadpool(state.explanation_png, state.db.check_id(query_id), state.db.check_id(id),
+                                          method, height)
         else:
-            png = explanation_png(state.explain(query_id=query_id, url=url, item_id=id, method=method),
-                                  height=height)
+            e = await run_in_threadpool(state.explain, url=url, item_id=id, method=method, fetched=data)
+            png = await run_in_threadpool(explanation_png, e, height=height)
         return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
 
     @app.get("/images/{item_id}", responses={200: {"content": {"image/jpeg": {}}, "description": "The image"},
@@ -396,7 +434,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
              response_class=Response, summary="A stored image, or a thumbnail of it")
     def get_image(
         request: Request,
-        item_id: int,
+        item_id: Annotated[int, ascii_int],
         size: str | None = Query(None, description="'thumb' (the server's thumbnail size), 'original', or the "
                                                    "longest side in pixels; a JPEG thumbnail is made on the server."),
     ) -> Response:

@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from .._util.http import AddressPolicy, FetchConfig, check_url, fetch_url
+from .._util.parsing import MAX_INT_DIGITS, parse_int, shown
 from .._version import __version__
 from ..embed import item_kind
 from ..errors import ImageLoadError
@@ -50,21 +51,22 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 def as_int(value: Any, name: str, *, minimum: int | None = None) -> int:
-    """A request field as an integer.
+    """A request field as an integer: a JSON integer, or text of an optional sign and ASCII digits
+    (:func:`~similar_images._util.parsing.parse_int`), the same in every route and content type.
 
     Raises:
         InvalidParameterError: If it is not an integer, or below ``minimum``.
     """
-    if isinstance(value, bool):
-        raise InvalidParameterError(f"{name} must be an integer, got {value!r}")
-    if isinstance(value, int):
-        result = value
-    elif isinstance(value, float) and value.is_integer():
+    result: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        result = value if len(str(abs(value))) <= MAX_INT_DIGITS else None
+    elif isinstance(value, float) and value.is_integer() and abs(value) < 10**MAX_INT_DIGITS:
         result = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value.strip()) <= 18:
-        result = int(value.strip())
-    else:
-        raise InvalidParameterError(f"{name} must be an integer, got {value!r}")
+    elif isinstance(value, str):
+        result = parse_int(value)
+    if result is None:
+        raise InvalidParameterError(f"{name} must be an integer (ASCII digits, at most {MAX_INT_DIGITS}), "
+                                    f"got {shown(value)}")
     if minimum is not None and result < minimum:
         raise InvalidParameterError(f"{name} must be at least {minimum}, got {result}")
     return result
@@ -82,7 +84,7 @@ def as_bool(value: Any, name: str) -> bool:
         return value.strip().lower() in _TRUE
     if value is None:
         return False
-    raise InvalidParameterError(f"{name} must be true or false, got {value!r}")
+    raise InvalidParameterError(f"{name} must be true or false, got {shown(value)}")
 
 
 @dataclass
@@ -156,7 +158,7 @@ class ServiceState:
             return self.config.default_k
         value = as_int(k, "k")
         if not 1 <= value <= self.config.max_k:
-            raise InvalidParameterError(f"k must be an integer from 1 to {self.config.max_k}, got {k!r}")
+            raise InvalidParameterError(f"k must be an integer from 1 to {self.config.max_k}, got {shown(k)}")
         return value
 
     def require_images(self) -> None:
@@ -176,9 +178,10 @@ class ServiceState:
             raise InvalidParameterError("url must be a non-empty string")
         if not self.config.allow_urls:
             raise URLsDisabledError("URL queries are disabled on this server; upload the image instead")
-        url = check_url(url)
+        config = self.fetch_config
+        url = check_url(url, policy=config.policy)
         self.require_images()
-        return fetch_url(url, self.fetch_config)
+        return fetch_url(url, config)
 
     def start_fetch(self, url: Any) -> Future[bytes]:
         """Fetch a query image in the fetch threads (see :attr:`ServeConfig.max_fetches`), not the caller's.
@@ -262,17 +265,37 @@ class ServiceState:
         return out
 
     # ---------------------------------------------------------------- explanations
-    def explain(self, *, query_id: Any = None, url: Any = None, item_id: Any = None,
-                method: str = "auto") -> Explanation:
-        """Why database item ``item_id`` is similar to the query (a database id or an image URL)."""
+    def check_explain(self, *, query_id: Any = None, url: Any = None, item_id: Any = None,
+                      method: str = "auto") -> None:
+        """Validate an explanation request's fields (before its URL, if any, is fetched).
+
+        Raises:
+            InvalidQueryError: Without exactly one query, or without ``item_id``.
+            InvalidParameterError: For an unknown method or a malformed id.
+        """
         given = [name for name, v in (("query_id", query_id), ("url", url)) if v is not None]
         if len(given) != 1:
             raise InvalidQueryError("Give exactly one query: 'query_id' (a database id) or 'url'")
         if item_id is None:
             raise InvalidQueryError("Give 'id': the database id of the result to explain")
         if method not in ("auto", "exact", "gradient"):
-            raise InvalidParameterError(f"method must be auto, exact or gradient, got {method!r}")
-        query: Any = self.db.check_id(as_int(query_id, "query_id")) if query_id is not None else self.fetch(url)
+            raise InvalidParameterError(f"method must be auto, exact or gradient, got {shown(method)}")
+        as_int(item_id, "id")
+        if query_id is not None:
+            as_int(query_id, "query_id")
+
+    def explain(self, *, query_id: Any = None, url: Any = None, item_id: Any = None,
+                method: str = "auto", fetched: bytes | None = None) -> Explanation:
+        """Why database item ``item_id`` is similar to the query (a database id or an image URL).
+
+        ``fetched`` is the body of ``url`` when the caller fetched it already (see :meth:`start_fetch`).
+        """
+        self.check_explain(query_id=query_id, url=url, item_id=item_id, method=method)
+        query: Any
+        if query_id is not None:
+            query = self.db.check_id(as_int(query_id, "query_id"))
+        else:
+            query = fetched if fetched is not None else self.fetch(url)
         lock = self.embedder.model_lock if self.embedder is not None else self.explain_lock
         with lock:  # one model, shared with the searches' embedder
             return explain(self.db, query, self.db.check_id(as_int(item_id, "id")), method=method)  # type: ignore[arg-type]
@@ -295,13 +318,10 @@ class ServiceState:
         s = size.strip().lower()
         if s == "thumb":
             return self.config.thumb_size
-        try:
-            n = int(s)
-        except ValueError:
-            n = -1
-        if not MIN_THUMB_SIZE <= n <= self.config.max_thumb_size:
+        n = parse_int(s)
+        if n is None or not MIN_THUMB_SIZE <= n <= self.config.max_thumb_size:
             raise InvalidParameterError(f"size must be 'thumb', 'original' or an integer from {MIN_THUMB_SIZE} to "
-                                   f"{self.config.max_thumb_size}, got {size!r}")
+                                   f"{self.config.max_thumb_size}, got {shown(size)}")
         return n
 
     @functools.lru_cache(maxsize=512)  # noqa: B019  (one state per worker, lives as long as the worker)
