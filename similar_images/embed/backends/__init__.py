@@ -17,6 +17,7 @@ Nothing heavy is imported here: TensorFlow, OpenVINO and NNCF load when a runner
 from .auto import CandidateFigures, PrecisionChoice, cosine_to_reference, pick_precision, topk_agreement
 from .base import (
     BACKENDS,
+    CPU_ENV,
     PRECISION_CHOICES,
     PRECISIONS,
     CpuCapabilities,
@@ -35,6 +36,7 @@ from .openvino import INSTALL_COMMAND, OpenVINORunner, QuantizationSettings
 
 __all__ = [
     "BACKENDS",
+    "CPU_ENV",
     "DEFAULT_CALIBRATION_SIZE",
     "DEFAULT_THRESHOLD",
     "INSTALL_COMMAND",
