@@ -3,14 +3,14 @@
 #   install -> get images -> extract features -> build the index -> open the app (Voila, http://localhost:8866).
 #
 # Usage: bash data_scripts/quickstart.sh [--images DIR_OR_LIST] [--model NAME] [--weights W]
-#                                        [--db DIR] [--app voila|lab|notebook|none]
+#                                        [--db DIR] [--app voila|lab|notebook|none] [--backend B] [--precision P]
 # Defaults: download MS-COCO val2014 (6.2 GB) into data/coco, model vgg16-fc2 with
 # Keras' ImageNet weights, database data/coco-db, open the app alone with Voila.
 # Every step is resumable and skipped when already done, so re-running is cheap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGES=""; MODEL="vgg16-fc2"; WEIGHTS="imagenet"; DB="data/coco-db"; APP="voila"
+IMAGES=""; MODEL="vgg16-fc2"; WEIGHTS="imagenet"; DB="data/coco-db"; APP="voila"; BACKEND=""; PRECISION=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --images) IMAGES="$2"; shift 2 ;;
@@ -18,6 +18,8 @@ while [ $# -gt 0 ]; do
     --weights) WEIGHTS="$2"; shift 2 ;;
     --db) DB="$2"; shift 2 ;;
     --app) APP="$2"; shift 2 ;;
+    --backend) BACKEND="$2"; shift 2 ;;
+    --precision) PRECISION="$2"; shift 2 ;;
     -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -49,7 +51,8 @@ if [ -f "$DB/manifest.json" ]; then
   echo "==> Database $DB exists; skipping extraction"
 else
   echo "==> Extracting $MODEL features of $IMAGES into $DB (resumes if interrupted)"
-  similar-images extract "$IMAGES" "$DB" --model "$MODEL" --weights "$WEIGHTS"
+  similar-images extract "$IMAGES" "$DB" --model "$MODEL" --weights "$WEIGHTS" \
+    ${BACKEND:+--backend "$BACKEND"} ${PRECISION:+--precision "$PRECISION"}
 fi
 if similar-images info "$DB" | grep -q "index: none"; then
   echo "==> Building the index"
