@@ -31,7 +31,7 @@ from similar_images.embed.backends import (
     cpu_capabilities,
     make_runner,
 )
-from similar_images.embed.backends.openvino import openvino_capabilities, precision_name, runs_bf16
+from similar_images.embed.backends.openvino import openvino_capabilities
 from similar_images.errors import ConfigError
 from similar_images.store import ExtractConfig, extract_features
 
@@ -209,6 +209,8 @@ def test_the_calibration_warning_only_for_a_size_asked_for(tiny_model: str, tmp_
 def test_openvino_bfloat16_counts_as_bf16(tiny_model: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Issue 20: 'it has no native bf16' while bf16 ran, since str(openvino.Type.bf16) is "<Type: 'bfloat16'>"."""
     import openvino as ov
+
+    from similar_images.embed.backends.openvino import precision_name, runs_bf16
 
     assert "bfloat16" in str(ov.Type.bf16)  # what the old check looked for 'bf16' in
     assert runs_bf16(ov.Type.bf16) and runs_bf16(str(ov.Type.bf16)) and runs_bf16("bfloat16") and runs_bf16("bf16")
