@@ -304,6 +304,8 @@ def test_explain_reports_the_score_search_shows(backend: str, precision: str, sy
         assert float(e.result_map.sum(dtype=np.float64)) == pytest.approx(match.score, abs=1e-5)
         assert float(e.query_map.sum(dtype=np.float64)) == pytest.approx(match.score, abs=1e-5)
         moved = max(moved, abs(e.score - e.model_score))
+        g = explain(db, 0, match.id, method="gradient")  # approximate maps: the score shown, the map as it is
+        assert g.approximate and g.score == pytest.approx(match.score, abs=1e-6)
     # a query from outside the database: embedded as a search embeds it
     query = str(tmp_path / "query.png")
     make_image(Path(query), seed=77)

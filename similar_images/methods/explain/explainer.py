@@ -161,8 +161,8 @@ class Explainer:
         The maps are computed in fp32 on the Keras model. A database built with another backend or precision
         stores slightly different vectors (bf16 moves a score by about 1e-3), so given ``search_score`` (what a
         search shows for the pair) the explanation reports that score and scales both maps by
-        ``search_score / model_score`` so that the exact maps sum to it; ``model_score`` keeps the fp32 cosine
-        the maps were computed with.
+        ``search_score / model_score`` so that the exact maps sum to it (a gradient map, in relative units, is left
+        as it is); ``model_score`` keeps the fp32 cosine the maps were computed with.
 
         Args:
             query: The query image: a path, bytes, a file object or a PIL image.
@@ -204,7 +204,8 @@ class Explainer:
             self.cache.pairs.put(pair_key, (qmap, rmap, score, layer), qmap.nbytes + rmap.nbytes + 256)
         model_score = float(score)
         if search_score is not None:
-            qmap, rmap = _sum_to(qmap, search_score), _sum_to(rmap, search_score)
+            if resolved != GRADIENT:  # a gradient map is in relative units: it sums to nothing in particular
+                qmap, rmap = _sum_to(qmap, search_score), _sum_to(rmap, search_score)
             score = search_score
         return Explanation(
             query_map=qmap, result_map=rmap, score=float(score), model_score=model_score, method=resolved,
