@@ -285,8 +285,7 @@ def test_explain_a_database_result(tiny_db: Database, tmp_path: Path) -> None:
     assert data["result"]["sum"] == pytest.approx(match.score, abs=1e-4) and data["method"] == "exact-avg"
 
 
-@pytest.mark.parametrize(("backend", "precision"), [("keras", "fp32"), ("keras", "bf16"), ("openvino", "fp32"),
-                                                     ("openvino", "int8")])
+@pytest.mark.parametrize(("backend", "precision"), [("keras", "fp32"), ("keras", "bf16"), ("openvino", "int8")])
 def test_explain_reports_the_score_search_shows(backend: str, precision: str, synthetic_images: Path,
                                                 tmp_path: Path, tiny_models: dict[str, str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
