@@ -76,6 +76,21 @@ def pytest_report_header(config: pytest.Config) -> str:
             f"{_keras_models()} where present (tests needing what is missing are skipped: see -ra)")
 
 
+#: The two CPU paths every precision test runs under (``$SIMILAR_IMAGES_CPU``): without and with native bf16/VNNI.
+CPU_PATHS = ("avx2", "bf16,vnni")
+
+
+@pytest.fixture(params=CPU_PATHS)
+def cpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The CPU capabilities as ``$SIMILAR_IMAGES_CPU`` sets them: each test using it runs once without native
+    bf16 and VNNI (``avx2``) and once with them (``bf16,vnni``), whatever this machine has. A claimed bf16 the
+    machine lacks runs emulated (Keras) or in fp32 (OpenVINO): the decisions are what is tested."""
+    from similar_images.embed.backends import CPU_ENV, cpu_capabilities
+
+    monkeypatch.setenv(CPU_ENV, request.param)
+    return cpu_capabilities()
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
     """Register the tiny 16-d test model and return its name."""

@@ -22,6 +22,7 @@ from similar_images.cli import main
 from similar_images.embed import ImageEmbedder, get_model_spec
 from similar_images.embed.backends import (
     Calibration,
+    CpuCapabilities,
     KerasRunner,
     ModelCache,
     OpenVINORunner,
@@ -33,7 +34,8 @@ from similar_images.embed.backends import (
     topk_agreement,
 )
 from similar_images.embed.backends.auto import CandidateFigures, pick_precision
-from similar_images.embed.backends.base import check_precision, cpu_capabilities, parse_cpuinfo
+from similar_images.embed.backends.base import check_precision, parse_cpuinfo
+from similar_images.embed.backends.openvino import runs_bf16
 from similar_images.errors import (
     BackendError,
     BackendUnavailableError,
@@ -218,11 +220,12 @@ def test_openvino_matches_keras_on_the_tiny_model(tiny_model: str, tiny_batch: n
     np.testing.assert_allclose(streamed, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_a_missing_precision_falls_back_with_a_log_line(tiny_model: str, tiny_batch: np.ndarray, tmp_path: Path,
+def test_a_missing_precision_falls_back_with_a_log_line(cpu: CpuCapabilities, tiny_model: str,
+                                                        tiny_batch: np.ndarray, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
         runner = make_runner(tiny_model, "random", "keras", "bf16", cache_dir=tmp_path)
-    if cpu_capabilities().bf16:
+    if cpu.bf16:
         assert runner.precision == "bf16"
     else:
         assert runner.precision == "fp32" and "falling back to fp32" in caplog.text
@@ -405,50 +408,59 @@ def test_the_service_embeds_queries_with_the_recorded_backend(tiny_model: str, p
     assert isinstance(state.db.embedder.runner, KerasRunner)  # type: ignore[attr-defined]
 
 
-def test_auto_records_its_choice_and_figures(tiny_model: str, photo_folder: Path, tmp_path: Path) -> None:
+def test_auto_records_its_choice_and_figures(cpu: CpuCapabilities, tiny_model: str, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    for i in range(48):  # auto measures a collection of at least 4 calibration samples
+        make_image(photos / f"p{i:02d}.jpg", seed=200 + i, size=(48, 40))
     db = tmp_path / "db"
     config = ExtractConfig(model=tiny_model, weights="random", backend="openvino", precision="auto",
-                           calibration_size=24, agreement=1.01, verbose=False)
-    extract_features(photo_folder, db, config)
+                           calibration_size=12, agreement=1.01, verbose=False)
+    extract_features(photos, db, config)
     manifest = json.loads((db / "manifest.json").read_text())
     choice = manifest["extraction"]["inference"]["choice"]
-    assert choice["requested"] == "auto" and choice["threshold"] == 1.01 and choice["sample_size"] == 24
+    assert choice["requested"] == "auto" and choice["threshold"] == 1.01 and choice["sample_size"] == 12
+    assert choice["measured"] and choice["seconds"] > 0
     measured = {c["precision"]: c for c in choice["candidates"] if c["status"] == "measured"}
     assert {"fp32", "int8"} <= set(measured) and 0.0 <= measured["int8"]["agreement"] <= 1.0
+    assert ("bf16" in measured) == cpu.bf16  # OpenVINO's BF16 follows the CPU
     # nothing reaches agreement 1.01: fp32 is kept and recorded (the default, so not written in "model")
     assert choice["precision"] == "fp32" and "no lower precision" in choice["reason"]
     assert manifest["model"].get("precision", "fp32") == "fp32"
     assert Database.open(db).embedder.precision == "fp32"
 
 
-def test_the_default_auto_keeps_keras_fp32_at_once_without_a_lower_native_precision(
-        tiny_model: str, photo_folder: Path, tmp_path: Path) -> None:
-    if cpu_capabilities().bf16:
-        pytest.skip("this CPU has native bf16: auto measures it")
+def test_the_default_auto_keeps_keras_fp32_at_once_without_a_lower_native_precision_or_enough_images(
+        cpu: CpuCapabilities, tiny_model: str, photo_folder: Path, tmp_path: Path) -> None:
     extract_features(photo_folder, tmp_path / "db", ExtractConfig(model=tiny_model, weights="random", verbose=False))
     manifest = json.loads((tmp_path / "db" / "manifest.json").read_text())
     inference = manifest["extraction"]["inference"]
     assert inference["requested_precision"] == "auto" and inference["precision"] == "fp32"
     choice = inference["choice"]
-    # nothing to compare fp32 with: no sample decoded, no second model run, and the reason says so
+    # no sample decoded, no second model run, and the reason says why
     assert not choice["measured"] and choice["sample_size"] is None
-    assert choice["reason"] == "no lower precision runs natively here"
-    assert [(c["precision"], c["status"]) for c in choice["candidates"]] == [("bf16", "unsupported")]
+    if cpu.bf16:  # 24 images: measuring would cost more than bf16 could save
+        assert choice["reason"].startswith("24 images, fewer than 1200 (4 x the 300-image calibration sample)")
+        assert choice["candidates"] == []
+    else:  # nothing to compare fp32 with
+        assert choice["reason"] == "no lower precision runs natively here"
+        assert [(c["precision"], c["status"]) for c in choice["candidates"]] == [("bf16", "unsupported")]
     assert Database.open(tmp_path / "db").embedder.precision == "fp32"
 
 
-def test_keras_bf16_without_native_support_is_recorded_as_fp32(tiny_model: str, photo_folder: Path,
-                                                               tmp_path: Path, caplog: pytest.LogCaptureFixture
-                                                               ) -> None:
-    if cpu_capabilities().bf16:
-        pytest.skip("this CPU has native bf16")
+def test_keras_bf16_without_native_support_is_recorded_as_fp32(cpu: CpuCapabilities, tiny_model: str,
+                                                               photo_folder: Path, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         extract_features(photo_folder, tmp_path / "db",
                          ExtractConfig(model=tiny_model, weights="random", precision="bf16", verbose=False))
-    assert "falling back to fp32" in caplog.text
     manifest = json.loads((tmp_path / "db" / "manifest.json").read_text())
-    assert manifest["model"].get("precision", "fp32") == "fp32"
     assert manifest["extraction"]["inference"]["requested_precision"] == "bf16"
+    if cpu.bf16:  # what runs is recorded, and the database's queries run it too
+        assert "falling back" not in caplog.text and manifest["model"]["precision"] == "bf16"
+        assert Database.open(tmp_path / "db").embedder.precision == "bf16"
+        return
+    assert "falling back to fp32" in caplog.text
+    assert manifest["model"].get("precision", "fp32") == "fp32"
 
 
 def test_cli_backend_options(tiny_model: str, photo_folder: Path, tmp_path: Path,
@@ -501,13 +513,17 @@ def test_every_backend_and_precision_close_to_keras_fp32(model: str, vgg_weights
     assert cosine_to_reference(ref, ov32(x))[1] >= 0.999
     # bf16: native where the CPU has it (else OpenVINO falls back to fp32, with a log line); Keras emulates
     ov16 = make_runner(spec, weights, "openvino", "bf16", factory=factory)
-    assert cosine_to_reference(ref, ov16(x))[0] >= 0.999
+    # MobileNetV2 loses more in bf16: 0.99599 mean cosine measured by OpenVINO with native bf16 (AVX512_BF16),
+    # 0.996 by Keras' emulated bf16 below; 0.99 leaves room for other bf16 hardware (AMX), and auto measures the
+    # agreement rather than assuming it. Where OpenVINO runs fp32 (no native bf16) the fp32 bound holds.
+    bound16 = 0.999 if model == "vgg16-avg" or not runs_bf16(ov16.inference_precision) else 0.99
+    assert cosine_to_reference(ref, ov16(x))[0] >= bound16
     keras16 = make_runner(spec, weights, "keras", "bf16", factory=factory)
     assert keras16.precision == "bf16"
     mean16 = cosine_to_reference(ref[:16], keras16(x[:16]))[0]
     if model == "vgg16-avg":
         assert mean16 >= 0.999
-    else:  # MobileNetV2 loses more in bf16 (0.996 measured): auto measures it rather than assuming
+    else:  # MobileNetV2 loses more in bf16 (0.996 measured, see above)
         assert mean16 >= 0.99
     # int8: the agreement check (what auto decides on), measured on held-out images
     int8 = make_runner(spec, weights, "openvino", "int8", calibration=calibration, factory=factory)
@@ -518,21 +534,28 @@ def test_every_backend_and_precision_close_to_keras_fp32(model: str, vgg_weights
     assert agreement >= (0.8 if model == "vgg16-avg" else 0.5)
 
 
+def _fastest_passing(candidates: list[CandidateFigures], threshold: float) -> str:
+    ok = [c for c in candidates if c.status == "measured" and (c.precision == "fp32" or c.agreement >= threshold)]
+    return max(ok, key=lambda c: c.images_per_second).precision
+
+
 @pytest.mark.slow
-def test_auto_picks_int8_only_when_its_agreement_holds(vgg_weights: Path, flower_sample: list[Path],
-                                                       tmp_path: Path) -> None:
+def test_auto_picks_int8_only_when_its_agreement_holds(cpu: CpuCapabilities, vgg_weights: Path,
+                                                       flower_sample: list[Path], tmp_path: Path) -> None:
     spec = get_model_spec("vgg16-avg")
     images = flower_sample[:48]
     lenient = make_runner(spec, vgg_weights, "openvino", "auto", cache_dir=tmp_path,
                           calibration=Calibration(images, size=48, threshold=0.5))
     choice = lenient.choice
     int8 = choice.figures("int8")
-    assert int8 is not None and int8.status == "measured" and int8.agreement >= 0.5
-    assert choice.precision == lenient.precision == "int8" and int8.passed
+    assert int8 is not None and int8.status == "measured" and int8.agreement >= 0.5 and int8.passed
+    assert (choice.figures("bf16").status == "measured") == cpu.bf16
+    # the fastest that agrees: int8 here, or bf16 where it runs natively and is faster
+    assert choice.precision == lenient.precision == _fastest_passing(choice.candidates, 0.5)
     strict = make_runner(spec, vgg_weights, "openvino", "auto", cache_dir=tmp_path,
                          calibration=Calibration(images, size=48, threshold=1.01))
     assert strict.precision == "fp32" and "no lower precision reached agreement 1.01" in strict.choice.reason
     assert not strict.choice.figures("int8").passed
     default = make_runner(spec, vgg_weights, "openvino", "auto", cache_dir=tmp_path,
                           calibration=Calibration(images, size=48))
-    assert (default.precision == "int8") == (int8.agreement >= 0.99)
+    assert default.choice.from_cache and default.precision == _fastest_passing(choice.candidates, 0.99)

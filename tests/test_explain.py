@@ -285,6 +285,39 @@ def test_explain_a_database_result(tiny_db: Database, tmp_path: Path) -> None:
     assert data["result"]["sum"] == pytest.approx(match.score, abs=1e-4) and data["method"] == "exact-avg"
 
 
+@pytest.mark.parametrize(("backend", "precision"), [("keras", "fp32"), ("keras", "bf16"), ("openvino", "int8")])
+def test_explain_reports_the_score_search_shows(backend: str, precision: str, synthetic_images: Path,
+                                                tmp_path: Path, tiny_models: dict[str, str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20: a bf16 database gave 0.7179 in explain against 0.7185 in search (the maps run in fp32)."""
+    monkeypatch.setenv("SIMILAR_IMAGES_CPU", "bf16,vnni")  # Keras bf16 runs (emulated where the CPU lacks it)
+    monkeypatch.setenv("SIMILAR_IMAGES_CACHE", str(tmp_path / "model-cache"))
+    extract_features(synthetic_images, tmp_path / "db", ExtractConfig(
+        model=tiny_models["exact"], weights="random", backend=backend, precision=precision, verbose=False))
+    db = Database.open(tmp_path / "db")
+    assert (db.embedder.backend, db.embedder.precision) == (backend, precision)
+    moved = 0.0
+    for match in db.search(0, k=4, exact=True)[1:]:
+        e = explain(db, 0, match.id)
+        assert e.score == pytest.approx(match.score, abs=1e-6)
+        assert float(e.result_map.sum(dtype=np.float64)) == pytest.approx(match.score, abs=1e-5)
+        assert float(e.query_map.sum(dtype=np.float64)) == pytest.approx(match.score, abs=1e-5)
+        moved = max(moved, abs(e.score - e.model_score))
+        g = explain(db, 0, match.id, method="gradient")  # approximate maps: the score shown, the map as it is
+        assert g.approximate and g.score == pytest.approx(match.score, abs=1e-6)
+    # a query from outside the database: embedded as a search embeds it
+    query = str(tmp_path / "query.png")
+    make_image(Path(query), seed=77)
+    for match in db.search(query, k=3, exact=True):
+        e = explain(db, query, match.id)
+        assert e.query_id is None and e.score == pytest.approx(match.score, abs=1e-5)
+        assert float(e.result_map.sum(dtype=np.float64)) == pytest.approx(match.score, abs=1e-5)
+        moved = max(moved, abs(e.score - e.model_score))
+    if precision != "fp32":
+        assert moved > 1e-5  # the stored vectors do differ from the fp32 maps' model: the score followed them
+    assert json.loads(e.to_json())["model_score"] == pytest.approx(e.model_score, abs=1e-7)
+
+
 def test_explain_bad_inputs_are_clear_errors(tiny_db: Database, tmp_path: Path) -> None:
     with pytest.raises(QueryError, match="Unknown id 999"):
         explain(tiny_db, 0, 999)

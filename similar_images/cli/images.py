@@ -8,7 +8,14 @@ from pathlib import Path
 import click
 
 from ..embed import DEFAULT_MODEL, available_models, get_model_spec
-from ..embed.backends import BACKENDS, DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, PRECISION_CHOICES, PRECISIONS
+from ..embed.backends import (
+    AUTO_MIN_FACTOR,
+    BACKENDS,
+    DEFAULT_CALIBRATION_SIZE,
+    DEFAULT_THRESHOLD,
+    PRECISION_CHOICES,
+    PRECISIONS,
+)
 from ..index import IndexConfig
 from ..sources.images import DEFAULT_MAX_PIXELS
 from ..store import Database, ExtractConfig, extract_features
@@ -56,8 +63,10 @@ def register(group: click.Group) -> None:
                   help="Inference precision; auto keeps the fastest whose top-10 agreement with fp32, measured on "
                        "a sample of IMAGES, reaches --agreement (fp32 at once where the CPU runs no lower "
                        "precision natively; recorded in the manifest; queries use the same).")
-    @click.option("--calibration-size", type=click.IntRange(1), default=DEFAULT_CALIBRATION_SIZE, show_default=True,
-                  help="Images sampled from IMAGES to calibrate int8 and to measure agreement for auto.")
+    @click.option("--calibration-size", type=click.IntRange(1), default=None,
+                  help=f"Images sampled from IMAGES to calibrate int8 and to measure agreement for auto [default: "
+                       f"up to {DEFAULT_CALIBRATION_SIZE}]; auto measures only when IMAGES holds at least "
+                       f"{AUTO_MIN_FACTOR} times as many, else runs fp32.")
     @click.option("--agreement", type=click.FloatRange(0.0), default=DEFAULT_THRESHOLD, show_default=True,
                   help="Top-10 agreement with fp32 that auto requires of a lower precision.")
     @click.option("--decoder", type=click.Choice(["pil", "fast"]), default="pil", show_default=True,
@@ -69,7 +78,7 @@ def register(group: click.Group) -> None:
     @engine_options
     @handle_errors
     def extract(images: Path, db: Path, model: str, weights: str, batch_size: int, workers: int | None,
-                shard_size: int, max_pixels: int, backend: str, precision: str, calibration_size: int,
+                shard_size: int, max_pixels: int, backend: str, precision: str, calibration_size: int | None,
                 agreement: float, decoder: str, force: bool, quiet: bool, verbose: int, engine: str,
                 master: str | None, partitions: int | None) -> None:
         """Extract feature vectors of IMAGES into the database folder DB.
@@ -96,6 +105,8 @@ def register(group: click.Group) -> None:
         click.echo(f"Extracted {s.extracted} of {s.total} images{resumed} into {db} in {s.seconds:.1f} s "
                    f"({s.images_per_second:.1f} images/s); {s.failed} failed"
                    + (f", listed in {db / 'failures.csv'}" if s.failed else ""))
+        if s.choice is not None:
+            click.echo(f"Precision: {s.choice.backend} {s.choice.precision} ({s.choice.reason}); {s.choice.cost()}")
         click.echo(f"Next: similar-images build-index {db}")
 
     @group.command("build-index")

@@ -16,7 +16,7 @@ from ..errors import ConfigError, QueryError
 from ..sources import fastjpeg
 from ..sources.images import DEFAULT_MAX_PIXELS, ImageSource, prepare_array
 from .backends import (
-    DEFAULT_CALIBRATION_SIZE,
+    AUTO_MIN_FACTOR,
     DEFAULT_THRESHOLD,
     Calibration,
     PrecisionChoice,
@@ -48,8 +48,11 @@ class ImageEmbedder(SpecBacked):
             precision the CPU lacks falls back to fp32 (logged); :attr:`precision` then names what runs.
         calibration: The user's images to sample for int8 calibration and for ``auto``'s measurement
             (:func:`~similar_images.store.extract_features` passes the images being extracted).
-        calibration_size: Images in the calibration sample.
+        calibration_size: Images in the calibration sample (default: up to
+            :data:`~similar_images.embed.backends.DEFAULT_CALIBRATION_SIZE`, without a warning when there are fewer).
         agreement: The top-10 agreement with fp32 that ``auto`` requires of a lower precision.
+        auto_min_factor: ``auto`` measures only when ``calibration`` holds at least this many times the sample
+            size; fewer images run fp32 without measuring (see :mod:`similar_images.embed.backends.auto`).
         cache_dir: The converted-model cache (default ``$SIMILAR_IMAGES_CACHE`` or ``~/.cache/similar-images``).
         decoder: ``"pil"`` (Pillow) or ``"fast"``: JPEGs decoded at a reduced scale by libjpeg-turbo
             (``simplejpeg``; slightly different pixels, so it is recorded and queries use it too).
@@ -82,8 +85,9 @@ class ImageEmbedder(SpecBacked):
         seed: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         calibration: Sequence[ImageSource] | None = None,
-        calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+        calibration_size: int | None = None,
         agreement: float = DEFAULT_THRESHOLD,
+        auto_min_factor: float = AUTO_MIN_FACTOR,
         cache_dir: str | os.PathLike[str] | None = None,
         decoder: str = "pil",
     ) -> None:
@@ -94,7 +98,7 @@ class ImageEmbedder(SpecBacked):
         self.spec = get_model_spec(model) if isinstance(model, str) else model
         self.weights = resolve_weights(weights)
         self.backend, self.precision = check_inference(backend, precision)
-        if calibration_size < 1:
+        if calibration_size is not None and calibration_size < 1:
             raise ConfigError(f"calibration_size must be at least 1, got {calibration_size}")
         if not 0.0 <= agreement:
             raise ConfigError(f"agreement must be from 0 to 1, got {agreement}")
@@ -109,6 +113,7 @@ class ImageEmbedder(SpecBacked):
         self.calibration = list(calibration) if calibration is not None else None
         self.calibration_size = calibration_size
         self.agreement = agreement
+        self.auto_min_factor = auto_min_factor
         self.cache_dir = cache_dir
         #: The precision asked for (``auto``, or one that may fall back).
         self.requested_precision = self.precision
@@ -135,7 +140,8 @@ class ImageEmbedder(SpecBacked):
                     "images it extracts), or choose --precision fp32 or bf16")
             return None
         cal = Calibration(self.calibration, size=self.calibration_size, threshold=self.agreement,
-                          max_pixels=self.max_pixels, fast_jpeg=self.decoder == "fast")
+                          max_pixels=self.max_pixels, fast_jpeg=self.decoder == "fast",
+                          min_factor=self.auto_min_factor)
         self._sample = cal.sample()
         return cal
 

@@ -23,7 +23,7 @@ from ..embed import (
     TextEmbedder,
     check_text_backend,
 )
-from ..embed.backends import DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, check_inference
+from ..embed.backends import DEFAULT_THRESHOLD, PrecisionChoice, check_inference
 from ..embed.image import DECODERS
 from ..errors import ConfigError
 from ..sources.images import DEFAULT_MAX_PIXELS, collect_inputs
@@ -63,7 +63,10 @@ class ExtractConfig:
             What runs (after ``auto`` or a fallback on a CPU without bf16) and the measured figures go into the
             manifest;
             queries of the database use the same backend and precision.
-        calibration_size: Images sampled (seeded) from the inputs for int8 calibration and ``auto``'s measurement.
+        calibration_size: Images sampled (seeded) from the inputs for int8 calibration and ``auto``'s measurement
+            (``None``: up to 300, :data:`~similar_images.embed.backends.DEFAULT_CALIBRATION_SIZE`). ``auto``
+            measures only an extraction of at least 4 times the sample (1,200 images by default); fewer run
+            fp32, with the reason logged (:mod:`similar_images.embed.backends.auto` states the rule).
         agreement: The top-10 agreement with fp32 that ``auto`` requires of a lower precision.
         decoder: ``"pil"`` or ``"fast"`` (JPEGs decoded at a reduced scale by libjpeg-turbo through
             ``simplejpeg``; recorded, and used for the database's queries too).
@@ -79,7 +82,7 @@ class ExtractConfig:
     verbose: bool = True
     backend: str = "keras"
     precision: str = "auto"
-    calibration_size: int = DEFAULT_CALIBRATION_SIZE
+    calibration_size: int | None = None
     agreement: float = DEFAULT_THRESHOLD
     decoder: str = "pil"
 
@@ -88,7 +91,7 @@ class ExtractConfig:
         self.backend, self.precision = check_inference(self.backend, self.precision)
         if self.decoder not in DECODERS:
             raise ConfigError(f"Unknown decoder {self.decoder!r}; choose one of: {', '.join(DECODERS)}")
-        if self.calibration_size < 1:
+        if self.calibration_size is not None and self.calibration_size < 1:
             raise ConfigError(f"calibration_size must be at least 1, got {self.calibration_size}")
 
     def build_config(self) -> BuildConfig:
@@ -107,6 +110,9 @@ class ExtractSummary:
     seconds: float
     images_per_second: float
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: How the precision was chosen (``None``: keras fp32 asked for); :meth:`PrecisionChoice.cost` says what
+    #: choosing cost (measured in this run, or read from the cache).
+    choice: PrecisionChoice | None = None
 
 
 def extract_features(
@@ -161,7 +167,8 @@ def extract_features(
 
     s = build_database(paths, embedder, db_path, config.build_config(), extra=extra, force=force, engine=engine)
     return ExtractSummary(total=s.total, extracted=s.embedded, failed=s.failed, resumed_from=s.resumed_from,
-                          seconds=s.seconds, images_per_second=s.items_per_second, failures=s.failures)
+                          seconds=s.seconds, images_per_second=s.items_per_second, failures=s.failures,
+                          choice=embedder.choice)
 
 
 # --------------------------------------------------------------------------- texts

@@ -14,9 +14,17 @@
 Nothing heavy is imported here: TensorFlow, OpenVINO and NNCF load when a runner is built.
 """
 
-from .auto import CandidateFigures, PrecisionChoice, cosine_to_reference, pick_precision, topk_agreement
+from .auto import (
+    AUTO_MIN_FACTOR,
+    CandidateFigures,
+    PrecisionChoice,
+    cosine_to_reference,
+    pick_precision,
+    topk_agreement,
+)
 from .base import (
     BACKENDS,
+    CPU_ENV,
     PRECISION_CHOICES,
     PRECISIONS,
     CpuCapabilities,
@@ -34,7 +42,9 @@ from .onnx_text import ONNX_INSTALL_COMMAND, load_onnx_sentence_encoder
 from .openvino import INSTALL_COMMAND, OpenVINORunner, QuantizationSettings
 
 __all__ = [
+    "AUTO_MIN_FACTOR",
     "BACKENDS",
+    "CPU_ENV",
     "DEFAULT_CALIBRATION_SIZE",
     "DEFAULT_THRESHOLD",
     "INSTALL_COMMAND",

@@ -5,6 +5,22 @@ measures each one's agreement with fp32 (the mean share of each image's ``k``
 nearest neighbours within the sample that stay the same, by exact cosine
 search) and its speed, and keeps the fastest one whose agreement reaches the
 threshold. fp32 always qualifies, so a threshold nobody meets keeps fp32.
+
+The rule that keeps ``auto`` from ever failing or costing more than it saves:
+
+- fewer readable sample images than ``k + 1`` (nothing to compare ``k``
+  neighbours on): fp32, with the reason in the log and the choice;
+- an extraction of fewer than :data:`AUTO_MIN_FACTOR` times the calibration
+  sample (1,200 images with the default 300): fp32 without measuring.
+  Measuring runs the sample through fp32 and through each lower precision
+  (at least twice the sample's inference, plus conversions), and a lower
+  precision saves at most about half of fp32's time (bf16 and int8 measured
+  1.2x to 2.5x), so below four samples' worth of images measuring costs more
+  than it can save (:meth:`Calibration.too_few_to_measure`);
+- the figures are measured once per machine and model: they are cached by
+  backend, model, the weights' SHA-256, the CPU (model and flags, or the
+  ``SIMILAR_IMAGES_CPU`` override), ``k`` and the library versions, and the
+  choice is made afresh from them (so another threshold measures nothing).
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ import numpy as np
 from .base import Runner
 
 __all__ = [
+    "AUTO_MIN_FACTOR",
     "CandidateFigures",
     "PrecisionChoice",
     "cosine_to_reference",
@@ -25,6 +42,10 @@ __all__ = [
     "pick_precision",
     "topk_agreement",
 ]
+
+
+#: ``auto`` measures an extraction of at least this many times its calibration sample; fewer images run fp32.
+AUTO_MIN_FACTOR = 4
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -123,7 +144,8 @@ class PrecisionChoice:
         candidates: Figures of every precision considered.
         cpu: The CPU's model and relevant flags.
         measured: Figures were measured (``auto``), not only decided.
-        from_cache: The choice was read from the cache rather than measured in this run.
+        from_cache: The figures were read from the cache rather than measured in this run.
+        seconds: What measuring the figures took (in this run, or in the run that cached them).
     """
 
     backend: str
@@ -137,6 +159,7 @@ class PrecisionChoice:
     cpu: dict[str, Any] = field(default_factory=dict)
     measured: bool = False
     from_cache: bool = False
+    seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,6 +185,16 @@ class PrecisionChoice:
                 parts.append(f"{c.precision}: {c.status}" + (f" ({c.note})" if c.note else ""))
         tail = f" [{'; '.join(parts)}]" if parts else ""
         return f"{self.backend} {self.precision} ({self.reason}){tail}"
+
+    def cost(self) -> str:
+        """What choosing cost, for run summaries: ``measured in 12.3 s``, ``read from the cache (measured in
+        12.3 s earlier)`` or ``not measured``."""
+        if not self.measured:
+            return "not measured"
+        took = f"{self.seconds:.1f} s" if self.seconds is not None else "an unknown time"
+        if self.from_cache:
+            return f"read from the cache (measured in {took} earlier)"
+        return f"measured in {took}"
 
 
 def pick_precision(candidates: list[CandidateFigures], threshold: float) -> tuple[str, str]:

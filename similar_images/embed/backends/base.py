@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -16,6 +17,7 @@ from ...errors import ConfigError
 
 __all__ = [
     "BACKENDS",
+    "CPU_ENV",
     "PRECISIONS",
     "PRECISION_CHOICES",
     "CpuCapabilities",
@@ -24,6 +26,7 @@ __all__ = [
     "check_inference",
     "check_precision",
     "cpu_capabilities",
+    "parse_cpu_override",
     "parse_cpuinfo",
 ]
 
@@ -150,12 +153,52 @@ def parse_cpuinfo(text: str) -> CpuCapabilities:
                            source="/proc/cpuinfo")
 
 
+#: Environment variable that overrides the detected CPU capabilities (see :func:`cpu_capabilities`).
+CPU_ENV = "SIMILAR_IMAGES_CPU"
+_OVERRIDE_WORDS = {"bf16": "bf16", "vnni": "vnni", "avx2": "", "none": "", "": ""}
+
+
+def parse_cpu_override(value: str, detected: CpuCapabilities) -> CpuCapabilities:
+    """The capabilities that ``$SIMILAR_IMAGES_CPU`` claims: a comma list of ``bf16`` and ``vnni``, or ``avx2``
+    / ``none`` for neither.
+
+    The CPU model stays the detected one; :attr:`CpuCapabilities.source` names the variable.
+
+    Raises:
+        ConfigError: For a word other than ``bf16``, ``vnni``, ``avx2`` or ``none``.
+    """
+    words = [w.strip().lower() for w in value.split(",")]
+    unknown = [w for w in words if w not in _OVERRIDE_WORDS]
+    if unknown:
+        raise ConfigError(f"{CPU_ENV}={value!r}: unknown capability {unknown[0]!r}; use a comma list of bf16 and "
+                          "vnni, or avx2 (or none) for neither, e.g. SIMILAR_IMAGES_CPU=bf16,vnni")
+    claimed = {_OVERRIDE_WORDS[w] for w in words} - {""}
+    return CpuCapabilities(model=detected.model, bf16="bf16" in claimed, vnni="vnni" in claimed,
+                           flags=tuple(sorted(claimed)), source=f"{CPU_ENV}={value}")
+
+
 @functools.lru_cache(maxsize=1)
-def cpu_capabilities() -> CpuCapabilities:
-    """This machine's CPU capabilities (from ``/proc/cpuinfo``; unknown elsewhere, then nothing is assumed)."""
+def _detected_capabilities() -> CpuCapabilities:
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return CpuCapabilities(model=platform.processor() or platform.machine(), bf16=False, vnni=False, flags=(),
                                source="unknown")
     return parse_cpuinfo(text)
+
+
+def cpu_capabilities() -> CpuCapabilities:
+    """This machine's CPU capabilities, or what ``$SIMILAR_IMAGES_CPU`` says they are.
+
+    Detected from ``/proc/cpuinfo`` (unknown elsewhere: then nothing is assumed). ``SIMILAR_IMAGES_CPU=bf16,vnni``
+    claims native bf16 and VNNI, ``SIMILAR_IMAGES_CPU=avx2`` (or ``none``) neither: every decision that depends
+    on the CPU (``auto``'s measurement, the fallbacks, OpenVINO's capabilities as this package reads them, the
+    cache keys) follows the override, so both paths can be exercised on any machine. A claimed bf16 the CPU
+    lacks still runs, emulated (Keras) or in fp32 (OpenVINO), only slower.
+
+    Raises:
+        ConfigError: If ``$SIMILAR_IMAGES_CPU`` holds an unknown word.
+    """
+    detected = _detected_capabilities()
+    value = os.environ.get(CPU_ENV, "").strip()
+    return parse_cpu_override(value, detected) if value else detected

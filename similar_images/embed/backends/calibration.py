@@ -34,7 +34,8 @@ class Calibration:
         images: The user's images (paths, bytes, PIL images), or already decoded
             uint8 ``(n, h, w, 3)`` arrays at the model's input size.
         size: Images in the sample (a seeded random sample of ``images``; all of
-            them if there are fewer).
+            them if there are fewer); ``None``: :data:`DEFAULT_CALIBRATION_SIZE`. Only a size
+            given is warned about when the images are fewer.
         seed: Seed of the sample.
         threshold: Top-``k`` neighbour agreement with fp32 that ``auto`` requires
             (above 1, no lower precision qualifies).
@@ -43,10 +44,12 @@ class Calibration:
         workers: Decoding threads (default: the number of CPUs, at most 8).
         max_pixels: Decompression-bomb guard for the decoded images.
         fast_jpeg: Decode JPEGs with libjpeg-turbo's scaling (as the embedder does with ``decoder="fast"``).
+        min_factor: ``auto`` measures only when ``images`` holds at least this many times the sample size
+            (an extraction sets :data:`~.auto.AUTO_MIN_FACTOR`; 0, the default, always measures).
     """
 
     images: Sequence[ImageSource] | np.ndarray
-    size: int = DEFAULT_CALIBRATION_SIZE
+    size: int | None = None
     seed: int = 0
     threshold: float = DEFAULT_THRESHOLD
     k: int = 10
@@ -54,10 +57,11 @@ class Calibration:
     workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     fast_jpeg: bool = False
+    min_factor: float = 0.0
     _arrays: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.size < 1:
+        if self.size is not None and self.size < 1:
             raise ConfigError(f"The calibration size must be at least 1, got {self.size}")
         if not (np.isfinite(self.threshold) and self.threshold >= 0.0):
             raise ConfigError(f"The agreement threshold must be a number from 0 to 1, got {self.threshold}")
@@ -105,7 +109,7 @@ class Calibration:
                     "readable images. A database built in int8 names them in its manifest: its queries quantize "
                     "the model again from them when the model cache has no copy")
             out = np.stack(decoded)
-        if len(out) < self.size:
+        if self.size is not None and len(out) < self.size:  # a size nobody asked for is no promise to warn about
             logger.warning("Calibration uses %d images (fewer than the %d asked for)", len(out), self.size)
         self._arrays[key] = out
         return out
@@ -121,12 +125,26 @@ class Calibration:
         items = list(self.images)
         return [items[i] for i in self._pick(len(items))]
 
+    @property
+    def sample_size(self) -> int:
+        """Images the sample takes (the size asked for, else :data:`DEFAULT_CALIBRATION_SIZE`)."""
+        return self.size if self.size is not None else DEFAULT_CALIBRATION_SIZE
+
+    def too_few_to_measure(self) -> str | None:
+        """Why ``auto`` should not measure on these images (fewer than ``min_factor`` samples), or ``None``."""
+        n = len(self.images)
+        need = int(np.ceil(self.min_factor * self.sample_size))
+        if n >= need:
+            return None
+        return (f"{n} images, fewer than {need} ({self.min_factor:g} x the {self.sample_size}-image calibration "
+                "sample): measuring would cost more than a lower precision can save")
+
     def _pick(self, n: int) -> np.ndarray:
         if n == 0:
             raise BackendError("The calibration sample is empty; pass some of your images")
-        if n <= self.size:
+        if n <= self.sample_size:
             return np.arange(n)
-        return np.sort(np.random.default_rng(self.seed).choice(n, size=self.size, replace=False))
+        return np.sort(np.random.default_rng(self.seed).choice(n, size=self.sample_size, replace=False))
 
     @staticmethod
     def digest(arrays: np.ndarray) -> str:
@@ -137,5 +155,5 @@ class Calibration:
 
     def settings(self) -> dict[str, Any]:
         """The JSON settings that shape a quantized model or a measured choice."""
-        return {"size": self.size, "seed": self.seed, "threshold": self.threshold, "k": self.k,
+        return {"size": self.sample_size, "seed": self.seed, "threshold": self.threshold, "k": self.k,
                 "quantization": self.quantization.to_dict()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -265,47 +266,64 @@ def make_runner(
     return runner
 
 
+def _fp32_unmeasured(factory: RunnerFactory, backend: str, calibration: Calibration, reason: str,
+                     figures: list[CandidateFigures], sample_size: int | None = None
+                     ) -> tuple[Runner, PrecisionChoice]:
+    """``auto``'s fp32 without a measurement, logged in one line with its reason."""
+    logger.info("precision auto: %s fp32, not measured: %s", backend, reason)
+    choice = PrecisionChoice(backend=backend, requested="auto", precision="fp32", reason=reason,
+                             threshold=calibration.threshold, k=calibration.k, sample_size=sample_size,
+                             candidates=figures, cpu=cpu_capabilities().to_dict())
+    return factory.runner(backend, "fp32", calibration), choice
+
+
 def _auto(factory: RunnerFactory, backend: str, calibration: Calibration, batch_size: int
           ) -> tuple[Runner, PrecisionChoice]:
+    """``auto`` by the rule of :mod:`.auto`: fp32 at once where nothing else runs natively or the images are too
+    few; else figures measured once per machine and model (cached), and the fastest that agrees."""
     cpu = cpu_capabilities()
     candidates = [p for p in PRECISIONS if not (backend == "keras" and p == "int8")]
     support = {p: factory.supported(backend, p) for p in candidates}
+    unsupported = [CandidateFigures(p, "unsupported", note) for p, (ok, note) in support.items() if not ok]
     if not any(ok for p, (ok, _note) in support.items() if p != "fp32"):
         # Nothing to compare fp32 with: no sample to decode, no model to run twice.
-        figures = [CandidateFigures(p, "unsupported", note) for p, (ok, note) in support.items() if not ok]
-        logger.info("auto: %s fp32, the only precision %s runs natively on this CPU", backend, backend)
-        choice = PrecisionChoice(backend=backend, requested="auto", precision="fp32",
-                                 reason="no lower precision runs natively here", threshold=calibration.threshold,
-                                 k=calibration.k, candidates=figures, cpu=cpu.to_dict())
-        return factory.runner(backend, "fp32", calibration), choice
+        return _fp32_unmeasured(factory, backend, calibration, "no lower precision runs natively here", unsupported)
+    too_few = calibration.too_few_to_measure()
+    if too_few is not None:
+        return _fp32_unmeasured(factory, backend, calibration, too_few, unsupported)
     arrays = calibration.arrays(factory.spec.input_size)
     if len(arrays) < calibration.k + 1:
-        raise BackendError(f"precision auto needs at least {calibration.k + 1} readable calibration images, "
-                           f"got {len(arrays)}")
-    # The measurements do not depend on the threshold: they are cached, the choice is made afresh.
+        return _fp32_unmeasured(
+            factory, backend, calibration, f"{len(arrays)} readable calibration images, fewer than the "
+            f"{calibration.k + 1} that comparing {calibration.k} neighbours needs", unsupported, len(arrays))
+    # Measured once per machine and model (not per sample); the choice is made afresh from the figures.
     record_fields = {
         "kind": "precision-figures", "backend": backend, "hint": factory.hint, "model": factory.spec.name,
-        "weights": weights_identity(factory.weights, factory.seed), "sample": Calibration.digest(arrays),
-        "k": calibration.k, "quantization": calibration.quantization.to_dict(), "cpu": cpu.to_dict(),
-        "emulate": factory.emulate, "batch_size": batch_size,
-        "versions": package_versions("openvino", "nncf", "keras", "tensorflow"),
+        "weights": weights_identity(factory.weights, factory.seed), "k": calibration.k,
+        "quantization": calibration.quantization.to_dict(), "cpu": cpu.to_dict(), "emulate": factory.emulate,
+        "batch_size": batch_size, "versions": package_versions("openvino", "nncf", "keras", "tensorflow"),
     }
     saved = factory.cache.load_record("measurements", record_fields) if factory.use_cache else None
     runners: dict[str, Runner] = {}
     if saved is not None:
         figures = [CandidateFigures(**c) for c in saved["candidates"]]
-        logger.info("auto: using the figures measured earlier on the same sample (%s)",
+        seconds = saved.get("seconds")
+        logger.info("auto: using the figures measured earlier on this machine (%s)",
                     factory.cache.record_path("measurements", record_fields))
     else:
+        t0 = time.perf_counter()
         figures = _measure(factory, backend, support, calibration, factory.spec.preprocess(arrays), batch_size,
                            runners)
+        seconds = round(time.perf_counter() - t0, 2)
         if factory.use_cache:
             factory.cache.save_record("measurements", record_fields,
-                                      {"candidates": [asdict(c) for c in figures], "sample_size": len(arrays)})
+                                      {"candidates": [asdict(c) for c in figures], "sample_size": len(arrays),
+                                       "seconds": seconds})
     chosen, reason = pick_precision(figures, calibration.threshold)
     choice = PrecisionChoice(backend=backend, requested="auto", precision=chosen, reason=reason,
                              threshold=calibration.threshold, k=calibration.k, sample_size=len(arrays),
-                             candidates=figures, cpu=cpu.to_dict(), measured=True, from_cache=saved is not None)
+                             candidates=figures, cpu=cpu.to_dict(), measured=True, from_cache=saved is not None,
+                             seconds=seconds)
     runner = runners.get(chosen) or factory.runner(backend, chosen, calibration)
     return runner, choice
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendError, BackendUnavailableError
-from .base import check_precision, cpu_capabilities
+from .base import CPU_ENV, check_precision, cpu_capabilities
 
 __all__ = [
     "INSTALL_COMMAND",
@@ -27,7 +27,9 @@ __all__ = [
     "import_openvino",
     "openvino_capabilities",
     "openvino_core",
+    "precision_name",
     "quantize_int8",
+    "runs_bf16",
     "save_ov_model",
 ]
 
@@ -75,8 +77,34 @@ def openvino_core() -> Any:
 
 
 def openvino_capabilities(device: str = "CPU") -> list[str]:
-    """The device's ``OPTIMIZATION_CAPABILITIES`` (``FP32``, ``BF16``, ``INT8``, ...)."""
-    return [str(c) for c in openvino_core().get_property(device, "OPTIMIZATION_CAPABILITIES")]
+    """The device's ``OPTIMIZATION_CAPABILITIES`` (``FP32``, ``BF16``, ``INT8``, ...).
+
+    Under ``$SIMILAR_IMAGES_CPU`` (see :func:`~.base.cpu_capabilities`) the CPU's ``BF16`` follows the override:
+    dropped where it says no bf16, added where it claims bf16 (OpenVINO then runs such a CPU's bf16 in fp32).
+    """
+    caps = [str(c) for c in openvino_core().get_property(device, "OPTIMIZATION_CAPABILITIES")]
+    if device.upper().startswith("CPU") and os.environ.get(CPU_ENV, "").strip():
+        bf16 = cpu_capabilities().bf16
+        caps = [c for c in caps if c != "BF16"] + (["BF16"] if bf16 else [])
+    return caps
+
+
+def precision_name(value: Any) -> str:
+    """An OpenVINO element type as its short name: ``bf16``, ``f32`` ...
+
+    ``str()`` of an ``openvino.Type`` is ``<Type: 'bfloat16'>``; its ``get_type_name()`` is ``bf16``. Strings in
+    either spelling are accepted.
+    """
+    name = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+    name = name.strip().lower()
+    if name.startswith("<type:"):
+        name = name[len("<type:"):].strip(" '>\"")
+    return {"bfloat16": "bf16", "float32": "f32", "float16": "f16"}.get(name, name)
+
+
+def runs_bf16(inference_precision: Any) -> bool:
+    """Whether OpenVINO's ``INFERENCE_PRECISION_HINT`` (a type, or its text) is bfloat16."""
+    return precision_name(inference_precision) == "bf16"
 
 
 def convert_keras_model(model: Any, input_size: tuple[int, int]) -> Any:
@@ -235,8 +263,8 @@ class OpenVINORunner:
         #: The IR file the model came from (a model cache entry), or ``None`` for an in-memory model.
         self.source: Path | None = Path(source) if isinstance(source, str) else None
         self.compiled = openvino_core().compile_model(source, device, config)
-        self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        if self.precision == "bf16" and "bf16" not in self.inference_precision.lower():
+        self.inference_precision = precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if self.precision == "bf16" and not runs_bf16(self.inference_precision):
             logger.warning("OpenVINO runs %s in %s on this %s: it has no native bf16", device,
                            self.inference_precision, device)
         self.requests = requests or max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))

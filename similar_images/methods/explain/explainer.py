@@ -138,9 +138,31 @@ class Explainer:
                     self.cache.maps.put(self.model_key + keys[i], maps[row], maps[row].nbytes)
         return [m for m in out if m is not None], (1 if todo else 0)
 
+    def search_vector(self, source: Any) -> np.ndarray:
+        """The vector a search embeds ``source`` into: the embedder's own runner (its backend and precision),
+        cached like the feature maps."""
+        source = normalise_source(source)
+        key = source_key(source)
+        full = (("search-vector", self.embedder.backend, self.embedder.precision) + self.model_key + key
+                if key is not None else None)
+        hit = self.cache.maps.get(full) if full is not None else None
+        if hit is not None:
+            return hit
+        vector = np.asarray(self.embedder.embed([source])[0], dtype=np.float32)
+        if full is not None:
+            self.cache.maps.put(full, vector, vector.nbytes)
+        return vector
+
     def explain_pair(self, query: Any, result: Any, *, method: MethodChoice = "auto", query_id: int | None = None,
-                     result_id: int | None = None, stored_score: float | None = None) -> Explanation:
+                     result_id: int | None = None, stored_score: float | None = None,
+                     search_score: float | None = None) -> Explanation:
         """Explain the similarity of two images.
+
+        The maps are computed in fp32 on the Keras model. A database built with another backend or precision
+        stores slightly different vectors (bf16 moves a score by about 1e-3), so given ``search_score`` (what a
+        search shows for the pair) the explanation reports that score and scales both maps by
+        ``search_score / model_score`` so that the exact maps sum to it (a gradient map, in relative units, is left
+        as it is); ``model_score`` keeps the fp32 cosine the maps were computed with.
 
         Args:
             query: The query image: a path, bytes, a file object or a PIL image.
@@ -148,6 +170,8 @@ class Explainer:
             method: ``"auto"`` (exact where the model allows, else gradient),
                 ``"exact"`` or ``"gradient"``.
             query_id, result_id, stored_score: Database facts to record.
+            search_score: The score a search shows for the pair, that the explanation reports and its exact maps
+                sum to (``None``: the fp32 maps' own cosine).
 
         Raises:
             ExplainError: For ``method="exact"`` on a model without a decomposition.
@@ -178,8 +202,13 @@ class Explainer:
         rmap = np.asarray(rmap, dtype=np.float32)
         if cached is None and pair_key is not None:
             self.cache.pairs.put(pair_key, (qmap, rmap, score, layer), qmap.nbytes + rmap.nbytes + 256)
+        model_score = float(score)
+        if search_score is not None:
+            if resolved != GRADIENT:  # a gradient map is in relative units: it sums to nothing in particular
+                qmap, rmap = _sum_to(qmap, search_score), _sum_to(rmap, search_score)
+            score = search_score
         return Explanation(
-            query_map=qmap, result_map=rmap, score=float(score), method=resolved,
+            query_map=qmap, result_map=rmap, score=float(score), model_score=model_score, method=resolved,
             approximate=resolved == GRADIENT, grid=(int(rmap.shape[0]), int(rmap.shape[1])),
             model=self.embedder.spec.name, weights=weights_label(self.embedder.weights), layer=layer,
             units=UNITS_GRADIENT if resolved == GRADIENT else UNITS_EXACT,
@@ -204,6 +233,18 @@ class Explainer:
         if key is not None:
             self.cache.pngs.put(key, data, len(data))
         return data
+
+
+def _sum_to(grid_map: np.ndarray, total: float) -> np.ndarray:
+    """``grid_map`` scaled to sum to ``total`` (float64 sums; a map summing to about zero is shifted evenly
+    instead, since a scale would blow it up)."""
+    m = grid_map.astype(np.float64)
+    current = float(m.sum())
+    if abs(current) >= 0.05:
+        m = m * (total / current)
+    else:
+        m = m + (total - current) / m.size
+    return m.astype(np.float32)
 
 
 _EXPLAINERS: weakref.WeakKeyDictionary[Any, Explainer] = weakref.WeakKeyDictionary()
@@ -280,8 +321,11 @@ def explain(db: Database, query: Any, result_id: int, *, method: MethodChoice = 
         fetch_config: Limits for URL queries.
 
     Returns:
-        The :class:`Explanation`; for a query id, ``stored_score`` is the score
-        a search shows, and an exact map sums to it (to float precision).
+        The :class:`Explanation`: its ``score`` is the score a search shows
+        for the pair (the stored vectors' cosine for a query id; for another
+        query, its vector by the database's backend and precision against the
+        stored one), on every backend and precision, and an exact map sums to
+        it (to float precision); ``model_score`` is the fp32 maps' own cosine.
 
     Raises:
         ExplainError: For a text database or a vector query.
@@ -297,11 +341,15 @@ def explain(db: Database, query: Any, result_id: int, *, method: MethodChoice = 
     feature_map_spec(db.model_name)  # fail before loading anything for a model without a feature map
     rid = db.check_id(int(result_id))
     qid, qsource = _resolve_query(db, query, fetch_config)
-    stored = None
-    if qid is not None:
-        stored = float(np.dot(np.asarray(db.vectors[qid], dtype=np.float64), np.asarray(db.vectors[rid],
-                                                                                           dtype=np.float64)))
     ex = explainer_for(db.embedder)
-    return ex.explain_pair(qsource, db.items[rid], method=method, query_id=qid, result_id=rid, stored_score=stored)
+    stored = shown = None
+    result_vector = np.asarray(db.vectors[rid], dtype=np.float64)
+    if qid is not None:
+        stored = shown = float(np.dot(np.asarray(db.vectors[qid], dtype=np.float64), result_vector))
+    elif (db.embedder.backend, db.embedder.precision) != ("keras", "fp32"):
+        # A search embeds the query with the database's backend and precision, not the fp32 maps' model.
+        shown = float(np.dot(ex.search_vector(qsource).astype(np.float64), result_vector))
+    return ex.explain_pair(qsource, db.items[rid], method=method, query_id=qid, result_id=rid, stored_score=stored,
+                           search_score=shown)
 
 

@@ -115,8 +115,10 @@ class Explanation:
     Attributes:
         query_map: float32 ``(H, W)`` map over the query's feature grid.
         result_map: float32 ``(H, W)`` map over the result's feature grid.
-        score: The cosine similarity of the two images, recomputed from the
-            feature maps; for the exact methods each map sums to it.
+        score: The cosine similarity of the two images: the score a search
+            shows where it is known (see :func:`~.explainer.explain`), else
+            recomputed from the feature maps; for the exact methods each map
+            sums to it.
         method: ``"exact-avg"``, ``"exact-max"`` or ``"gradient (approximate)"``.
         approximate: True for the gradient method.
         grid: ``(H, W)`` of the feature grid.
@@ -133,6 +135,8 @@ class Explanation:
         forward_passes: Model forward passes this explanation ran (0 when cached).
         backward_passes: Backward passes (gradient method only).
         seconds: Time taken.
+        model_score: The cosine of the fp32 feature maps the maps were computed from (``score`` differs from
+            it by the database's backend and precision; the maps are scaled to sum to ``score``).
     """
 
     query_map: np.ndarray
@@ -153,6 +157,7 @@ class Explanation:
     forward_passes: int = 0
     backward_passes: int = 0
     seconds: float = 0.0
+    model_score: float | None = None
     query_source: Any = field(default=None, repr=False)
     result_source: Any = field(default=None, repr=False)
     cache_key: Hashable | None = field(default=None, repr=False)
@@ -174,6 +179,7 @@ class Explanation:
             "approximate": self.approximate,
             "score": round(self.score, decimals),
             "stored_score": None if self.stored_score is None else round(self.stored_score, decimals),
+            "model_score": None if self.model_score is None else round(self.model_score, decimals),
             "model": self.model,
             "weights": self.weights,
             "layer": self.layer,
