@@ -65,3 +65,22 @@ def test_walkthrough_runs_on_800_real_photos(walkthrough_db: Path, mobilenet_wei
     assert check["nlist"] == 28 and check["cluster_total"] == 800 and check["nprobe_recall"][-1] == 1.0
     assert check["own"] == "Flat" and "Flat" in check["factories"] and check["n_vectors"] == 800
     assert any(f.startswith("IVF28,") for f in check["factories"]) and "HNSW32" in check["factories"]
+
+
+def test_walkthrough_without_a_database_says_how_to_build_one(tmp_path: Path) -> None:
+    from nbclient.exceptions import CellExecutionError
+
+    missing = tmp_path / "no-db-here"
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    with pytest.raises(CellExecutionError):  # "Run All" stops at the cell that opens the database
+        execute_notebook(nb, {"SIMILAR_IMAGES_DB": str(missing), "SIMILAR_IMAGES_APP_LOG": str(tmp_path / "apps.log")},
+                         NOTEBOOK.parent)
+    outputs = _outputs(nb)
+    html = "\n".join(o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {}))
+    assert f"No image database at {missing}" in html
+    assert f"similar-images extract IMAGES {missing}" in html and f"similar-images build-index {missing}" in html
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    assert len(errors) == 1 and errors[0]["traceback"] == [
+        f"NoDatabaseError: No image database at {missing}; build one as shown above, then run the notebook again"]
+    assert not [o for o in outputs if o.get("output_type") == "stream"]
+    assert not missing.exists()

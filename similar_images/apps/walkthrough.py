@@ -20,11 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import DatabaseError
 from ..measure.plot import plot_tuning
 from ..measure.tune_report import TuneReport, human_bytes
 from ..measure.walkthrough import BruteForceCost, IVFClusters, NprobePoint, PQAnatomy, PQPoint, VectorAnatomy
 from ..store import Database
-from .common import figure_png, find_database, index_words, log_to_file, quiet_output, thumbnail_array
+from .common import (
+    figure_png,
+    find_database,
+    index_words,
+    log_to_file,
+    no_database_message,
+    quiet_output,
+    thumbnail_array,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,6 +41,7 @@ if TYPE_CHECKING:
     from ..search import Results
 
 __all__ = [
+    "NoDatabaseError",
     "database_summary",
     "image",
     "nprobe_slider",
@@ -105,14 +115,47 @@ def image(png: bytes) -> Any:
     return Image(data=png, format="png")
 
 
+class NoDatabaseError(DatabaseError):
+    """The walkthrough has no database to open (in a notebook: the cell shows how to build one, no traceback)."""
+
+
+def _one_line(shell: Any, etype: type, evalue: BaseException, tb: Any, tb_offset: Any = None) -> list[str]:
+    """IPython's handler of :class:`NoDatabaseError`: its message, on one line, is the whole "traceback"."""
+    return [f"{etype.__name__}: {evalue}"]
+
+
 def open_database(path: str | os.PathLike[str], *, weights: str | None = None) -> Database:
     """Open the database at ``path`` (a folder, or a parent holding one) for the walkthrough, quietly.
 
+    In a notebook, a database that is missing or cannot be opened is explained in the output area (what
+    happened and the commands that build one), and the cell stops with one line, so that "Run All" stops there
+    and no later cell runs.
+
     Raises:
-        DatabaseError: If there is none (the message says how to build one).
+        NoDatabaseError: If the database cannot be opened (its cause chained).
     """
-    with quiet():
-        return Database.open(find_database(path), weights=weights)
+    try:
+        with quiet():
+            return Database.open(find_database(path), weights=weights)
+    except DatabaseError as exc:
+        message = no_database_message(path, exc, what="image database", commands=[
+            f"similar-images extract IMAGES {path}", f"similar-images build-index {path}"],
+            note="IMAGES is a folder of 500 photos or more. Or point SIMILAR_IMAGES_DB at an existing database.")
+        shell = _ipython()
+        if shell is not None:
+            from IPython.display import display  # noqa: PLC0415  (only in a notebook)
+
+            display(message)
+            shell.set_custom_exc((NoDatabaseError,), _one_line)
+        raise NoDatabaseError(f"{message.title}; build one as shown above, then run the notebook again") from exc
+
+
+def _ipython() -> Any:
+    try:
+        from IPython import get_ipython  # noqa: PLC0415  (only in a notebook)
+    except ImportError:
+        return None
+    return get_ipython()
 
 
 def database_summary(db: Database) -> Any:
@@ -245,6 +288,7 @@ def map_figure(db: Database, points: np.ndarray, *, highlight: Sequence[int] = (
     ax.set_yticks([])
     ax.set_title(title or f"{len(points):,} photos placed so that similar vectors lie close together",
                  fontsize=TITLE)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.94)
     return fig
 
 

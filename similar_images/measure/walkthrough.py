@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from ..index.build import add_vectors, quiet_clustering
 from ..index.exact import exact_search
 from ..index.factory import make_index
-from ..index.params import ivf_of, set_search_params
+from ..index.params import faiss_threads, ivf_of, set_search_params
 from ..index.recall import EvalSample, eval_sample, recall_at_k
 from .evaluate import measure_latency
 
@@ -58,6 +58,14 @@ __all__ = [
     "project_2d",
     "vector_anatomy",
 ]
+
+
+#: Why the walkthrough's helpers train and search with one thread by default.
+THREADS_NOTE = (
+    "one thread: on a shared 2-core machine, OpenMP's multi-threaded k-means and t-SNE slow down several times "
+    "under load (measured on 800 photos at load average 8: t-SNE 66 s with the default threads, 12 s with one; "
+    "PQ16 training 1.9 s against 0.56 s)"
+)
 
 
 def _as_vectors(vectors: np.ndarray, *, at_least: int = 2) -> np.ndarray:
@@ -284,8 +292,11 @@ class PQAnatomy:
         return float(np.sum((self.sub_vectors.reshape(-1) - self.reconstruction) ** 2))
 
 
-def pq_anatomy(vectors: np.ndarray, m: int, *, row: int = 0, nbits: int = 8, seed: int = 0) -> PQAnatomy:
+def pq_anatomy(vectors: np.ndarray, m: int, *, row: int = 0, nbits: int = 8, seed: int = 0,
+               threads: int | None = 1) -> PQAnatomy:
     """Train a product quantizer with ``m`` sub-vectors on ``vectors`` and encode row ``row``.
+
+    ``threads``: Faiss threads (see :data:`THREADS_NOTE`).
 
     Raises:
         ConfigError: If ``m`` does not divide the dimension or there are too few vectors to train on.
@@ -293,7 +304,8 @@ def pq_anatomy(vectors: np.ndarray, m: int, *, row: int = 0, nbits: int = 8, see
     x = _as_vectors(vectors)
     if not 0 <= row < len(x):
         raise ConfigError(f"row {row} is outside the {len(x)} vectors")
-    pq = _train_pq(x, m, nbits, seed)
+    with faiss_threads(threads):
+        pq = _train_pq(x, m, nbits, seed)
     d = x.shape[1]
     codebooks = faiss.vector_to_array(pq.centroids).reshape(m, 2 ** nbits, d // m)
     one = x[row:row + 1]
@@ -334,7 +346,7 @@ def _sample(x: np.ndarray, n_queries: int, k: int, seed: int) -> EvalSample:
 
 
 def pq_sweep(vectors: np.ndarray, ms: Sequence[int] | None = None, *, nbits: int = 8, n_queries: int = 200,
-             k: int = 10, seed: int = 0) -> list[PQPoint]:
+             k: int = 10, seed: int = 0, threads: int | None = 1) -> list[PQPoint]:
     """Recall@k and reconstruction error of product quantization for each number of sub-vectors ``M``.
 
     Args:
@@ -344,25 +356,31 @@ def pq_sweep(vectors: np.ndarray, ms: Sequence[int] | None = None, *, nbits: int
         n_queries: Database vectors used as queries, each excluded from its own results.
         k: The k of recall@k.
         seed: Seed of training and of the query sample.
+        threads: Faiss threads (see :data:`THREADS_NOTE`).
     """
     x = _as_vectors(vectors)
     d = x.shape[1]
     ms = list(ms) if ms is not None else _pq_ms(d)
     sample = _sample(x, n_queries, k, seed)
     norm2 = float(np.mean(np.sum(x ** 2, axis=1))) or 1.0
-    points = []
-    for m in ms:
-        pq = _train_pq(x, m, nbits, seed)
-        codes = pq.compute_codes(x)
-        err = float(np.mean(np.sum((pq.decode(codes) - x) ** 2, axis=1))) / norm2
-        index = faiss.IndexPQ(d, m, nbits, faiss.METRIC_INNER_PRODUCT)
-        index.pq = pq
-        index.is_trained = True
-        index.add(x)  # encodes with the quantizer just trained
-        found = sample.search(index, sample.k)
-        points.append(PQPoint(m=m, bytes_per_vector=m * nbits / 8, compression=4 * d / (m * nbits / 8),
-                              recall=recall_at_k(found, sample.truth, sample.k), error=err, k=sample.k))
-    return points
+    with faiss_threads(threads):
+        return [_pq_point(x, m, nbits, seed, sample, norm2) for m in ms]
+
+
+def _pq_point(x: np.ndarray, m: int, nbits: int, seed: int, sample: EvalSample, norm2: float) -> PQPoint:
+    d = x.shape[1]
+    pq = _train_pq(x, m, nbits, seed)
+    codes = pq.compute_codes(x)
+    err = float(np.mean(np.sum((pq.decode(codes) - x) ** 2, axis=1))) / norm2
+    index = faiss.IndexPQ(d, m, nbits, faiss.METRIC_INNER_PRODUCT)
+    index.pq = pq
+    index.is_trained = True
+    index.add(x)  # encodes with the quantizer just trained
+    found = sample.search(index, sample.k)
+    return PQPoint(m=m, bytes_per_vector=m * nbits / 8, compression=4 * d / (m * nbits / 8),
+                   recall=recall_at_k(found, sample.truth, sample.k), error=err, k=sample.k)
+
+
 
 
 # --------------------------------------------------------------------------- 6. the inverted file
@@ -403,16 +421,19 @@ def _ivf(x: np.ndarray, nlist: int, seed: int) -> faiss.Index:
     return index
 
 
-def ivf_clusters(vectors: np.ndarray, nlist: int, *, seed: int = 0) -> IVFClusters:
+def ivf_clusters(vectors: np.ndarray, nlist: int, *, seed: int = 0, threads: int | None = 1) -> IVFClusters:
     """Train the coarse quantizer of ``IVF{nlist},Flat`` on ``vectors`` and group the vectors by cluster.
+
+    ``threads``: Faiss threads (see :data:`THREADS_NOTE`).
 
     Raises:
         ConfigError: If ``nlist`` is not between 1 and the number of vectors.
     """
     x = _as_vectors(vectors)
-    index = _ivf(x, nlist, seed)
-    quantizer = ivf_of(index).quantizer
-    scores, lists = quantizer.search(x, 1)
+    with faiss_threads(threads):
+        index = _ivf(x, nlist, seed)
+        quantizer = ivf_of(index).quantizer
+        scores, lists = quantizer.search(x, 1)
     assignment = lists[:, 0].astype(np.int64)
     centroids = quantizer.reconstruct_n(0, nlist)
     members = []
@@ -455,8 +476,9 @@ def nprobe_sweep(vectors: np.ndarray, nlist: int, nprobes: Sequence[int] | None 
         seed: Seed of the clustering and the query sample.
     """
     x = _as_vectors(vectors)
-    index = _ivf(x, nlist, seed)
-    add_vectors(index, x, np.arange(len(x), dtype=np.int64))
+    with faiss_threads(1):
+        index = _ivf(x, nlist, seed)
+        add_vectors(index, x, np.arange(len(x), dtype=np.int64))
     sizes = np.asarray([ivf_of(index).get_list_size(c) for c in range(nlist)], dtype=np.float64)
     if nprobes is None:
         nprobes = sorted({min(nlist, 2 ** i) for i in range(int(math.log2(nlist)) + 2)})
@@ -486,8 +508,9 @@ def project_2d(vectors: np.ndarray, *, method: str = "tsne", pca_dims: int = 50,
         perplexity: t-SNE's neighbourhood size (clipped below ``n / 3``).
         seed: Seed.
 
-    Perplexity 20 and 400 iterations: on 800 real photos (MobileNetV2) the map keeps as much of each photo's
-    neighbourhood (:func:`neighbourhood_kept`, 0.46) as perplexity 30 and 500 iterations, in half the time.
+    t-SNE runs with one thread (see :data:`THREADS_NOTE`). Perplexity 20 and 400 iterations: on 800 real
+    photos (MobileNetV2) the map keeps as much of each photo's neighbourhood (:func:`neighbourhood_kept`, 0.46)
+    as perplexity 30 and 500 iterations, in half the time.
 
     Returns:
         float32 ``(n, 2)`` coordinates scaled to ``[0, 1]`` on the longer axis.
@@ -511,7 +534,10 @@ def project_2d(vectors: np.ndarray, *, method: str = "tsne", pca_dims: int = 50,
                               "or use method='pca'") from exc
         tsne = TSNE(n_components=2, perplexity=float(min(perplexity, (len(x) - 1) / 3)), init="pca",
                     random_state=seed, max_iter=400)
-        with warnings.catch_warnings():  # scikit-learn's version notices are not the reader's business
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415  (scikit-learn's own dependency)
+
+        # scikit-learn's version notices are not the reader's business; one thread: see THREADS_NOTE
+        with warnings.catch_warnings(), threadpool_limits(1):
             warnings.simplefilter("ignore", FutureWarning)
             reduced = tsne.fit_transform(reduced.astype(np.float32))
     out = reduced[:, :2].astype(np.float64)
