@@ -65,6 +65,13 @@ def test_walkthrough_runs_on_800_real_photos(walkthrough_db: Path, mobilenet_wei
     assert check["nlist"] == 28 and check["cluster_total"] == 800 and check["nprobe_recall"][-1] == 1.0
     assert check["own"] == "Flat" and "Flat" in check["factories"] and check["n_vectors"] == 800
     assert any(f.startswith("IVF28,") for f in check["factories"]) and "HNSW32" in check["factories"]
+    # as slides (jupyter nbconvert --to slides): one slide per section and the title, the set-up cells left out
+    from nbconvert import SlidesExporter
+
+    nb.cells.pop()  # the check cell
+    html, _ = SlidesExporter().from_notebook_node(nb)
+    assert html.count("<section") >= 1 + len(sections) and "How image search works" in html
+    assert "SIMILAR_IMAGES_DB" not in html and "open_database" not in html
 
 
 def test_walkthrough_without_a_database_says_how_to_build_one(tmp_path: Path) -> None:

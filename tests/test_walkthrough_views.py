@@ -146,3 +146,32 @@ def test_committed_walkthrough_notebook_is_clean_short_and_has_slides() -> None:
     assert all(c.metadata["slideshow"]["slide_type"] == "slide" for c in nb.cells
                if c.cell_type == "markdown" and c.source.startswith("#"))
     assert code[0].metadata["slideshow"]["slide_type"] == "skip"
+
+
+def test_map_view_drives_the_image_app(db: Database) -> None:
+    """The Map view in the app: a click on the map searches in the image app (its grid shows the results)."""
+    from similar_images.apps import AppConfig, SimilarImagesApp
+
+    app = SimilarImagesApp(db, AppConfig(k=5))
+    try:
+        view = MapView(db, w.project_2d(np.asarray(db.vectors), method="pca"), k=5, on_select=app.search_id,
+                       thumb=24)
+        view.selected = 21
+        assert app.results.query_id == 21 and app.results.ids == [r["id"] for r in view.results]
+        assert [r["id"] for r in app.gallery.results] == app.results.ids
+    finally:
+        app.close()
+
+
+def test_open_database_outside_a_notebook_raises_one_clear_error(tmp_path: Path, db: Database) -> None:
+    from similar_images.errors import DatabaseNotFoundError
+
+    with pytest.raises(wt.NoDatabaseError, match=f"No image database at {tmp_path / 'none'}; build one") as info:
+        wt.open_database(tmp_path / "none")
+    assert isinstance(info.value.__cause__, DatabaseNotFoundError) and not (tmp_path / "none").exists()
+    opened = wt.open_database(db.path)
+    assert len(opened) == N
+    summary = wt.database_summary(opened).data
+    assert f"{N} photos" in summary and f"{D}-d vectors" in summary and "exact search" in summary
+    assert bytes(wt.show(wt.nprobe_figure(w.nprobe_sweep(np.asarray(db.vectors), 4, n_queries=20,
+                                                          latency_queries=2))).data).startswith(b"\x89PNG")
