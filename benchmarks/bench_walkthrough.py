@@ -61,8 +61,9 @@ def _seconds(cell: dict) -> float:
     return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
 
 
-def run(db: Path, weights: str | None, query: int) -> tuple[list[tuple[str, float]], float]:
-    """Execute the notebook; returns ``[(section, seconds)]`` and the wall time of the whole run."""
+def run(db: Path, weights: str | None, query: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]], float]:
+    """Execute the notebook; returns ``[(section, seconds)]``, ``[(code cell's last line, seconds)]`` and the wall
+    time of the whole run."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -75,13 +76,15 @@ def run(db: Path, weights: str | None, query: int) -> tuple[list[tuple[str, floa
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     wall = time.perf_counter() - t0
     sections: list[tuple[str, float]] = [("setup (open the database)", 0.0)]
+    cells: list[tuple[str, float]] = []
     for cell in nb.cells:
         if cell.cell_type == "markdown" and cell.source.startswith("## "):
             sections.append((cell.source.splitlines()[0][3:], 0.0))
         elif cell.cell_type == "code":
             name, total = sections[-1]
             sections[-1] = (name, total + _seconds(cell))
-    return sections, wall
+            cells.append((cell.source.strip().splitlines()[-1], _seconds(cell)))
+    return sections, cells, wall
 
 
 def main() -> None:
@@ -99,9 +102,12 @@ def main() -> None:
             weights = weights or str(assets_dir() / "weights" / MOBILENET_FILE)
             db = build_database(Path(tmp), Path(weights), args.photos)
         load_before = os.getloadavg()
-        sections, wall = run(db, weights, args.query)
+        sections, cells, wall = run(db, weights, args.query)
         load_after = os.getloadavg()
     cells_total = sum(s for _, s in sections)
+    print("\ncode cells (last line):")
+    for line, seconds in cells:
+        print(f"  {seconds:7.1f} s  {line[:90]}")
     print(f"\nnotebooks/how_it_works.ipynb on {db} ({os.cpu_count()} cores; load average "
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after)")
     print(f"{'section':<48} {'seconds':>8} {'/ target':>9}")

@@ -86,8 +86,8 @@ def test_walkthrough_without_a_database_says_how_to_build_one(tmp_path: Path) ->
     html = "\n".join(o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {}))
     assert f"No image database at {missing}" in html
     assert f"similar-images extract IMAGES {missing}" in html and f"similar-images build-index {missing}" in html
-    errors = [o for o in outputs if o.get("output_type") == "error"]
-    assert len(errors) == 1 and errors[0]["traceback"] == [
-        f"NoDatabaseError: No image database at {missing}; build one as shown above, then run the notebook again"]
-    assert not [o for o in outputs if o.get("output_type") == "stream"]
+    # the message above is all the reader sees: no traceback, no error output, no later cell run
+    assert not [o for o in outputs if o.get("output_type") in ("error", "stream")]
+    assert "Traceback" not in json.dumps(outputs)
+    assert [bool(c.get("outputs")) for c in nb.cells if c.cell_type == "code"].count(True) == 1
     assert not missing.exists()

@@ -120,7 +120,8 @@ class NoDatabaseError(DatabaseError):
 
 
 def _one_line(shell: Any, etype: type, evalue: BaseException, tb: Any, tb_offset: Any = None) -> list[str]:
-    """IPython's handler of :class:`NoDatabaseError`: its message, on one line, is the whole "traceback"."""
+    """IPython's handler of :class:`NoDatabaseError`: no traceback under the message ``open_database`` displayed
+    (a kernel shows nothing more; a terminal shows this one line)."""
     return [f"{etype.__name__}: {evalue}"]
 
 
@@ -129,7 +130,7 @@ def open_database(path: str | os.PathLike[str], *, weights: str | None = None) -
 
     In a notebook, a database that is missing or cannot be opened is explained in the output area (what
     happened and the commands that build one), and the cell stops with one line, so that "Run All" stops there
-    and no later cell runs.
+    and no later cell runs (without a traceback under the message).
 
     Raises:
         NoDatabaseError: If the database cannot be opened (its cause chained).
@@ -167,8 +168,8 @@ def database_summary(db: Database) -> Any:
 # --------------------------------------------------------------------------- 1. a photo becomes a vector
 def vector_figure(path: str, anatomy: VectorAnatomy, *, maps: int = 5, model: str = "") -> Figure:
     """The photo, the feature maps of the channels that weigh most in its vector, and the vector as a strip."""
-    fig = _figure(13, 6.4)
-    grid = fig.add_gridspec(2, maps + 1, height_ratios=[3, 1.2], hspace=0.35)
+    fig = _figure(13, 4.4)
+    grid = fig.add_gridspec(2, maps + 1, height_ratios=[3, 0.8], hspace=0.25, top=0.86, bottom=0.13)
     _photo_axis(fig.add_subplot(grid[0, 0]), thumbnail_array(path, 224), "the photo")
     h, w = anatomy.grid
     for i, channel in enumerate(anatomy.channels[:maps]):
@@ -235,15 +236,18 @@ def brute_force_figure(cost: BruteForceCost) -> Figure:
     xs = np.logspace(math.log10(max(1, sizes[0])), 9, 50)
     ax2.loglog(xs, [cost.predict_ms(int(x)) for x in xs], "-", color="grey")
     ax2.loglog(sizes, cost.ms, "o", color="#1f77b4", ms=7)
-    for n, ms in far.items():
+    for j, (n, ms) in enumerate(far.items()):
         ax2.loglog([n], [ms], "s", color=HIGHLIGHT, ms=10)
         label = f"{n:,.0f} photos:\n{_duration(ms)} per query,\n{human_bytes(cost.memory_bytes(n))} of vectors"
-        ax2.annotate(label, (n, ms), textcoords="offset points", xytext=(-150, 4), fontsize=SMALL, color=HIGHLIGHT)
+        offset = (12, -12) if j == 0 else (-190, -12)
+        ax2.annotate(label, (n, ms), textcoords="offset points", xytext=offset, fontsize=SMALL, color=HIGHLIGHT,
+                     va="top")
     ax2.set_xlabel("photos (log scale)", fontsize=LABEL)
     ax2.set_title("extrapolated (straight line through the measurements)", fontsize=LABEL)
     ax2.grid(True, which="major", alpha=0.3)
     fig.suptitle("Brute force reads every vector for every query: its cost grows with the collection",
                  fontsize=TITLE)
+    fig.subplots_adjust(top=0.85, wspace=0.25)
     return fig
 
 
@@ -410,7 +414,7 @@ def tradeoff_figure(report: TuneReport, factory: str | None, params: dict[str, i
         ax.scatter([p.latency_ms], [p.recall], s=700, facecolors="none", edgecolors="#2ca02c", linewidths=4,
                    zorder=7)
         ax.annotate(f"this database's index: {p.label}", (p.latency_ms, p.recall), textcoords="offset points",
-                    xytext=(12, -30), fontsize=LABEL, color="#2ca02c", zorder=8,
+                    xytext=(-60, -48), fontsize=LABEL, color="#2ca02c", zorder=8,
                     bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})
     return fig
 
