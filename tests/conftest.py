@@ -221,3 +221,33 @@ def small_db(coco_subset: Path, mobilenet_weights: Path, tmp_path_factory: pytes
                                                     verbose=False))
     Database.open(db, load_index=False).build_index(IndexConfig(factory="Flat", eval_queries=48))
     return db
+
+
+#: Photos of the walkthrough's database (issue 24: it needs 500 or more): the 256 COCO photos, then flowers.
+WALKTHROUGH_PHOTOS = 800
+
+
+def walkthrough_photos(coco: Path, flowers: Path, n: int = WALKTHROUGH_PHOTOS) -> list[Path]:
+    """``n`` real photos: every COCO photo, then a fixed sample of the flower photos (all five classes)."""
+    photos = sorted(coco.rglob("*.jpg"))
+    more = sorted(flowers.rglob("*.jpg"))
+    random.Random(0).shuffle(more)
+    return photos + sorted(more[:max(0, n - len(photos))])
+
+
+@pytest.fixture(scope="session")
+def walkthrough_db(coco_dir: Path, mobilenet_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 800-photo database (256 COCO + 544 flower photos), MobileNetV2 with real ImageNet weights, built as
+    the quick start does (``build-index``'s default: exact below its PQ threshold). Read-only."""
+    flowers = _assets_dir() / "images" / "flowers5"
+    if not flowers.is_dir():
+        pytest.skip(_no_assets(f"the flower photos ({flowers})"))
+    from similar_images import Database, ExtractConfig, extract_features
+
+    root = tmp_path_factory.mktemp("walkthrough")
+    listing = root / "photos.txt"
+    listing.write_text("\n".join(map(str, walkthrough_photos(coco_dir, flowers))) + "\n")
+    db = root / "db800"
+    extract_features(listing, db, ExtractConfig(model="mobilenetv2", weights=str(mobilenet_weights), verbose=False))
+    Database.open(db, load_index=False).build_index()
+    return db

@@ -3,6 +3,8 @@
 * :func:`open_app`: the image-search app (:class:`SimilarImagesApp`);
 * :func:`text_search_app`: the text-search app (:class:`TextSearchApp`);
 * :class:`DuplicateBrowser`: near-duplicates with a threshold slider;
+* :class:`MapView`: the collection map (photos placed in 2D by similarity; click one to search);
+* :mod:`.walkthrough`: the figures and sliders of the teaching walkthrough ``notebooks/how_it_works.ipynb``;
 * :mod:`.tuning_app`: exact neighbours next to an index's, for the tuning notebook;
 * :mod:`.gallery`: the front end of the image and text apps (one custom widget: grid, lightbox, keys, uploads);
 * :mod:`.voila_kernels`: the kernel manager the repository's ``voila.json`` gives Voilà.
@@ -28,6 +30,7 @@ _LAZY: dict[str, str] = {
     "open_app": "image_app",
     "DatabaseMessage": "common",
     "find_database": "common",
+    "MapView": "map_view",
     "DuplicateBrowser": "duplicates_app",
     "default_thresholds": "duplicates_app",
     "similarity_histogram": "duplicates_app",
@@ -42,6 +45,7 @@ __all__ = [
     "DatabaseMessage",
     "DuplicateBrowser",
     "GalleryWidget",
+    "MapView",
     "SimilarImagesApp",
     "TextSearchApp",
     "default_thresholds",
@@ -70,4 +74,5 @@ if TYPE_CHECKING:
     from .duplicates_app import DuplicateBrowser, default_thresholds, similarity_histogram
     from .gallery import ActionResult, ActionTarget, GalleryWidget
     from .image_app import AppConfig, SimilarImagesApp, open_app
+    from .map_view import MapView
     from .text_app import TextSearchApp, text_search_app
