@@ -12,6 +12,7 @@ from ..embed.backends import BACKENDS, DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHO
 from ..index import IndexConfig
 from ..sources.images import DEFAULT_MAX_PIXELS
 from ..store import Database, ExtractConfig, extract_features
+from ..store.live import open_readable
 from ._common import (
     configure_logging,
     echo_build_report,
@@ -164,8 +165,8 @@ def register(group: click.Group) -> None:
         Example: similar-images search photos-db cat.jpg -k 8
         """
         configure_logging(0, True)
-        database = Database.open(db, weights=weights, backend=backend, precision=precision,
-                                 allow_backend_mismatch=allow_backend_mismatch)
+        database = open_readable(db, weights=weights, backend=backend, precision=precision,
+                                 allow_backend_mismatch=allow_backend_mismatch)  # all that is committed so far
         results = search_query(database, query, by_id, k, exact=exact, nprobe=nprobe, ef_search=ef_search,
                                rerank=rerank)
         echo_results(results, as_json)
