@@ -200,3 +200,68 @@ def test_changes_by_other_processes_show_in_a_followed_database_within_10_s(tmp_
                    capture_output=True, timeout=300)
     wait_for(lambda: live.get().index is not None, "the new index", 10)
     assert live.get().search(14, k=1).ids == [14] and live.get().search(14, k=1).params["exact"] is False
+
+
+@pytest.mark.slow
+def test_serve_answers_from_the_first_shard_follows_the_build_and_swaps_indexes_without_a_failed_request(
+        extraction: Extraction, tmp_path: Path) -> None:
+    """Before: 'serve DB' on a database being extracted refused to start (no manifest yet), and a running
+    service never saw another process's remove or new index."""
+    import httpx
+    from helpers import free_port, running_process
+
+    db = extraction.db
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [*CLI, "serve", str(db), "--port", str(port), "--no-access-log"]
+    with running_process(cmd, env=plugin_env(), log=tmp_path / "serve.log", timeout=300,
+                         ready=lambda: httpx.get(url + "/health", timeout=5).status_code == 200):
+        health = httpx.get(url + "/health", timeout=30).json()
+        assert health["items"] == 0 and health["build"]["phase"] == "extracting"
+        r = httpx.get(url + "/search", params={"id": 0}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"] == "not_ready" and "no photos ready yet" in r.text.lower()
+
+        def items() -> int:
+            return int(httpx.get(url + "/health", timeout=30).json()["items"])
+
+        extraction.land(0)
+        wait_for(lambda: items() == SHARD, "the first shard", 10)
+        r = httpx.get(url + "/search", params={"id": 1, "k": 2}, timeout=30)
+        assert r.status_code == 200 and r.json()["results"][0]["id"] == 1
+        extraction.land(1)
+        wait_for(lambda: items() == 2 * SHARD, "the second shard", 10)
+        extraction.finish()
+        wait_for(lambda: items() == N_IMAGES, "the finished database", 10)
+
+        failures: list[str] = []
+        answered = 0
+        stop = threading.Event()
+
+        def client() -> None:
+            nonlocal answered
+            with httpx.Client(timeout=30) as c:
+                while not stop.is_set():
+                    resp = c.get(url + "/search", params={"id": 5, "k": 3})
+                    if resp.status_code != 200:
+                        failures.append(f"{resp.status_code} {resp.text[:200]}")
+                    answered += 1
+
+        loop = threading.Thread(target=client, daemon=True)
+        loop.start()
+        try:
+            env = plugin_env()
+            subprocess.run([*CLI, "build-index", str(db), "--index", "Flat", "-q"], env=env, check=True,
+                           capture_output=True, timeout=300)
+            wait_for(lambda: httpx.get(url + "/health", timeout=30).json()["index"] == "Flat", "the new index", 10)
+            subprocess.run([*CLI, "remove", str(db), "7"], env=env, check=True, capture_output=True, timeout=120)
+            wait_for(lambda: httpx.get(url + "/search", params={"id": 7}, timeout=30).status_code == 404,
+                     "the removal", 10)
+            ids = [m["id"] for m in httpx.get(url + "/search", params={"id": 6, "k": N_IMAGES},
+                                                timeout=30).json()["results"]]
+            assert 7 not in ids and len(ids) == N_IMAGES - 1
+        finally:
+            stop.set()
+            loop.join(30)
+        assert answered > 0 and not failures, failures[:3]
+        health = httpx.get(url + "/health", timeout=30).json()
+        assert health["build"]["phase"] == "ready" and health["items"] == N_IMAGES - 1
