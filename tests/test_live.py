@@ -265,3 +265,34 @@ def test_serve_answers_from_the_first_shard_follows_the_build_and_swaps_indexes_
         assert answered > 0 and not failures, failures[:3]
         health = httpx.get(url + "/health", timeout=30).json()
         assert health["build"]["phase"] == "ready" and health["items"] == N_IMAGES - 1
+
+
+def test_progress_in_plain_words() -> None:
+    from similar_images.apps.common import progress_sentence
+    from similar_images.store.live import BuildProgress
+
+    p = BuildProgress(ready=12_345, total=40_504, done=12_400, phase="extracting", rate=12.0, eta_s=38 * 60 + 5)
+    assert progress_sentence(p) == "12,345 of 40,504 photos ready; the rest in about 38 minutes; search works now."
+    assert "No photos ready yet" in str(progress_sentence(BuildProgress(0, 40_504, 0, "extracting")))
+    assert "run it again to resume" in str(progress_sentence(BuildProgress(8, 14, 8, "interrupted")))
+    assert "index is being built" in str(progress_sentence(BuildProgress(14, 14, 14, "indexing")))
+    assert progress_sentence(BuildProgress(14, 14, 14, "ready")) is None
+
+
+def test_the_app_follows_a_database_being_extracted(extraction: Extraction) -> None:
+    """Before: the app on a database being extracted showed "no database" until the extraction ended."""
+    from similar_images.apps.image_app import SimilarImagesApp
+
+    extraction.land(0)
+    app = SimilarImagesApp.from_path(extraction.db, k=3, preload_model=False)
+    assert len(app.db) == SHARD
+    assert f"{SHARD} of {N_IMAGES} photos ready" in app.gallery.status["timing"]
+    extraction.land(1)
+    wait_for(lambda: len(app.db) == 2 * SHARD, "the second shard in the app", 10)
+    app._show_status()
+    assert f"{2 * SHARD} of {N_IMAGES} photos ready" in app.gallery.status["timing"]
+    assert "search works now" in app.gallery.status["timing"]
+    extraction.finish()
+    wait_for(lambda: len(app.db) == N_IMAGES and not app.db.partial, "the finished database in the app", 10)
+    app._show_status()
+    assert "photos ready" not in app.gallery.status.get("timing", "")
