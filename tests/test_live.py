@@ -296,3 +296,17 @@ def test_the_app_follows_a_database_being_extracted(extraction: Extraction) -> N
     wait_for(lambda: len(app.db) == N_IMAGES and not app.db.partial, "the finished database in the app", 10)
     app._show_status()
     assert "photos ready" not in app.gallery.status.get("timing", "")
+
+
+def test_extract_builds_the_index_when_asked_as_soon_as_the_extraction_ends(images: Path, tmp_path: Path,
+                                                                            tiny_model: str) -> None:
+    """The quick start's background job: one command extracts, then builds the index readers switch to."""
+    db = tmp_path / "db"
+    args = ["extract", str(images), str(db), "--model", "tiny", "--weights", "random", "--precision", "fp32",
+            "--shard-size", str(SHARD), "--index", "auto", "-q"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    database = Database.open(db)
+    assert database.index is not None and database.manifest.index is not None
+    assert database.manifest.index.factory == database.default_factory() and len(database) == N_IMAGES
+    assert "Next: similar-images build-index" not in result.output
