@@ -310,3 +310,16 @@ def test_extract_builds_the_index_when_asked_as_soon_as_the_extraction_ends(imag
     assert database.index is not None and database.manifest.index is not None
     assert database.manifest.index.factory == database.default_factory() and len(database) == N_IMAGES
     assert "Next: similar-images build-index" not in result.output
+
+
+def test_following_a_build_reads_each_shard_once(extraction: Extraction) -> None:
+    """A new view of the same build shares the previous view's buffer: no copy of the rows read already, and the
+    rows an older view holds never change."""
+    extraction.land(0)
+    first = open_readable(extraction.db)
+    before = np.array(first.vectors)
+    extraction.land(1)
+    second = open_readable(extraction.db, previous=first)
+    assert len(second) == 2 * SHARD and np.shares_memory(first.vectors, second.vectors)
+    np.testing.assert_array_equal(first.vectors, before)
+    np.testing.assert_array_equal(second.vectors, open_readable(extraction.db).vectors)  # as read from scratch

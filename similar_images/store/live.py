@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -103,10 +104,13 @@ def _prefix(shards: list[_Shard]) -> list[_Shard]:
 
 
 def open_partial(path: str | os.PathLike[str], *, model: str | None = None, weights: str | None = None,
-                 inference: dict[str, str] | None = None) -> Database:
+                 inference: dict[str, str] | None = None, previous: Database | None = None) -> Database:
     """A read-only :class:`Database` of the shards a build has committed so far (no index: searches are exact).
 
     Ids are final: the view holds the committed shards from the first up to the first one still missing.
+    The vectors live in one buffer sized for the whole build (its pages are only used as rows are written);
+    a view made with the ``previous`` view of the same build shares its buffer and reads only the new shards,
+    so following a build costs no copy of what was read already (a view's rows never change).
 
     Raises:
         FileNotFoundError: If the folder holds no build (or it finished while being read: open it again).
@@ -124,14 +128,21 @@ def open_partial(path: str | os.PathLike[str], *, model: str | None = None, weig
         raise DatabaseNotReadyError(db, n)
     items_all = _read_plan_items(partial / _PLAN_ITEMS)
     dim = int(info["dim"])
-    chunks = []
-    for shard in shards:
+    key = (str(db.resolve()), n, shard_size, dim, json.dumps(info, sort_keys=True, default=str))
+    shared = getattr(previous, "_live_buffer", None)
+    done = int(previous.manifest.extra["build"]["shards_ready"]) if shared is not None else 0  # type: ignore
+    if shared is None or shared[0] != key or done > len(shards):  # another build, or it re-embeds a shard
+        shared, done = (key, np.empty((n, dim), dtype=np.float32)), 0
+    buffer: np.ndarray = shared[1]
+    rows = sum(len(shard.ok) for shard in shards[:done])
+    for shard in shards[done:]:
         arr = np.load(partial / shard.vectors, mmap_mode="r", allow_pickle=False)
         if arr.shape != (len(shard.ok), dim):
             raise DatabaseError(f"Shard {shard.number} of the build in {partial} holds vectors of shape "
                                 f"{arr.shape} for {len(shard.ok)} items")
-        chunks.append(_unit_rows(np.asarray(arr, dtype=np.float32)))
-    vectors = np.ascontiguousarray(np.concatenate(chunks)) if chunks else np.zeros((0, dim), np.float32)
+        buffer[rows:rows + len(arr)] = _unit_rows(np.asarray(arr, dtype=np.float32))
+        rows += len(arr)
+    vectors = buffer[:rows]
     items = [items_all[i] for shard in shards for i in shard.ok]
     failed = sum(len(shard.failures) for shard in shards)
     manifest = Manifest(kind=kind, model=info, files={"vectors": None, "items": None, "failures": None,
@@ -142,14 +153,17 @@ def open_partial(path: str | os.PathLike[str], *, model: str | None = None, weig
     checked = _check_inference(db, manifest, inference or {})
     view = Database(db, manifest, vectors, items, None, weights=weights, inference=checked)
     view.partial = True
+    view._live_buffer = shared  # type: ignore[attr-defined]
     return view
 
 
 def open_readable(path: str | os.PathLike[str], *, model: str | None = None, weights: str | None = None,
                   load_index: bool = True, mmap_index: bool = False, backend: str | None = None,
-                  precision: str | None = None, allow_backend_mismatch: bool = False) -> Database:
+                  precision: str | None = None, allow_backend_mismatch: bool = False,
+                  previous: Database | None = None) -> Database:
     """Open everything committed in a database folder, for reading: the database, or the part of it that its
-    build has committed so far (see :func:`open_partial`). Takes the arguments of :meth:`Database.open`.
+    build has committed so far (see :func:`open_partial`). Takes the arguments of :meth:`Database.open`, and
+    ``previous``: the version opened before, whose shards a new view of the same build reuses.
 
     Raises:
         DatabaseNotReadyError: If a build has begun but committed nothing yet.
@@ -169,7 +183,7 @@ def open_readable(path: str | os.PathLike[str], *, model: str | None = None, wei
             if not (Path(path).expanduser() / PARTIAL_DIR / PLAN).exists():
                 raise
         try:
-            return open_partial(path, model=model, weights=weights, inference=inference)
+            return open_partial(path, model=model, weights=weights, inference=inference, previous=previous)
         except DatabaseNotFoundError:  # not ready yet (DatabaseNotReadyError), or gone
             raise
         except FileNotFoundError:  # the build finished (or a shard moved) while being read: read again
@@ -384,7 +398,7 @@ class LiveDatabase:
             if before == self._stamp and self._db is not None:
                 return
             try:
-                db = open_readable(self.path, **self.open_options)
+                db = open_readable(self.path, previous=self._db, **self.open_options)
             except DatabaseError as exc:
                 if raise_errors:
                     raise
