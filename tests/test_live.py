@@ -23,11 +23,10 @@ from conftest import make_image
 from helpers import plugin_env
 
 from similar_images.cli import main
-from similar_images.errors import DatabaseError, DatabaseNotReadyError
+from similar_images.errors import DatabaseError
 from similar_images.store import Database, ExtractConfig, LocalEngine, extract_features
 from similar_images.store.build import BuildJob, shard_done
 from similar_images.store.folder import PARTIAL_DIR
-from similar_images.store.live import LiveDatabase, build_progress, open_readable
 
 CLI = [sys.executable, "-c", "from similar_images.cli import main; main()"]
 SHARD = 4
@@ -111,6 +110,9 @@ def extraction(images: Path, tmp_path: Path, tiny_model: str) -> Iterator[Extrac
 def test_a_database_being_extracted_is_searched_from_its_first_shard(extraction: Extraction) -> None:
     """Before: 'search' and Database.open said "No database at DB yet: a build was interrupted there" until the
     whole extraction ended. Now the committed shards are searched, with the ids the finished database gives."""
+    from similar_images.errors import DatabaseNotReadyError
+    from similar_images.store.live import build_progress, open_readable
+
     db = extraction.db
     with pytest.raises(DatabaseNotReadyError, match="not committed its first shard"):
         open_readable(db)
@@ -136,6 +138,9 @@ def test_a_database_being_extracted_is_searched_from_its_first_shard(extraction:
 
 def test_a_followed_database_grows_shard_by_shard_and_switches_to_the_finished_one(extraction: Extraction) -> None:
     """A LiveDatabase (what the service and the app hold) follows the build without being reopened."""
+    from similar_images.errors import DatabaseNotReadyError
+    from similar_images.store.live import LiveDatabase, build_progress
+
     db = extraction.db
     live = LiveDatabase(db, interval=0.0)
     with pytest.raises(DatabaseNotReadyError):
@@ -157,6 +162,8 @@ def test_a_followed_database_grows_shard_by_shard_and_switches_to_the_finished_o
 
 
 def test_progress_reports_rate_and_eta_while_extracting(extraction: Extraction) -> None:
+    from similar_images.store.live import build_progress
+
     extraction.land(0)
     time.sleep(0.05)
     extraction.land(1)
@@ -181,6 +188,8 @@ def test_changes_by_other_processes_show_in_a_followed_database_within_10_s(tmp_
                                                                              tiny_model: str) -> None:
     """Before: a process that had opened the database never saw another process's add or remove (a removed id
     was served until it restarted)."""
+    from similar_images.store.live import LiveDatabase
+
     db = _vector_db(tmp_path, tiny_model)
     live = LiveDatabase(db, interval=0.2)
     assert len(live.get()) == 12 and live.get().index is None
@@ -315,6 +324,8 @@ def test_extract_builds_the_index_when_asked_as_soon_as_the_extraction_ends(imag
 def test_following_a_build_reads_each_shard_once(extraction: Extraction) -> None:
     """A new view of the same build shares the previous view's buffer: no copy of the rows read already, and the
     rows an older view holds never change."""
+    from similar_images.store.live import open_readable
+
     extraction.land(0)
     first = open_readable(extraction.db)
     before = np.array(first.vectors)
