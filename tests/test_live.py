@@ -334,3 +334,29 @@ def test_following_a_build_reads_each_shard_once(extraction: Extraction) -> None
     assert len(second) == 2 * SHARD and np.shares_memory(first.vectors, second.vectors)
     np.testing.assert_array_equal(first.vectors, before)
     np.testing.assert_array_equal(second.vectors, open_readable(extraction.db).vectors)  # as read from scratch
+
+
+@pytest.mark.slow
+def test_a_running_service_sees_another_process_remove_and_add_within_10_s(tmp_path: Path, tiny_model: str) -> None:
+    """Before: a removed id was served until the service restarted, and added images never showed."""
+    import httpx
+    from helpers import free_port, running_process
+
+    db = _vector_db(tmp_path, tiny_model)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = plugin_env()
+    with running_process([*CLI, "serve", str(db), "--port", str(port), "--no-access-log"], env=env,
+                         log=tmp_path / "serve.log", timeout=300,
+                         ready=lambda: httpx.get(url + "/health", timeout=5).status_code == 200):
+        assert httpx.get(url + "/search", params={"id": 3}, timeout=30).status_code == 200
+        subprocess.run([*CLI, "remove", str(db), "3"], env=env, check=True, capture_output=True, timeout=120)
+        wait_for(lambda: httpx.get(url + "/search", params={"id": 3}, timeout=30).status_code == 404,
+                 "the removal in the service", 10)
+        for i in range(2):
+            make_image(tmp_path / "new" / f"n{i}.png", seed=700 + i)
+        subprocess.run([*CLI, "add", str(db), str(tmp_path / "new"), "-q"], env=env, check=True,
+                       capture_output=True, timeout=300)
+        wait_for(lambda: httpx.get(url + "/health", timeout=30).json()["items"] == 13, "the add in the service", 10)
+        r = httpx.get(url + "/search", params={"id": 13, "k": 1}, timeout=30)
+        assert r.status_code == 200 and r.json()["results"][0]["id"] == 13
