@@ -128,6 +128,9 @@ def test_a_database_being_extracted_is_searched_from_its_first_shard(extraction:
     result = CliRunner().invoke(main, ["search", str(db), "2", "--id", "-k", "2", "--json"])
     assert result.exit_code == 0, result.output
     assert [r["id"] for r in json.loads(result.output)["results"]][0] == 2
+    info = CliRunner().invoke(main, ["info", str(db)])
+    assert info.exit_code == 0 and f"{SHARD} of {N_IMAGES} items ready" in info.output, info.output
+    assert "search works now" in info.output
 
     extraction.land(1)
     extraction.finish()

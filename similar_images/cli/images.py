@@ -12,7 +12,7 @@ from ..embed.backends import BACKENDS, DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHO
 from ..index import IndexConfig
 from ..sources.images import DEFAULT_MAX_PIXELS
 from ..store import Database, ExtractConfig, extract_features
-from ..store.live import open_readable
+from ..store.live import build_progress, open_readable
 from ._common import (
     configure_logging,
     echo_build_report,
@@ -196,8 +196,20 @@ def register(group: click.Group) -> None:
         Every file is checked against the manifest (the index is read too), so a
         damaged database is reported here rather than at the next search.
 
+        While DB is being extracted, says how far the extraction has got
+        (--json: its progress as data).
+
         Example: similar-images info photos-db
         """
+        progress = build_progress(db)
+        if progress.phase in ("extracting", "interrupted"):
+            from ..apps.common import progress_sentence  # noqa: PLC0415  (the apps layer: this path only)
+
+            if as_json:
+                click.echo(json.dumps({"build": progress.to_dict()}, indent=2))
+            else:
+                click.echo(f"Database {db} is being built: {progress_sentence(progress, 'items')}")
+            return
         database = Database.open(db, mmap_index=True)  # checks the vectors, the items and the index
         m = database.manifest
         listed = len(database.failures)
