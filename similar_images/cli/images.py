@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..apps.common import progress_sentence
 from ..embed import DEFAULT_MODEL, available_models, get_model_spec
 from ..embed.backends import BACKENDS, DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, PRECISION_CHOICES, PRECISIONS
 from ..index import IndexConfig
@@ -203,8 +204,6 @@ def register(group: click.Group) -> None:
         """
         progress = build_progress(db)
         if progress.phase in ("extracting", "interrupted"):
-            from ..apps.common import progress_sentence  # noqa: PLC0415  (the apps layer: this path only)
-
             if as_json:
                 click.echo(json.dumps({"build": progress.to_dict()}, indent=2))
             else:
