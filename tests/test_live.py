@@ -363,3 +363,26 @@ def test_a_running_service_sees_another_process_remove_and_add_within_10_s(tmp_p
         wait_for(lambda: httpx.get(url + "/health", timeout=30).json()["items"] == 13, "the add in the service", 10)
         r = httpx.get(url + "/search", params={"id": 13, "k": 1}, timeout=30)
         assert r.status_code == 200 and r.json()["results"][0]["id"] == 13
+
+
+def test_a_damaged_new_version_keeps_the_one_in_use_and_is_tried_again_when_the_folder_changes(
+        tmp_path: Path, tiny_model: str) -> None:
+    """A reader never loses the version it serves to a damaged change; it says so once, not on every request."""
+    from similar_images.store.live import LiveDatabase
+
+    db = _vector_db(tmp_path, tiny_model)
+    live = LiveDatabase(db, interval=0.0)
+    good = live.get()
+    manifest = db / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text.replace('"items": 12', '"items": 13', 1))  # the items file has 12 lines
+    assert live.get() is good  # the new version is opened in the background; this request is not held
+    live.wait_reloaded(30)
+    assert live.get() is good and live._failed is not None
+    opened = live.reloads
+    for _ in range(5):
+        assert live.get() is good
+        live.wait_reloaded(30)
+    assert live.reloads == opened and live._reloading is not None
+    manifest.write_text(text)  # repaired: a new stamp
+    wait_for(lambda: live.get() is not good and len(live.get()) == 12, "the repaired database", 10)

@@ -325,8 +325,8 @@ class LiveDatabase:
     :meth:`get` returns the newest version opened; at most once per ``interval`` seconds it compares the
     folder's :func:`stamp` with the one of that version and, when it moved, opens the new version: at once
     while none is open, otherwise in a background thread while requests go on with the one they have.
-    A version that fails to open (a writer half-way, a damaged file) is logged and tried again later; the
-    one in use stays.
+    A version that fails to open (a damaged file) is logged once and tried again when the folder changes next;
+    the one in use stays.
 
     Args:
         path: The database folder.
@@ -347,6 +347,7 @@ class LiveDatabase:
         self._checked = 0.0
         self._lock = threading.Lock()
         self._reloading: threading.Thread | None = None
+        self._failed: tuple[Any, ...] | None = None  # the stamp of a version that failed to open
         self.reloads = 0
 
     def current(self) -> Database | None:
@@ -354,7 +355,8 @@ class LiveDatabase:
         now = time.monotonic()
         if now - self._checked >= self.interval:
             self._checked = now
-            if stamp(self.path) != self._stamp:
+            now_stamp = stamp(self.path)
+            if now_stamp != self._stamp and now_stamp != self._failed:
                 if self._db is None:
                     self._reload()
                 else:
@@ -402,6 +404,8 @@ class LiveDatabase:
             except DatabaseError as exc:
                 if raise_errors:
                     raise
+                if not isinstance(exc, DatabaseNotFoundError):  # tried again when the folder changes next
+                    self._failed = before
                 logger.log(logging.DEBUG if isinstance(exc, DatabaseNotFoundError) else logging.WARNING,
                            "%s cannot be opened now (%s); keeping the version in use", self.path, exc)
                 return
