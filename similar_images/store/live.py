@@ -183,11 +183,17 @@ def open_readable(path: str | os.PathLike[str], *, model: str | None = None, wei
             if not (Path(path).expanduser() / PARTIAL_DIR / PLAN).exists():
                 raise
         try:
-            return open_partial(path, model=model, weights=weights, inference=inference, previous=previous)
-        except DatabaseNotFoundError:  # not ready yet (DatabaseNotReadyError), or gone
-            raise
+            view = open_partial(path, model=model, weights=weights, inference=inference, previous=previous)
+        except DatabaseNotReadyError:
+            if not (Path(path).expanduser() / MANIFEST).exists():
+                raise
+            continue  # the build finished and is removing its shards: open the database
         except FileNotFoundError:  # the build finished (or a shard moved) while being read: read again
             time.sleep(0.05)
+            continue
+        if not (Path(path).expanduser() / MANIFEST).exists():
+            return view
+        # the build committed while its shards were read (some may be gone already): open the database
     raise DatabaseError(f"{path} changed too often while it was being read; try again")
 
 
