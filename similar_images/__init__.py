@@ -34,6 +34,7 @@ from .errors import (
     DatabaseExistsError,
     DatabaseFileError,
     DatabaseNotFoundError,
+    DatabaseNotReadyError,
     DiskFullError,
     DownloadError,
     EngineError,

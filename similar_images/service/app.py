@@ -8,7 +8,8 @@ Endpoints (all answers are JSON except the images):
   or an id (``{"id": N}``).
 * ``GET /images/{id}``: the stored image; ``?size=thumb`` or ``?size=N`` for a
   JPEG thumbnail made on the server.
-* ``GET /health``: status of this worker (its process id, the database, the model).
+* ``GET /health``: status of this worker (its process id, the database, the model, how many items can be
+  searched now and how far the database's build has got).
 * ``GET /docs``: the API documentation, one HTML page rendered on the server
   from the OpenAPI description by :func:`~.api_docs.render_api_docs` (no script
   or style from a CDN, so it works offline).
@@ -276,7 +277,8 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
 
     @app.get("/health", summary="Status of the worker that answers")
     async def health(request: Request) -> dict[str, Any]:  # on the event loop: answers however busy the threads
-        """The worker's process id, the database (items, model, index) and the server's limits."""
+        """The worker's process id, the database (items searchable now, model, index), how far its build has got
+        (``build``: ready, total, phase, rate, ETA) and the server's limits."""
         return service(request).health()
 
     async def fetched(state: ServiceState, url: Any) -> bytes | None:

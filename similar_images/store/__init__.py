@@ -5,7 +5,9 @@
 * :mod:`.database`: :class:`Database` (open, search, add, remove, build the index);
 * :mod:`.build`: :func:`build_database`, the resumable sharded build, and its :class:`Engine` seam;
 * :mod:`.builders`: :func:`extract_features` (images) and :func:`build_text_database` (texts);
-* :mod:`.locking`: the write lock that serialises concurrent writers.
+* :mod:`.locking`: the write lock that serialises concurrent writers;
+* :mod:`.live`: reading a database that changes: :func:`open_readable` (what a build has committed so far),
+  :class:`LiveDatabase` (a folder followed as any process changes it), :func:`build_progress`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from .builders import (
 )
 from .database import AddSummary, Database
 from .folder import remove_database_files
+from .live import BuildProgress, LiveDatabase, build_progress, open_readable
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, Counts, IndexInfo, Manifest, package_versions
 
 __all__ = [
     "AddSummary",
     "BuildConfig",
+    "BuildProgress",
     "BuildJob",
     "BuildSummary",
     "Counts",
@@ -36,15 +40,18 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "IndexInfo",
+    "LiveDatabase",
     "LocalEngine",
     "MANIFEST",
     "Manifest",
     "TextBuildConfig",
     "TextBuildSummary",
     "build_database",
+    "build_progress",
     "build_text_database",
     "embed_items",
     "extract_features",
+    "open_readable",
     "package_versions",
     "remove_database_files",
     "write_database",
