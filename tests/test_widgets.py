@@ -265,8 +265,11 @@ def test_k_exact_and_minimum_score_from_the_page(app: SimilarImagesApp) -> None:
 def test_app_displays_as_one_widget(app: SimilarImagesApp) -> None:
     data, _metadata = app._repr_mimebundle_()
     assert data["application/vnd.jupyter.widget-view+json"]["model_id"] == app.widget.model_id
-    assert app.gallery.header["parts"][-1] == {"text": app.db.path.name, "title": str(app.db.path.resolve()),
-                                               "code": True}
+    # A plain header: how many, how they are compared (model and index on hover), the collection's name, no path.
+    parts = app.gallery.header["parts"]
+    assert [p["text"] for p in parts] == ["48 images", "compared by what they show", app.db.path.name]
+    assert parts[1]["title"] == "model mobilenetv2 (1280-d), exact index (Flat)"
+    assert str(app.db.path.parent) not in str(app.gallery.header)
 
 
 # ----------------------------------------------------------------------------- uploads

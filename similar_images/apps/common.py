@@ -507,13 +507,16 @@ _CALIBRATION_ROWS = 20_000
 
 
 def database_header(db: Database, title: str, noun: str) -> dict[str, Any]:
-    """The app header: title, then counts, model, index and the database's name (full path on hover)."""
-    path = str(Path(db.path).resolve())
+    """The app header in plain words: title, how many items, how they are compared, the collection's name.
+
+    The model and the index (what a class does not need to read) are on hover; the folder's path on the server is
+    not sent to the page.
+    """
+    how = "compared by meaning" if db.kind == "text" else "compared by what they show"
     return {"title": title, "parts": [
         {"text": f"{len(db):,} {noun}"},
-        {"text": f"model {db.model_name} ({db.dim}-d)"},
-        {"text": index_words(db)},
-        {"text": Path(path).name, "title": path, "code": True},
+        {"text": how, "title": f"model {db.model_name} ({db.dim}-d), {index_words(db)}"},
+        {"text": Path(db.path).name},
     ]}
 
 

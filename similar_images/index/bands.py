@@ -279,7 +279,7 @@ class BandWords:
         if band == BAND_NAMES[0]:
             return "near-duplicate: the same picture, resized, recompressed or lightly edited"
         if band == BAND_NAMES[3]:
-            return f"less close than {100 - COLLECTION_PERCENTILES['similar']:.0f}% of the collection's pairs"
+            return f"not among the closest {100 - COLLECTION_PERCENTILES['similar']:.0f}% of the collection's pairs"
         return f"closer than {COLLECTION_PERCENTILES[band]:.0f}% of the collection's pairs"
 
     def words(self, score: float) -> tuple[str, str]:

@@ -380,11 +380,20 @@ function render({ model, el }) {
     return { card, img };
   }
 
+  // A name shortened in the middle until it fits its line (the digits at the end are what tell photos apart).
+  function fitName(node, name, max) {
+    node.textContent = shortenMiddle(name, max);
+    while (node.clientWidth && node.scrollWidth > node.clientWidth && max > 8) {
+      max -= 2;
+      node.textContent = shortenMiddle(name, max);
+    }
+  }
+
   function fitNames() {
     const max = nameChars();
-    for (const nm of grid.querySelectorAll(".sig-name[data-name]")) nm.textContent = shortenMiddle(nm.dataset.name, max);
+    for (const nm of grid.querySelectorAll(".sig-name[data-name]")) fitName(nm, nm.dataset.name, max);
     const qn = qName.dataset.name || "";
-    qName.textContent = qName.clientWidth ? shortenMiddle(qn, charsIn(qName, qName.clientWidth)) : qn;
+    if (qName.clientWidth) fitName(qName, qn, charsIn(qName, qName.clientWidth)); else qName.textContent = qn;
   }
 
   async function drawResults() {
@@ -588,7 +597,8 @@ function render({ model, el }) {
     rows.forEach((row, y) => row.forEach((v, x) => {
       const o = 4 * (y * gw + x);
       data.data[o] = 8; data.data[o + 1] = 10; data.data[o + 2] = 14;
-      data.data[o + 3] = Math.round(255 * 0.72 * (1 - Math.min(1, Math.max(0, v / 0.5))));  // lit from half the top
+      // Lit: the cells of at least half the largest value (the "highlighted area" of the sentence); the rest dimmed.
+      data.data[o + 3] = v >= 0.5 ? 0 : Math.round(255 * (0.62 + 0.2 * (1 - Math.max(0, v) / 0.5)));
     }));
     ctx.putImageData(data, 0, 0);
     wrap.append(c);
