@@ -317,6 +317,13 @@ def test_jupyter_app_output_is_the_app_only(front: str, small_db: Path, tmp_path
             page.wait_for_timeout(500)
             grid_w, area_w = page.evaluate(_FILL)
             assert grid_w >= 0.9 * area_w and area_w > 1100, (grid_w, area_w)
+            # Presenter mode in the notebook too: the button turns it on, P (the app has the focus) off again.
+            page.get_by_role("button", name="Present").click()
+            page.wait_for_function("() => document.querySelector('.sig-app').classList.contains('sig-present')")
+            assert page.evaluate(_LAYOUT)["caption"] >= 20  # 1920 px wide
+            page.locator(".sig-grid").focus()
+            page.keyboard.press("p")
+            page.wait_for_function("() => !document.querySelector('.sig-app').classList.contains('sig-present')")
             # The keys stayed in the app: the notebook did not move to another cell or enter edit mode.
             assert page.evaluate(_ACTIVE_CELL) == active
             assert page.locator(".jp-Notebook.jp-mod-editMode").count() == 0
