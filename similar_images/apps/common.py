@@ -499,7 +499,8 @@ def band_words(db: Database) -> BandWords | None:
         live, _CALIBRATION_ROWS, replace=False))
     if labels is not None and len(rows) < len(live):
         labels = [labels[int(j)] for j in np.searchsorted(live, rows)]
-    return calibrate_words(np.asarray(db.vectors[rows], dtype=np.float32), base, labels)
+    return calibrate_words(np.asarray(db.vectors[rows], dtype=np.float32), base, labels,
+                           item="picture" if item_kind(db.kind).files else "text")
 
 
 #: Most items a calibration looks at (their nearest neighbours are searched exactly among them).

@@ -234,6 +234,7 @@ class BandWords:
         chance: Labels: the share a random result would have (the classes' sizes).
         queries: Labels: the queries the rates were measured on (not those the thresholds were chosen on).
         reference: Collection: sorted similarities of random pairs of the collection.
+        item: What the items are, for the words ("picture", "text").
     """
 
     kind: str
@@ -243,6 +244,7 @@ class BandWords:
     chance: float = 0.0
     queries: int = 0
     reference: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    item: str = "picture"
 
     def closer_than(self, score: float) -> float:
         """The share of random pairs of the collection less similar than ``score`` (0 to 1)."""
@@ -277,7 +279,8 @@ class BandWords:
                 return f"{band}: no result of the labeled photos scored this"
             return f"{band}: {self.in_ten(self.agreement[band])} share the query's class"
         if band == BAND_NAMES[0]:
-            return "near-duplicate: the same picture, resized, recompressed or lightly edited"
+            edits = "resized, recompressed or lightly edited" if self.item == "picture" else "give or take a few words"
+            return f"near-duplicate: the same {self.item}, {edits}"
         if band == BAND_NAMES[3]:
             return f"not among the closest {100 - COLLECTION_PERCENTILES['similar']:.0f}% of the collection's pairs"
         return f"closer than {COLLECTION_PERCENTILES[band]:.0f}% of the collection's pairs"
@@ -293,8 +296,8 @@ class BandWords:
             return band, sentence
         pct = self.percent(self.closer_than(score))
         return f"closer than {pct} of the collection", (
-            f"This score is higher than that of {pct} of random pairs of photos in this collection. The collection "
-            "has no labels, so this says how close, not whether they show the same thing.")
+            f"This score is higher than that of {pct} of random pairs of {self.item}s in this collection. The "
+            "collection has no labels, so this says how close, not whether they show the same thing.")
 
     def report(self) -> str:
         """The measured rates, one line per band (for benchmarks and the command line)."""
@@ -310,7 +313,8 @@ class BandWords:
 
 
 def calibrate_words(vectors: np.ndarray, base: ScoreBands | None, labels: Sequence[str] | None = None, *,
-                    k: int = 10, sample: int = 600, seed: int = 0, min_count: int = 20) -> BandWords | None:
+                    k: int = 10, sample: int = 600, seed: int = 0, min_count: int = 20,
+                    item: str = "picture") -> BandWords | None:
     """Words for scores on this collection (see the module documentation).
 
     With ``labels``: thresholds chosen on half of ``sample`` queries (their ``k`` nearest other items, exact
@@ -325,6 +329,7 @@ def calibrate_words(vectors: np.ndarray, base: ScoreBands | None, labels: Sequen
         sample: Queries used (labels), or rows used for the random pairs (no labels).
         seed: Seed of the samples.
         min_count: Fewest results a calibrated band is chosen on.
+        item: What the items are, for the words ("picture", "text").
 
     Returns:
         The words, or ``None`` without ``base``.
@@ -343,7 +348,7 @@ def calibrate_words(vectors: np.ndarray, base: ScoreBands | None, labels: Sequen
             very_similar=round(min(float(np.percentile(s, COLLECTION_PERCENTILES["very similar"])),
                                    base.near_duplicate), 4),
             similar=round(float(np.percentile(s, COLLECTION_PERCENTILES["similar"])), 4),
-            n=base.n, percentiles=base.percentiles), reference=np.sort(s.astype(np.float32)))
+            n=base.n, percentiles=base.percentiles), reference=np.sort(s.astype(np.float32)), item=item)
     lab = np.asarray(labels)
     queries = _pick(len(x), sample, rng)
     rng.shuffle(queries)
