@@ -331,6 +331,15 @@ class SimilarImagesApp(GalleryApp):
     # ------------------------------------------------------------ the model
     def _load_model(self) -> None:
         self.db.embedder.warm_up()  # type: ignore[attr-defined]
+        if any(a["name"] == "explain" for a in self.gallery.actions):
+            # The explainer's feature-map model too, with one explanation of two database photos: the first
+            # Explain click of a class then takes a fraction of a second, not the seconds a model build takes.
+            live = self.db.live_ids()
+            if len(live) >= 2:
+                try:
+                    explain(self.db, int(live[0]), int(live[1]))
+                except SimilarImagesError:
+                    logger.warning("Could not prepare explanations", exc_info=True)
 
     def preload_model(self) -> None:
         """Start loading the query model in the background (uploads and URLs wait for it)."""
