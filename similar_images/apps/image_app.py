@@ -1,12 +1,15 @@
 """The image-search app for Jupyter (JupyterLab 4, Notebook 7) and Voilà.
 
-Query an image database with a random database photo, an uploaded image or an
-image URL, and browse the ``k`` most similar *other* images: a grid that fills
-the width (tile size adjustable), each result with its score in plain words
-("near-duplicate", "very similar", "similar", "weak", thresholds measured on
-the database itself), and a lightbox (click a result or the query; left/right
-move, Enter searches with the one shown, Esc closes; arrows move the selection
-in the grid too).
+Query an image database with a sample photo of the first screen, a random
+database photo, an uploaded image or an image URL, and browse the ``k`` most
+similar *other* images: a grid that fills the width (tile size adjustable),
+each result with its score in words that hold on this collection (see
+:func:`~.common.band_words`: "very similar: 8 in 10 share the query's class"
+on a labeled collection, "closer than 98% of the collection" otherwise), and a
+lightbox (click a result or the query; left/right move, Enter searches with
+the one shown, Esc closes; arrows move the selection in the grid too) whose
+"Explain" the page draws. The "Present" button (or the key P) turns presenter
+mode on: large text, compact controls, the first row above the fold.
 
 In a notebook::
 
