@@ -10,6 +10,7 @@ import pytest
 
 from similar_images import Database, write_database
 from similar_images.index import BAND_NAMES, IndexConfig, ScoreBands, build_index, neighbour_percentiles
+from similar_images.index.bands import calibrate_words, folder_labels
 
 
 def _clustered(n: int = 600, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -82,3 +83,90 @@ def test_database_reads_stored_bands_or_measures_them(tmp_path: Path) -> None:
     write_database(tmp_path / "one", kind="image", model={"name": "test-vectors", "dim": 32},
                    items=["/nowhere/a.jpg"], vector_chunks=[x[:1]])
     assert Database.open(tmp_path / "one").score_bands() is None
+
+
+# ----------------------------------------------------------------------------- words a class can take at face value
+
+
+def _labeled(n_per: int = 80, classes: int = 5, dim: int = 24, spread: float = 1.3,
+             seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Unit vectors around one centre per class (classes overlap: some neighbours are of another class)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim))
+    labels = np.repeat(np.arange(classes), n_per)
+    x = centres[labels] + rng.normal(scale=spread, size=(len(labels), dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), [f"class{c}" for c in labels]
+
+
+def _agreement_by_hand(x: np.ndarray, labels: list[str], bands: ScoreBands, queries: np.ndarray,
+                       k: int) -> dict[str, tuple[int, int]]:
+    out = {b: [0, 0] for b in BAND_NAMES}
+    for q in queries:
+        s = x @ x[q]
+        s[q] = -np.inf
+        for j in np.argsort(-s)[:k]:
+            band = bands.band(float(s[j]))
+            out[band][0] += 1
+            out[band][1] += labels[j] == labels[q]
+    return {b: (n, m) for b, (n, m) in out.items()}
+
+
+def test_words_calibrated_on_labels_say_the_rate_measured_on_other_queries() -> None:
+    x, labels = _labeled()
+    base = ScoreBands.from_similarities(_nearest_exact(x))
+    words = calibrate_words(x, base, labels, k=10, sample=300, seed=3)
+    assert words is not None and words.kind == "labels"
+    b = words.bands
+    assert b.similar <= b.very_similar <= b.near_duplicate == base.near_duplicate
+    # The rates are those of the held-out queries, recomputed here by brute force.
+    rng = np.random.default_rng(3)
+    queries = np.sort(rng.choice(len(x), size=300, replace=False))
+    rng.shuffle(queries)
+    held = np.sort(queries[150:])
+    assert words.queries == 150
+    by_hand = _agreement_by_hand(x, labels, b, held, 10)
+    for band in BAND_NAMES:
+        n, m = by_hand[band]
+        assert words.counts[band] == n
+        if n:
+            assert words.agreement[band] == pytest.approx(m / n)
+    # Calibration works: results of the top band share the class more often than those of the next, and far more
+    # often than chance (5 equal classes: 0.2).
+    assert words.chance == pytest.approx(0.2)
+    assert words.counts["very similar"] > 20 and words.counts["similar"] > 20
+    assert words.agreement["very similar"] > words.agreement["similar"] > words.chance
+    # The words are the measured rate rounded down, never up.
+    rate = words.agreement["very similar"]
+    assert words.describe("very similar") == f"very similar: {int(rate * 10)} in 10 share the query's class"
+    word, sentence = words.words(b.very_similar + 1e-4)
+    assert word == "very similar" and f"{words.counts['very similar']:,} results of 150 labeled photos" in sentence
+    assert "very similar" in words.report() and f"{rate:.3f}" in words.report()
+
+
+def test_words_without_labels_compare_with_the_collection() -> None:
+    x, _ = _labeled(seed=1)
+    base = ScoreBands.from_similarities(_nearest_exact(x))
+    words = calibrate_words(x, base, None, sample=200, seed=0)
+    assert words is not None and words.kind == "collection"
+    pairs = np.sort((x @ x.T)[np.triu_indices(len(x), 1)])
+    for score in (0.0, 0.3, 0.6):
+        exact = np.searchsorted(pairs, score) / len(pairs)
+        assert words.closer_than(score) == pytest.approx(exact, abs=0.03)  # a sample of the pairs
+    top = float(np.percentile(pairs, 99.5))
+    word, sentence = words.words(top)
+    assert word == f"closer than {words.percent(words.closer_than(top))} of the collection"
+    assert word in ("closer than 98% of the collection", "closer than 99% of the collection")
+    assert "no labels" in sentence and "share" not in word
+    assert words.bands.very_similar == pytest.approx(np.percentile(pairs, 99), abs=0.03)
+    assert words.percent(0.9999) == "99.9%" and words.percent(0.987) == "98%"  # never rounded up
+    assert words.label("weak") == "not in the closest 10%"
+
+
+def test_folder_labels_only_for_folders_that_look_like_classes() -> None:
+    flowers = [f"/data/flowers5/{c}/{i}.jpg" for c in ("daisy", "rose", "tulip") for i in range(6)]
+    assert folder_labels(flowers) == ["daisy"] * 6 + ["rose"] * 6 + ["tulip"] * 6
+    coco = [f"/data/coco/{split}/{i}.jpg" for split in ("val2014", "train2017") for i in range(64)]
+    assert folder_labels(coco) is None  # two folders: a split, more likely than two classes
+    assert folder_labels([f"/photos/{i}.jpg" for i in range(50)]) is None
+    assert folder_labels(flowers + [f"/loose{i}/x.jpg" for i in range(10)]) is None  # too many outside the classes

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import socket
 import sys
@@ -176,8 +177,8 @@ def _check_layout_and_keys(page: Any, width: int) -> None:
     assert page.evaluate("() => document.querySelector('.sig-lb-img').naturalWidth") > 0
     # Explain: the similarity maps of the query and this result appear beside the image.
     page.locator(".sig-lightbox").get_by_role("button", name="Explain").click()
-    page.wait_for_function("() => document.querySelector('.sig-side-img')?.naturalWidth > 0", timeout=60_000)
-    assert page.locator(".sig-side-title").inner_text().startswith("Why #")
+    page.wait_for_selector(".sig-xsentence", timeout=60_000)
+    assert page.locator(".sig-side-title").inner_text() == "Why #2 is similar"
     page.keyboard.press("ArrowRight")
     page.wait_for_function(f"() => ({_LIGHTBOX})() === 2")
     page.keyboard.press("ArrowLeft")
@@ -197,7 +198,7 @@ def _check_layout_and_keys(page: Any, width: int) -> None:
     page.keyboard.press("Enter")
     page.wait_for_function(f"() => ({_LIGHTBOX})() === {below}")
     page.keyboard.press("Enter")
-    page.wait_for_function("(n) => document.querySelector('.sig-qname').innerText === n", arg=name)
+    page.wait_for_function("(n) => document.querySelector('.sig-qname').dataset.name === n", arg=name)
     page.wait_for_function(_RESULTS_READY, arg=K)
     assert page.evaluate(f"() => ({_LIGHTBOX})()") is None
 
@@ -316,6 +317,13 @@ def test_jupyter_app_output_is_the_app_only(front: str, small_db: Path, tmp_path
             page.wait_for_timeout(500)
             grid_w, area_w = page.evaluate(_FILL)
             assert grid_w >= 0.9 * area_w and area_w > 1100, (grid_w, area_w)
+            # Presenter mode in the notebook too: the button turns it on, P (the app has the focus) off again.
+            page.get_by_role("button", name="Present").click()
+            page.wait_for_function("() => document.querySelector('.sig-app').classList.contains('sig-present')")
+            assert page.evaluate(_LAYOUT)["caption"] >= 20  # 1920 px wide
+            page.locator(".sig-grid").focus()
+            page.keyboard.press("p")
+            page.wait_for_function("() => !document.querySelector('.sig-app').classList.contains('sig-present')")
             # The keys stayed in the app: the notebook did not move to another cell or enter edit mode.
             assert page.evaluate(_ACTIVE_CELL) == active
             assert page.locator(".jp-Notebook.jp-mod-editMode").count() == 0
@@ -324,3 +332,119 @@ def test_jupyter_app_output_is_the_app_only(front: str, small_db: Path, tmp_path
             assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
         finally:
             browser.close()
+
+
+# ------------------------------------------------------------------------------------ presenter mode, class sizes
+
+#: (width, height, device scale): a laptop, a projector, a big screen, and 1280x800 at 200% browser zoom.
+CLASS_SIZES = ((1024, 768, 1), (1280, 800, 1), (1920, 1080, 1), (640, 400, 2))
+
+_LAYOUT = """() => {
+    const card = document.querySelector('.sig-grid .sig-card');
+    const rank = card.querySelector('.sig-rank').getBoundingClientRect();
+    const score = card.querySelector('.sig-score').getBoundingClientRect();
+    const px = (sel) => parseFloat(getComputedStyle(document.querySelector(sel)).fontSize);
+    const names = [...document.querySelectorAll('.sig-name[data-name], .sig-qname')].map(n => ({
+        text: n.textContent, full: n.dataset.name || '', fits: n.scrollWidth <= n.clientWidth + 1}));
+    return {bottom: Math.max(rank.bottom, score.bottom), height: innerHeight,
+            scroll: document.documentElement.scrollWidth, width: innerWidth,
+            caption: px('.sig-card .sig-cap'), band: px('.sig-card .sig-band'),
+            rankPx: px('.sig-card .sig-rank'), names,
+            fit: getComputedStyle(card.querySelector('.sig-thumb img')).objectFit,
+            present: document.querySelector('.sig-app').classList.contains('sig-present')};
+}"""
+
+
+def _png(path: Path, size: tuple[int, int]) -> Path:
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_presenter_mode_at_class_sizes_and_the_fixes(small_db: Path, tmp_path: Path) -> None:
+    """Presenter mode (Present button, key P) in Voilà at 1024x768, 1280x800, 1920x1080 and 200% zoom: text that
+    grows with the window, #1's rank and score above the fold; the fixes (sample photos, names shortened in the
+    middle, cropped tiles, no selection after a new query, no server paths, explanations drawn by the page, a failed
+    upload gives the previous query back, a small upload is not blown up)."""
+    chromium = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a photo, a text file named .jpg\n")
+    small = _png(tmp_path / "small.png", (60, 45))
+    with voila(small_db, tmp_path) as (url, _proc), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            for width, height, scale in CLASS_SIZES:
+                page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=scale)
+                page.set_default_timeout(90_000)
+                page.goto(url, wait_until="domcontentloaded")
+                page.wait_for_selector(".sig-app[data-ready='1']")
+                # The first screen: sample photos to click.
+                assert page.locator(".sig-sample").count() == 12
+                page.locator(".sig-sample").nth(3).click()
+                page.wait_for_function(_RESULTS_READY, arg=K)
+                # P (the page has the focus) turns presenter mode on; the button says how to leave it.
+                page.locator(".sig-rtitle").click()
+                page.keyboard.press("p")
+                page.wait_for_function("() => document.querySelector('.sig-app').classList.contains('sig-present')")
+                page.wait_for_timeout(300)
+                got = page.evaluate(_LAYOUT)
+                page.screenshot(path=str(tmp_path / f"present-{width}x{height}@{scale}.png"))
+                assert got["scroll"] <= got["width"], got  # nothing sticks out sideways, at 200% zoom neither
+                assert got["caption"] >= (20 if width >= 1920 else 16) and got["band"] >= 15, got
+                assert got["rankPx"] >= 18, got
+                if scale == 1 and height <= 800:
+                    assert got["bottom"] <= got["height"], got  # #1's rank and score above the fold
+                assert got["fit"] == "cover"  # photos fill their tiles
+                for n in got["names"]:  # shortened in the middle: the end, where names differ, is kept
+                    assert n["fits"] and (n["text"] == n["full"] or ("\u2026" in n["text"]
+                                                                    and n["full"].endswith(n["text"][-6:]))), n
+                if width == 1280:
+                    _check_presenter_fixes(page, notes, small)
+                page.get_by_role("button", name="Exit presenting").click()
+                page.wait_for_function("() => !document.querySelector('.sig-app').classList.contains('sig-present')")
+                page.goto("about:blank")
+                page.close()
+        finally:
+            browser.close()
+
+
+def _check_presenter_fixes(page: Any, notes: Path, small: Path) -> None:
+    # A new query clears the keyboard frame.
+    page.locator(".sig-card").nth(2).click()
+    page.wait_for_function(f"() => ({_LIGHTBOX})() === 2")
+    assert not page.locator(".sig-lightbox .sig-lb-path").count()  # no server path in the lightbox
+    assert "/" not in page.locator(".sig-lb-info").inner_text()
+    # Explain: drawn by the page, large, "#" the rank, one sentence, the figures behind "details".
+    page.locator(".sig-lightbox").get_by_role("button", name="Explain").click()
+    page.wait_for_selector(".sig-xsentence", timeout=60_000)
+    assert page.locator(".sig-side-title").inner_text() == "Why #3 is similar"
+    assert page.locator(".sig-xmap").count() == 2 and page.locator(".sig-lb-stage").is_hidden()
+    assert re.fullmatch(r"\d+% of this match comes from the highlighted area \(\d+% of the picture\)\.",
+                        page.locator(".sig-xsentence").inner_text())
+    assert page.locator(".sig-xfigures").is_hidden()
+    page.get_by_text("details", exact=True).click()
+    assert page.locator(".sig-xfigures").inner_text().startswith("score 0.")
+    box = page.locator(".sig-xpair").bounding_box()
+    assert box["width"] >= 0.8 * page.viewport_size["width"]  # fills the lightbox
+    page.keyboard.press("Escape")
+    page.wait_for_function(f"() => ({_LIGHTBOX})() === null")
+    assert page.evaluate(_SELECTED) == 2
+    _search_random(page)
+    assert page.evaluate(_SELECTED) == -1
+    # A failed upload (a text file named .jpg): a plain message, and the previous query back in its panel.
+    before = page.locator(".sig-qname").get_attribute("data-name")
+    page.locator(".sig-file").set_input_files(str(notes))
+    page.wait_for_function("() => document.querySelector('.sig-msg').innerText.includes('notes.jpg')")
+    page.wait_for_function("(n) => document.querySelector('.sig-qname').dataset.name === n", arg=before)
+    assert "uploading" not in page.locator(".sig-query").inner_text()
+    # A 60x45 upload: results, and the lightbox shows it at its own size, not blown up.
+    page.locator(".sig-file").set_input_files(str(small))
+    page.wait_for_function("() => document.querySelector('.sig-qname').dataset.name === 'small.png'")
+    page.wait_for_function(_IDLE, timeout=120_000)
+    page.locator(".sig-qmedia").click()
+    page.wait_for_function(f"() => ({_LIGHTBOX})() === -1")
+    page.wait_for_function("() => !document.querySelector('.sig-lb-img').classList.contains('sig-lb-low')")
+    shown = page.locator(".sig-lb-img").bounding_box()
+    assert shown["width"] <= 60.5 and shown["height"] <= 45.5, shown
+    page.keyboard.press("Escape")

@@ -609,3 +609,35 @@ def test_app_for_missing_or_wrong_database(tmp_path: Path) -> None:
     wrong = text_search_app(tmp_path / "img")
     assert isinstance(wrong, DatabaseMessage) and "image database" in wrong.detail
     assert "--force" in wrong.commands[-1]
+
+
+@pytest.mark.slow
+def test_text_app_in_plain_words_one_card_per_text_no_ids_fast_queries(tweet_texts: list[str], tmp_path: Path) -> None:
+    variants = ["I love rainy days so much", "i love rainy days so much", "I LOVE RAINY DAYS   so much"]
+    csv_path = _write_csv(tmp_path / "t.csv", [[t] for t in tweet_texts[:300] + variants])
+    db_path = tmp_path / "db"
+    build_text_database(csv_path, db_path, TextBuildConfig(verbose=False))
+    Database.open(db_path, load_index=False).build_index(IndexConfig(factory="Flat"))
+    app = text_search_app(db_path, k=5, seed=0)
+    assert isinstance(app, TextSearchApp)
+    assert app.loader.state in ("loading", "ready")  # loading before the page asks (Voilà's pre-heated kernel)
+    app.loader.wait()
+    g = app.gallery
+    # A plain header: no index factory, no recall figure (on hover only).
+    assert [p["text"] for p in g.header["parts"]] == [f"{len(app.db)} tweets", "compared by meaning", "db"]
+    assert "PQ" not in " ".join(p["text"] for p in g.header["parts"])
+    # Typed queries go through ONNX Runtime (the database was built with torch): the same vectors.
+    assert app.query_backend == "onnx" and app.db.manifest.model.get("backend", "torch") == "torch"
+    raw = Database.open(db_path).search(variants[0], 10)  # the torch encoder, no collapsing
+    assert [m.text in variants for m in raw[:3]] == [True] * 3  # the three variants lead the raw ranking
+    r = app.search(variants[0])
+    assert r is not None and r[0].score == pytest.approx(raw[0].score, abs=1e-3)
+    shown = [t["text"] for t in g.results]
+    assert len(shown) == 5 and sum(t in variants for t in shown) == 1  # one card for the three variants
+    assert [t["rank"] for t in g.results] == [1, 2, 3, 4, 5]
+    assert [m.id for m in app.shown][1:] == [m.id for m in raw if m.text not in variants][:4]
+    # No ids on the cards, nor in the query panel.
+    assert all("detail" not in t for t in g.results)
+    g.receive({"event": "random"})
+    assert "#" not in g.query["detail"]
+    app.close()

@@ -98,7 +98,8 @@ def _check_grid(app: SimilarImagesApp, k: int) -> None:
         assert tile["id"] == match.id and tile["rank"] == match.rank == rank
         assert tile["score"] == pytest.approx(match.score, abs=1e-4)
         assert tile["band"] == app.bands.band(match.score) and tile["band"] in BAND_NAMES
-        assert tile["name"] == Path(match.path).name and tile["title"] == match.path
+        assert tile["name"] == tile["title"] == Path(match.path).name  # no server paths by default
+        assert tile["words"] and tile["words_title"]
         thumb = Image.open(io.BytesIO(tile["thumb"]))
         assert thumb.format == "JPEG" and max(thumb.size) <= app.config.thumb_size
         assert len(tile["thumb"]) < Path(match.path).stat().st_size  # never the full-size photo
@@ -111,14 +112,14 @@ def _check_grid(app: SimilarImagesApp, k: int) -> None:
 
 def test_random_shows_k_other_images_with_bands(app: SimilarImagesApp) -> None:
     assert app.results is None and app.gallery.results == []
-    assert app.gallery.empty["text"].startswith("Click Random image")
+    assert app.gallery.empty["text"].startswith("Click a photo below, or Random image")
     app.gallery.receive({"event": "random"})
     _check_grid(app, 8)
     r = app.results
     assert r is not None and r.query_id is not None
     assert r.query_id not in r.ids  # the k most similar OTHER images; the query is in the query panel
     assert app.gallery.query["name"] == Path(app.db.items[r.query_id]).name
-    assert app.gallery.query["title"] == app.db.items[r.query_id]  # full path on hover
+    assert app.gallery.query["title"] == Path(app.db.items[r.query_id]).name  # no server path by default
     assert app.gallery.results_title["text"] == "8 most similar other images"
     assert app.message == ""
     assert f"Found in {r.search_ms:.1f} ms" in app.gallery.status["timing"]
@@ -130,6 +131,78 @@ def test_random_shows_k_other_images_with_bands(app: SimilarImagesApp) -> None:
         app.gallery.receive({"event": "random"})
         assert app.results is not None and app.results.query_id not in seen  # never the same twice in a row
         seen = {app.results.query_id}
+
+
+def test_the_first_screen_offers_sample_photos_to_click(app: SimilarImagesApp, db: Database) -> None:
+    samples = app.gallery.empty["samples"]
+    assert len(samples) == app.config.samples == 12 and len({s["id"] for s in samples}) == 12
+    for s in samples:
+        assert s["name"] == Path(db.items[s["id"]]).name and Image.open(io.BytesIO(s["thumb"])).format == "JPEG"
+    app.gallery.receive({"event": "sample", "id": samples[2]["id"]})  # a click on the third photo
+    assert app.query is not None and app.query.id == samples[2]["id"] and len(app.gallery.results) == 8
+    none = SimilarImagesApp(db, AppConfig(samples=0))
+    assert "samples" not in none.gallery.empty and none.gallery.empty["text"].startswith("Click Random image")
+    none.close()
+
+
+def test_a_new_query_clears_the_selection_frame(app: SimilarImagesApp) -> None:
+    app.search_random()
+    app.gallery.selected = 3  # the keyboard frame on #4
+    app.gallery.min_band = "similar"  # the same query, filtered: the frame stays where it was (if still shown)
+    assert app.gallery.selected == min(3, len(app.shown) - 1)
+    app.gallery.min_band = ""
+    app.gallery.selected = 3
+    app.search_random()  # a new query: no frame until the keys move it
+    assert app.gallery.selected == -1
+    app.gallery.selected = 2
+    app.gallery.receive({"event": "search", "index": 2})
+    assert app.gallery.selected == -1
+
+
+def test_server_paths_stay_on_the_server_unless_asked(db: Database, tmp_path: Path) -> None:
+    app = SimilarImagesApp(db, AppConfig(k=4, seed=1))
+    copy = tmp_path / "secret-folder" / "mine.jpg"
+    copy.parent.mkdir()
+    copy.write_bytes(Path(db.items[5]).read_bytes())
+    app.search_path(copy)
+    app.search_id(3)
+    for tile in app.gallery.results:
+        assert os.sep not in tile["title"] and str(Path(db.items[0]).parent) not in str(tile)
+    assert os.sep not in app.gallery.query["title"] and os.sep not in app.gallery.query["detail"]
+    app.search_path(copy)
+    assert "secret-folder" not in str(app.gallery.query) and app.gallery.query["name"] == "mine.jpg"
+    app.close()
+    shown = SimilarImagesApp(db, AppConfig(k=4, seed=1, show_paths=True))  # the owner's choice: paths on hover
+    shown.search_id(3)
+    assert shown.gallery.results[0]["title"] == shown.shown[0].path
+    shown.close()
+
+
+def test_presenter_mode_is_a_setting_and_a_trait(db: Database) -> None:
+    app = SimilarImagesApp(db, AppConfig(k=4))
+    assert app.gallery.present is False
+    app.gallery.present = True  # what the page's Present button and key P set
+    assert app.gallery.get_state()["present"] is True
+    app.close()
+    on = SimilarImagesApp(db, AppConfig(k=4, present=True))
+    assert on.gallery.present is True
+    on.close()
+
+
+def test_score_words_on_an_unlabeled_collection_compare_with_the_collection(app: SimilarImagesApp) -> None:
+    # 48 COCO photos in one folder: no labels, so no promise of likeness, only how the score compares.
+    assert app.words is not None and app.words.kind == "collection"
+    app.search_id(3)
+    for tile, m in zip(app.gallery.results, app.shown):
+        share = app.words.closer_than(m.score)
+        assert 0.0 <= share <= 1.0
+        if tile["band"] != "near-duplicate":
+            assert tile["words"] == f"closer than {app.words.percent(share)} of the collection"
+            assert "no labels" in tile["words_title"]
+    assert [b["label"] for b in app.gallery.bands][1:3] == ["closer than 99%", "closer than 90%"]
+    assert "no labels" in app.gallery.bands_note
+    # The random pairs' reference: the first result is closer than most pairs, the last result less so.
+    assert app.words.closer_than(app.shown[0].score) >= app.words.closer_than(app.shown[-1].score) > 0.5
 
 
 def test_include_query_brings_the_query_back_as_first_result(app: SimilarImagesApp) -> None:
@@ -192,8 +265,11 @@ def test_k_exact_and_minimum_score_from_the_page(app: SimilarImagesApp) -> None:
 def test_app_displays_as_one_widget(app: SimilarImagesApp) -> None:
     data, _metadata = app._repr_mimebundle_()
     assert data["application/vnd.jupyter.widget-view+json"]["model_id"] == app.widget.model_id
-    assert app.gallery.header["parts"][-1] == {"text": app.db.path.name, "title": str(app.db.path.resolve()),
-                                               "code": True}
+    # A plain header: how many, how they are compared (model and index on hover), the collection's name, no path.
+    parts = app.gallery.header["parts"]
+    assert [p["text"] for p in parts] == ["48 images", "compared by what they show", app.db.path.name]
+    assert parts[1]["title"] == "model mobilenetv2 (1280-d), exact index (Flat)"
+    assert str(app.db.path.parent) not in str(app.gallery.header)
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -389,18 +465,35 @@ def test_the_lightbox_explains_a_result_with_the_real_maps(db: Database) -> None
         shown = app.shown[1]
         app.gallery.receive({"event": "action", "name": "explain", "index": 1})
         content, buffers = sent.messages[-1]
-        assert content["event"] == "action_result" and content["kind"] == "png", content
+        assert content["event"] == "action_result" and content["kind"] == "explain", content
+        assert buffers == []  # drawn by the page: no picture with text baked in
         expected = explain(db, 3, shown.id)  # what the library says about this pair
-        assert f"#{shown.id}" in content["title"] and f"score {expected.score:.3f}" in content["title"]
         assert abs(expected.score - shown.score) < 1e-3  # the map explains the score the grid shows
-        picture = Image.open(io.BytesIO(buffers[0]))
-        assert picture.format == "PNG" and picture.width > picture.height  # query and result side by side
+        # "#" is the rank, as everywhere in the app (the second result: #2, whatever its database id).
+        assert content["title"] == "Why #2 is similar" and content["data"]["rank"] == 2 == shown.rank
+        data = content["data"]
+        assert data["query_key"] == "db:3" and data["result_key"] == f"db:{shown.id}"
+        qmap, rmap = np.asarray(data["query_map"]), np.asarray(data["result_map"])
+        assert qmap.shape == expected.query_map.shape and rmap.shape == expected.result_map.shape
+        assert 0 <= qmap.min() and max(qmap.max(), rmap.max()) == pytest.approx(1.0)  # one colour scale
+        # One plain sentence, its figure recomputed from the library's map: the highlighted cells' share.
+        m = np.clip(expected.result_map, 0, None)
+        lit = m >= 0.5 * m.max()
+        share, area = m[lit].sum() / m.sum(), lit.mean()
+        assert content["text"] == (f"{share:.0%} of this match comes from the highlighted area "
+                                   f"({area:.0%} of the picture).")
+        for jargon in ("exact-avg", "of the score per cell", ".h5"):
+            assert jargon not in content["title"] + content["text"]
+        # The exact figures: behind the "details" toggle.
+        assert data["details"][0] == f"score {expected.score:.4f} (cosine similarity of the two photos' features)"
+        assert any(expected.method in line for line in data["details"])
         # The query itself has nothing to be compared with: a plain sentence, not a crash.
         assert "Open a result" in app.gallery.run_action("explain", -1).text
         # An uploaded query is explained from its bytes.
         app.search_upload(Path(db.items[5]).read_bytes(), "mine.jpg")
         result = app.gallery.run_action("explain", 0)
-        assert result.kind == "png" and f"#{app.shown[0].id}" in result.title
+        assert result.kind == "explain" and result.title == "Why #1 is similar"
+        assert result.data["query_key"] == app.query.key
     finally:
         app.close()
 
@@ -450,6 +543,17 @@ def test_model_loads_in_the_background_when_the_page_shows_the_app(db: Database)
 
 
 # ----------------------------------------------------------------------------- opening
+
+
+def test_open_app_loads_the_model_before_the_first_visitor(small_db: Path) -> None:
+    # Voilà runs the notebook in a pre-heated kernel before anyone opens the page: open_app starts the model then,
+    # without waiting for the page's "ready".
+    app = open_app(str(small_db), k=4)
+    assert isinstance(app, SimilarImagesApp)
+    assert app.loader.state in ("loading", "ready")
+    app.loader.wait()
+    assert app.loader.ready
+    app.close()
 
 
 def test_open_app_without_a_database_explains_how_to_build_one(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from .._util.io import user_cache_dir
+from ..embed import item_kind
 from ..errors import (
     BadURLError,
     DatabaseCorruptError,
@@ -46,6 +47,7 @@ from ..errors import (
     WeightsError,
 )
 from ..index import ScoreBands
+from ..index.bands import BandWords, calibrate_words, folder_labels
 from ..sources.thumbnails import ThumbnailCache, ThumbnailConfig, placeholder_thumbnail
 from ..store import Database
 from ..store.live import BuildProgress
@@ -58,7 +60,7 @@ _THUMBNAILS = ThumbnailCache(ThumbnailConfig(size=128))
 
 __all__ = ["DatabaseMessage", "find_database", "no_database_message", "user_message", "figure_png",
            "thumbnail_bytes", "thumbnail_array", "app_log_path", "log_to_file", "quiet_output", "ModelLoader",
-           "database_header", "index_words", "band_legend", "shorten_middle", "unreadable_image",
+           "database_header", "index_words", "band_legend", "band_words", "shorten_middle", "unreadable_image",
            "progress_sentence"]
 
 
@@ -485,14 +487,41 @@ def index_words(db: Database) -> str:
     return f"approximate index {info.factory}" + (f", recall@10 {float(recall):.2f}" if recall is not None else "")
 
 
+def band_words(db: Database) -> BandWords | None:
+    """Words for the scores of ``db`` (see :func:`~similar_images.index.bands.calibrate_words`): calibrated on its
+    classes when its images lie in one folder per class, compared with the collection otherwise (texts too)."""
+    base = db.score_bands()
+    if base is None:
+        return None
+    live = db.live_ids()
+    if len(live) < 2:
+        return None
+    labels = folder_labels([db.items[i] for i in live]) if item_kind(db.kind).files else None
+    rows = live if len(live) <= _CALIBRATION_ROWS else np.sort(np.random.default_rng(0).choice(
+        live, _CALIBRATION_ROWS, replace=False))
+    if labels is not None and len(rows) < len(live):
+        labels = [labels[int(j)] for j in np.searchsorted(live, rows)]
+    return calibrate_words(np.asarray(db.vectors[rows], dtype=np.float32), base, labels, sample=_CALIBRATION_QUERIES,
+                           item="picture" if item_kind(db.kind).files else "text")
+
+
+#: Most items a calibration looks at (their nearest neighbours are searched exactly among them), and the queries
+#: it samples: at most a second or so when an app opens, even for 4096-d vectors.
+_CALIBRATION_ROWS = 5_000
+_CALIBRATION_QUERIES = 400
+
+
 def database_header(db: Database, title: str, noun: str) -> dict[str, Any]:
-    """The app header: title, then counts, model, index and the database's name (full path on hover)."""
-    path = str(Path(db.path).resolve())
+    """The app header in plain words: title, how many items, how they are compared, the collection's name.
+
+    The model and the index (what a class does not need to read) are on hover; the folder's path on the server is
+    not sent to the page.
+    """
+    how = "compared by meaning" if db.kind == "text" else "compared by what they show"
     return {"title": title, "parts": [
         {"text": f"{len(db):,} {noun}"},
-        {"text": f"model {db.model_name} ({db.dim}-d)"},
-        {"text": index_words(db)},
-        {"text": Path(path).name, "title": path, "code": True},
+        {"text": how, "title": f"model {db.model_name} ({db.dim}-d), {index_words(db)}"},
+        {"text": Path(db.path).name},
     ]}
 
 
@@ -504,12 +533,29 @@ _BAND_WORDS = {
 }
 
 
-def band_legend(bands: ScoreBands | None) -> tuple[list[dict[str, Any]], str]:
-    """The legend for the page: ``([{name, min, title}], note)``; empty without bands."""
+def band_legend(bands: ScoreBands | None, words: BandWords | None = None) -> tuple[list[dict[str, Any]], str]:
+    """The legend for the page: ``([{name, min, title, label, text}], note)``; empty without bands.
+
+    With ``words`` (see :func:`band_words`) the legend says what each band means on this collection: the measured
+    share of results of the query's class (labeled collections), or how the score compares with the collection.
+    """
+    if words is not None:
+        bands = words.bands
     if bands is None:
         return [], ""
-    legend = [{"name": name, "min": round(max(lo, 0.0), 4), "title": _BAND_WORDS[name]}
-              for name, lo in bands.legend()]
+    legend = []
+    for name, lo in bands.legend():
+        item = {"name": name, "min": round(max(lo, 0.0), 4), "title": _BAND_WORDS[name]}
+        if words is not None:
+            item.update(label=words.label(name), text=words.describe(name), title=words.describe(name))
+        legend.append(item)
+    if words is not None and words.kind == "labels":
+        return legend, (f"Measured on {words.queries:,} labeled photos of this collection (one folder per class): how "
+                        f"often results in each band show the query's class (a random photo: "
+                        f"{words.in_ten(words.chance)}).")
+    if words is not None:
+        return legend, ("This collection has no labels (one folder per class): a score is compared with random pairs "
+                        "of its items, which says how close two items are, not whether they show the same thing.")
     n = bands.n or bands.percentiles.get("n", 0)
     note = (f"Thresholds measured on this database: the similarity of each of {int(n):,} items to its nearest "
             f"neighbour (median {bands.very_similar:.2f}).")

@@ -84,11 +84,14 @@ class ActionResult:
     """What a lightbox action shows beside the image.
 
     Attributes:
-        kind: ``"png"``, ``"html"``, ``"text"`` or ``"error"``.
+        kind: ``"png"``, ``"html"``, ``"text"``, ``"error"`` or ``"explain"`` (drawn by the page: ``data`` holds
+            ``query_key``, ``result_key``, ``query_map`` and ``result_map`` (lists of rows, 0 to 1), the sentence in
+            ``text``, and ``details``, lines behind a "details" toggle).
         title: A line above it.
         png: PNG bytes (``kind="png"``).
         html: HTML (``kind="html"``; it is inserted as it is: build it from trusted parts).
-        text: Plain text (``kind="text"`` or ``"error"``).
+        text: Plain text (``kind="text"``, ``"error"`` or ``"explain"``).
+        data: What the page draws (``kind="explain"``), JSON-serialisable.
     """
 
     kind: str
@@ -96,6 +99,7 @@ class ActionResult:
     png: bytes = b""
     html: str = ""
     text: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,7 +128,8 @@ class GalleryWidget(anywidget.AnyWidget):
     ``speed_spec``, ``bands``, ``bands_note``, ``status``, ``message``, ``state`` (``"idle"``, ``"busy"``,
     ``"stale"``), ``query``, ``results``, ``results_title``, ``empty``, ``actions``.
     Traits the page sets too: ``k``, ``exact``, ``speed``, ``include_query``, ``min_band``, ``tile``,
-    ``selected`` (grid selection, ``-1``: none), ``lightbox`` (``-2``: closed, ``-1``: the query, ``i``: result i).
+    ``selected`` (grid selection, ``-1``: none), ``lightbox`` (``-2``: closed, ``-1``: the query, ``i``: result i),
+    ``present`` (presenter mode: the page's "Present" button and key P).
     """
 
     _esm = (_STATIC / "gallery.js").read_text(encoding="utf-8")
@@ -154,6 +159,7 @@ class GalleryWidget(anywidget.AnyWidget):
     selected = t.Int(-1).tag(sync=True)
     lightbox = t.Int(-2).tag(sync=True)
     actions = t.List().tag(sync=True)
+    present = t.Bool(False).tag(sync=True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -210,7 +216,7 @@ class GalleryWidget(anywidget.AnyWidget):
             name, index = str(content.get("name", "")), int(content.get("index", -1))
             result = self.run_action(name, index)
             self.send({"event": "action_result", "name": name, "index": index, "kind": result.kind,
-                       "title": result.title, "html": result.html, "text": result.text},
+                       "title": result.title, "html": result.html, "text": result.text, "data": result.data},
                       [result.png] if result.kind == "png" else None)
         elif event in self.handlers:
             args = {k: v for k, v in content.items() if k != "event"}

@@ -1,12 +1,15 @@
 """The image-search app for Jupyter (JupyterLab 4, Notebook 7) and Voilà.
 
-Query an image database with a random database photo, an uploaded image or an
-image URL, and browse the ``k`` most similar *other* images: a grid that fills
-the width (tile size adjustable), each result with its score in plain words
-("near-duplicate", "very similar", "similar", "weak", thresholds measured on
-the database itself), and a lightbox (click a result or the query; left/right
-move, Enter searches with the one shown, Esc closes; arrows move the selection
-in the grid too).
+Query an image database with a sample photo of the first screen, a random
+database photo, an uploaded image or an image URL, and browse the ``k`` most
+similar *other* images: a grid that fills the width (tile size adjustable),
+each result with its score in words that hold on this collection (see
+:func:`~.common.band_words`: "very similar: 8 in 10 share the query's class"
+on a labeled collection, "closer than 98% of the collection" otherwise), and a
+lightbox (click a result or the query; left/right move, Enter searches with
+the one shown, Esc closes; arrows move the selection in the grid too) whose
+"Explain" the page draws. The "Present" button (or the key P) turns presenter
+mode on: large text, compact controls, the first row above the fold.
 
 In a notebook::
 
@@ -49,7 +52,7 @@ from ..embed import item_kind
 from ..embed.feature_maps import feature_map_spec
 from ..errors import ConfigError, DatabaseError, FeatureMapError, ImageLoadError, QueryError, SimilarImagesError
 from ..index import ivf_of
-from ..methods.explain import explain, explanation_png
+from ..methods.explain import Explanation, explain
 from ..search import Match, Results, query_vectors
 from ..sources.thumbnails import ThumbnailCache, ThumbnailConfig, make_thumbnail, placeholder_thumbnail
 from ..store import Database
@@ -58,6 +61,7 @@ from .common import (
     DatabaseMessage,
     ModelLoader,
     band_legend,
+    band_words,
     database_header,
     find_database,
     log_to_file,
@@ -69,7 +73,8 @@ from .common import (
 )
 from .gallery import ActionResult, ActionTarget, GalleryApp, GalleryWidget
 
-__all__ = ["AppConfig", "QueryInfo", "SimilarImagesApp", "open_app", "MAX_K", "UPLOAD_ACCEPT"]
+__all__ = ["AppConfig", "QueryInfo", "SimilarImagesApp", "open_app", "explanation_for_page", "MAX_K",
+           "UPLOAD_ACCEPT"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +125,10 @@ class AppConfig:
         seed: Seed of the random-image picker (``None``: unpredictable).
         explain: Offer an "Explain" button in the lightbox: the regions of the query and of the result that
             make them similar (for models with a feature map: VGG16 and MobileNetV2).
+        show_paths: Show the images' full paths on the server (tooltips, lightbox); by default only file names
+            reach the page.
+        present: Start in presenter mode (large text, compact controls; the page's "Present" button and key P).
+        samples: Sample photos offered on the first screen, to click (0: none).
     """
 
     k: int = 8
@@ -134,6 +143,9 @@ class AppConfig:
     min_score: float | None = None
     seed: int | None = None
     explain: bool = True
+    show_paths: bool = False
+    present: bool = False
+    samples: int = 12
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= MAX_K:
@@ -145,6 +157,8 @@ class AppConfig:
                 raise ConfigError(f"{name} must be 32 to 4096 pixels, got {getattr(self, name)}")
         if self.max_upload_bytes < 1:
             raise ConfigError("max_upload_bytes must be positive")
+        if not 0 <= self.samples <= MAX_K:
+            raise ConfigError(f"samples must be 0 to {MAX_K}, got {self.samples}")
         if self.min_score is not None and not -1.0 <= self.min_score <= 1.0:
             raise ConfigError(f"min_score must lie between -1 and 1, got {self.min_score}")
 
@@ -234,14 +248,16 @@ class SimilarImagesApp(GalleryApp):
         self._message = ""
         self._keys = itertools.count(1)
         self._prefetcher: ThreadPoolExecutor | None = None
+        self._shown_query: QueryInfo | None = None
         self._prefetch_gen = 0
         self.min_score = cfg.min_score
         self.timing = _Timing()
-        self.bands = db.score_bands()
+        self.words = band_words(db)
+        self.bands = self.words.bands if self.words is not None else db.score_bands()
         self.loader = ModelLoader(self._load_model, f"the image model ({_model_label(db)})", self._show_status)
 
         g = self.gallery = GalleryWidget(mode="image")
-        legend, note = band_legend(self.bands)
+        legend, note = band_legend(self.bands, self.words)
         speed = self._speed_control_spec()
         with g.hold_sync():
             g.header = database_header(db, "Similar images", "images")
@@ -253,11 +269,12 @@ class SimilarImagesApp(GalleryApp):
             g.speed_spec = speed
             g.speed = int(speed.get("default", 1))
             g.bands, g.bands_note = legend, note
-            g.empty = {"text": "Click Random image, upload a photo (or drop one here), or paste an image URL to "
-                               "find the most similar images in the database."}
+            g.present = cfg.present
+            g.empty = self._first_screen()
         g.handlers.update({
             "ready": self._on_ready,
             "random": lambda: self._safely(self.search_random),
+            "sample": lambda id=0: self._safely(self.search_id, int(id)),
             "url": lambda url="": self._safely(self.search_url, url),
             "search": lambda index=0: self._safely(self.search_result, int(index)),
             "upload": lambda data, name: self._safely(self.search_upload, data, name),
@@ -322,9 +339,30 @@ class SimilarImagesApp(GalleryApp):
             return {"name": "efSearch", "default": int(params["efSearch"]), "min": 1, "max": 1024}
         return {}
 
+    def _first_screen(self) -> dict[str, Any]:
+        """What the page shows before the first search: how to start, and sample photos of the database to click."""
+        text = ("Click a photo below, or Random image, upload a photo (or drop one here), or paste an image URL to "
+                "find the most similar images in the database.")
+        live = self.db.live_ids()
+        n = min(self.config.samples, len(live))
+        if n == 0:
+            return {"text": text.replace("Click a photo below, or ", "Click ")}
+        picks = np.sort(np.random.default_rng(self.config.seed).choice(live, n, replace=False))
+        return {"text": text, "samples": [{"id": int(i), "name": Path(self.db.items[int(i)]).name,
+                                           "thumb": self._thumb(self.db.items[int(i)])} for i in picks]}
+
     # ------------------------------------------------------------ the model
     def _load_model(self) -> None:
         self.db.embedder.warm_up()  # type: ignore[attr-defined]
+        if any(a["name"] == "explain" for a in self.gallery.actions):
+            # The explainer's feature-map model too, with one explanation of two database photos: the first
+            # Explain click of a class then takes a fraction of a second, not the seconds a model build takes.
+            live = self.db.live_ids()
+            if len(live) >= 2:
+                try:
+                    explain(self.db, int(live[0]), int(live[1]))
+                except SimilarImagesError:
+                    logger.warning("Could not prepare explanations", exc_info=True)
 
     def preload_model(self) -> None:
         """Start loading the query model in the background (uploads and URLs wait for it)."""
@@ -364,8 +402,9 @@ class SimilarImagesApp(GalleryApp):
             target: The result shown in the lightbox (``target.match``) and the query.
 
         Returns:
-            An :class:`ActionResult` with the side-by-side PNG (see :mod:`similar_images.methods.explain`)
-            and a title with the score and the method.
+            An :class:`ActionResult` the page draws (``kind="explain"``): the query and the result side by side, the
+            regions that make the match lit, one plain sentence ("62% of this match comes from the highlighted
+            area"), and the exact figures behind a "details" toggle. "#" is the result's rank, as in the grid.
 
         Raises:
             QueryError: For the query itself (open a result to explain it) or a query without an image.
@@ -379,11 +418,8 @@ class SimilarImagesApp(GalleryApp):
         self.loader.wait()  # the explainer shares the query model's weights
         with quiet_output():
             explanation = explain(self.db, source, int(target.match.id))
-            png = explanation_png(explanation, height=self.config.thumb_size)
-        kind = "approximate" if explanation.approximate else "exact"
-        title = (f"Why #{target.match.id} is similar: score {explanation.score:.3f}, "
-                 f"{kind} map ({explanation.method}); bright regions add the most")
-        return ActionResult("png", title=title, png=png)
+        return explanation_for_page(explanation, rank=int(target.match.rank), query_key=query.key,
+                                    result_key=f"db:{target.match.id}")
 
     # ------------------------------------------------------------ searches
     def search_random(self) -> Results:
@@ -572,19 +608,23 @@ class SimilarImagesApp(GalleryApp):
         g = self.gallery
         what = "other images" if query.id is not None and not g.include_query else "images"
         title = self._keep_shown(results, what, self.min_score)
+        new_query = query is not self._shown_query
+        self._shown_query = query
         items = []
         for m in self._shown:
+            words, words_title = self.words.words(m.score) if self.words is not None else ("", "")
             items.append({"id": m.id, "rank": m.rank, "score": round(float(m.score), 4),
-                          "band": self.bands.band(m.score) if self.bands else "", "name": Path(m.path).name,
-                          "title": m.path, "thumb": self._thumb(m.path), "key": f"db:{m.id}",
-                          "is_query": m.id == query.id})
+                          "band": self.bands.band(m.score) if self.bands else "", "words": words,
+                          "words_title": words_title, "name": Path(m.path).name,
+                          "title": m.path if self.config.show_paths else Path(m.path).name,
+                          "thumb": self._thumb(m.path), "key": f"db:{m.id}", "is_query": m.id == query.id})
         with g.hold_sync():
             g.query = self._query_dict(query)
             g.results = items
             g.results_title = title
             g.message = {}
             g.state = "idle"
-            g.selected = min(g.selected, len(items) - 1)
+            g.selected = -1 if new_query else min(g.selected, len(items) - 1)  # a new query: no selection yet
             g.empty = self._empty_after_filter()
             g.render_id += 1
             g.status = self._status_dict()
@@ -610,7 +650,9 @@ class SimilarImagesApp(GalleryApp):
         self._prefetcher.submit(work)
 
     def _query_dict(self, query: QueryInfo, note: str = "") -> dict[str, Any]:
-        return {"name": query.name, "title": query.title, "detail": query.detail, "thumb": query.thumb,
+        title = query.title if self.config.show_paths or query.kind in ("url", "upload") else query.name
+        detail = query.detail if self.config.show_paths or query.kind != "path" else "file on the server"
+        return {"name": query.name, "title": title, "detail": detail, "thumb": query.thumb,
                 "key": query.key, "note": note}
 
     def _set_query(self, query: QueryInfo, *, busy: bool, note: str = "") -> None:
@@ -687,6 +729,53 @@ class SimilarImagesApp(GalleryApp):
             self._render(self._query, self._results)
 
 
+# ---------------------------------------------------------------------------- explanations a class can read
+
+#: A cell of a map is highlighted when it holds at least this share of the map's largest value.
+HIGHLIGHT = 0.5
+
+
+def _highlight_share(grid_map: np.ndarray) -> tuple[float, float]:
+    """``(share of the map's positive total in its highlighted cells, share of the cells highlighted)``."""
+    m = np.clip(np.asarray(grid_map, dtype=np.float64), 0.0, None)
+    total = float(m.sum())
+    if total <= 0:
+        return 0.0, 0.0
+    lit = m >= HIGHLIGHT * m.max()
+    return float(m[lit].sum()) / total, float(lit.mean())
+
+
+def explanation_for_page(explanation: Explanation, *, rank: int, query_key: str, result_key: str) -> ActionResult:
+    """What the lightbox draws for an explanation (see :meth:`SimilarImagesApp.explain_result`).
+
+    Both maps go to the page on one colour scale (0 to 1, their common positive maximum), so that it lights the
+    regions that add the most to the score on both photos; the sentence is about the result's highlighted cells.
+    """
+    e = explanation
+    vmax = max(float(np.max(e.query_map)), float(np.max(e.result_map)), 1e-12)
+
+    def scaled(grid_map: np.ndarray) -> list[list[float]]:
+        return np.round(np.clip(np.asarray(grid_map, dtype=np.float64) / vmax, 0.0, 1.0), 3).tolist()
+
+    share, area = _highlight_share(e.result_map)
+    if e.approximate:
+        sentence = (f"The highlighted area ({area:.0%} of the picture) is where the model looked most to match "
+                    "these photos (an estimate).")
+    else:
+        sentence = f"{share:.0%} of this match comes from the highlighted area ({area:.0%} of the picture)."
+    details = [f"score {e.score:.4f} (cosine similarity of the two photos' features)",
+               f"method {e.method} over a {e.grid[0]}x{e.grid[1]} grid of {e.model}'s layer {e.layer}",
+               f"map values: {e.units}",
+               f"highlighted: cells of at least {HIGHLIGHT:.0%} of the largest value; they hold {share:.1%} of the "
+               f"result map's positive total",
+               f"largest cell: {vmax:.5f} of the score"]
+    if e.stored_score is not None:
+        details.append(f"stored vectors' score {e.stored_score:.4f}")
+    return ActionResult("explain", title=f"Why #{rank} is similar", text=sentence, data={
+        "query_key": query_key, "result_key": result_key, "query_map": scaled(e.query_map),
+        "result_map": scaled(e.result_map), "rank": rank, "details": details, "approximate": bool(e.approximate)})
+
+
 # ---------------------------------------------------------------------------- opening
 
 
@@ -710,7 +799,8 @@ def open_app(path: str | os.PathLike[str], *, k: int = 8, weights: str | None = 
         path: The database folder (see :func:`find_database` for relative paths).
         k: Number of results shown at first.
         weights: Query-model weights overriding the database's (a local file).
-        preload_model: Load the query model in the background once the app is shown.
+        preload_model: Start loading the query model at once (in the background): in a pre-heated Voilà kernel it
+            is ready before the first visitor.
         **config: More :class:`AppConfig` fields.
 
     Raises:
@@ -720,8 +810,13 @@ def open_app(path: str | os.PathLike[str], *, k: int = 8, weights: str | None = 
     log_to_file()
     resolved = find_database(path)
     try:
-        return SimilarImagesApp.from_path(resolved, k=k, weights=weights, preload_model=preload_model, **config)
+        app = SimilarImagesApp.from_path(resolved, k=k, weights=weights, preload_model=preload_model, **config)
     except DatabaseError as exc:
         logger.info("No app for %s: %s", resolved, exc)
         return no_database_message(path, exc, what="image database", commands=_build_commands(str(path)),
                                    note=_NOTE)
+    if preload_model:
+        # Now, not when the page shows the app: Voilà runs the notebook in a pre-heated kernel before the first
+        # visitor comes, so the model is ready when the page opens.
+        app.preload_model()
+    return app

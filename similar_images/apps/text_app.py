@@ -36,6 +36,7 @@ from .common import (
     DatabaseMessage,
     ModelLoader,
     band_legend,
+    band_words,
     database_header,
     find_database,
     log_to_file,
@@ -45,7 +46,8 @@ from .common import (
 )
 from .gallery import GalleryApp, GalleryWidget
 
-__all__ = ["TextSearchApp", "text_search_app", "build_commands", "highlight_marks", "EXAMPLES"]
+__all__ = ["TextSearchApp", "text_search_app", "build_commands", "highlight_marks", "collapse_case_duplicates",
+           "EXAMPLES"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +111,20 @@ class TextSearchApp(GalleryApp):
             (see :mod:`similar_images.index.rerank`); 1 shows the index's own ranking.
         include_query: Show a database text among its own results (as result #1).
         noun: What the items are ("tweets", "texts"), for the page.
+        fast_queries: Embed typed queries with the ONNX Runtime encoder when the database's encoder is the torch
+            one and ONNX Runtime is installed (the same model, vectors within 0.9999 cosine of torch's, a query in
+            milliseconds instead of a second under load); the torch encoder when that cannot load.
+
+    Results whose texts differ only in case or spacing are shown once (the best of them), so that one tweet
+    posted twice does not fill #1 and #2.
     """
 
     def __init__(self, db: Any, *, k: int = 8, max_k: int = 50, seed: int | None = None,
                  preload: bool = True, rerank: int = DEFAULT_RERANK, include_query: bool = False,
-                 noun: str = "tweets") -> None:
+                 noun: str = "tweets", fast_queries: bool = True) -> None:
         self.db = db if isinstance(db, Database) else Database.open(db)
+        self.fast_queries = fast_queries
+        self.query_backend = str(self.db.manifest.model.get("backend", "torch"))
         if self.db.kind != "text":
             raise ConfigError(f"{self.db.path} is an {self.db.kind} database; open it with the image search app")
         log_to_file()
@@ -123,16 +133,17 @@ class TextSearchApp(GalleryApp):
         self.rerank = rerank
         self.preload = preload
         self.noun = noun
-        self.bands = self.db.score_bands()
+        self.words = band_words(self.db)
+        self.bands = self.words.bands if self.words is not None else self.db.score_bands()
         self._results: Results | None = None
         self._shown: list[Match] = []
         self._query: str | int | None = None
         self._query_text = ""
         self._message = ""
-        self.loader = ModelLoader(lambda: self.db.embedder.embed(["warm up"]),
-                                  f"the sentence encoder ({self.db.model_name})", self._show_status)
+        self.loader = ModelLoader(self._load_encoder, f"the sentence encoder ({self.db.model_name})",
+                                  self._show_status)
         g = self.gallery = GalleryWidget(mode="text")
-        legend, note = band_legend(self.bands)
+        legend, note = band_legend(self.bands, self.words)
         one = noun[:-1] if noun.endswith("s") else noun
         with g.hold_sync():
             g.header = database_header(self.db, f"Similar {noun}", noun)
@@ -154,6 +165,21 @@ class TextSearchApp(GalleryApp):
         g.observe(self._on_filter, names=["min_band"])
         self.widget = g
         self._show_status()
+
+    def _load_encoder(self) -> None:
+        """Load the query encoder: ONNX Runtime's when asked and possible (see ``fast_queries``), else the
+        database's own."""
+        if self.fast_queries and self.query_backend == "torch":
+            try:
+                fast = Database.open(self.db.path, load_index=False, backend="onnx", allow_backend_mismatch=True)
+                fast.embedder.embed(["warm up"])
+            except (SimilarImagesError, ImportError, OSError, RuntimeError) as exc:
+                logger.info("Typed queries use the torch encoder: the ONNX one cannot load (%s)", exc)
+            else:
+                self.db.embedder = fast.embedder
+                self.query_backend = "onnx"
+                return
+        self.db.embedder.embed(["warm up"])
 
     # ------------------------------------------------------------ state
     @property
@@ -232,17 +258,19 @@ class TextSearchApp(GalleryApp):
                 g.message = {}
                 g.query = {"text": text, "name": "Query", "detail": "typed",
                            "note": "" if self.loader.ready else "Waiting for the sentence encoder to load \u2026"}
+        wanted = min(len(self.db), 2 * self.k)  # room for the duplicates collapsed below
         try:
             if isinstance(query, str):
                 self.loader.wait()
                 with quiet_output():
-                    results = self.db.search(query, self.k, rerank=self.rerank, exact=bool(g.exact))
+                    results = self.db.search(query, wanted, rerank=self.rerank, exact=bool(g.exact))
             else:
-                results = self.db.search(query, self.k, rerank=self.rerank, exact=bool(g.exact),
+                results = self.db.search(query, wanted, rerank=self.rerank, exact=bool(g.exact),
                                          exclude_query=not g.include_query)
         except SimilarImagesError as exc:
             self._show_message(user_message(exc))
             return None
+        results = collapse_case_duplicates(results, self.k)
         self._query, self._query_text, self._message = query, text, ""
         self._results = results
         self._render(results, text, query, total_ms=(time.perf_counter() - t0) * 1e3)
@@ -256,11 +284,13 @@ class TextSearchApp(GalleryApp):
         for m in self._shown:
             # tweets carry HTML entities (&quot;, &amp;); a very long text is cut for its card
             shown_text = shorten(html.unescape(m.text))
+            words, words_title = self.words.words(m.score) if self.words is not None else ("", "")
             items.append({"id": m.id, "rank": m.rank, "score": round(float(m.score), 4),
                           "band": self.bands.band(m.score) if self.bands else "", "text": shown_text,
-                          "marks": highlight_marks(shown_text, text), "detail": f"#{m.id}",
-                          "key": f"db:{m.id}", "is_query": isinstance(query, int) and m.id == query})
-        detail = f"{self.noun[:-1] if self.noun.endswith('s') else self.noun} #{query} of the database" \
+                          "marks": highlight_marks(shown_text, text), "key": f"db:{m.id}",
+                          "words": words, "words_title": words_title,
+                          "is_query": isinstance(query, int) and m.id == query})
+        detail = f"a {self.noun[:-1] if self.noun.endswith('s') else self.noun} of the database" \
             if isinstance(query, int) else "typed"
         with g.hold_sync():
             g.query = {"text": html.unescape(text), "name": "Query", "detail": detail}
@@ -281,7 +311,9 @@ class TextSearchApp(GalleryApp):
             if r.params.get("rerank"):
                 mode += f", best {r.params['rerank']}x candidates re-ranked exactly"
             total = f" \u00b7 total {total_ms:.0f} ms" if total_ms is not None else ""
-            status["timing"] = f"Found in {r.search_ms:.1f} ms ({mode}){total}"
+            status["timing"] = f"Found in {total_ms if total_ms is not None else r.search_ms:.0f} ms"
+            status["timing_title"] = (f"search {r.search_ms:.1f} ms ({mode}){total}; typed queries embedded with "
+                                      f"the {self.query_backend} encoder")
         return status
 
     def _show_status(self) -> None:
@@ -296,6 +328,28 @@ class TextSearchApp(GalleryApp):
             return None
 
 
+def _same_text(text: str) -> str:
+    """What two texts that differ only in case, spacing or HTML entities have in common."""
+    return " ".join(html.unescape(text).casefold().split())
+
+
+def collapse_case_duplicates(results: Results, k: int) -> Results:
+    """The first ``k`` results whose texts differ by more than case, spacing or HTML entities (the best of each
+    group kept), ranked 1 to ``k`` again."""
+    seen: set[str] = set()
+    kept: list[Match] = []
+    for m in results:
+        key = _same_text(m.text)
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(Match(len(kept) + 1, m.id, m.score, m.item))
+        if len(kept) == k:
+            break
+    return Results(kept, search_ms=results.search_ms, total_ms=results.total_ms, query_id=results.query_id,
+                   params=results.params, item_key=results.item_key)
+
+
 def text_search_app(db_path: str | os.PathLike[str], *, k: int = 8, max_k: int = 50,
                     seed: int | None = None, noun: str = "tweets") -> TextSearchApp | DatabaseMessage:
     """The search app for the text database at ``db_path``, or a message saying how to build one.
@@ -306,7 +360,7 @@ def text_search_app(db_path: str | os.PathLike[str], *, k: int = 8, max_k: int =
     log_to_file()
     db = find_database(db_path)
     try:
-        return TextSearchApp(Database.open(db), k=k, max_k=max_k, seed=seed, noun=noun)
+        app = TextSearchApp(Database.open(db), k=k, max_k=max_k, seed=seed, noun=noun)
     except DatabaseError as exc:
         logger.info("No app for %s: %s", db, exc)
         return no_database_message(db_path, exc, what="text database", commands=build_commands(db),
@@ -315,3 +369,5 @@ def text_search_app(db_path: str | os.PathLike[str], *, k: int = 8, max_k: int =
         return DatabaseMessage(f"{db_path} is not a text database", f"{exc}. Build a text database there with:",
                                [c.replace(" text build ", " text build --force ", 1) for c in build_commands(db)
                                 if " text build " in c])
+    app.loader.start()  # now: in a pre-heated Voilà kernel the encoder is ready before the first visitor
+    return app

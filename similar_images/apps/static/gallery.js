@@ -7,10 +7,12 @@
 //                    messages: {event: "preview", key} + [jpeg], {event: "action_result", ...} + [png]
 //   page -> kernel   messages: {event: "random" | "url" | "text" | "search" | "preview" | "action" | "ready"
 //                    | "upload_start" | "upload_chunk" | "upload_end" | "upload_refused", ...}
-//                    traits set here: k, exact, speed, include_query, min_band, tile, selected, lightbox
+//                    traits set here: k, exact, speed, include_query, min_band, tile, selected, lightbox, present
 //
 // Keys: in the grid, arrows move the selection, Enter opens it (texts: searches with it); in the lightbox,
-// left/right move through the query and the results, Enter searches with the one shown, Esc closes.
+// left/right move through the query and the results, Enter searches with the one shown, Esc closes. P (outside a text
+// box) turns presenter mode on and off: text that scales with the window, compact controls, the query beside the
+// results so that the first row stays above the fold.
 
 const CHUNK = 2 * 1024 * 1024; // upload piece size: far below any server's websocket message limit
 const BAND_CLASS = { "near-duplicate": "nd", "very similar": "vs", "similar": "si", "weak": "wk" };
@@ -76,7 +78,11 @@ function render({ model, el }) {
   const input = h("input", "sig-input", { type: "text", spellcheck: "false", autocomplete: "off" });
   const goBtn = h("button", "sig-btn sig-go", { type: "submit" });
   form.append(input, goBtn);
-  toolbar.append(randomBtn, uploadBtn, fileInput, form);
+  const presentBtn = h("button", "sig-btn sig-present-btn", { type: "button", "aria-pressed": "false",
+    title: "Presenter mode: large text for a class, compact controls (key P)", text: "Present" });
+  toolbar.append(randomBtn, uploadBtn, fileInput, form, presentBtn);
+  const top = h("div", "sig-top");
+  top.append(header, toolbar);
 
   const options = h("div", "sig-options");
   const kLabel = h("label", "sig-opt sig-k");
@@ -140,7 +146,7 @@ function render({ model, el }) {
   const empty = h("div", "sig-empty");
   results.append(rHead, staleNote, grid, empty);
   body.append(queryPanel, results);
-  root.append(header, toolbar, options, statusLine, message, body);
+  root.append(top, options, statusLine, message, body);
 
   // ------------------------------------------------------------------ lightbox (on <body>: above every front end's layout)
   const lb = h("div", "sig-lightbox", { tabindex: "-1", role: "dialog", "aria-modal": "true", "aria-label": "Image" });
@@ -212,7 +218,7 @@ function render({ model, el }) {
     bandLabel.hidden = bands.length === 0;
     const want = model.get("min_band");
     const opts = [["", "all results"]].concat(
-      bands.filter((b) => b.name !== "weak").map((b) => [b.name, `${b.name}${b.name === "near-duplicate" ? "s" : " or better"} (\u2265 ${b.min.toFixed(2)})`]));
+      bands.filter((b) => b.name !== "weak").map((b) => [b.name, `${b.label || b.name}${b.name === "near-duplicate" ? "s" : " or better"} (\u2265 ${b.min.toFixed(2)})`]));
     if (bandSelect.options.length !== opts.length || [...bandSelect.options].some((o, i) => o.value !== opts[i][0])) {
       bandSelect.replaceChildren(...opts.map(([v, t]) => h("option", "", { value: v, text: t })));
     }
@@ -221,6 +227,15 @@ function render({ model, el }) {
     sizeRange.value = String(tile);
     grid.style.setProperty("--sig-tile", tile + "px");
     root.classList.toggle("sig-mode-text", text);
+  }
+
+  function drawPresent() {
+    const on = !!model.get("present");
+    root.classList.toggle("sig-present", on);
+    lb.classList.toggle("sig-present", on);
+    presentBtn.setAttribute("aria-pressed", String(on));
+    presentBtn.textContent = on ? "Exit presenting" : "Present";
+    requestAnimationFrame(fitNames);
   }
 
   function drawStatus() {
@@ -273,8 +288,10 @@ function render({ model, el }) {
     qText.hidden = !text;
     qText.textContent = text ? q.text || "" : "";
     if (text && q.text && document.activeElement !== input) input.value = q.text;
+    qName.dataset.name = q.name || "";
     qName.textContent = q.name || "";
     qName.title = q.title || q.name || "";
+    requestAnimationFrame(fitNames);
     qName.hidden = text;
     qDetail.hidden = text;
     qLabel.textContent = text && q.detail ? `Query \u00b7 ${q.detail}` : "Query";
@@ -294,9 +311,16 @@ function render({ model, el }) {
     return Math.max(1, n);
   }
 
+  // How many characters of a name fit in an element of width w (the font grows in presenter mode).
+  function charsIn(node, w) {
+    const px = parseFloat(getComputedStyle(node).fontSize) || 13;
+    return Math.max(12, Math.floor(w / (px * 0.56)));
+  }
+
   function nameChars() {
-    const w = grid.children.length ? grid.children[0].clientWidth : model.get("tile");
-    return Math.max(12, Math.floor((w - 16) / 7));
+    const first = grid.querySelector(".sig-name");
+    const w = grid.children.length ? grid.children[0].clientWidth - 16 : model.get("tile");
+    return first ? charsIn(first, w) : Math.max(12, Math.floor(w / 7));
   }
 
   function markText(container, text, marks) {
@@ -330,9 +354,9 @@ function render({ model, el }) {
     const cap = h("div", "sig-cap");
     const row = h("div", "sig-row");
     row.append(h("span", "sig-rank", { text: r.is_query ? `#${r.rank} (query)` : `#${r.rank}` }));
-    if (r.band) row.append(h("span", "sig-band", { text: r.band }));
-    row.append(h("span", "sig-score", { text: r.score.toFixed(3), title: "cosine similarity" }));
+    row.append(h("span", "sig-score", { text: r.score.toFixed(3), title: "cosine similarity (1: identical)" }));
     cap.append(row);
+    if (r.band) cap.append(h("div", "sig-band", { text: r.words || r.band, title: r.words_title || "" }));
     const bar = h("div", "sig-bar");
     const fill = h("div", "");
     fill.style.width = Math.max(0, Math.min(100, r.score * 100)).toFixed(0) + "%";
@@ -356,9 +380,20 @@ function render({ model, el }) {
     return { card, img };
   }
 
+  // A name shortened in the middle until it fits its line (the digits at the end are what tell photos apart).
+  function fitName(node, name, max) {
+    node.textContent = shortenMiddle(name, max);
+    while (node.clientWidth && node.scrollWidth > node.clientWidth && max > 8) {
+      max -= 2;
+      node.textContent = shortenMiddle(name, max);
+    }
+  }
+
   function fitNames() {
     const max = nameChars();
-    for (const nm of grid.querySelectorAll(".sig-name[data-name]")) nm.textContent = shortenMiddle(nm.dataset.name, max);
+    for (const nm of grid.querySelectorAll(".sig-name[data-name]")) fitName(nm, nm.dataset.name, max);
+    const qn = qName.dataset.name || "";
+    if (qName.clientWidth) fitName(qName, qn, charsIn(qName, qName.clientWidth)); else qName.textContent = qn;
   }
 
   async function drawResults() {
@@ -391,6 +426,21 @@ function render({ model, el }) {
     const e = model.get("empty") || {};
     empty.replaceChildren();
     if (e.text) empty.append(h("div", "sig-empty-text", { text: e.text }));
+    if (e.samples && e.samples.length) {
+      const row = h("div", "sig-samples", { role: "list", "aria-label": "Sample photos" });
+      for (const smp of e.samples) {
+        const b = h("button", "sig-sample", { type: "button", role: "listitem", title: `Search with ${smp.name}`,
+          "aria-label": `Search with ${smp.name}` });
+        const img = h("img", "", { alt: smp.name || "", draggable: "false" });
+        const u = blobUrl(smp.thumb, "image/jpeg");
+        urls.add(u);
+        img.src = u;
+        b.append(img);
+        b.addEventListener("click", () => model.send({ event: "sample", id: smp.id }));
+        row.append(b);
+      }
+      empty.append(row);
+    }
     if (e.examples && e.examples.length) {
       const chips = h("div", "sig-examples");
       for (const ex of e.examples) {
@@ -408,7 +458,9 @@ function render({ model, el }) {
     if (!bands.length) return;
     bands.forEach((b) => {
       const item = h("span", `sig-legend-item sig-band-${BAND_CLASS[b.name] || "none"}`, { title: b.title || "" });
-      item.append(h("span", "sig-swatch"), h("span", "", { text: b.name === "weak" ? `weak < ${bands[bands.length - 2].min.toFixed(2)}` : `${b.name} \u2265 ${b.min.toFixed(2)}` }));
+      const figure = b.name === "weak" ? `< ${bands[bands.length - 2].min.toFixed(2)}` : `\u2265 ${b.min.toFixed(2)}`;
+      item.title = `${b.title || ""} (score ${figure})`;
+      item.append(h("span", "sig-swatch"), h("span", "", { text: b.text || `${b.name} ${figure}` }));
       legend.append(item);
     });
     const info = model.get("bands_note");
@@ -436,17 +488,16 @@ function render({ model, el }) {
 
   function searchWith(i) {
     closeLightbox(false);
-    select(0);
     grid.focus({ preventScroll: true });
     model.send({ event: "search", index: i });
   }
 
-  grid.addEventListener("focus", () => { if (model.get("selected") < 0 && grid.children.length) select(0); });
   function gridKey(ev) {
     if (!STOP.has(ev.key) || ev.altKey || ev.ctrlKey || ev.metaKey) return;
     const n = grid.children.length;
     if (!n) return;
     let i = model.get("selected");
+    if (i < 0 && ev.key.startsWith("Arrow")) { select(0); ev.preventDefault(); ev.stopPropagation(); return; }
     if (i < 0) i = 0;
     const cols = cardsPerRow();
     switch (ev.key) {
@@ -473,7 +524,7 @@ function render({ model, el }) {
     }
     const r = (model.get("results") || [])[i];
     return r ? { key: r.key, name: r.name, title: r.title, thumb: r.thumb, score: r.score, band: r.band, rank: r.rank,
-      isQuery: !!r.is_query } : null;
+      words: r.words, wordsTitle: r.words_title, isQuery: !!r.is_query } : null;
   }
 
   function requestPreview(key, cb) {
@@ -500,6 +551,8 @@ function render({ model, el }) {
     // The thumbnail at once (blurry), then the large image from the kernel.
     if (lbThumbUrl) URL.revokeObjectURL(lbThumbUrl);
     lbThumbUrl = it.thumb ? blobUrl(it.thumb, "image/jpeg") : "";
+    lbImg.style.maxWidth = "";
+    lbImg.style.maxHeight = "";
     lbImg.src = lbThumbUrl;
     lbImg.classList.add("sig-lb-low");
     lbSpin.hidden = false;
@@ -507,13 +560,21 @@ function render({ model, el }) {
     requestPreview(key, (url) => {
       if (lb.dataset.index !== String(i) || lb.hidden) return;
       lbSpin.hidden = true;
-      if (url) { lbImg.src = url; lbImg.classList.remove("sig-lb-low"); }
+      if (!url) return;
+      // Never larger than the image itself (the large image is the original when that is small).
+      lbImg.onload = () => {
+        lbImg.onload = null;
+        lbImg.style.maxWidth = lbImg.naturalWidth + "px";
+        lbImg.style.maxHeight = lbImg.naturalHeight + "px";
+        lbImg.classList.remove("sig-lb-low");
+      };
+      lbImg.src = url;
     });
     for (const j of [i - 1, i + 1]) { const nb = j >= lo && j < n ? lbItem(j) : null; if (nb) requestPreview(nb.key); }
     lbInfo.replaceChildren();
     if (it.isQuery && i === -1) lbInfo.append(h("span", "sig-lb-rank", { text: "Query" }));
     else lbInfo.append(h("span", "sig-lb-rank", { text: `#${it.rank}` + (it.isQuery ? " (the query)" : "") }));
-    if (it.band) lbInfo.append(h("span", `sig-band sig-band-${BAND_CLASS[it.band] || "none"}`, { text: it.band }));
+    if (it.band) lbInfo.append(h("span", `sig-band sig-band-${BAND_CLASS[it.band] || "none"}`, { text: it.words || it.band, title: it.wordsTitle || "" }));
     if (it.score !== undefined) lbInfo.append(h("span", "sig-lb-score", { text: it.score.toFixed(3), title: "cosine similarity" }));
     lbInfo.append(h("span", "sig-lb-name", { text: it.name || "", title: it.title || "" }));
     if (it.title && it.title !== it.name) lbInfo.append(h("span", "sig-lb-path", { text: it.title }));
@@ -521,7 +582,51 @@ function render({ model, el }) {
     drawActions(i);
     lbSide.hidden = true;
     lbSide.replaceChildren();
+    lb.classList.remove("sig-lb-explaining");
     if (i >= 0) markSelected(i, true);
+  }
+
+  // An explanation, drawn here: the query and the result side by side, the regions that make the match lit (the
+  // rest dimmed), one sentence, the exact figures behind "details". The stage makes room for it.
+  function lightMap(wrap, img, rows) {
+    const gh = rows.length, gw = gh ? rows[0].length : 0;
+    if (!gw) return;
+    const c = h("canvas", "sig-xmap", { width: String(gw), height: String(gh), "aria-hidden": "true" });
+    const ctx = c.getContext("2d");
+    const data = ctx.createImageData(gw, gh);
+    rows.forEach((row, y) => row.forEach((v, x) => {
+      const o = 4 * (y * gw + x);
+      data.data[o] = 8; data.data[o + 1] = 10; data.data[o + 2] = 14;
+      // Lit: the cells of at least half the largest value (the "highlighted area" of the sentence); the rest dimmed.
+      data.data[o + 3] = v >= 0.5 ? 0 : Math.round(255 * (0.62 + 0.2 * (1 - Math.max(0, v) / 0.5)));
+    }));
+    ctx.putImageData(data, 0, 0);
+    wrap.append(c);
+  }
+
+  function explainFigure(label, key, rows) {
+    const fig = h("figure", "sig-xfig");
+    const wrap = h("div", "sig-xwrap");
+    const img = h("img", "sig-ximg", { alt: label });
+    wrap.append(img);
+    requestPreview(key, (url) => { if (url) img.src = url; });
+    lightMap(wrap, img, rows || []);
+    fig.append(wrap, h("figcaption", "sig-xcap", { text: label }));
+    return fig;
+  }
+
+  function drawExplanation(msg) {
+    const d = msg.data || {};
+    lb.classList.add("sig-lb-explaining");
+    const pair = h("div", "sig-xpair");
+    pair.append(explainFigure("Query", d.query_key, d.query_map), explainFigure(`#${d.rank}`, d.result_key, d.result_map));
+    const sentence = h("div", "sig-xsentence", { text: msg.text || "" });
+    const more = h("details", "sig-xdetails");
+    more.append(h("summary", "", { text: "details" }));
+    const pre = h("div", "sig-xfigures");
+    for (const line of d.details || []) pre.append(h("div", "", { text: line }));
+    more.append(pre);
+    lbSide.append(pair, sentence, more);
   }
 
   function drawActions(i) {
@@ -597,7 +702,20 @@ function render({ model, el }) {
   // Keys are read on the window, before anything else (the capture phase): front ends bind the arrows, Enter and
   // Esc to their own commands (moving between cells), and some stop those keys before they reach the page's
   // elements. Only keys typed while the grid or the lightbox has the focus are taken.
+  function typing(node) {
+    return node instanceof HTMLInputElement || node instanceof HTMLTextAreaElement || node instanceof HTMLSelectElement
+      || (node instanceof HTMLElement && node.isContentEditable);
+  }
+
   function onKey(ev) {
+    if ((ev.key === "p" || ev.key === "P") && !ev.altKey && !ev.ctrlKey && !ev.metaKey && !typing(ev.target)
+        && (root.contains(ev.target) || lb.contains(ev.target) || ev.target === document.body)) {
+      // The page's own P (Voilà: the body has the focus; notebooks: the app or its lightbox has it).
+      setPresent(!model.get("present"));
+      ev.preventDefault();
+      ev.stopPropagation();
+      return;
+    }
     if (!lb.hidden && lb.contains(ev.target)) lightboxKey(ev);
     else if (ev.target === grid) gridKey(ev);
   }
@@ -625,7 +743,9 @@ function render({ model, el }) {
       lbSide.hidden = false;
       lbSide.replaceChildren();
       if (msg.title) lbSide.append(h("div", "sig-side-title", { text: msg.title }));
-      if (msg.kind === "png" && buffers && buffers.length) {
+      if (msg.kind === "explain") {
+        drawExplanation(msg);
+      } else if (msg.kind === "png" && buffers && buffers.length) {
         const img = h("img", "sig-side-img", { alt: msg.title || "" });
         const u = blobUrl(buffers[0], "image/png");
         urls.add(u);
@@ -645,6 +765,12 @@ function render({ model, el }) {
 
   // ================================================================== inputs
   randomBtn.addEventListener("click", () => model.send({ event: "random" }));
+  function setPresent(on) {
+    model.set("present", !!on);
+    model.save_changes();
+    drawPresent();
+  }
+  presentBtn.addEventListener("click", () => setPresent(!model.get("present")));
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     model.send({ event: mode() === "text" ? "text" : "url", [mode() === "text" ? "text" : "url"]: input.value });
@@ -666,6 +792,16 @@ function render({ model, el }) {
   });
 
   // ------------------------------------------------------------------ uploads: preview at once, sent in pieces
+  // While an upload is on its way the query panel shows the local file; when the kernel is done with it (results:
+  // a new query; a refusal: the previous query, unchanged) the panel shows the kernel's query again.
+  let uploading = false;
+  function restoreAfterUpload() {
+    if (!uploading || model.get("state") === "busy") return;
+    uploading = false;
+    drawQuery();
+    drawState();
+  }
+
   async function upload(file) {
     const up = model.get("upload") || {};
     if (!file || !up.enabled) return;
@@ -675,10 +811,12 @@ function render({ model, el }) {
     }
     const token = Math.random().toString(36).slice(2) + Date.now().toString(36);
     const local = URL.createObjectURL(file);
+    uploading = true;
     results.classList.add("sig-busy");
     queryPanel.classList.add("sig-busy");
     message.hidden = true;
     drawQuery(local);
+    qName.dataset.name = file.name;
     qName.textContent = file.name;
     qName.title = file.name;
     qDetail.textContent = `uploading, ${fmtBytes(file.size)}`;
@@ -716,10 +854,11 @@ function render({ model, el }) {
   // ================================================================== wiring
   const on = (names, fn) => { for (const n of names.split(" ")) model.on("change:" + n, fn); };
   on("header", drawHeader);
+  on("present", drawPresent);
   on("controls upload k exact speed speed_spec include_query min_band tile bands", drawControls);
   on("status", drawStatus);
-  on("message", drawMessage);
-  on("state", drawState);
+  on("message", () => { drawMessage(); restoreAfterUpload(); });
+  on("state", () => { drawState(); restoreAfterUpload(); });
   on("query", () => drawQuery());
   on("render_id", drawResults); // the kernel bumps it with every new set of results (one draw per update)
   on("empty", drawEmpty);
@@ -735,9 +874,11 @@ function render({ model, el }) {
 
   const ro = new ResizeObserver(() => fitNames());
   ro.observe(grid);
+  ro.observe(queryPanel);
   cleanups.push(() => ro.disconnect());
 
   drawHeader();
+  drawPresent();
   drawControls();
   drawStatus();
   drawMessage();
