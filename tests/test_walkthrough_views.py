@@ -25,7 +25,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Database:
     root = tmp_path_factory.mktemp("walk")
     paths = [str(make_image(root / "images" / f"p{i:03d}.png", seed=i)) for i in range(N)]
     vectors = clustered_vectors(N, D, n_clusters=5, seed=2)
-    write_database(root / "db", kind="image", model={"name": "tiny", "dim": D}, items=paths, vector_chunks=[vectors])
+    write_database(root / "db", kind="image", model={"name": "synthetic", "dim": D}, items=paths, vector_chunks=[vectors])
     return Database.open(root / "db", load_index=False)
 
 
@@ -67,8 +67,8 @@ def test_vector_anatomy_of_a_model_without_pooling_keeps_the_stored_vector() -> 
 def test_figures_show_the_measured_numbers(db: Database) -> None:
     x = np.asarray(db.vectors)
     fmap = np.random.default_rng(0).random((7, 7, D)).astype(np.float32)
-    fig = wt.vector_figure(db.item(0), w.vector_anatomy(fmap, "avg"), model="tiny")
-    assert f"A photo becomes {D} numbers (tiny)" in _texts(fig) and len(fig.axes) == 7
+    fig = wt.vector_figure(db.item(0), w.vector_anatomy(fmap, "avg"), model="synthetic")
+    assert f"A photo becomes {D} numbers (synthetic)" in _texts(fig) and len(fig.axes) == 7
     near, far = w.nearest_and_farthest(db, 0)
     text = _texts(wt.pair_figure(db, 0, near, far))
     assert f"cos(A, B) = {float(db.vector(0) @ db.vector(near)):.3f}" in text
