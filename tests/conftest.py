@@ -188,6 +188,34 @@ def make_image(path: Path, seed: int, size: tuple[int, int] = (64, 48), mode: st
     return path
 
 
+#: The 16-d test model of ``tests/plugins/tiny_model.py``, as a manifest names it.
+TINY = {"name": "tiny", "dim": 16, "layer": "dense", "weights": "random", "seed": 0}
+
+
+def tiny_database(root: Path, index: Any) -> dict[str, Path]:
+    """A 40-image tiny-model database at ``root/base`` with the index ``index`` (an ``IndexConfig``) and a failure,
+    its images in ``root/images`` and three new images in ``root/new``."""
+    from similar_images import Database, write_database
+    from similar_images.embed import l2_normalize
+
+    images = [make_image(root / "images" / f"{i}.png", seed=i) for i in range(40)]
+    for i in range(3):
+        make_image(root / "new" / f"{i}.png", seed=100 + i)
+    vectors = l2_normalize(np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32))
+    write_database(root / "base", kind="image", model=TINY, items=[str(p) for p in images], vector_chunks=[vectors],
+                   failures=[("/elsewhere/bad.jpg", "corrupt")])
+    Database.open(root / "base").build_index(index)
+    return {"root": root, "base": root / "base", "new": root / "new", "images": root / "images"}
+
+
+@pytest.fixture
+def temporary_model_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Converted models and measured figures go to a temporary cache, never the user's."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    monkeypatch.setenv("SIMILAR_IMAGES_CACHE", str(folder))
+    return folder
+
+
 @pytest.fixture()
 def synthetic_images(tmp_path: Path) -> Path:
     """A folder of 12 small distinct images in several formats and sub-folders."""

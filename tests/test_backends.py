@@ -47,11 +47,7 @@ from similar_images.sources import fastjpeg
 from similar_images.sources.images import find_images, prepare_array
 from similar_images.store import Database, ExtractConfig, extract_features
 
-
-@pytest.fixture(autouse=True)
-def _model_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Converted models go to a temporary cache, never the user's."""
-    monkeypatch.setenv("SIMILAR_IMAGES_CACHE", str(tmp_path_factory.mktemp("model-cache")))
+pytestmark = pytest.mark.usefixtures("temporary_model_cache")
 
 
 # ---------------------------------------------------------------- pure logic

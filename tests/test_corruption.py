@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_image
+from conftest import make_image, tiny_database
 
 from similar_images import Database, IndexConfig, write_database
 from similar_images.cli import main
 from similar_images.embed import ImageEmbedder, l2_normalize
 from similar_images.store import build as build_mod
 
-TINY = {"name": "tiny", "dim": 16, "layer": "dense", "weights": "random", "seed": 0}
 INDEX = "index-0001.faiss"
 
 
@@ -28,19 +27,13 @@ INDEX = "index-0001.faiss"
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 40-image tiny-model database with an IVF index, a 10-item database, an 8-d one, and new images."""
     root = tmp_path_factory.mktemp("corruption")
-    images = [make_image(root / "images" / f"{i}.png", seed=i) for i in range(40)]
-    for i in range(3):
-        make_image(root / "new" / f"{i}.png", seed=100 + i)
-    vectors = l2_normalize(np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32))
-    write_database(root / "base", kind="image", model=TINY, items=[str(p) for p in images], vector_chunks=[vectors],
-                   failures=[("/elsewhere/bad.jpg", "corrupt")])
-    Database.open(root / "base").build_index(IndexConfig(factory="IVF4,Flat", eval_queries=0, nprobe=2))
+    made = tiny_database(root, IndexConfig(factory="IVF4,Flat", eval_queries=0, nprobe=2))
     for name, n, d in (("other", 10, 16), ("other8", 40, 8)):
         write_database(root / name, kind="image", model={"name": name, "dim": d}, items=[str(i) for i in range(n)],
                        vector_chunks=[l2_normalize(np.ones((n, d), np.float32))])
         Database.open(root / name).build_index(IndexConfig(factory="Flat", eval_queries=0))
         _OTHER_DBS[name] = root / name
-    return {"root": root, "base": root / "base", "new": root / "new", "image": images[0]}
+    return {**made, "image": root / "images" / "0.png"}
 
 
 def _truncate(name: str, keep: float = 0.5) -> Callable[[Path], None]:

@@ -35,13 +35,7 @@ from similar_images.embed.backends.openvino import openvino_capabilities
 from similar_images.errors import ConfigError
 from similar_images.store import ExtractConfig, extract_features
 
-
-@pytest.fixture(autouse=True)
-def _model_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Converted models and measured figures go to a temporary cache, never the user's."""
-    root = tmp_path_factory.mktemp("model-cache")
-    monkeypatch.setenv("SIMILAR_IMAGES_CACHE", str(root))
-    return root
+pytestmark = pytest.mark.usefixtures("temporary_model_cache")
 
 
 def _photos(folder: Path, n: int, seed: int = 0) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT, make_image
+from conftest import ROOT, tiny_database
 from helpers import plugin_env
 
 from similar_images import Database, IndexConfig, write_database
@@ -26,7 +26,6 @@ from similar_images.cli import main
 from similar_images.embed import l2_normalize
 from similar_images.errors import UnknownIdError
 
-TINY = {"name": "tiny", "dim": 16, "layer": "dense", "weights": "random", "seed": 0}
 INDEX = "index-0001.faiss"
 
 
@@ -39,15 +38,7 @@ def _one_line_error(output: str) -> str:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 40-image tiny-model database with a Flat index, and three new images."""
-    root = tmp_path_factory.mktemp("files")
-    images = [make_image(root / "images" / f"{i}.png", seed=i) for i in range(40)]
-    for i in range(3):
-        make_image(root / "new" / f"{i}.png", seed=100 + i)
-    vectors = l2_normalize(np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32))
-    write_database(root / "base", kind="image", model=TINY, items=[str(p) for p in images], vector_chunks=[vectors],
-                   failures=[("/elsewhere/bad.jpg", "corrupt")])
-    Database.open(root / "base").build_index(IndexConfig(factory="Flat", eval_queries=0))
-    return {"root": root, "base": root / "base", "new": root / "new", "images": root / "images"}
+    return tiny_database(tmp_path_factory.mktemp("files"), IndexConfig(factory="Flat", eval_queries=0))
 
 
 # ----------------------------------------------------------------------------- files that are not files

@@ -25,7 +25,8 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Database:
     root = tmp_path_factory.mktemp("walk")
     paths = [str(make_image(root / "images" / f"p{i:03d}.png", seed=i)) for i in range(N)]
     vectors = clustered_vectors(N, D, n_clusters=5, seed=2)
-    write_database(root / "db", kind="image", model={"name": "synthetic", "dim": D}, items=paths, vector_chunks=[vectors])
+    write_database(root / "db", kind="image", model={"name": "synthetic", "dim": D}, items=paths,
+                   vector_chunks=[vectors])
     return Database.open(root / "db", load_index=False)
 
 
