@@ -291,13 +291,11 @@ def fetch_range(url: str, start: int | None, end: int | None = None, *, timeout:
             data = response.read(max_bytes + 1)
     except urllib.error.HTTPError as exc:
         exc.close()
-        raise DownloadError(f"Could not read bytes {spec} of {url}: "
-                            f"{describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=True)}"
-                            ) from exc
+        why = describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=True)
+        raise DownloadError(f"Could not read bytes {spec} of {url}: {why}") from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise DownloadError(f"Could not read bytes {spec} of {url}: "
-                            f"{describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=True)}"
-                            ) from exc
+        why = describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=True)
+        raise DownloadError(f"Could not read bytes {spec} of {url}: {why}") from exc
     if len(data) > max_bytes or (length is not None and len(data) != length):
         raise DownloadError(f"{url} answered {len(data):,} bytes for the range {spec}, not the {length} announced")
     return data, first, total

@@ -11,7 +11,18 @@ import click
 
 from ..embed import DEFAULT_MODEL
 from ..embed.backends import BACKENDS, PRECISION_CHOICES
+from ..engines.arriving import extract_while_downloading
+from ..errors import DatabaseError
+from ..index import IndexConfig
+from ..sources.coco import COCO_VAL2014_URL, DownloadConfig
+from ..store import ExtractConfig
+from ..store.manifest import Manifest
 from ._common import configure_logging, handle_errors
+
+try:  # readers that search an unfinished database from its first shard
+    from ..store.live import build_progress  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # without them, a database can be searched once its extraction has finished
+    build_progress = None
 
 #: Set to a zip's address to fetch it instead of the COCO one (the benchmark and tests serve their own).
 URL_ENV = "SIMILAR_IMAGES_COCO_URL"
@@ -56,11 +67,6 @@ def register(group: click.Group) -> None:
 
         Example: similar-images extract-coco data/coco data/coco-db --model vgg16-avg
         """
-        from ..engines.arriving import extract_while_downloading
-        from ..index import IndexConfig
-        from ..sources.coco import COCO_VAL2014_URL, DownloadConfig
-        from ..store import ExtractConfig
-
         configure_logging(0, quiet)
         download = DownloadConfig(dest=dest, url=url or COCO_VAL2014_URL, expected_members=expected_members,
                                   verbose=not quiet)
@@ -115,17 +121,12 @@ def register(group: click.Group) -> None:
 def searchable_items(db: Path) -> int:
     """How many items of ``db`` can be searched now: the committed shards where the store reads an unfinished
     database (``similar_images.store.live``), otherwise those of the finished database (0 before)."""
+    if build_progress is not None:
+        return int(build_progress(db).ready)
     try:
-        from ..store.live import build_progress  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        from ..errors import DatabaseError
-        from ..store.manifest import Manifest
-
-        try:
-            return Manifest.load(db).counts.items
-        except DatabaseError:
-            return 0
-    return int(build_progress(db).ready)
+        return Manifest.load(db).counts.items
+    except DatabaseError:
+        return 0
 
 
 def _alive(pid: int) -> bool:

@@ -34,8 +34,14 @@ from .._util.io import atomic_path, write_bytes
 from .._util.locks import LockTimeoutError, file_lock
 from .._util.streamzip import TAIL_GUESS, GrowingFile, ZipMember, parse_central_directory, read_member, tail_start
 from ..errors import DownloadError
-from .coco import COCO_VAL2014_IMAGES, COCO_VAL2014_URL, LOCAL_IMAGES_HINT, DownloadConfig, _archive_name, \
-    write_file_list
+from .coco import (
+    COCO_VAL2014_IMAGES,
+    COCO_VAL2014_URL,
+    LOCAL_IMAGES_HINT,
+    DownloadConfig,
+    _archive_name,
+    write_file_list,
+)
 from .images import IMAGE_EXTENSIONS
 
 __all__ = ["ArchiveStream"]
@@ -46,7 +52,7 @@ logger = logging.getLogger(__name__)
 _MAX_DIRECTORY = 256 << 20
 
 
-class _Stopped(Exception):
+class _StoppedError(Exception):
     """Raised inside the download thread to end it (:meth:`ArchiveStream.close`)."""
 
 
@@ -193,7 +199,7 @@ class ArchiveStream:
     def _download(self) -> None:
         def progress(event: str, value: int | None) -> None:
             if self._stop.is_set():
-                raise _Stopped
+                raise _StoppedError
 
         config = self.config
         try:
@@ -201,7 +207,7 @@ class ArchiveStream:
                           chunk_size=config.chunk_size, expected_size=self._size, retries=config.retries,
                           progress=progress, offline_hint=LOCAL_IMAGES_HINT)
             result = ""
-        except _Stopped:
+        except _StoppedError:
             result = "The download was stopped"
         except DownloadError as exc:
             result = str(exc)
