@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,9 @@ def main() -> None:
     p.add_argument("--mbit", type=float, default=100.0, help="Bandwidth of the local server, Mbit/s.")
     p.add_argument("--model", default="mobilenetv2", choices=sorted(WEIGHTS))
     p.add_argument("--shard-size", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="Rounds, the order of the two paths alternating (a shared machine's load hits both); "
+                        "medians are compared.")
     p.add_argument("--keep", action="store_true", help="Keep the temporary folder (logs, databases).")
     args = p.parse_args()
 
@@ -133,14 +137,24 @@ def main() -> None:
     print(f"zip: {len(photos) * args.copies} photos, {len(data) / 1e6:.1f} MB at {args.mbit:g} Mbit/s "
           f"({len(data) * 8 / (args.mbit * 1e6):.1f} s to download); {args.model} fp32, shards of "
           f"{args.shard_size}; {os.cpu_count()} CPUs; work folder {work}")
+    figures: dict[str, list[tuple[float, float]]] = {"live": [], "sequential": []}
     try:
         with zip_server(state) as url:
-            live_first, live_full = live(url, work, model)
-            print(f"live:       first search {live_first:7.1f} s   full index {live_full:7.1f} s", flush=True)
-            seq_first, seq_full = sequential(url, work, model)
-            print(f"sequential: first search {seq_first:7.1f} s   full index {seq_full:7.1f} s", flush=True)
-        print(f"ratios live / sequential: first search {live_first / seq_first:.2f}, "
-              f"full index {live_full / seq_full:.2f} (target: first search <= 90 s, full index <= 1.05)")
+            for r in range(args.rounds):
+                order = ("live", "sequential") if r % 2 == 0 else ("sequential", "live")
+                for name in order:
+                    run = work / f"round{r}-{name}"
+                    run.mkdir()
+                    first, full = (live if name == "live" else sequential)(url, run, model)
+                    figures[name].append((first, full))
+                    print(f"round {r + 1} {name:10s}: first search {first:7.1f} s   full index {full:7.1f} s",
+                          flush=True)
+        (lf, lt), (sf, st) = (tuple(statistics.median(x[i] for x in figures[k]) for i in (0, 1))
+                              for k in ("live", "sequential"))
+        print(f"median of {args.rounds}: live first search {lf:.1f} s, full index {lt:.1f} s; sequential first "
+              f"search {sf:.1f} s, full index {st:.1f} s")
+        print(f"ratios live / sequential: first search {lf / sf:.2f}, full index {lt / st:.2f} "
+              "(target: first search <= 90 s, full index <= 1.05)")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -264,3 +264,25 @@ def test_ctrl_c_stops_the_background_work_and_running_again_resumes(tmp_path: Pa
     manifest = Manifest.load(db)
     assert manifest.counts.items == 60 and manifest.files.get("index")
     assert not _our_processes(str(db))
+
+
+def test_wait_names_the_log_when_the_build_ends_first(tmp_path: Path) -> None:
+    done = subprocess.Popen(["true"])
+    done.wait()
+    log = tmp_path / "db.log"
+    log.write_text("INFO starting\nError: the archive is corrupt: member 'val2014/x.jpg' fails its CRC-32 check\n")
+    r = CliRunner().invoke(main, ["wait", str(tmp_path / "db"), "--pid", str(done.pid), "--log", str(log)])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "ended before it could be searched" in lines[0] and "CRC-32" in lines[0], r.output
+    assert str(log) in lines[0]
+    r = CliRunner().invoke(main, ["wait", str(tmp_path / "db"), "--timeout", "0.2"])
+    assert r.exit_code == 1 and "could not be searched within 0.2 s" in r.output, r.output
+
+
+def test_wait_returns_once_the_database_can_be_searched(tmp_path: Path, tiny_model: str) -> None:
+    good = coco_style_zip(_photos(tmp_path, 6))
+    with zip_server(ZipServerState(data=good)) as url:
+        assert _extract_coco(tmp_path / "coco", tmp_path / "db", url, "--no-index").exit_code == 0
+    r = CliRunner().invoke(main, ["wait", str(tmp_path / "db"), "--timeout", "5"])
+    assert r.exit_code == 0 and "6 items can be searched" in r.output, r.output
