@@ -67,6 +67,7 @@ __all__ = [
     "FetchError",
     "DatabaseError",
     "DatabaseNotFoundError",
+    "DatabaseNotReadyError",
     "InterruptedBuildError",
     "IndexNotBuiltError",
     "IndexExistsError",
@@ -156,6 +157,20 @@ class DatabaseError(SimilarImagesError):
 
 class DatabaseNotFoundError(DatabaseError, FileNotFoundError):
     """There is no database at the given folder."""
+
+
+class DatabaseNotReadyError(DatabaseNotFoundError):
+    """A build (an extraction) has begun in the folder but has committed nothing searchable yet.
+
+    Attributes:
+        path: The database folder.
+        total: How many items the build plans.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], total: int) -> None:
+        super().__init__(f"No items of {path} are ready yet: its build has begun ({total:,} planned) and has not "
+                         "committed its first shard")
+        self.path, self.total = path, total
 
 
 class DatabaseExistsError(DatabaseError, FileExistsError):

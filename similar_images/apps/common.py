@@ -48,6 +48,7 @@ from ..errors import (
 from ..index import ScoreBands
 from ..sources.thumbnails import ThumbnailCache, ThumbnailConfig, placeholder_thumbnail
 from ..store import Database
+from ..store.live import BuildProgress
 from ..store.manifest import MANIFEST
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ _THUMBNAILS = ThumbnailCache(ThumbnailConfig(size=128))
 
 __all__ = ["DatabaseMessage", "find_database", "no_database_message", "user_message", "figure_png",
            "thumbnail_bytes", "thumbnail_array", "app_log_path", "log_to_file", "quiet_output", "ModelLoader",
-           "database_header", "index_words", "band_legend", "shorten_middle", "unreadable_image"]
+           "database_header", "index_words", "band_legend", "shorten_middle", "unreadable_image",
+           "progress_sentence"]
 
 
 class DatabaseMessage:
@@ -512,3 +514,33 @@ def band_legend(bands: ScoreBands | None) -> tuple[list[dict[str, Any]], str]:
     note = (f"Thresholds measured on this database: the similarity of each of {int(n):,} items to its nearest "
             f"neighbour (median {bands.very_similar:.2f}).")
     return legend, note
+
+
+def _about(seconds: float) -> str:
+    """A duration in plain words: "less than a minute", "about 38 minutes", "about 1 hour 20 minutes"."""
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "less than a minute"
+    if minutes < 90:
+        return f"about {minutes} minute{'s' if minutes != 1 else ''}"
+    hours, rest = divmod(minutes, 60)
+    return f"about {hours} hour{'s' if hours != 1 else ''}" + (f" {rest} minutes" if rest else "")
+
+
+def progress_sentence(progress: BuildProgress, noun: str = "photos") -> str | None:
+    """A database build's progress in plain words, for a status line (``None`` when nothing is in progress).
+
+    Example: "12,345 of 40,504 photos ready; the rest in about 38 minutes; search works now."
+    """
+    p = progress
+    if p.phase == "extracting":
+        if p.ready == 0:
+            return f"No {noun} ready yet: the first ones are being extracted ({p.total:,} in all)."
+        rest = f"the rest in {_about(p.eta_s)}" if p.eta_s is not None else "the rest are being extracted"
+        return f"{p.ready:,} of {p.total:,} {noun} ready; {rest}; search works now."
+    if p.phase == "interrupted":
+        return (f"{p.ready:,} of {p.total:,} {noun} ready; the extraction stopped (run it again to resume); "
+                "search works now.")
+    if p.phase == "indexing":
+        return f"All {p.ready:,} {noun} ready; the index is being built; search works now (exact until it is done)."
+    return None

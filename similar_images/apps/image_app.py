@@ -53,6 +53,7 @@ from ..methods.explain import explain, explanation_png
 from ..search import Match, Results, query_vectors
 from ..sources.thumbnails import ThumbnailCache, ThumbnailConfig, make_thumbnail, placeholder_thumbnail
 from ..store import Database
+from ..store.live import LiveDatabase
 from .common import (
     DatabaseMessage,
     ModelLoader,
@@ -61,6 +62,7 @@ from .common import (
     find_database,
     log_to_file,
     no_database_message,
+    progress_sentence,
     quiet_output,
     unreadable_image,
     user_message,
@@ -219,7 +221,8 @@ class SimilarImagesApp(GalleryApp):
         if len(db) == 0:
             raise DatabaseError(f"{db.path} holds no images; add some with: similar-images add {db.path} IMAGES")
         log_to_file()
-        self.db = db
+        self._db = db
+        self._live: LiveDatabase | None = None  # set by from_path: the app then follows the folder as it changes
         self.config = config or AppConfig()
         cfg = self.config
         self.thumbnails = thumbnails or ThumbnailCache(ThumbnailConfig(size=cfg.thumb_size))
@@ -286,8 +289,25 @@ class SimilarImagesApp(GalleryApp):
         Raises:
             DatabaseError: If there is no usable database at ``path``.
         """
-        db = Database.open(path, weights=weights or None)
-        return cls(db, AppConfig(k=k, **config))
+        live = LiveDatabase(path, weights=weights or None)
+        app = cls(live.get(), AppConfig(k=k, **config))
+        app._live = live
+        app._show_status()
+        return app
+
+    @property
+    def db(self) -> Database:
+        """The database searched: the newest version of its folder when the app was opened from one (new shards
+        of its extraction, adds, removes and a new index show without reopening the app)."""
+        if self._live is not None:
+            newest = self._live.current()
+            if newest is not None:
+                self._db = newest
+        return self._db
+
+    @db.setter
+    def db(self, value: Database) -> None:
+        self._db = value
 
     def _speed_control_spec(self) -> dict[str, Any]:
         """The index's speed/accuracy parameter, for its slider (empty when it has none)."""
@@ -628,6 +648,9 @@ class SimilarImagesApp(GalleryApp):
             model = f" \u00b7 model {t.embed_ms:.0f} ms" if t.embed_ms else ""
             status["timing"] = f"Found in {r.search_ms:.1f} ms ({how}){model} \u00b7 total {t.total_ms:.0f} ms"
             status["timing_title"] = ", ".join(f"{k}={v}" for k, v in r.params.items())
+        sentence = progress_sentence(self._live.progress()) if self._live is not None else None
+        if sentence:  # a database still being built says how far it has got
+            status["timing"] = sentence + (f" \u00b7 {status['timing']}" if status.get("timing") else "")
         return status
 
     def _show_status(self) -> None:

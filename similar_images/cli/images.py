@@ -12,6 +12,7 @@ from ..embed.backends import BACKENDS, DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHO
 from ..index import IndexConfig
 from ..sources.images import DEFAULT_MAX_PIXELS
 from ..store import Database, ExtractConfig, extract_features
+from ..store.live import open_readable
 from ._common import (
     configure_logging,
     echo_build_report,
@@ -64,14 +65,17 @@ def register(group: click.Group) -> None:
                   help="fast: JPEGs decoded at a reduced scale by libjpeg-turbo (needs simplejpeg; slightly "
                        "different pixels, recorded so that queries decode the same way).")
     @click.option("--force", is_flag=True, help="Replace an existing database at DB.")
+    @click.option("--index", "index_factory", default=None, metavar="FACTORY|auto",
+                  help="Build this index as soon as the extraction ends ('auto': the one build-index picks), "
+                       "unless DB has one; a service or app following DB switches to it.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log messages.")
     @click.option("--verbose", "-v", count=True, help="More log messages.")
     @engine_options
     @handle_errors
     def extract(images: Path, db: Path, model: str, weights: str, batch_size: int, workers: int | None,
                 shard_size: int, max_pixels: int, backend: str, precision: str, calibration_size: int,
-                agreement: float, decoder: str, force: bool, quiet: bool, verbose: int, engine: str,
-                master: str | None, partitions: int | None) -> None:
+                agreement: float, decoder: str, force: bool, index_factory: str | None, quiet: bool, verbose: int,
+                engine: str, master: str | None, partitions: int | None) -> None:
         """Extract feature vectors of IMAGES into the database folder DB.
 
         IMAGES is a folder (searched recursively for jpg, jpeg, png, bmp, gif,
@@ -83,10 +87,15 @@ def register(group: click.Group) -> None:
         per executor process) and committed into DB/.partial/; a killed job resumes
         at the shard level.
 
-        Example: similar-images extract photos/ photos-db --model vgg16-avg
+        The database can be searched (search, serve, the app) from the first
+        committed shard on; with --index the index is built when the
+        extraction ends, and readers switch to it.
+
+        Example: similar-images extract photos/ photos-db --model vgg16-avg --index auto
         """
         configure_logging(verbose, quiet)
         runner = make_engine(engine, master, partitions)
+        wanted = None if index_factory is None or index_factory.strip().lower() == "auto" else index_factory
         config = ExtractConfig(model=model, weights=weights, batch_size=batch_size, workers=workers,
                                shard_size=shard_size, max_pixels=max_pixels, verbose=not quiet, backend=backend,
                                precision=precision, calibration_size=calibration_size, agreement=agreement,
@@ -96,7 +105,14 @@ def register(group: click.Group) -> None:
         click.echo(f"Extracted {s.extracted} of {s.total} images{resumed} into {db} in {s.seconds:.1f} s "
                    f"({s.images_per_second:.1f} images/s); {s.failed} failed"
                    + (f", listed in {db / 'failures.csv'}" if s.failed else ""))
-        click.echo(f"Next: similar-images build-index {db}")
+        if index_factory is None:
+            click.echo(f"Next: similar-images build-index {db}")
+        elif Database.open(db, load_index=False).manifest.index is not None:
+            click.echo(f"{db} has an index already (build-index {db} --force replaces it)")
+        else:
+            report = run_build_index(db, IndexConfig(factory=wanted), force=False, engine=runner)
+            if not quiet:
+                echo_build_report(report)
 
     @group.command("build-index")
     @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -164,8 +180,8 @@ def register(group: click.Group) -> None:
         Example: similar-images search photos-db cat.jpg -k 8
         """
         configure_logging(0, True)
-        database = Database.open(db, weights=weights, backend=backend, precision=precision,
-                                 allow_backend_mismatch=allow_backend_mismatch)
+        database = open_readable(db, weights=weights, backend=backend, precision=precision,
+                                 allow_backend_mismatch=allow_backend_mismatch)  # all that is committed so far
         results = search_query(database, query, by_id, k, exact=exact, nprobe=nprobe, ef_search=ef_search,
                                rerank=rerank)
         echo_results(results, as_json)

@@ -11,8 +11,9 @@ from typing import Any
 import click
 
 from ..embed import resolve_weights
+from ..errors import DatabaseNotReadyError
 from ..service.config import APP_FACTORY, ENV_PREFIX, ServeConfig
-from ..store import Database
+from ..store.live import open_readable
 from ._common import configure_logging, handle_errors, query_backend_options
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -116,8 +117,11 @@ def register(group: click.Group) -> None:
         then: curl -F file=@cat.jpg 'http://127.0.0.1:8000/search?k=5'
         """
         configure_logging(0, log_level in ("critical", "error", "warning"))
-        database = Database.open(db, weights=weights, mmap_index=True, backend=backend, precision=precision,
-                                 allow_backend_mismatch=allow_backend_mismatch)  # fail here, not in every worker
+        try:  # fail here, not in every worker; a database whose extraction has begun is served as it grows
+            database = repr(open_readable(db, weights=weights, mmap_index=True, backend=backend,
+                                             precision=precision, allow_backend_mismatch=allow_backend_mismatch))
+        except DatabaseNotReadyError as exc:
+            database = f"{db} (no photos ready yet: {exc.total:,} planned; searches work once its first shard lands)"
         if weights is not None:
             resolve_weights(weights)
         config = ServeConfig(db=db, weights=weights, backend=backend, precision=precision,
@@ -133,7 +137,7 @@ def register(group: click.Group) -> None:
                 os.environ.pop(ENV_PREFIX + name, None)
 
         shown = f"[{host}]" if ":" in host else host
-        click.echo(f"Serving {database!r} at http://{shown}:{port} with {workers} worker(s); "
+        click.echo(f"Serving {database} at http://{shown}:{port} with {workers} worker(s); "
                    f"documentation at http://{shown}:{port}/docs", err=True)
         _run_uvicorn(APP_FACTORY, workers=workers, host=host, port=port, log_level=log_level, access_log=access_log,
                      log_config=_log_config(log_level), timeout_graceful_shutdown=10)

@@ -52,6 +52,8 @@ class ServeConfig:
         batch_queries: Embed queries that wait for the model together in one batch.
         max_batch: Most queries embedded in one model call.
         warmup: Build the model and run it once at startup (otherwise on the first query).
+        refresh_interval: Seconds between two checks for changes to the database (new shards of its build,
+            adds, removes, a new index by any process); a change shows within about this plus its reload time.
         faiss_threads: OpenMP threads of each Faiss search; ``0`` keeps Faiss' default (all
             cores). A single query gains nothing from more threads, and with several
             request threads each gets its own team of spinning OpenMP threads, which on
@@ -78,6 +80,7 @@ class ServeConfig:
     max_batch: int = 16
     warmup: bool = True
     faiss_threads: int = 1
+    refresh_interval: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "db", Path(self.db).expanduser())
@@ -99,6 +102,8 @@ class ServeConfig:
                              f"got {self.thumb_size}")
         if self.max_batch < 1:
             raise ConfigError(f"max_batch must be at least 1, got {self.max_batch}")
+        if not 0 <= self.refresh_interval <= 3600:
+            raise ConfigError(f"refresh_interval must be from 0 to 3600 seconds, got {self.refresh_interval}")
         if self.faiss_threads < 0:
             raise ConfigError(f"faiss_threads must be 0 (Faiss' default) or more, got {self.faiss_threads}")
 

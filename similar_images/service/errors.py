@@ -13,6 +13,7 @@ from ..errors import (
     BadURLError,
     ConfigError,
     DatabaseError,
+    DatabaseNotReadyError,
     ExplainError,
     FetchError,
     ImageLoadError,
@@ -116,6 +117,8 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (QueryError, 422, "invalid_parameter", ""),
     (ConfigError, 422, "invalid_parameter", ""),
     (InputError, 422, "invalid_query", ""),
+    (DatabaseNotReadyError, 503, "not_ready", "No photos ready yet; searches work once the first shard is "
+                                              "committed. "),
     (DatabaseError, 503, "database_unavailable", "The database cannot be read: "),
 )
 

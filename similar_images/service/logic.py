@@ -25,10 +25,11 @@ from .._util.http import AddressPolicy, FetchConfig, check_url, fetch_url
 from .._util.parsing import MAX_INT_DIGITS, parse_int, shown
 from .._version import __version__
 from ..embed import item_kind
-from ..errors import ImageLoadError
+from ..errors import DatabaseNotReadyError, ImageLoadError
 from ..methods.explain import Explanation, explain, explanation_png
 from ..sources.thumbnails import make_thumbnail
 from ..store import Database
+from ..store.live import LiveDatabase
 from .batching import SerializedEmbedder
 from .config import MIN_THUMB_SIZE, ServeConfig
 from .errors import (
@@ -89,11 +90,13 @@ def as_bool(value: Any, name: str) -> bool:
 
 @dataclass
 class ServiceState:
-    """What one worker holds: the open database and its (serialised) embedder."""
+    """What one worker holds: the database it follows (:class:`~similar_images.store.live.LiveDatabase`: new
+    shards, adds, removes and index builds by any process show without a restart) and its (serialised)
+    embedder."""
 
     config: ServeConfig
-    db: Database
-    embedder: SerializedEmbedder | None
+    live: LiveDatabase | None = None
+    embedder: SerializedEmbedder | None = None
     started_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     pid: int = field(default_factory=os.getpid)
@@ -108,20 +111,43 @@ class ServiceState:
 
     @classmethod
     def load(cls, config: ServeConfig) -> ServiceState:
-        """Open the database (and, for an image database, load and warm up the model)."""
+        """Open the database, or what its build has committed so far (and, for an image database, load and warm
+        up the model); a build that has committed nothing yet is followed until it does."""
         t0 = time.perf_counter()
-        db = Database.open(config.db, weights=config.weights, backend=config.backend, precision=config.precision,
-                           allow_backend_mismatch=config.allow_backend_mismatch)
-        embedder = None
-        if item_kind(db.kind).files:
-            embedder = SerializedEmbedder(db.embedder, batch=config.batch_queries, max_batch=config.max_batch)
-            db.embedder = embedder  # type: ignore[assignment]
-            if config.warmup:
-                w, h = embedder.spec.input_size
-                embedder.embed_arrays(np.full((1, h, w, 3), 128, dtype=np.uint8))
-        state = cls(config=config, db=db, embedder=embedder, load_seconds=time.perf_counter() - t0)
+        state = cls(config=config)
+        state.live = LiveDatabase(config.db, on_open=state._adopt, interval=config.refresh_interval,
+                                  weights=config.weights, backend=config.backend, precision=config.precision,
+                                  allow_backend_mismatch=config.allow_backend_mismatch)
+        try:
+            db: Database | None = state.live.get()
+        except DatabaseNotReadyError:
+            db = None
+            logger.info("Worker %d follows %s: no items are ready yet", state.pid, config.db)
+        if state.embedder is not None and config.warmup:
+            w, h = state.embedder.spec.input_size
+            state.embedder.embed_arrays(np.full((1, h, w, 3), 128, dtype=np.uint8))
+        state.load_seconds = time.perf_counter() - t0
         logger.info("Worker %d serves %r (loaded in %.1f s)", state.pid, db, state.load_seconds)
         return state
+
+    def _adopt(self, db: Database) -> None:
+        """Give a newly opened version of the database this worker's one serialised embedder."""
+        if not item_kind(db.kind).files:
+            return
+        if self.embedder is None:
+            self.embedder = SerializedEmbedder(db.embedder, batch=self.config.batch_queries,
+                                               max_batch=self.config.max_batch)
+        db.embedder = self.embedder  # type: ignore[assignment]
+
+    @property
+    def db(self) -> Database:
+        """The newest version of the database (checked for changes at most once per ``refresh_interval``).
+
+        Raises:
+            DatabaseNotReadyError: While its build has committed nothing.
+        """
+        assert self.live is not None
+        return self.live.get()
 
     @property
     def fetch_config(self) -> FetchConfig:
@@ -131,18 +157,21 @@ class ServiceState:
                            policy=AddressPolicy(allow_private=self.config.allow_private_urls))
 
     def health(self) -> dict[str, Any]:
-        db = self.db
-        index = db.manifest.index
+        assert self.live is not None
+        db = self.live.current()
+        index = db.manifest.index if db is not None else None
+        progress = self.live.progress()
         return {
             "status": "ok",
             "pid": self.pid,
             "version": __version__,
-            "database": str(db.path),
-            "kind": db.kind,
-            "model": db.model_name,
-            "dim": db.dim,
-            "items": len(db),
+            "database": str(self.live.path),
+            "kind": db.kind if db is not None else None,
+            "model": db.model_name if db is not None else None,
+            "dim": db.dim if db is not None else None,
+            "items": len(db) if db is not None else 0,
             "index": index.factory if index else None,
+            "build": progress.to_dict(),
             "uptime_s": round(time.time() - self.started_at, 3),
             "load_s": round(self.load_seconds, 3),
             "model_calls": self.embedder.model_calls if self.embedder is not None else 0,
@@ -219,15 +248,16 @@ class ServiceState:
             # Otherwise each pool thread gets its own team of spinning OpenMP threads, and on a
             # busy machine a 0.1 ms search takes 15-20 ms.
             faiss.omp_set_num_threads(self.config.faiss_threads)
+        db = self.db  # one version for the whole request
         if isinstance(query, (bytes, bytearray)):
             self.require_images()
-        results = self.db.search(query, k, exact=exact, nprobe=nprobe, ef_search=ef_search)
+        results = db.search(query, k, exact=exact, nprobe=nprobe, ef_search=ef_search)
         out = results.to_dict()
-        if item_kind(self.db.kind).files:
+        if item_kind(db.kind).files:
             for r in out["results"]:
                 r["image_url"] = f"/images/{r['id']}"
                 r["thumb_url"] = f"/images/{r['id']}?size=thumb"
-        return {"query": query_info, "k": k, "count": len(results), "model": self.db.model_name, **out,
+        return {"query": query_info, "k": k, "count": len(results), "model": db.model_name, **out,
                 "elapsed_ms": round((time.perf_counter() - t0) * 1e3, 3)}
 
     def search_request(self, *, item_id: Any = None, url: Any = None, data: bytes | None = None,
@@ -307,9 +337,10 @@ class ServiceState:
 
     # ---------------------------------------------------------------- images
     def image_path(self, item_id: int) -> Path:
-        if not item_kind(self.db.kind).files:
-            raise NotAnImageDatabaseError(f"This database holds {self.db.kind}s, not images")
-        path = Path(self.db.items[self.db.check_id(item_id)])
+        db = self.db
+        if not item_kind(db.kind).files:
+            raise NotAnImageDatabaseError(f"This database holds {db.kind}s, not images")
+        path = Path(db.items[db.check_id(item_id)])
         if not path.is_file():
             raise ImageMissingError(f"The image file of id {item_id} is no longer on the server")
         return path

@@ -128,6 +128,8 @@ class Database:
         self._id_by_item: dict[str, int] | None = None
         self._removed = self._removed_mask(manifest, len(items))
         self._measured_bands: ScoreBands | None = None
+        #: A read-only view of the shards an unfinished build has committed (see :mod:`.live`).
+        self.partial = False
 
     @staticmethod
     def _removed_mask(manifest: Manifest, n: int) -> np.ndarray:
@@ -236,7 +238,8 @@ class Database:
     @property
     def failures(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of the inputs that could not be read."""
-        return read_failures(self.path / str(self.manifest.files["failures"]))
+        name = self.manifest.files.get("failures")
+        return read_failures(self.path / str(name)) if name else []
 
     @property
     def removed(self) -> np.ndarray:
@@ -379,6 +382,7 @@ class Database:
             IndexExistsError: If an index exists and ``force`` is false.
             IndexTrainingError: If there are too few vectors for the index.
         """
+        self._refuse_partial()
         with database_lock(self.path):
             self._refresh()
             self._refuse_existing_index(force)
@@ -418,6 +422,7 @@ class Database:
             IndexExistsError: If an index exists and ``force`` is false.
             ConfigError: If the index does not hold exactly the live items or has another dimension.
         """
+        self._refuse_partial()
         with database_lock(self.path):
             self._refresh()
             self._refuse_existing_index(force)
@@ -448,6 +453,7 @@ class Database:
         Raises:
             ConfigError: If the vectors do not match the database's dimension or the items.
         """
+        self._refuse_partial()
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.size and (vectors.ndim != 2 or len(vectors) != len(items)):
             raise ConfigError(f"Got vectors of shape {vectors.shape} for {len(items)} items")
@@ -548,6 +554,7 @@ class Database:
         Raises:
             UnknownIdError: If an id or path is unknown (nothing is removed then).
         """
+        self._refuse_partial()
         with database_lock(self.path):
             self._refresh()
             ids = sorted({self.check_id(t) if isinstance(t, (int, np.integer)) else self.id_of(t) for t in targets})
@@ -577,7 +584,12 @@ class Database:
 
     # ------------------------------------------------------------------ commits
     def _refresh(self) -> None:
-        """Re-read the database if another process committed a change since it was opened (call under the lock)."""
+        """Re-read the database if another process committed a change since it was opened (call under the lock).
+
+        Raises:
+            DatabaseError: If this is a view of an unfinished build (it cannot be changed until the build ends).
+        """
+        self._refuse_partial()
         disk = self._load_manifest(self.path)
         if disk.to_dict() == self.manifest.to_dict():
             return
@@ -587,6 +599,16 @@ class Database:
         self.manifest, self.vectors, self.items, self.index = fresh.manifest, fresh.vectors, fresh.items, fresh.index
         self._removed = fresh._removed
         self._id_by_item = None
+
+    def _refuse_partial(self) -> None:
+        """Refuse to change a view of an unfinished build (before taking the lock its build holds).
+
+        Raises:
+            DatabaseError: If this is such a view.
+        """
+        if self.partial:
+            raise DatabaseError(f"{self.path} is still being built; it can be searched but not changed until its "
+                                "build ends")
 
     def _commit(self, manifest: Manifest, index: Any | None) -> None:
         """Write ``index`` (if given) as a new generation, then the manifest; keep the previous generation only."""
