@@ -48,6 +48,8 @@ __all__ = ["ArchiveStream"]
 
 logger = logging.getLogger(__name__)
 
+#: Seconds :meth:`ArchiveStream.close` waits for each thread.
+_JOIN_S = 5.0
 #: Largest central directory read (COCO's 40,504 members take about 4 MB).
 _MAX_DIRECTORY = 256 << 20
 
@@ -119,7 +121,7 @@ class ArchiveStream:
         if self._source is not None:
             self._source.stop.set()
         for thread in self._threads:
-            thread.join()
+            thread.join(_JOIN_S)  # a download stalled in a read ends at its read timeout; it is a daemon thread
         self._stack.close()
 
     @property
