@@ -225,7 +225,8 @@ def test_ctrl_c_stops_the_background_work_and_running_again_resumes(tmp_path: Pa
     photos = _photos(tmp_path, 60)
     state = ZipServerState(data=coco_style_zip(photos), rate=None)
     members = sorted(_members(state.data), key=lambda m: m.header_offset)
-    state.rate = members[-1].header_offset / 40  # the whole archive in about 40 s: the first shards come early
+    # The whole archive in about 150 s: the first shards come long before its end, even on a busy machine.
+    state.rate = members[-1].header_offset / 150
     data, db = tmp_path / "coco", tmp_path / "db"
     log = tmp_path / "db.log"
     env = plugin_env()
@@ -236,10 +237,10 @@ def test_ctrl_c_stops_the_background_work_and_running_again_resumes(tmp_path: Pa
         proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 240
             while len(list((db / PARTIAL_DIR).glob("shard-*.json"))) < 2:
                 assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-                assert time.monotonic() < deadline, "no shard committed in 120 s"
+                assert time.monotonic() < deadline, "no shard committed in 240 s"
                 time.sleep(0.2)
             assert _our_processes(str(db)), "no background process found"
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl+C in its terminal does

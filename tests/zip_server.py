@@ -23,7 +23,8 @@ class ZipServerState:
 
     Attributes:
         data: The archive.
-        rate: Bytes per second of each response (``None``: as fast as it goes).
+        rate: Bytes per second of each download (a response without a range, or from a byte to the end; other
+            ranges, such as the central directory's, are not throttled); ``None``: as fast as it goes.
         cut_at: Close every download (a response without a range, or from a byte to the end) once the archive's
             byte ``cut_at`` is sent (a transfer that keeps breaking there); other ranges are served whole.
         requests: The ``Range`` headers seen (``None`` for none).
@@ -80,7 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
                 piece = data[pos:min(pos + chunk, stop)]
                 self.wfile.write(piece)
                 sent += len(piece)
-                if st.rate:
+                if st.rate and download:
                     ahead = sent / st.rate - (time.monotonic() - t0)
                     if ahead > 0:
                         time.sleep(ahead)

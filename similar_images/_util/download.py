@@ -280,8 +280,10 @@ def fetch_range(url: str, start: int | None, end: int | None = None, *, timeout:
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity",
                                                    "Range": f"bytes={spec}"})
     opener = build_opener(read_timeout=read_timeout)
+    connecting = True
     try:
         with opener.open(request, timeout=timeout) as response:
+            connecting = False
             first, total = _parse_content_range(response.headers.get("Content-Range"))
             if response.status != 206 or first is None or total is None:
                 raise DownloadError(f"{url} does not answer HTTP range requests (status {response.status})")
@@ -294,7 +296,7 @@ def fetch_range(url: str, start: int | None, end: int | None = None, *, timeout:
         why = describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=True)
         raise DownloadError(f"Could not read bytes {spec} of {url}: {why}") from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        why = describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=True)
+        why = describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=connecting)
         raise DownloadError(f"Could not read bytes {spec} of {url}: {why}") from exc
     if len(data) > max_bytes or (length is not None and len(data) != length):
         raise DownloadError(f"{url} answered {len(data):,} bytes for the range {spec}, not the {length} announced")
