@@ -27,7 +27,7 @@ from ..errors import DownloadError
 from .download import check_free_space, human_bytes
 from .io import atomic_path, fsync_dir
 
-__all__ = ["EXTRACTED_MARKER", "verify_zip", "extract_zip", "common_top_folder", "move_aside"]
+__all__ = ["EXTRACTED_MARKER", "verify_zip", "extract_zip", "common_top_folder", "member_parts", "move_aside"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,10 @@ def _member_parts(name: str) -> list[str]:
             f"Refusing to extract the member {name!r}: '..' in a member name could write outside the target folder"
         )
     return parts
+
+
+#: Public name of the member-name check (used by the streaming extraction too).
+member_parts = _member_parts
 
 
 def common_top_folder(names: list[str]) -> str | None:

@@ -25,7 +25,7 @@ from .http import _USER_AGENT, build_opener, check_url, describe_network_error
 from .io import fsync_dir
 from .parsing import parse_int
 
-__all__ = ["download_file", "human_bytes", "check_free_space", "Progress"]
+__all__ = ["download_file", "fetch_range", "human_bytes", "check_free_space", "Progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -253,3 +253,51 @@ def download_file(
     fsync_dir(dest.parent)
     logger.info("Downloaded %s (%s)", dest, human_bytes(dest.stat().st_size))
     return dest
+
+
+def fetch_range(url: str, start: int | None, end: int | None = None, *, timeout: float = 10.0,
+                read_timeout: float = 60.0, max_bytes: int = 256 << 20) -> tuple[bytes, int, int]:
+    """Some bytes of a remote file, with one HTTP ``Range`` request.
+
+    Args:
+        url: An http:// or https:// address.
+        start: The first byte, or ``None`` for the last ``end`` bytes (a suffix range).
+        end: The last byte (inclusive), or ``None`` for the end of the file; with ``start=None``, how many of
+            the last bytes.
+        timeout: Seconds allowed for the name lookup and for connecting.
+        read_timeout: Seconds without data after which the transfer counts as stalled.
+        max_bytes: The most bytes accepted.
+
+    Returns:
+        ``(bytes, position of the first byte, size of the whole file)``.
+
+    Raises:
+        DownloadError: If the request fails, or the server does not answer ranges (a plain ``200``: its whole
+            file is not read).
+    """
+    check_url(url)
+    spec = f"-{end}" if start is None else f"{start}-{'' if end is None else end}"
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity",
+                                                   "Range": f"bytes={spec}"})
+    opener = build_opener(read_timeout=read_timeout)
+    connecting = True
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            connecting = False
+            first, total = _parse_content_range(response.headers.get("Content-Range"))
+            if response.status != 206 or first is None or total is None:
+                raise DownloadError(f"{url} does not answer HTTP range requests (status {response.status})")
+            length = parse_int(response.headers.get("Content-Length") or "")
+            if length is not None and length > max_bytes:
+                raise DownloadError(f"{url} answered {length:,} bytes for a range; at most {max_bytes:,} expected")
+            data = response.read(max_bytes + 1)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        why = describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=True)
+        raise DownloadError(f"Could not read bytes {spec} of {url}: {why}") from exc
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        why = describe_network_error(exc, timeout=timeout, read_timeout=read_timeout, connecting=connecting)
+        raise DownloadError(f"Could not read bytes {spec} of {url}: {why}") from exc
+    if len(data) > max_bytes or (length is not None and len(data) != length):
+        raise DownloadError(f"{url} answered {len(data):,} bytes for the range {spec}, not the {length} announced")
+    return data, first, total

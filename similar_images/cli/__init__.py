@@ -47,7 +47,7 @@ def load_plugins() -> list[str]:
 
 
 # One module per concern; each defines ``register(group)``.
-_COMMAND_MODULES = ("download", "images", "text", "evaluate", "serve", "duplicates", "sift", "explain")
+_COMMAND_MODULES = ("download", "images", "text", "evaluate", "serve", "duplicates", "sift", "explain", "quickstart")
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_name}").register(main)

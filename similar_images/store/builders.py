@@ -123,6 +123,7 @@ def extract_features(
     force: bool = False,
     embedder: ImageEmbedder | None = None,
     engine: Engine | None = None,
+    calibration: Sequence[str | os.PathLike[str]] | None = None,
 ) -> ExtractSummary:
     """Extract feature vectors of images into a new database folder (resumable).
 
@@ -134,6 +135,8 @@ def extract_features(
         embedder: An already-loaded embedder to reuse (its model must be ``config.model``); by default one is
             built from ``config``.
         engine: Runs the shards (default: this process; e.g. a Spark engine).
+        calibration: The images ``auto`` precision and int8 sample from (default: the inputs); e.g. the first
+            photos of an archive still downloading.
 
     Returns:
         A summary with counts, speed and the list of ``(path, reason)`` failures.
@@ -149,7 +152,8 @@ def extract_features(
         needs_sample = config.backend == "openvino" or config.precision == "auto"
         embedder = ImageEmbedder(config.model, config.weights, batch_size=config.batch_size, seed=config.seed,
                                  max_pixels=config.max_pixels, backend=config.backend, precision=config.precision,
-                                 calibration=paths if needs_sample else None,
+                                 calibration=(paths if calibration is None else [str(p) for p in calibration])
+                                 if needs_sample else None,
                                  calibration_size=config.calibration_size, agreement=config.agreement,
                                  decoder=config.decoder)
     elif embedder.spec.name != config.model:

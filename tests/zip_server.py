@@ -1,0 +1,119 @@
+"""A local HTTP server (127.0.0.1) for zip archives: byte ranges (``a-b``, ``a-``, ``-n``), a bandwidth limit, and
+a truncated or corrupted body, for the streaming-extraction tests and ``benchmarks/bench_first_search.py``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import threading
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+@dataclass
+class ZipServerState:
+    """What the server serves and how.
+
+    Attributes:
+        data: The archive.
+        rate: Bytes per second of each download (a response without a range, or from a byte to the end; other
+            ranges, such as the central directory's, are not throttled); ``None``: as fast as it goes.
+        cut_at: Close every download (a response without a range, or from a byte to the end) once the archive's
+            byte ``cut_at`` is sent (a transfer that keeps breaking there); other ranges are served whole.
+        requests: The ``Range`` headers seen (``None`` for none).
+    """
+
+    data: bytes = b""
+    rate: float | None = None
+    cut_at: int | None = None
+    requests: list[str | None] = field(default_factory=list)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: ZipServerState
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        st = self.state
+        data, header = st.data, self.headers.get("Range")
+        st.requests.append(header)
+        start, end, status = 0, len(data) - 1, 200
+        if header:
+            m = _RANGE.match(header)
+            if not m or not (m.group(1) or m.group(2)):
+                self.send_error(400)
+                return
+            if m.group(1):
+                start = int(m.group(1))
+                end = min(int(m.group(2)), len(data) - 1) if m.group(2) else len(data) - 1
+            else:
+                start = max(0, len(data) - int(m.group(2)))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        self.send_response(status)
+        self.send_header("Content-Type", "application/zip")
+        self.send_header("Content-Length", str(end + 1 - start))
+        self.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.end_headers()
+        download = not header or bool(_RANGE.match(header) and header.endswith("-") and header != "bytes=-")
+        stop = end + 1 if st.cut_at is None or not download else max(start, min(end + 1, st.cut_at))
+        chunk = 64 * 1024
+        t0 = time.monotonic()
+        sent = 0
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for pos in range(start, stop, chunk):
+                piece = data[pos:min(pos + chunk, stop)]
+                self.wfile.write(piece)
+                sent += len(piece)
+                if st.rate and download:
+                    ahead = sent / st.rate - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            self.wfile.flush()
+        if stop < end + 1:
+            self.close_connection = True
+
+
+@contextlib.contextmanager
+def zip_server(state: ZipServerState) -> Iterator[str]:
+    """Serve ``state.data`` at ``http://127.0.0.1:PORT/zips/val2014.zip`` (any path) and yield that address."""
+    handler = type("Handler", (_Handler,), {"state": state})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/zips/val2014.zip"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def coco_style_zip(photos: Sequence[Path], copies: int = 1, *, compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A zip like COCO's: ``val2014/COCO_val2014_<12 digits>.jpg`` members (``copies`` of each photo under new
+    names)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        zf.writestr(zipfile.ZipInfo("val2014/"), b"")
+        n = 0
+        for _ in range(copies):
+            for photo in photos:
+                n += 1
+                zf.writestr(f"val2014/COCO_val2014_{n:012d}.jpg", photo.read_bytes())
+    return buf.getvalue()
