@@ -153,7 +153,15 @@ class Calibration:
         h.update(np.ascontiguousarray(arrays).data)
         return h.hexdigest()
 
+    def quantization_key(self) -> dict[str, Any]:
+        """The quantization settings as they shape an int8 model (cache keys, manifests): the recipe's settings,
+        and for the accuracy-aware recipe the agreement it restores (which follows ``threshold``)."""
+        out = self.quantization.to_dict()
+        if self.quantization.accuracy_control:
+            out["target_agreement"] = round(self.quantization.resolved_target(self.threshold), 6)
+        return out
+
     def settings(self) -> dict[str, Any]:
         """The JSON settings that shape a quantized model or a measured choice."""
         return {"size": self.sample_size, "seed": self.seed, "threshold": self.threshold, "k": self.k,
-                "quantization": self.quantization.to_dict()}
+                "quantization": self.quantization_key()}
