@@ -123,7 +123,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     for rname in args.recipes.split(","):
         settings = table[rname]
         t0 = time.perf_counter()
-        q = quantize_int8(fp32_model, cal, settings, threshold=0.99)
+        q = quantize_int8(fp32_model, cal, settings)
         qtime = time.perf_counter() - t0
         r = OpenVINORunner(q, "int8")
         runners[rname] = r

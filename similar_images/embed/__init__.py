@@ -99,8 +99,6 @@ def embedder_from_info(info: dict[str, Any], *, kind: str = "image", weights: st
         options.setdefault("calibration_size", len(info["calibration"]))
         if int(info.get("int8_recipe", 1)) < RECIPE_VERSION:  # built before the accuracy-aware recipe
             options.setdefault("quantization", QuantizationSettings(accuracy_control=False))
-        if "agreement" in info:
-            options.setdefault("agreement", float(info["agreement"]))
     return ImageEmbedder(info["name"], weights or (None if recorded == "random" else recorded),
                          backend=info.get("backend", "keras"), precision=info.get("precision", "fp32"),
                          seed=int(info.get("seed", 0)), **options)

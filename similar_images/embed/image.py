@@ -204,8 +204,6 @@ class ImageEmbedder(SpecBacked):
                 info["calibration"] = [str(x) for x in self._sample]
             # ... and the recipe (absent: recipe 1, plain post-training quantization, before issue 21).
             info["int8_recipe"] = RECIPE_VERSION if self.quantization.accuracy_control else 1
-            if self.quantization.accuracy_control and self.agreement != DEFAULT_THRESHOLD:
-                info["agreement"] = self.agreement  # accuracy control's target follows it
         return info
 
     # ------------------------------------------------------------------ the two steps

@@ -154,12 +154,9 @@ class Calibration:
         return h.hexdigest()
 
     def quantization_key(self) -> dict[str, Any]:
-        """The quantization settings as they shape an int8 model (cache keys, manifests): the recipe's settings,
-        and for the accuracy-aware recipe the agreement it restores (which follows ``threshold``)."""
-        out = self.quantization.to_dict()
-        if self.quantization.accuracy_control:
-            out["target_agreement"] = round(self.quantization.resolved_target(self.threshold), 6)
-        return out
+        """The quantization settings as they shape an int8 model (cache keys, manifests): the recipe's version
+        and settings, with ``auto`` decided for this CPU."""
+        return self.quantization.to_dict()
 
     def settings(self) -> dict[str, Any]:
         """The JSON settings that shape a quantized model or a measured choice."""

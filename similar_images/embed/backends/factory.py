@@ -126,7 +126,7 @@ class RunnerFactory:
         def quantized() -> Any:
             fp32 = self.ov_fp32()
             model = openvino_core().read_model(str(fp32)) if isinstance(fp32, Path) else fp32
-            return quantize_int8(model, x, calibration.quantization, threshold=calibration.threshold)
+            return quantize_int8(model, x, calibration.quantization)
 
         if not self.use_cache:
             return quantized()

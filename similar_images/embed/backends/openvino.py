@@ -28,6 +28,7 @@ __all__ = [
     "openvino_capabilities",
     "openvino_core",
     "precision_name",
+    "DEFAULT_TARGET_AGREEMENT",
     "RECIPE_VERSION",
     "quantize_int8",
     "runs_bf16",
@@ -158,7 +159,9 @@ class QuantizationSettings:
         accuracy_control: NNCF's accuracy-aware quantization (``False``: plain post-training
             quantization, recipe 1, faster to build but below 0.99 agreement on VGG16 and MobileNetV2).
         target_agreement: Top-``k`` agreement with fp32 on the calibration sample that accuracy control
-            restores (``None``: the threshold of ``auto`` plus :data:`AGREEMENT_MARGIN`, at most 1).
+            restores (``None``: :data:`DEFAULT_TARGET_AGREEMENT`, ``auto``'s default threshold 0.99 plus a
+            margin). It does not follow ``auto``'s threshold, so that another threshold re-decides from the
+            cached figures instead of quantizing and measuring again.
         k: Neighbours compared by the agreement.
         ranking_subset: Calibration images NNCF ranks the layers' sensitivity on.
     """
@@ -180,11 +183,9 @@ class QuantizationSettings:
             return self.overflow_fix
         return "first_layer" if cpu_capabilities().vnni else "enable"
 
-    def resolved_target(self, threshold: float = 0.99) -> float:
-        """The agreement accuracy control restores: ``target_agreement``, or ``threshold`` plus a margin."""
-        if self.target_agreement is not None:
-            return float(self.target_agreement)
-        return min(1.0, threshold + AGREEMENT_MARGIN)
+    def resolved_target(self) -> float:
+        """The agreement accuracy control restores: ``target_agreement``, or :data:`DEFAULT_TARGET_AGREEMENT`."""
+        return float(self.target_agreement if self.target_agreement is not None else DEFAULT_TARGET_AGREEMENT)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -192,14 +193,14 @@ class QuantizationSettings:
             "keep_depthwise": self.keep_depthwise, "overflow_fix": self.resolved_overflow_fix(),
             "calibration_batch": self.calibration_batch}
         if self.accuracy_control:
-            out.update(recipe=RECIPE_VERSION, accuracy_control=True, target_agreement=self.target_agreement,
+            out.update(recipe=RECIPE_VERSION, accuracy_control=True, target_agreement=self.resolved_target(),
                        k=self.k, ranking_subset=self.ranking_subset)
         return out
 
 
-#: Agreement above ``auto``'s threshold that accuracy control aims at, so that ``auto``'s own measurement
-#: (the same sample, other batches and threads) does not fall just short of the threshold.
-AGREEMENT_MARGIN = 0.003
+#: The agreement accuracy control restores: ``auto``'s default threshold (0.99) plus a margin, so that ``auto``'s
+#: own measurement (the same sample, other batches and threads) does not fall just short of the threshold.
+DEFAULT_TARGET_AGREEMENT = 0.993
 
 
 _WEIGHTED = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")
@@ -213,20 +214,18 @@ def end_layers(ov_model: Any) -> list[str]:
     return sorted({names[0], names[-1]})
 
 
-def quantize_int8(ov_model: Any, calibration: np.ndarray, settings: QuantizationSettings | None = None, *,
-                  threshold: float = 0.99) -> Any:
+def quantize_int8(ov_model: Any, calibration: np.ndarray, settings: QuantizationSettings | None = None) -> Any:
     """Quantize an OpenVINO model to int8 with NNCF post-training quantization.
 
     With ``settings.accuracy_control`` (the default) NNCF's accuracy-aware quantization runs: the validation
     metric is the top-``k`` neighbour agreement with the fp32 model on ``calibration`` (the sample ``auto``
     measures on), and layers go back to floating point, the most sensitive first, until it reaches
-    ``settings.resolved_target(threshold)`` (or every layer is back: then ``auto``'s measurement keeps fp32).
+    ``settings.resolved_target()`` (or every layer is back: then ``auto``'s measurement keeps fp32).
 
     Args:
         ov_model: The float model (left unchanged).
         calibration: Preprocessed float32 ``(n, h, w, 3)`` calibration images.
         settings: Quantization settings.
-        threshold: ``auto``'s agreement threshold (the target of accuracy control unless the settings name one).
 
     Returns:
         The quantized ``openvino.Model``.
@@ -271,7 +270,7 @@ def quantize_int8(ov_model: Any, calibration: np.ndarray, settings: Quantization
         with contextlib.redirect_stdout(io.StringIO()):
             if not settings.accuracy_control:
                 return nncf.quantize(ov_model.clone(), nncf.Dataset(items), advanced_parameters=advanced, **kwargs)
-            target = settings.resolved_target(threshold)
+            target = settings.resolved_target()
             validation, validate = agreement_validation(ov_model, calibration, settings.k)
             restorer = AdvancedAccuracyRestorerParameters(
                 ranking_subset_size=max(1, min(settings.ranking_subset, len(calibration))), num_ranking_workers=1)
