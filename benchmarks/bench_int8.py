@@ -77,7 +77,7 @@ def float_layers(ov_model: Any) -> list[str]:
         if op.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul"):
             continue
         src = op.input_value(0).get_node()
-        while src.get_type_name() in ("Convert", "Reshape", "Transpose"):
+        while src.get_type_name() in ("Convert", "Reshape", "Transpose", "MaxPool", "AvgPool"):
             src = src.input_value(0).get_node()
         if src.get_type_name() != "FakeQuantize":
             out.append(op.get_friendly_name())
