@@ -97,8 +97,9 @@ def embedder_from_info(info: dict[str, Any], *, kind: str = "image", weights: st
     if info.get("calibration"):  # an int8 model: quantized again (or found in the cache) from the same images
         options.setdefault("calibration", list(info["calibration"]))
         options.setdefault("calibration_size", len(info["calibration"]))
-        if int(info.get("int8_recipe", 1)) < RECIPE_VERSION:  # built before the accuracy-aware recipe
-            options.setdefault("quantization", QuantizationSettings(accuracy_control=False))
+        # the recipe the database was built with (none recorded: recipe 1, plain quantization)
+        options.setdefault("quantization",
+                           QuantizationSettings(accuracy_control=int(info.get("int8_recipe", 1)) >= RECIPE_VERSION))
     return ImageEmbedder(info["name"], weights or (None if recorded == "random" else recorded),
                          backend=info.get("backend", "keras"), precision=info.get("precision", "fp32"),
                          seed=int(info.get("seed", 0)), **options)

@@ -58,8 +58,8 @@ class ImageEmbedder(SpecBacked):
         cache_dir: The converted-model cache (default ``$SIMILAR_IMAGES_CACHE`` or ``~/.cache/similar-images``).
         decoder: ``"pil"`` (Pillow) or ``"fast"``: JPEGs decoded at a reduced scale by libjpeg-turbo
             (``simplejpeg``; slightly different pixels, so it is recorded and queries use it too).
-        quantization: How int8 is quantized (default: the accuracy-aware recipe; a database records its
-            recipe, so that its queries quantize the same way).
+        quantization: How int8 is quantized (default: plain post-training quantization; a database records
+            its recipe, so that its queries quantize the same way).
         batch_size: Images per model call in :meth:`embed`.
         seed: Seed used when the weights are random.
         max_pixels: Decompression-bomb guard for decoded images.
