@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
+from .backends import RECIPE_VERSION, QuantizationSettings
 from .base import ITEM_KINDS, Embedder, ItemKind, item_kind, l2_normalize
 from .image import ImageEmbedder
 from .image_models import (
@@ -96,6 +97,9 @@ def embedder_from_info(info: dict[str, Any], *, kind: str = "image", weights: st
     if info.get("calibration"):  # an int8 model: quantized again (or found in the cache) from the same images
         options.setdefault("calibration", list(info["calibration"]))
         options.setdefault("calibration_size", len(info["calibration"]))
+        # the recipe the database was built with (none recorded: recipe 1, plain quantization)
+        options.setdefault("quantization",
+                           QuantizationSettings(accuracy_control=int(info.get("int8_recipe", 1)) >= RECIPE_VERSION))
     return ImageEmbedder(info["name"], weights or (None if recorded == "random" else recorded),
                          backend=info.get("backend", "keras"), precision=info.get("precision", "fp32"),
                          seed=int(info.get("seed", 0)), **options)

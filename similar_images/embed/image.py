@@ -18,8 +18,10 @@ from ..sources.images import DEFAULT_MAX_PIXELS, ImageSource, prepare_array
 from .backends import (
     AUTO_MIN_FACTOR,
     DEFAULT_THRESHOLD,
+    RECIPE_VERSION,
     Calibration,
     PrecisionChoice,
+    QuantizationSettings,
     Runner,
     RunnerFactory,
     check_inference,
@@ -56,6 +58,8 @@ class ImageEmbedder(SpecBacked):
         cache_dir: The converted-model cache (default ``$SIMILAR_IMAGES_CACHE`` or ``~/.cache/similar-images``).
         decoder: ``"pil"`` (Pillow) or ``"fast"``: JPEGs decoded at a reduced scale by libjpeg-turbo
             (``simplejpeg``; slightly different pixels, so it is recorded and queries use it too).
+        quantization: How int8 is quantized (default: plain post-training quantization; a database records
+            its recipe, so that its queries quantize the same way).
         batch_size: Images per model call in :meth:`embed`.
         seed: Seed used when the weights are random.
         max_pixels: Decompression-bomb guard for decoded images.
@@ -90,6 +94,7 @@ class ImageEmbedder(SpecBacked):
         auto_min_factor: float = AUTO_MIN_FACTOR,
         cache_dir: str | os.PathLike[str] | None = None,
         decoder: str = "pil",
+        quantization: QuantizationSettings | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -113,6 +118,7 @@ class ImageEmbedder(SpecBacked):
         self.calibration = list(calibration) if calibration is not None else None
         self.calibration_size = calibration_size
         self.agreement = agreement
+        self.quantization = quantization or QuantizationSettings()
         self.auto_min_factor = auto_min_factor
         self.cache_dir = cache_dir
         #: The precision asked for (``auto``, or one that may fall back).
@@ -141,7 +147,7 @@ class ImageEmbedder(SpecBacked):
             return None
         cal = Calibration(self.calibration, size=self.calibration_size, threshold=self.agreement,
                           max_pixels=self.max_pixels, fast_jpeg=self.decoder == "fast",
-                          min_factor=self.auto_min_factor)
+                          min_factor=self.auto_min_factor, quantization=self.quantization)
         self._sample = cal.sample()
         return cal
 
@@ -196,6 +202,8 @@ class ImageEmbedder(SpecBacked):
             # database rebuild the same model (from the model cache, or by quantizing again).
             if all(isinstance(x, (str, os.PathLike)) for x in self._sample):
                 info["calibration"] = [str(x) for x in self._sample]
+            # ... and the recipe (absent: recipe 1, plain post-training quantization, before issue 21).
+            info["int8_recipe"] = RECIPE_VERSION if self.quantization.accuracy_control else 1
         return info
 
     # ------------------------------------------------------------------ the two steps

@@ -39,7 +39,7 @@ from .calibration import DEFAULT_CALIBRATION_SIZE, DEFAULT_THRESHOLD, Calibratio
 from .factory import RunnerFactory, make_runner
 from .keras import KerasRunner
 from .onnx_text import ONNX_INSTALL_COMMAND, load_onnx_sentence_encoder
-from .openvino import INSTALL_COMMAND, OpenVINORunner, QuantizationSettings
+from .openvino import INSTALL_COMMAND, RECIPE_VERSION, OpenVINORunner, QuantizationSettings
 
 __all__ = [
     "AUTO_MIN_FACTOR",
@@ -59,6 +59,7 @@ __all__ = [
     "OpenVINORunner",
     "PrecisionChoice",
     "QuantizationSettings",
+    "RECIPE_VERSION",
     "Runner",
     "RunnerFactory",
     "check_backend",

@@ -153,7 +153,12 @@ class Calibration:
         h.update(np.ascontiguousarray(arrays).data)
         return h.hexdigest()
 
+    def quantization_key(self) -> dict[str, Any]:
+        """The quantization settings as they shape an int8 model (cache keys, manifests): the recipe's version
+        and settings, with ``auto`` decided for this CPU."""
+        return self.quantization.to_dict()
+
     def settings(self) -> dict[str, Any]:
         """The JSON settings that shape a quantized model or a measured choice."""
         return {"size": self.sample_size, "seed": self.seed, "threshold": self.threshold, "k": self.k,
-                "quantization": self.quantization.to_dict()}
+                "quantization": self.quantization_key()}

@@ -131,7 +131,7 @@ class RunnerFactory:
         if not self.use_cache:
             return quantized()
         fields = self._fields("int8", calibration={"digest": Calibration.digest(arrays), "images": len(arrays),
-                                                   **calibration.quantization.to_dict()})
+                                                   **calibration.quantization_key()})
 
         def build(folder: Path) -> dict[str, Any]:
             save_ov_model(quantized(), folder / "model.xml")
@@ -300,7 +300,7 @@ def _auto(factory: RunnerFactory, backend: str, calibration: Calibration, batch_
     record_fields = {
         "kind": "precision-figures", "backend": backend, "hint": factory.hint, "model": factory.spec.name,
         "weights": weights_identity(factory.weights, factory.seed), "k": calibration.k,
-        "quantization": calibration.quantization.to_dict(), "cpu": cpu.to_dict(), "emulate": factory.emulate,
+        "quantization": calibration.quantization_key(), "cpu": cpu.to_dict(), "emulate": factory.emulate,
         "batch_size": batch_size, "versions": package_versions("openvino", "nncf", "keras", "tensorflow"),
     }
     saved = factory.cache.load_record("measurements", record_fields) if factory.use_cache else None
