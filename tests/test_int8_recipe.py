@@ -29,9 +29,7 @@ OLD = QuantizationSettings()  # the default, recipe 1: plain post-training quant
 NEW = QuantizationSettings(accuracy_control=True)  # recipe 2: accuracy-aware, opt-in
 
 
-@pytest.fixture(autouse=True)
-def _model_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SIMILAR_IMAGES_CACHE", str(tmp_path_factory.mktemp("model-cache")))
+pytestmark = pytest.mark.usefixtures("temporary_model_cache")
 
 
 @pytest.fixture(scope="module")
