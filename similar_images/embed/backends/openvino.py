@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendError, BackendUnavailableError
+from .auto import topk_agreement
 from .base import CPU_ENV, check_precision, cpu_capabilities
 
 __all__ = [
@@ -300,8 +301,6 @@ def agreement_validation(ov_model: Any, x: np.ndarray, k: int = 10, batch: int =
         the agreement of the items' vectors with the reference rows of the same images, and every item's output
         (NNCF then ranks layers by how far each moves the outputs).
     """
-    from .auto import topk_agreement  # noqa: PLC0415  (a sibling module; auto imports nothing of OpenVINO)
-
     compiled = openvino_core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     items = [(np.arange(i, min(i + batch, len(x))), np.ascontiguousarray(x[i:i + batch], dtype=np.float32))
              for i in range(0, len(x), batch)]
