@@ -44,14 +44,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-ROOT = Path(__file__).resolve().parents[1]
-ASSETS = Path(os.environ.get("SIMILAR_IMAGES_ASSETS", ROOT.parent / "shared" / "assets"))
-WEIGHTS = {
-    "vgg16-fc2": "random",
-    "vgg16-avg": str(ASSETS / "weights" / "vgg16_imagenet_notop.weights.h5"),
-    "vgg16-max": str(ASSETS / "weights" / "vgg16_imagenet_notop.weights.h5"),
-    "mobilenetv2": str(ASSETS / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"),
-}
+from bench_backends import ASSETS, WEIGHTS  # the same weights table as the backends benchmark
+
 COCO_VAL2014 = 40_504
 
 
