@@ -73,7 +73,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         download = not header or bool(_RANGE.match(header) and header.endswith("-") and header != "bytes=-")
         stop = end + 1 if st.cut_at is None or not download else max(start, min(end + 1, st.cut_at))
-        chunk = 64 * 1024
+        # With a rate, pieces of at most a twentieth of a second: a small archive must not arrive in one piece.
+        chunk = 64 * 1024 if not (st.rate and download) else max(256, min(64 * 1024, int(st.rate / 20)))
         t0 = time.monotonic()
         sent = 0
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
