@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Route", "http_server", "free_port", "closed_port", "running_process", "stop_process", "assets_dir",
-           "plugin_env"]
+__all__ = ["Route", "serving", "http_server", "free_port", "closed_port", "running_process", "stop_process",
+           "assets_dir", "plugin_env"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "tests" / "plugins"
@@ -99,18 +99,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def http_server(routes: Mapping[str, Route]) -> Iterator[str]:
-    """A real HTTP server on 127.0.0.1 answering ``routes`` (path -> :class:`Route`); yields its base URL."""
-    handler = type("Handler", (_Handler,), {"routes": dict(routes)})
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server on 127.0.0.1 with ``handler``, on a free port; yields its base URL and stops it."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def http_server(routes: Mapping[str, Route]) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 answering ``routes`` (path -> :class:`Route`); yields its base URL."""
+    with serving(type("Handler", (_Handler,), {"routes": dict(routes)})) as url:
+        yield url
 
 
 def free_port() -> int:

@@ -12,11 +12,12 @@ import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import serving
 from PIL import Image
 
 from similar_images._util import archives
@@ -125,16 +126,8 @@ class Server:
 @pytest.fixture
 def server() -> Iterator[Server]:
     state = ServerState()
-    handler = type("Handler", (_Handler,), {"state": state})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Server(state, httpd.server_address[1])
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(type("Handler", (_Handler,), {"state": state})) as url:
+        yield Server(state, int(url.rsplit(":", 1)[1]))
 
 
 def _make_zip(

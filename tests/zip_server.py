@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import threading
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from helpers import serving
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
@@ -94,16 +95,8 @@ class _Handler(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def zip_server(state: ZipServerState) -> Iterator[str]:
     """Serve ``state.data`` at ``http://127.0.0.1:PORT/zips/val2014.zip`` (any path) and yield that address."""
-    handler = type("Handler", (_Handler,), {"state": state})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/zips/val2014.zip"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(type("Handler", (_Handler,), {"state": state})) as url:
+        yield f"{url}/zips/val2014.zip"
 
 
 def coco_style_zip(photos: Sequence[Path], copies: int = 1, *, compression: int = zipfile.ZIP_STORED) -> bytes:
