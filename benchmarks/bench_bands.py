@@ -42,8 +42,9 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=10)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from similar_images import Database, ExtractConfig, IndexConfig, extract_features
+    from similar_images import Database, ExtractConfig, IndexConfig
     from similar_images.index.bands import calibrate_words, class_agreement, folder_labels
+    from similar_images.store import extract_features
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.db:

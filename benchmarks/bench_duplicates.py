@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from similar_images import Database, write_database
+from similar_images import Database
 from similar_images.methods.duplicates import DuplicateConfig, find_duplicate_pairs
+from similar_images.store import write_database
 
 
 def main() -> None:

@@ -77,8 +77,9 @@ def main() -> None:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
-    from similar_images import Database, ExtractConfig, extract_features
+    from similar_images import Database, ExtractConfig
     from similar_images.methods.explain import explain, explainer_for
+    from similar_images.store import extract_features
 
     photos = sorted(args.images.glob("*.jpg"))[: args.n]
     print(f"{args.model}, {len(photos)} photos, TensorFlow on {args.threads} threads; "

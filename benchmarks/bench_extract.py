@@ -73,7 +73,7 @@ def naive_throughput(model, paths: list[Path], batch_size: int, preprocess) -> f
 def peak_memory(images: Path, model: str, weights: str) -> tuple[int, float, int]:
     """Run an extraction in a fresh process; return (images, seconds, peak RSS in MiB)."""
     code = (
-        "import sys, time; from similar_images import extract_features, ExtractConfig;"
+        "import sys, time; from similar_images import ExtractConfig; from similar_images.store import extract_features;"
         "t=time.perf_counter();"
         f"s=extract_features({str(images)!r}, sys.argv[1], ExtractConfig(model={model!r}, weights={weights!r},"
         " verbose=False));"
@@ -119,8 +119,10 @@ def main() -> None:
                     "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"))
     args = ap.parse_args()
 
-    from similar_images import ExtractConfig, ImageEmbedder, extract_features
+    from similar_images import ExtractConfig
+    from similar_images.embed import ImageEmbedder
     from similar_images.sources.images import find_images
+    from similar_images.store import extract_features
 
     if args.device == "gpu" and args.backend != "keras":
         sys.exit("--device gpu runs the keras backend (TensorFlow's GPU path); leave out --backend")

@@ -156,7 +156,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def coco(args: argparse.Namespace) -> dict[str, Any]:
     """End to end (decode + model into a database) images/s, fp32 and the default int8, interleaved."""
-    from similar_images import extract_features
+    from similar_images.store import extract_features
 
     paths = list_images(args.images)[:args.coco_images]
     out: dict[str, list[float]] = {"fp32": [], "int8": []}

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from similar_images import Database, write_database
+from similar_images import Database
+from similar_images.store import write_database
 
 
 def time_open(db: Path, repeat: int) -> float:

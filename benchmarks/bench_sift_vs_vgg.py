@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from similar_images import Database, ExtractConfig, extract_features  # noqa: E402
+from similar_images import Database, ExtractConfig  # noqa: E402
 from similar_images.index import exact_search  # noqa: E402
 from similar_images.methods.sift import (  # noqa: E402
     SiftConfig,
@@ -42,6 +42,7 @@ from similar_images.methods.sift import (  # noqa: E402
     extract_sift,
 )
 from similar_images.sources.edits import edited_copy  # noqa: E402
+from similar_images.store import extract_features  # noqa: E402
 
 EDITS = ("resize", "jpeg70", "crop10", "crop30", "rot90", "bright")
 FLOWER_CLASSES = ("daisy", "dandelion", "rose", "sunflower", "tulip")

@@ -41,8 +41,8 @@ ASSETS = Path(os.environ.get("SIMILAR_IMAGES_ASSETS", ROOT.parent / "shared" / "
 
 def run_spark(master: str, paths: list[Path], config: Any, tmp: Path) -> dict[str, float]:
     """Warm a Spark context on ``master`` then measure one job; returns its figures."""
-    from similar_images import extract_features
     from similar_images.engines.spark import SparkEngine
+    from similar_images.store import extract_features
 
     engine = SparkEngine(master)
     out: dict[str, float] = {}
@@ -82,8 +82,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
 
-    from similar_images import ExtractConfig, ImageEmbedder, extract_features
+    from similar_images import ExtractConfig
+    from similar_images.embed import ImageEmbedder
     from similar_images.sources.images import find_images
+    from similar_images.store import extract_features
 
     paths = find_images(args.images)
     config = ExtractConfig(model=args.model, weights=args.weights, batch_size=args.batch_size,

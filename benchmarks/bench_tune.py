@@ -45,11 +45,12 @@ import sys
 import time
 from pathlib import Path
 
-from similar_images import Database, ExtractConfig, extract_features, write_database
+from similar_images import Database, ExtractConfig
 from similar_images.measure.evaluate import EvalConfig, evaluate_database
 from similar_images.measure.plot import plot_tuning
 from similar_images.measure.synthetic import clustered_chunks
 from similar_images.measure.tune import TuneConfig, TuneReport, tune_database
+from similar_images.store import extract_features, write_database
 
 
 def ensure_db(args: argparse.Namespace) -> Database:

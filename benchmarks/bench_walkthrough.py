@@ -39,7 +39,8 @@ TOTAL_TARGET_S = 600.0
 
 def build_database(folder: Path, weights: Path, n: int) -> Path:
     """The walkthrough's database from the offline assets (as the slow test's fixture builds it)."""
-    from similar_images import Database, ExtractConfig, extract_features
+    from similar_images import Database, ExtractConfig
+    from similar_images.store import extract_features
 
     images = assets_dir() / "images"
     listing = folder / "photos.txt"

@@ -47,7 +47,8 @@ def _stats(ms: list[float]) -> str:
 
 
 def build_db(path: Path, weights: Path) -> None:
-    from similar_images import Database, ExtractConfig, IndexConfig, extract_features
+    from similar_images import Database, ExtractConfig, IndexConfig
+    from similar_images.store import extract_features
 
     photos = sorted((ASSETS / "images" / "coco").rglob("*.jpg"))
     print(f"Building the database: {len(photos)} COCO photos, vgg16-avg ... (once)", flush=True)

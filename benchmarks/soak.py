@@ -184,8 +184,9 @@ def run_worker(role: str, db: Path, log_dir: Path, tag: str) -> None:
 
 # --------------------------------------------------------------------------- the run
 def make_database(db: Path) -> None:
-    from similar_images import Database, IndexConfig, write_database
+    from similar_images import Database, IndexConfig
     from similar_images.embed import l2_normalize
+    from similar_images.store import write_database
 
     names = [f"/soak/seed-{i}.jpg" for i in range(300)]
     write_database(db, kind="image", model=MODEL, items=names,

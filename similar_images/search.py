@@ -285,19 +285,21 @@ def search(db: Searchable, query: Any, k: int = 8, *, exact: bool = False, nprob
                     query_id=qids[0], params=params, k=k, exclude_query=bool(extra))
 
 
-def search_batch(db: Searchable, queries: Sequence[Any], k: int = 8, **kwargs: Any) -> list[Results]:
+def search_batch(db: Searchable, queries: Sequence[Any], k: int = 8, *, exact: bool = False,
+                 nprobe: int | None = None, ef_search: int | None = None, k_factor: int | None = None,
+                 rerank: int = DEFAULT_RERANK, fetch_config: FetchConfig | None = None) -> list[Results]:
     """Search several queries in one model call and one index call.
 
-    Takes the same keyword arguments as :func:`search`.
+    The keywords are :func:`search`'s (a batch has no ``exclude_query``).
     """
     t0 = time.perf_counter()
     k = _check_k(k)
-    fetch_config = kwargs.pop("fetch_config", None)
     if not len(queries):
         return []
     xq, qids = query_vectors(db, list(queries), fetch_config=fetch_config)
     t1 = time.perf_counter()
-    scores, ids, params = search_vectors(db, xq, k, **kwargs)
+    scores, ids, params = search_vectors(db, xq, k, exact=exact, nprobe=nprobe, ef_search=ef_search,
+                                         k_factor=k_factor, rerank=rerank)
     t2 = time.perf_counter()
     per_query = (t2 - t1) * 1e3 / len(queries)
     return [_results(db, s, i, search_ms=per_query, total_ms=(t2 - t0) * 1e3 / len(queries), query_id=q,

@@ -195,8 +195,9 @@ TINY = {"name": "tiny", "dim": 16, "layer": "dense", "weights": "random", "seed"
 def tiny_database(root: Path, index: Any) -> dict[str, Path]:
     """A 40-image tiny-model database at ``root/base`` with the index ``index`` (an ``IndexConfig``) and a failure,
     its images in ``root/images`` and three new images in ``root/new``."""
-    from similar_images import Database, write_database
+    from similar_images import Database
     from similar_images.embed import l2_normalize
+    from similar_images.store import write_database
 
     images = [make_image(root / "images" / f"{i}.png", seed=i) for i in range(40)]
     for i in range(3):
@@ -242,7 +243,8 @@ def small_db(coco_subset: Path, mobilenet_weights: Path, tmp_path_factory: pytes
 
     Session-scoped and read-only: tests that modify a database must copy it first.
     """
-    from similar_images import Database, ExtractConfig, IndexConfig, extract_features
+    from similar_images import Database, ExtractConfig, IndexConfig
+    from similar_images.store import extract_features
 
     db = tmp_path_factory.mktemp("dbs") / "coco48"
     extract_features(coco_subset, db, ExtractConfig(model="mobilenetv2", weights=str(mobilenet_weights),
@@ -270,7 +272,8 @@ def walkthrough_db(coco_dir: Path, mobilenet_weights: Path, tmp_path_factory: py
     flowers = _assets_dir() / "images" / "flowers5"
     if not flowers.is_dir():
         pytest.skip(_no_assets(f"the flower photos ({flowers})"))
-    from similar_images import Database, ExtractConfig, extract_features
+    from similar_images import Database, ExtractConfig
+    from similar_images.store import extract_features
 
     root = tmp_path_factory.mktemp("walkthrough")
     listing = root / "photos.txt"

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from similar_images import Database, write_database
+from similar_images import Database
 from similar_images.index import BAND_NAMES, IndexConfig, ScoreBands, build_index, neighbour_percentiles
 from similar_images.index.bands import calibrate_words, folder_labels
+from similar_images.store import write_database
 
 
 def _clustered(n: int = 600, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

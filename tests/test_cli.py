@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from conftest import ROOT
 from helpers import plugin_env, running_process
 
-from similar_images import write_database
 from similar_images.cli import main
 from similar_images.cli._common import parse_query
+from similar_images.store import write_database
 
 
 def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
@@ -193,10 +193,10 @@ def test_python_api_prints_no_tensorflow_start_up_lines(tmp_path: Path, syntheti
     env = plugin_env()
     env.pop("TF_CPP_MIN_LOG_LEVEL")
     code = ("import tiny_model\n"
-            "from similar_images import ExtractConfig, extract_features\n"
-            f"s = extract_features({str(synthetic_images)!r}, {str(tmp_path / 'db')!r}, "
+            "from similar_images import Database, ExtractConfig\n"
+            f"db = Database.create({str(synthetic_images)!r}, {str(tmp_path / 'db')!r}, "
             "ExtractConfig(model='tiny', weights='random', verbose=False, precision='fp32'))\n"
-            "print('extracted', s.extracted)\n")
+            "print('extracted', len(db))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -257,7 +257,8 @@ def test_a_bare_number_is_an_id_in_search_as_in_explain(tmp_path: Path, monkeypa
 
 
 def test_library_errors_carry_data_and_the_cli_names_the_flag(tmp_path: Path) -> None:
-    from similar_images import Database, DatabaseExistsError, IndexConfig, IndexExistsError, IndexNotBuiltError
+    from similar_images import Database, IndexConfig
+    from similar_images.errors import DatabaseExistsError, IndexExistsError, IndexNotBuiltError
 
     db = _small_db(tmp_path / "db")
     runner = CliRunner()

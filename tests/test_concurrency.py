@@ -15,9 +15,10 @@ import pytest
 from conftest import ROOT, make_image
 from helpers import plugin_env
 
-from similar_images import Database, IndexConfig, write_database
+from similar_images import Database, IndexConfig
 from similar_images.embed import l2_normalize
 from similar_images.store import build as build_mod
+from similar_images.store import write_database
 from similar_images.store.manifest import Manifest
 
 CLI = [sys.executable, "-c", "from similar_images.cli import main; main()"]
@@ -165,8 +166,9 @@ def test_temporary_files_of_killed_writers_are_removed_by_the_next_writer(tmp_pa
 def test_work_folders_of_killed_adds_are_removed_by_the_next_add(tmp_path: Path, synthetic_images: Path,
                                                                  tiny_model: str) -> None:
     """The work folder of a killed add is removed by the next add; that of an add still running is left alone."""
-    from similar_images import ExtractConfig, extract_features
+    from similar_images import ExtractConfig
     from similar_images._util.locks import file_lock
+    from similar_images.store import extract_features
 
     db = tmp_path / "db"
     extract_features(sorted(synthetic_images.rglob("*.png")), db,

@@ -15,10 +15,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_image, tiny_database
 
-from similar_images import Database, IndexConfig, write_database
+from similar_images import Database, IndexConfig
 from similar_images.cli import main
 from similar_images.embed import ImageEmbedder, l2_normalize
 from similar_images.store import build as build_mod
+from similar_images.store import write_database
 
 INDEX = "index-0001.faiss"
 

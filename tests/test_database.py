@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from conftest import make_image
 
-from similar_images import Database, ExtractConfig, IndexConfig, extract_features, write_database
+from similar_images import Database, ExtractConfig, IndexConfig
 from similar_images.embed import l2_normalize
 from similar_images.errors import DatabaseError, DatabaseExistsError, QueryError
+from similar_images.store import extract_features, write_database
 
 
 def _vectors(n: int, d: int = 32, seed: int = 0) -> np.ndarray:

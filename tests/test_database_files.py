@@ -21,10 +21,11 @@ from click.testing import CliRunner
 from conftest import ROOT, tiny_database
 from helpers import plugin_env
 
-from similar_images import Database, IndexConfig, write_database
+from similar_images import Database, IndexConfig
 from similar_images.cli import main
 from similar_images.embed import l2_normalize
 from similar_images.errors import UnknownIdError
+from similar_images.store import write_database
 
 INDEX = "index-0001.faiss"
 

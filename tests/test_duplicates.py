@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import execute_notebook
 
-from similar_images import Database, ExtractConfig, IndexConfig, extract_features, write_database
+from similar_images import Database, ExtractConfig, IndexConfig
 from similar_images.cli import main
 from similar_images.methods.duplicates import (
     DuplicateConfig,
@@ -24,6 +24,7 @@ from similar_images.methods.duplicates import (
     write_report,
 )
 from similar_images.sources.edits import EDITS, edited_copy
+from similar_images.store import extract_features, write_database
 
 ROOT = Path(__file__).resolve().parents[1]
 

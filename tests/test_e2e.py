@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from similar_images import Database, ExtractConfig, IndexConfig, extract_features
+from similar_images import Database, ExtractConfig, IndexConfig
 from similar_images.index import original_factory
+from similar_images.store import extract_features
 
 
 def _edit(path: str, how: str) -> bytes:

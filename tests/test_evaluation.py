@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from similar_images import Database, IndexConfig, write_database
+from similar_images import Database, IndexConfig
 from similar_images.cli import main
 from similar_images.errors import QueryError
 from similar_images.index import drop_self, recall_table, rerank_exact
@@ -24,6 +24,7 @@ from similar_images.measure.quality import (
     read_labels_csv,
 )
 from similar_images.measure.synthetic import clustered_vectors
+from similar_images.store import write_database
 
 # Six 2-d unit vectors at these angles (degrees), in two classes; no two angular distances tie,
 # so every ranking below was worked out by hand.

@@ -17,13 +17,7 @@ import pytest
 from conftest import make_image
 from PIL import Image
 
-from similar_images import (
-    Database,
-    ExtractConfig,
-    QueryError,
-    extract_features,
-    write_database,
-)
+from similar_images import Database, ExtractConfig
 from similar_images.embed import ImageEmbedder, ModelSpec, get_model_spec, l2_normalize, register_model
 from similar_images.embed.feature_maps import (
     FeatureMapModel,
@@ -32,7 +26,7 @@ from similar_images.embed.feature_maps import (
     feature_map_spec,
     register_feature_map,
 )
-from similar_images.errors import ExplainError, FeatureMapError, SimilarImagesError
+from similar_images.errors import ExplainError, FeatureMapError, QueryError, SimilarImagesError
 from similar_images.methods.explain import (
     EXACT_AVG,
     EXACT_MAX,
@@ -47,6 +41,7 @@ from similar_images.methods.explain import (
     gradcam_map,
     render_explanation,
 )
+from similar_images.store import extract_features, write_database
 
 
 # --------------------------------------------------------------------------- small test models

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from conftest import PLUGINS, ROOT, make_image
 
-from similar_images import Database, ExtractConfig, extract_features
+from similar_images import Database, ExtractConfig
 from similar_images.embed import available_models, get_model_spec, resolve_weights
 from similar_images.embed.image_models import preprocess_caffe, preprocess_tf
 from similar_images.errors import DatabaseError, DatabaseExistsError, WeightsError
+from similar_images.store import extract_features
 
 
 def _config(model: str, **kw: object) -> ExtractConfig:
@@ -92,7 +93,7 @@ def test_extract_never_overwrites_without_force(tmp_path: Path, synthetic_images
 
 
 def test_reuses_a_loaded_embedder(tmp_path: Path, synthetic_images: Path, tiny_model: str) -> None:
-    from similar_images import ImageEmbedder
+    from similar_images.embed import ImageEmbedder
 
     emb = ImageEmbedder(tiny_model, "random")
     model = emb.model

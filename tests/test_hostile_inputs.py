@@ -20,11 +20,12 @@ from conftest import ROOT, make_image
 from helpers import plugin_env
 from PIL import Image
 
-from similar_images import Database, ExtractConfig, extract_features
+from similar_images import Database, ExtractConfig
 from similar_images.cli import main
 from similar_images.embed import ImageEmbedder, embedder_from_info
 from similar_images.errors import ImageLoadError
 from similar_images.sources.images import collect_inputs, find_images, load_image, read_file_list
+from similar_images.store import extract_features
 
 # ----------------------------------------------------------------------------- point 5: index descriptions
 BAD_FACTORIES = ["HNSW0", "HNSW1", "IVF4_HNSW1,Flat", "Flat,Refine(HNSW1)", "PQ4x0", "IVF4,PQ4x0", "RQ0x8", "LSQ0x8",
@@ -35,8 +36,8 @@ def test_index_descriptions_that_crash_or_hang_faiss_are_refused(tmp_path: Path)
     """Point 5: '--index HNSW0' aborted the process (exit 134) and '--index ""' built Flat. Faiss accepts many
     sizes it then crashes on (segfaults, a floating-point exception, a build that never ends): each is refused
     in one line. Run in a child process, so that a crash fails this test instead of killing the test run."""
-    from similar_images import write_database
     from similar_images.embed import l2_normalize
+    from similar_images.store import write_database
 
     db = tmp_path / "db"
     write_database(db, kind="image", model={"name": "synthetic", "dim": 16}, items=[str(i) for i in range(300)],
@@ -295,9 +296,9 @@ def test_an_unterminated_quote_is_reported_not_merged(tmp_path: Path) -> None:
 
 def test_a_text_database_refuses_an_image_path_as_a_query(tmp_path: Path) -> None:
     """Point 15: an image path was accepted as a text query (exit 0, 8 "results")."""
-    from similar_images import write_database
     from similar_images.embed import DEFAULT_TEXT_ENCODER, TextEmbedder, l2_normalize
     from similar_images.errors import QueryError
+    from similar_images.store import write_database
 
     photo = make_image(tmp_path / "cat.jpg", seed=1)
     db = tmp_path / "texts-db"
@@ -315,8 +316,8 @@ def test_a_text_database_refuses_an_image_path_as_a_query(tmp_path: Path) -> Non
 def test_a_malformed_url_query_is_a_one_line_cli_error(tmp_path: Path, tiny_model: str) -> None:
     """Issue 20: ``search DB 'http://[::1'`` printed a ValueError traceback (urlsplit's "Invalid IPv6 URL"), and
     ``remove DB ²`` another (``"²".isdigit()`` but not ``int()``)."""
-    from similar_images import write_database
     from similar_images.embed import l2_normalize
+    from similar_images.store import write_database
 
     db = tmp_path / "db"
     write_database(db, kind="image", model={"name": tiny_model, "dim": 16}, items=[f"{i}.png" for i in range(10)],
@@ -335,9 +336,9 @@ def test_a_text_query_that_is_not_utf8_is_a_one_line_error(tmp_path: Path) -> No
     """Issue 20: a text query with bytes that are not UTF-8 (``$'caf\\xe9'`` in a Latin-1 terminal) reached the
     tokenizer as lone surrogates, which printed a TypeError traceback. The command line hands undecodable bytes
     over as such surrogates: given as bytes in a real process, and as the same str to the library."""
-    from similar_images import write_database
     from similar_images.embed import DEFAULT_TEXT_ENCODER, TextEmbedder, l2_normalize
     from similar_images.errors import QueryError
+    from similar_images.store import write_database
 
     db = tmp_path / "texts-db"
     write_database(db, kind="text", model={"name": DEFAULT_TEXT_ENCODER, "dim": 384, "kind": "text"},

@@ -11,8 +11,8 @@ import pytest
 from helpers import Route, closed_port, http_server, redirect
 from PIL import Image
 
-from similar_images import Database, FetchConfig
-from similar_images._util.http import fetch_url, is_url
+from similar_images import Database
+from similar_images._util.http import FetchConfig, fetch_url, is_url
 from similar_images.errors import ImageLoadError, QueryError
 
 
@@ -140,8 +140,9 @@ def test_results_to_dict(db: Database) -> None:
 
 
 def test_rerank_gives_exact_cosine_scores_on_a_pq_index(tmp_path: Path) -> None:
-    from similar_images import IndexConfig, write_database
+    from similar_images import IndexConfig
     from similar_images.embed import l2_normalize
+    from similar_images.store import write_database
 
     rng = np.random.default_rng(0)
     x = l2_normalize(rng.normal(size=(2000, 64)).astype(np.float32) + rng.normal(size=(20, 64))[rng.integers(0, 20,

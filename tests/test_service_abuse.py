@@ -21,10 +21,11 @@ import pytest
 from conftest import make_image
 from helpers import Route, closed_port, free_port, http_server, plugin_env, redirect, running_process
 
-from similar_images import ExtractConfig, IndexConfig, extract_features
+from similar_images import ExtractConfig, IndexConfig
 from similar_images._util.http import AddressPolicy, FetchConfig, check_url, fetch_url, host_address, is_internal
 from similar_images.errors import BadURLError, FetchError
 from similar_images.service import ENV_PREFIX, ServeConfig, create_app
+from similar_images.store import extract_features
 
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "2130706433", "0x7f000001", "127.1"]
 INTERNAL = [*LOOPBACK_NAMES, "[::1]", "10.1.2.3", "192.168.0.1", "172.16.5.4", "169.254.169.254", "100.64.0.1",

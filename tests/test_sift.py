@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from similar_images import DatabaseError, IndexTrainingError, QueryError
 from similar_images.cli import main
+from similar_images.errors import DatabaseError, IndexTrainingError, QueryError
 from similar_images.methods.sift import (
     SIFT_DIM,
     SiftConfig,
@@ -128,7 +128,7 @@ def test_descriptor_map_round_trips_through_disk(tmp_path: Path) -> None:
     d, i = sdb.index.search(records[3][1][:1], 1)
     assert i[0, 0] == 10 and sdb.image_ids[i[0, 0]] == 3 and d[0, 0] < 1e-6
     # An existing database is protected; --force replaces it.
-    from similar_images import DatabaseExistsError
+    from similar_images.errors import DatabaseExistsError
 
     with pytest.raises(DatabaseExistsError, match="force"):
         write_sift_database(tmp_path / "s", records)
@@ -179,7 +179,7 @@ def test_bad_images_are_reported_and_skipped(sift_db: dict, tmp_path: Path) -> N
         sdb.search(folder / "flat.png")
     with pytest.raises(QueryError, match="No such image"):
         sdb.search(folder / "missing.jpg")
-    from similar_images import ImageLoadError
+    from similar_images.errors import ImageLoadError
 
     with pytest.raises(ImageLoadError):
         sdb.search(folder / "corrupt.jpg")

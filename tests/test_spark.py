@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from similar_images import Database, ExtractConfig, IndexConfig, extract_features
+from similar_images import Database, ExtractConfig, IndexConfig
 from similar_images.engines.spark import FAULT_ENV, SparkEngine, build_index_spark
 from similar_images.engines.spark_context import check_spark
 from similar_images.errors import PartitionFailedError, SparkUnavailableError
-from similar_images.store import write_database
+from similar_images.store import extract_features, write_database
 from similar_images.store.build import BuildJob
 
 N_PHOTOS = 40
@@ -179,7 +179,7 @@ def test_spark_extraction_equals_single_process(photo_list: Path, local_db: Path
 _KILLED_JOB = """
 import sys
 from similar_images import ExtractConfig
-from similar_images import extract_features
+from similar_images.store import extract_features
 from similar_images.engines.spark import SparkEngine
 cfg = ExtractConfig(model="mobilenetv2", weights=sys.argv[3], shard_size=2, batch_size=4, verbose=False)
 extract_features(sys.argv[1], sys.argv[2], cfg, engine=SparkEngine("local[1]"))

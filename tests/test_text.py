@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import Route, closed_port, http_server
 
-from similar_images import Database, IndexConfig, write_database
+from similar_images import Database, IndexConfig
 from similar_images.apps.text_app import EXAMPLES, DatabaseMessage, TextSearchApp, highlight_marks, text_search_app
 from similar_images.cli import main
 from similar_images.embed import (
@@ -38,7 +38,7 @@ from similar_images.errors import DatabaseError, DatabaseExistsError, DownloadEr
 from similar_images.index import BAND_NAMES, pq_factory
 from similar_images.sources.sentiment140 import SENTIMENT140_MEMBER, get_sentiment140, read_sentiment140, sample_tweets
 from similar_images.sources.texts import read_texts
-from similar_images.store import TextBuildConfig, build_text_database
+from similar_images.store import TextBuildConfig, build_text_database, write_database
 
 PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 

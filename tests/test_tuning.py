@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import execute_notebook
 
-from similar_images import Database, write_database
+from similar_images import Database
 from similar_images.cli import main
 from similar_images.measure.plot import plot_tuning
 from similar_images.measure.synthetic import clustered_vectors
@@ -26,6 +26,7 @@ from similar_images.measure.tune import (
     pick_point,
     tune_vectors,
 )
+from similar_images.store import write_database
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "index_tuning.ipynb"

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from conftest import make_image
 
-from similar_images import Database, write_database
+from similar_images import Database
 from similar_images.apps import walkthrough as wt
 from similar_images.apps.map_view import MapView
 from similar_images.measure import walkthrough as w
 from similar_images.measure.synthetic import clustered_vectors
 from similar_images.measure.tune import TuneConfig, tune_vectors
 from similar_images.measure.tune_report import human_bytes
+from similar_images.store import write_database
 
 N, D = 300, 32
 

@@ -23,12 +23,13 @@ from conftest import make_image
 from helpers import Route, closed_port, http_server
 from PIL import Image
 
-from similar_images import Database, QueryError, write_database
+from similar_images import Database
 from similar_images.apps import AppConfig, DatabaseMessage, SimilarImagesApp, find_database, open_app
 from similar_images.apps.gallery import UPLOAD_CHUNK, ActionResult, GalleryWidget
-from similar_images.errors import ImageLoadError
+from similar_images.errors import ImageLoadError, QueryError
 from similar_images.index import BAND_NAMES
 from similar_images.sources.thumbnails import ThumbnailCache, ThumbnailConfig, make_thumbnail, placeholder_thumbnail
+from similar_images.store import write_database
 
 pytestmark = pytest.mark.slow
 

@@ -30,10 +30,13 @@ import faiss
 import numpy as np
 
 from .._util import io as _io
+from .._util.http import FetchConfig
 from .._util.io import disk_full
 from ..embed import (
     DEFAULT_TEXT_BACKEND,
     Embedder,
+    ImageEmbedder,
+    TextEmbedder,
     check_text_backend,
     default_index_name,
     embedder_from_info,
@@ -52,6 +55,7 @@ from ..errors import (
     UnknownIdError,
 )
 from ..index import (
+    DEFAULT_RERANK,
     BuildReport,
     IndexConfig,
     ScoreBands,
@@ -64,7 +68,8 @@ from ..index import (
 )
 from ..search import Results, search, search_batch, search_vectors
 from ..sources.images import collect_inputs
-from .build import BuildConfig, embed_items
+from .build import BuildConfig, Engine, embed_items
+from .builders import ExtractConfig, TextBuildConfig, build_text_database, extract_features
 from .folder import (
     FAILURES,
     ITEMS,
@@ -104,13 +109,14 @@ class AddSummary:
 class Database:
     """A similarity-search database folder.
 
-    Open one with :meth:`Database.open`; create one with
-    :func:`similar_images.extract_features` (images) or
-    :func:`similar_images.build_text_database` (texts), then :meth:`build_index`.
+    Create one with :meth:`Database.create` (images with an :class:`~.builders.ExtractConfig`, texts with a
+    :class:`~.builders.TextBuildConfig`), index it with :meth:`build_index`, search it with :meth:`search`;
+    open an existing one with :meth:`Database.open`.
 
     Example:
-        >>> db = Database.open("coco-db")             # doctest: +SKIP
-        >>> for m in db.search("query.jpg", k=5):     # doctest: +SKIP
+        >>> db = Database.create("photos/", "photos-db", ExtractConfig(model="vgg16-avg"))  # doctest: +SKIP
+        >>> db.build_index()                                                            # doctest: +SKIP
+        >>> for m in db.search("query.jpg", k=5):                                       # doctest: +SKIP
         ...     print(m.rank, m.score, m.path)
     """
 
@@ -138,6 +144,64 @@ class Database:
         return mask
 
     # ------------------------------------------------------------------ loading
+    @classmethod
+    def create(cls, source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | Sequence[str],
+               path: str | os.PathLike[str], config: ExtractConfig | TextBuildConfig | None = None, *,
+               engine: Engine | None = None, force: bool = False, embedder: Embedder | None = None,
+               calibration: Sequence[str | os.PathLike[str]] | None = None) -> Database:
+        """Build a new database folder from images or texts, resumably, and open it (without an index yet:
+        then :meth:`build_index`).
+
+        The kind of database follows the config: an :class:`~.builders.ExtractConfig` (the default) embeds
+        images, a :class:`~.builders.TextBuildConfig` texts. Run again with the same source and settings, an
+        interrupted build resumes where it stopped; a finished database is refused unless ``force``.
+        ``config.verbose`` shows a progress bar. Unreadable inputs are skipped and listed in
+        :attr:`failures`.
+
+        Args:
+            source: Images: a folder (searched recursively), a file list, or paths. Texts: a CSV file or a
+                sequence of texts (see :func:`~similar_images.sources.texts.read_texts`).
+            path: The database folder to create (or the interrupted one to resume).
+            config: What to embed and how: :class:`~.builders.ExtractConfig` (images, the default) or
+                :class:`~.builders.TextBuildConfig` (texts).
+            engine: Runs the embedding (default: this process; e.g. a
+                :class:`~similar_images.engines.spark.SparkEngine`).
+            force: Replace an existing database at ``path`` (and discard an interrupted build).
+            embedder: An already-loaded embedder to reuse, of the config's kind and model (default: one is
+                built from ``config``).
+            calibration: Images only: the images ``auto`` precision and int8 sample from (default: the inputs).
+
+        Returns:
+            The new :class:`Database`, opened.
+
+        Raises:
+            ConfigError: If ``config`` is neither config, or ``embedder``/``calibration`` do not fit its kind.
+            DatabaseExistsError: If a database already exists at ``path`` and ``force`` is false.
+            InterruptedBuildError: If an interrupted build with other settings is found.
+            SourceNotFoundError, NoInputsError, TextInputError: If the input is missing or holds nothing usable.
+        """
+        config = ExtractConfig() if config is None else config
+        if isinstance(config, ExtractConfig):
+            if embedder is not None and not isinstance(embedder, ImageEmbedder):
+                raise ConfigError(f"config is an ExtractConfig (images) but the embedder embeds {embedder.kind}s; "
+                                  "pass a TextBuildConfig to build a text database")
+            extract_features(source, path, config, force=force, embedder=embedder, engine=engine,
+                             calibration=calibration)
+        elif isinstance(config, TextBuildConfig):
+            if calibration is not None:
+                raise ConfigError("calibration applies to images (an ExtractConfig); a TextBuildConfig builds texts")
+            if embedder is not None and not isinstance(embedder, TextEmbedder):
+                raise ConfigError(f"config is a TextBuildConfig (texts) but the embedder embeds {embedder.kind}s; "
+                                  "pass an ExtractConfig to build an image database")
+            build_text_database(source, path, config, force=force, embedder=embedder, engine=engine)
+        else:
+            raise ConfigError(f"config must be an ExtractConfig (images) or a TextBuildConfig (texts), "
+                              f"not {type(config).__name__}")
+        db = cls.open(path)
+        if embedder is not None:
+            db.embedder = embedder  # the loaded model embeds the queries too
+        return db
+
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, model: str | None = None, weights: str | None = None,
              load_index: bool = True, mmap_index: bool = False, backend: str | None = None,
@@ -351,13 +415,41 @@ class Database:
         self._embedder = value
 
     # ------------------------------------------------------------------- search
-    def search(self, query: Any, k: int = 8, **kwargs: Any) -> Results:
-        """Find the ``k`` items most similar to ``query``; see :func:`similar_images.search.search`."""
-        return search(self, query, k, **kwargs)
+    def search(self, query: Any, k: int = 8, *, exact: bool = False, nprobe: int | None = None,
+               ef_search: int | None = None, k_factor: int | None = None, rerank: int = DEFAULT_RERANK,
+               fetch_config: FetchConfig | None = None, exclude_query: bool = False) -> Results:
+        """Find the ``k`` items most similar to ``query``.
 
-    def search_batch(self, queries: Sequence[Any], k: int = 8, **kwargs: Any) -> list[Results]:
-        """Search several queries at once; see :func:`similar_images.search.search_batch`."""
-        return search_batch(self, queries, k, **kwargs)
+        Args:
+            query: A database id, an image path, bytes, a PIL image, an http(s) URL, a vector, or (text
+                database) a string.
+            k: Number of results (fewer if the database is smaller).
+            exact: Brute-force search over the stored vectors instead of the index.
+            nprobe: IVF lists to visit (default: the index's saved value).
+            ef_search: HNSW search depth (default: the index's saved value).
+            k_factor: Re-ranking depth of a refine stage.
+            rerank: Index candidates per result re-ranked with the stored vectors, so scores are exact cosine
+                similarities; ``1`` keeps the index's own ranking and (for compressed indexes, approximate)
+                scores.
+            fetch_config: Limits for URL queries.
+            exclude_query: When the query is a database id, leave it out of the results (``k`` *other* items).
+
+        Returns:
+            :class:`~similar_images.search.Results`, best first.
+
+        Raises:
+            QueryError: For a bad query or parameter.
+            ImageLoadError: For an unreadable image.
+        """
+        return search(self, query, k, exact=exact, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor,
+                      rerank=rerank, fetch_config=fetch_config, exclude_query=exclude_query)
+
+    def search_batch(self, queries: Sequence[Any], k: int = 8, *, exact: bool = False, nprobe: int | None = None,
+                     ef_search: int | None = None, k_factor: int | None = None, rerank: int = DEFAULT_RERANK,
+                     fetch_config: FetchConfig | None = None) -> list[Results]:
+        """Search several queries in one model call and one index call; the keywords are :meth:`search`'s."""
+        return search_batch(self, queries, k, exact=exact, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor,
+                            rerank=rerank, fetch_config=fetch_config)
 
     # -------------------------------------------------------------------- index
     @property
