@@ -1,5 +1,5 @@
-"""Helpers shared by the tests and the benchmarks: local HTTP servers, free ports, and processes that are always
-stopped (their whole process group). Everything listens on 127.0.0.1 only.
+"""Helpers shared by the tests and the benchmarks: local HTTP servers, free ports, processes that are always
+stopped (their whole process group), and a tiny real text encoder. Everything listens on 127.0.0.1 only.
 
 Benchmarks import this module with ``sys.path.insert(0, "tests")``.
 """
@@ -14,12 +14,15 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 __all__ = ["Route", "serving", "http_server", "free_port", "closed_port", "running_process", "stop_process",
-           "assets_dir", "plugin_env"]
+           "assets_dir", "plugin_env", "trigram_encoder"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "tests" / "plugins"
@@ -171,3 +174,25 @@ def running_process(cmd: list[str], *, ready: Callable[[], bool], log: Path, tim
         yield proc
     finally:
         stop_process(proc)
+
+
+def trigram_encoder(dim: int = 64, fail_after: list[int] | None = None) -> Callable[[str | None], Any]:
+    """The loader of a real (if crude) text encoder for a ``TextEncoderSpec``: hashed character trigrams, ``dim``-d.
+    ``fail_after[0]`` batches, then it raises ``KeyboardInterrupt`` (an interrupted build)."""
+
+    def load(_source: str | None) -> Callable[[Sequence[str]], np.ndarray]:
+        def encode(batch: Sequence[str]) -> np.ndarray:
+            if fail_after is not None:
+                if fail_after[0] <= 0:
+                    raise KeyboardInterrupt("simulated interruption")
+                fail_after[0] -= 1
+            out = np.zeros((len(batch), dim), dtype=np.float32)
+            for r, t in enumerate(batch):
+                t = f"  {t.lower()} "
+                for i in range(len(t) - 2):
+                    out[r, hash(t[i:i + 3]) % dim] += 1.0
+            return out
+
+        return encode
+
+    return load

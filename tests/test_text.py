@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import Route, closed_port, http_server
+from helpers import Route, closed_port, http_server, trigram_encoder
 
 from similar_images import Database, IndexConfig
 from similar_images.apps.text_app import EXAMPLES, DatabaseMessage, TextSearchApp, highlight_marks, text_search_app
@@ -51,27 +51,6 @@ def edit_tweet(text: str, rng: random.Random) -> str:
     words = PUNCT.sub("", text.lower()).split()
     del words[rng.randrange(len(words))]
     return " ".join(words)
-
-
-def _hash_encoder(dim: int = 64, fail_after: list[int] | None = None):
-    """A real (if crude) encoder: hashed character trigrams. ``fail_after[0]`` batches, then it raises."""
-
-    def load(_source: str | None):
-        def encode(batch: Sequence[str]) -> np.ndarray:
-            if fail_after is not None:
-                if fail_after[0] <= 0:
-                    raise KeyboardInterrupt("simulated interruption")
-                fail_after[0] -= 1
-            out = np.zeros((len(batch), dim), dtype=np.float32)
-            for r, t in enumerate(batch):
-                t = f"  {t.lower()} "
-                for i in range(len(t) - 2):
-                    out[r, hash(t[i:i + 3]) % dim] += 1.0
-            return out
-
-        return encode
-
-    return load
 
 
 def _write_csv(path: Path, rows: list[list[str]], header: Sequence[str] = ("text",), encoding: str = "utf-8") -> Path:
@@ -282,7 +261,7 @@ def test_text_build_progress_advances_with_every_model_call(tmp_path: Path, monk
     import similar_images.store.build as build_mod
 
     calls = [0]
-    trigrams = _hash_encoder(64)
+    trigrams = trigram_encoder(64)
 
     def load(source: str | None):
         encode = trigrams(source)
@@ -313,7 +292,7 @@ def test_text_build_progress_advances_with_every_model_call(tmp_path: Path, monk
 @pytest.fixture()
 def hash_encoder() -> Iterator[dict]:
     state = {"fail_after": [10 ** 9]}
-    spec = TextEncoderSpec(name="test-trigrams", dim=64, loader=_hash_encoder(64, state["fail_after"]),
+    spec = TextEncoderSpec(name="test-trigrams", dim=64, loader=trigram_encoder(64, state["fail_after"]),
                            description="hashed character trigrams (tests)")
     register_text_encoder(spec, replace=True)
     yield state
