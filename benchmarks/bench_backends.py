@@ -6,7 +6,7 @@ For each model and each variant (Keras fp32 / bf16, OpenVINO fp32 / bf16 / int8,
 in flight), in one run:
 
 - bare: the runner on already decoded images (preprocess + inference + normalisation: the ceiling);
-- end to end: :func:`similar_images.extract_features` from the image files into a database folder (the
+- end to end: :func:`similar_images.store.extract_features` from the image files into a database folder (the
   library's build: decoding in a thread pool, batches in flight through ``Runner.run_batches``, shards
   committed to disk);
 - ratios: each variant against Keras fp32 bare in the same round, and end to end against its own bare.

@@ -5,7 +5,7 @@ Throughput, on the same images, model and batch size, in one run:
 
 - bare model: ``predict_on_batch`` on already-decoded, already-resized arrays
   (the ceiling: no decoding, no disk);
-- pipeline: :func:`similar_images.extract_features` (decoding in a thread pool
+- pipeline: :func:`similar_images.store.extract_features` (decoding in a thread pool
   overlapped with inference, vectors streamed to disk in shards);
 - naive: the original design's serial loop (open each image with
   ``keras.utils.load_img``, preprocess, ``predict_on_batch`` per batch,

@@ -3,7 +3,7 @@
 
 On the same images, model, batch and shard size:
 
-- single process: :func:`similar_images.extract_features` (decoding threads overlapped with the model,
+- single process: :func:`similar_images.store.extract_features` (decoding threads overlapped with the model,
   the model on every core), its model built before the clock starts;
 - ``local[1]`` and ``local[2]``: :class:`similar_images.engines.spark.SparkEngine`, one model thread per
   task, so ``local[N]`` uses ``N`` cores for the model. Each is measured warm: a first job starts the
