@@ -232,7 +232,8 @@ def test_report_above_and_write(tmp_path: Path) -> None:
 
 # -------------------------------------------------------------------------- notebook UI
 def test_browser_slider_filters_pairs(planted: dict) -> None:
-    from similar_images.apps.duplicates_app import DuplicateBrowser, thumbnail_bytes
+    from similar_images.apps.duplicates_app import DuplicateBrowser
+    from similar_images.presentation.thumbnails import thumbnail_bytes
 
     db = Database.open(planted["db"], load_index=False)
     browser = DuplicateBrowser(db, min_threshold=0.5, threshold=0.6, max_pairs=8, thumb_size=64)

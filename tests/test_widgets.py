@@ -28,7 +28,12 @@ from similar_images.apps import AppConfig, DatabaseMessage, SimilarImagesApp, fi
 from similar_images.apps.gallery import UPLOAD_CHUNK, ActionResult, GalleryWidget
 from similar_images.errors import ImageLoadError
 from similar_images.index import BAND_NAMES
-from similar_images.sources.thumbnails import ThumbnailCache, ThumbnailConfig, make_thumbnail, placeholder_thumbnail
+from similar_images.presentation.thumbnails import (
+    ThumbnailCache,
+    ThumbnailConfig,
+    make_thumbnail,
+    placeholder_thumbnail,
+)
 
 pytestmark = pytest.mark.slow
 
