@@ -1,5 +1,6 @@
-"""Helpers shared by the tests and the benchmarks: local HTTP servers, free ports, and processes that are always
-stopped (their whole process group). Everything listens on 127.0.0.1 only.
+"""Helpers shared by the tests and the benchmarks: local HTTP servers, free ports, processes that are always
+stopped (their whole process group), and edited copies of photos (planted near-duplicates). Everything listens on
+127.0.0.1 only.
 
 Benchmarks import this module with ``sys.path.insert(0, "tests")``.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import os
 import signal
 import socket
@@ -18,8 +20,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
+from similar_images._util.io import write_bytes
+from similar_images.errors import ConfigError
+from similar_images.sources.images import load_image
+
 __all__ = ["Route", "serving", "http_server", "free_port", "closed_port", "running_process", "stop_process",
-           "assets_dir", "plugin_env"]
+           "assets_dir", "plugin_env", "EDITS", "edited_copy"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "tests" / "plugins"
@@ -171,3 +179,47 @@ def running_process(cmd: list[str], *, ready: Callable[[], bool], log: Path, tim
         yield proc
     finally:
         stop_process(proc)
+
+
+# ---------------------------------------------------------------------------- planted near-duplicates
+#: Edits used to plant near-duplicates in tests, benchmarks and demos.
+EDITS = ("exact", "resize", "jpeg70", "crop10")
+
+
+def edited_copy(source: str | Path, dest: str | Path, edit: str) -> Path:
+    """Write an edited copy of an image, to plant a known near-duplicate.
+
+    Args:
+        source: The original image.
+        dest: Where to write the copy (JPEG for every edit but ``exact``).
+        edit: ``"exact"`` (byte copy), ``"resize"`` (half size), ``"jpeg70"``
+            (re-encoded at JPEG quality 70) or ``"crop10"`` (central 90% of
+            each side, i.e. a 10% crop).
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        ConfigError: For an unknown edit.
+        ImageLoadError: If ``source`` cannot be decoded.
+    """
+    if edit not in EDITS:
+        raise ConfigError(f"edit must be one of {', '.join(EDITS)}, got {edit!r}")
+    dest = Path(dest)
+    if edit == "exact":
+        write_bytes(dest, Path(source).read_bytes())
+        return dest
+    img = load_image(source)
+    w, h = img.size
+    quality = 90
+    if edit == "resize":
+        img = img.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.LANCZOS)
+    elif edit == "jpeg70":
+        quality = 70
+    else:
+        dx, dy = round(w * 0.05), round(h * 0.05)
+        img = img.crop((dx, dy, w - dx, h - dy))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    write_bytes(dest, buf.getvalue())
+    return dest

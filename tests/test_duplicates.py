@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import execute_notebook
+from helpers import EDITS, edited_copy
 
 from similar_images import Database, ExtractConfig, IndexConfig, extract_features, write_database
 from similar_images.cli import main
@@ -23,7 +24,6 @@ from similar_images.methods.duplicates import (
     nearest_similarities,
     write_report,
 )
-from similar_images.sources.edits import EDITS, edited_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import edited_copy
 from PIL import Image
 
 from similar_images import DatabaseError, IndexTrainingError, QueryError
@@ -24,7 +25,6 @@ from similar_images.methods.sift import (
     root_sift,
     write_sift_database,
 )
-from similar_images.sources.edits import edited_copy
 
 
 @pytest.fixture(scope="module")
