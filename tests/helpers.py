@@ -11,6 +11,7 @@ import contextlib
 import http.server
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from similar_images.errors import ConfigError
 from similar_images.sources.images import load_image
 
 __all__ = ["Route", "serving", "http_server", "free_port", "closed_port", "running_process", "stop_process",
-           "assets_dir", "plugin_env", "EDITS", "edited_copy"]
+           "assets_dir", "plugin_env", "send_head", "EDITS", "edited_copy"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "tests" / "plugins"
@@ -104,6 +105,47 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+def send_head(handler: http.server.BaseHTTPRequestHandler, size: int, range_header: str | None,
+              content_type: str = "application/octet-stream") -> tuple[int, int] | None:
+    """Send the status line and headers of a GET for a body of ``size`` bytes, honouring a ``Range`` header
+    (``bytes=a-b``, ``a-`` or ``-n``): 206 with ``Content-Range``; 416 from past the end; 400 if malformed;
+    200 without one.
+
+    Returns:
+        The part of the body to send, ``(start, stop)`` (``stop`` excluded), or ``None`` when the answer is
+        complete (416, 400).
+    """
+    start, stop, status = 0, size, 200
+    if range_header:
+        m = _RANGE.match(range_header)
+        if not m or not (m.group(1) or m.group(2)):
+            handler.send_error(400)
+            return None
+        if m.group(1):
+            start = int(m.group(1))
+            stop = min(int(m.group(2)) + 1, size) if m.group(2) else size
+        else:
+            start = max(0, size - int(m.group(2)))
+        if start >= size:
+            handler.send_response(416)
+            handler.send_header("Content-Range", f"bytes */{size}")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return None
+        status = 206
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(stop - start))
+    handler.send_header("Accept-Ranges", "bytes")
+    if status == 206:
+        handler.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+    handler.end_headers()
+    return start, stop
 
 
 @contextlib.contextmanager
