@@ -4,14 +4,13 @@ HNSW growing-k search, CSV report, CLI and the notebook."""
 from __future__ import annotations
 
 import csv
-import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import execute_notebook
+from conftest import execute_notebook, photo_sample
 from helpers import EDITS, edited_copy
 
 from similar_images import Database, ExtractConfig, IndexConfig, extract_features, write_database
@@ -37,9 +36,7 @@ THRESHOLD = 0.80
 def planted(coco_dir: Path, mobilenet_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """100 real COCO photos plus 20 planted copies (5 each: exact, resized, JPEG q70, 10% crop)."""
     root = tmp_path_factory.mktemp("planted")
-    photos = sorted(coco_dir.rglob("*.jpg"))
-    random.Random(5).shuffle(photos)
-    photos = sorted(photos[:100])
+    photos = photo_sample(coco_dir, 100, seed=5)
     for p in photos:
         (root / "images" / "orig").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p, root / "images" / "orig" / p.name)
