@@ -32,7 +32,10 @@ from PIL import Image, ImageEnhance
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from helpers import edited_copy  # noqa: E402  (shared with the tests)
 
 from similar_images import Database, ExtractConfig  # noqa: E402
 from similar_images.index import exact_search  # noqa: E402
@@ -41,7 +44,6 @@ from similar_images.methods.sift import (  # noqa: E402
     SiftDatabase,
     extract_sift,
 )
-from similar_images.sources.edits import edited_copy  # noqa: E402
 from similar_images.store import extract_features  # noqa: E402
 
 EDITS = ("resize", "jpeg70", "crop10", "crop30", "rot90", "bright")

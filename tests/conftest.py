@@ -18,16 +18,19 @@ from __future__ import annotations
 import os
 import random
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+from helpers import PLUGINS, ROOT, Route, assets_dir, http_server, redirect
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-PLUGINS = ROOT / "tests" / "plugins"  # test-only models, e.g. ``tiny_model`` (16-d)
-sys.path.insert(0, str(PLUGINS))
+if TYPE_CHECKING:
+    from similar_images import Database
+
+sys.path.insert(0, str(PLUGINS))  # test-only models, e.g. ``tiny_model`` (16-d)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -41,12 +44,8 @@ VGG_KERAS_FULL = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"  # what the quick
 COCO_SAMPLE = 256
 
 
-def _assets_dir() -> Path:
-    return Path(os.environ.get("SIMILAR_IMAGES_ASSETS", ROOT.parent / "shared" / "assets")).resolve()
-
-
 def _have_assets() -> bool:
-    return (_assets_dir() / "README.md").exists()
+    return (assets_dir() / "README.md").exists()
 
 
 def _downloaded_coco() -> Path:
@@ -60,19 +59,19 @@ def _keras_models() -> Path:
 
 
 def _no_assets(what: str) -> str:
-    return (f"needs {what}: neither the offline assets ({_assets_dir()}, or SIMILAR_IMAGES_ASSETS) nor what "
+    return (f"needs {what}: neither the offline assets ({assets_dir()}, or SIMILAR_IMAGES_ASSETS) nor what "
             "data_scripts/quickstart.sh leaves are here")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.environ.get("CI") and not _have_assets():
-        pytest.exit(f"CI needs the offline assets at {_assets_dir()} (set SIMILAR_IMAGES_ASSETS)", returncode=3)
+        pytest.exit(f"CI needs the offline assets at {assets_dir()} (set SIMILAR_IMAGES_ASSETS)", returncode=3)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     if _have_assets():
-        return f"offline assets: {_assets_dir()}"
-    return (f"offline assets: not found at {_assets_dir()}; real photos from {_downloaded_coco()} and weights from "
+        return f"offline assets: {assets_dir()}"
+    return (f"offline assets: not found at {assets_dir()}; real photos from {_downloaded_coco()} and weights from "
             f"{_keras_models()} where present (tests needing what is missing are skipped: see -ra)")
 
 
@@ -102,7 +101,7 @@ def tiny_model() -> str:
 @pytest.fixture(scope="session")
 def assets() -> Path:
     """The offline assets folder (only for what nothing else provides, e.g. the 20,000 tweets)."""
-    path = _assets_dir()
+    path = assets_dir()
     if not (path / "README.md").exists():
         pytest.skip(f"needs the offline assets (tweets) at {path} (set SIMILAR_IMAGES_ASSETS)")
     return path
@@ -112,7 +111,7 @@ def assets() -> Path:
 def coco_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real COCO photos: the assets' 256, or a fixed sample of 256 from the quickstart's download (links)."""
     if _have_assets():
-        return _assets_dir() / "images" / "coco"
+        return assets_dir() / "images" / "coco"
     downloaded = _downloaded_coco()
     photos = sorted(downloaded.rglob("*.jpg")) if downloaded.is_dir() else []
     if len(photos) < 64:
@@ -128,7 +127,7 @@ def vgg_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """VGG16's ImageNet convolution weights: the assets' file, Keras' cached no-top file, or the no-top part of
     Keras' cached full file (written once per session)."""
     if _have_assets():
-        return _assets_dir() / "weights" / VGG_ASSET_FILE
+        return assets_dir() / "weights" / VGG_ASSET_FILE
     cache = _keras_models()
     if (cache / VGG_KERAS_NOTOP).is_file():
         return cache / VGG_KERAS_NOTOP
@@ -149,7 +148,7 @@ def vgg_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def mobilenet_weights() -> Path:
     """MobileNetV2 (alpha 0.35) ImageNet weights: the assets' file or Keras' cached one (the same file)."""
-    for path in (_assets_dir() / "weights" / MOBILENET_FILE, _keras_models() / MOBILENET_FILE):
+    for path in (assets_dir() / "weights" / MOBILENET_FILE, _keras_models() / MOBILENET_FILE):
         if path.is_file():
             return path
     pytest.skip(_no_assets(f"MobileNetV2 ImageNet weights ({MOBILENET_FILE} in {_keras_models()})"))
@@ -227,13 +226,19 @@ def synthetic_images(tmp_path: Path) -> Path:
     return root
 
 
+def photo_sample(folder: Path, n: int, seed: int) -> list[Path]:
+    """``n`` of the ``.jpg`` photos below ``folder`` (all of them if fewer), chosen by ``seed``, sorted: the same
+    photos on every run."""
+    photos = sorted(folder.rglob("*.jpg"))
+    random.Random(seed).shuffle(photos)
+    return sorted(photos[:n])
+
+
 @pytest.fixture(scope="session")
 def coco_subset(coco_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A file list of 48 real COCO photos (a deterministic sample)."""
-    photos = sorted(coco_dir.rglob("*.jpg"))
-    random.Random(0).shuffle(photos)
     listing = tmp_path_factory.mktemp("lists") / "coco48.txt"
-    listing.write_text("\n".join(str(p) for p in sorted(photos[:48])) + "\n")
+    listing.write_text("\n".join(str(p) for p in photo_sample(coco_dir, 48, seed=0)) + "\n")
     return listing
 
 
@@ -253,6 +258,38 @@ def small_db(coco_subset: Path, mobilenet_weights: Path, tmp_path_factory: pytes
     return db
 
 
+@pytest.fixture(scope="module")
+def db(small_db: Path) -> Database:
+    """:func:`small_db`, opened once per module (its query model is loaded at most once)."""
+    from similar_images import Database
+
+    return Database.open(small_db)
+
+
+#: The item of :func:`db` that :func:`image_host` serves as ``/photo.jpg``.
+HOSTED_ITEM = 3
+#: How long ``/slow.jpg`` waits before it answers: longer than the fetch timeouts the tests set.
+SLOW_ANSWER_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def image_host(db: Database) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1, for queries by URL; yields its base URL. It serves item :data:`HOSTED_ITEM`
+    of :func:`db` as ``/photo.jpg`` (``/to-photo`` redirects there), an HTML page (``/page.html``), bytes that
+    claim to be a JPEG (``/broken.jpg``), the photo after :data:`SLOW_ANSWER_S` (``/slow.jpg``) and a redirect to
+    a ``file://`` URL (``/to-file``); any other path is a 404."""
+    photo = Path(db.items[HOSTED_ITEM]).read_bytes()
+    with http_server({
+        "/photo.jpg": Route(photo, "image/jpeg"),
+        "/to-photo": redirect("/photo.jpg"),
+        "/page.html": Route(b"<html>not an image</html>", "text/html"),
+        "/broken.jpg": Route(b"\xff\xd8\xff garbage, not a jpeg", "image/jpeg"),
+        "/slow.jpg": Route(photo, "image/jpeg", delay=SLOW_ANSWER_S),
+        "/to-file": redirect("file:///etc/passwd"),
+    }) as url:
+        yield url
+
+
 #: Photos of the walkthrough's database (issue 24: it needs 500 or more): the 256 COCO photos, then flowers.
 WALKTHROUGH_PHOTOS = 800
 
@@ -260,16 +297,14 @@ WALKTHROUGH_PHOTOS = 800
 def walkthrough_photos(coco: Path, flowers: Path, n: int = WALKTHROUGH_PHOTOS) -> list[Path]:
     """``n`` real photos: every COCO photo, then a fixed sample of the flower photos (all five classes)."""
     photos = sorted(coco.rglob("*.jpg"))
-    more = sorted(flowers.rglob("*.jpg"))
-    random.Random(0).shuffle(more)
-    return photos + sorted(more[:max(0, n - len(photos))])
+    return photos + photo_sample(flowers, max(0, n - len(photos)), seed=0)
 
 
 @pytest.fixture(scope="session")
 def walkthrough_db(coco_dir: Path, mobilenet_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real 800-photo database (256 COCO + 544 flower photos), MobileNetV2 with real ImageNet weights, built as
     the quick start does (``build-index``'s default: exact below its PQ threshold). Read-only."""
-    flowers = _assets_dir() / "images" / "flowers5"
+    flowers = assets_dir() / "images" / "flowers5"
     if not flowers.is_dir():
         pytest.skip(_no_assets(f"the flower photos ({flowers})"))
     from similar_images import Database, ExtractConfig

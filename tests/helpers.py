@@ -1,5 +1,6 @@
 """Helpers shared by the tests and the benchmarks: local HTTP servers, free ports, processes that are always
-stopped (their whole process group), and a tiny real text encoder. Everything listens on 127.0.0.1 only.
+stopped (their whole process group), a tiny real text encoder, and edited copies of photos (planted
+near-duplicates). Everything listens on 127.0.0.1 only.
 
 Benchmarks import this module with ``sys.path.insert(0, "tests")``.
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,9 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from similar_images._util.io import write_bytes
+from similar_images.errors import ConfigError
+from similar_images.sources.images import load_image
 
 __all__ = ["Route", "serving", "http_server", "free_port", "closed_port", "running_process", "stop_process",
-           "assets_dir", "plugin_env", "trigram_encoder"]
+           "assets_dir", "plugin_env", "trigram_encoder", "send_head", "EDITS", "edited_copy"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "tests" / "plugins"
@@ -99,6 +107,47 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+def send_head(handler: http.server.BaseHTTPRequestHandler, size: int, range_header: str | None,
+              content_type: str = "application/octet-stream") -> tuple[int, int] | None:
+    """Send the status line and headers of a GET for a body of ``size`` bytes, honouring a ``Range`` header
+    (``bytes=a-b``, ``a-`` or ``-n``): 206 with ``Content-Range``; 416 from past the end; 400 if malformed;
+    200 without one.
+
+    Returns:
+        The part of the body to send, ``(start, stop)`` (``stop`` excluded), or ``None`` when the answer is
+        complete (416, 400).
+    """
+    start, stop, status = 0, size, 200
+    if range_header:
+        m = _RANGE.match(range_header)
+        if not m or not (m.group(1) or m.group(2)):
+            handler.send_error(400)
+            return None
+        if m.group(1):
+            start = int(m.group(1))
+            stop = min(int(m.group(2)) + 1, size) if m.group(2) else size
+        else:
+            start = max(0, size - int(m.group(2)))
+        if start >= size:
+            handler.send_response(416)
+            handler.send_header("Content-Range", f"bytes */{size}")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return None
+        status = 206
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(stop - start))
+    handler.send_header("Accept-Ranges", "bytes")
+    if status == 206:
+        handler.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+    handler.end_headers()
+    return start, stop
 
 
 @contextlib.contextmanager
@@ -196,3 +245,47 @@ def trigram_encoder(dim: int = 64, fail_after: list[int] | None = None) -> Calla
         return encode
 
     return load
+
+
+# ---------------------------------------------------------------------------- planted near-duplicates
+#: Edits used to plant near-duplicates in tests, benchmarks and demos.
+EDITS = ("exact", "resize", "jpeg70", "crop10")
+
+
+def edited_copy(source: str | Path, dest: str | Path, edit: str) -> Path:
+    """Write an edited copy of an image, to plant a known near-duplicate.
+
+    Args:
+        source: The original image.
+        dest: Where to write the copy (JPEG for every edit but ``exact``).
+        edit: ``"exact"`` (byte copy), ``"resize"`` (half size), ``"jpeg70"``
+            (re-encoded at JPEG quality 70) or ``"crop10"`` (central 90% of
+            each side, i.e. a 10% crop).
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        ConfigError: For an unknown edit.
+        ImageLoadError: If ``source`` cannot be decoded.
+    """
+    if edit not in EDITS:
+        raise ConfigError(f"edit must be one of {', '.join(EDITS)}, got {edit!r}")
+    dest = Path(dest)
+    if edit == "exact":
+        write_bytes(dest, Path(source).read_bytes())
+        return dest
+    img = load_image(source)
+    w, h = img.size
+    quality = 90
+    if edit == "resize":
+        img = img.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.LANCZOS)
+    elif edit == "jpeg70":
+        quality = 70
+    else:
+        dx, dy = round(w * 0.05), round(h * 0.05)
+        img = img.crop((dx, dy, w - dx, h - dy))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    write_bytes(dest, buf.getvalue())
+    return dest

@@ -53,6 +53,22 @@ def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
     assert "BROKEN" in result.stdout and "similar_images.index.exact -> similar_images.store" in result.stdout
 
 
+
+def test_presentation_sits_between_the_apps_and_measure(tmp_path: Path) -> None:
+    """What the apps and the service show is a layer of its own: it may not import the apps, nor measure import it."""
+    pytest.importorskip("importlinter")
+    copy = tmp_path / "repo"
+    shutil.copytree(PACKAGE, copy / "similar_images", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    for module, upward in (("presentation/page.py", "from ..apps import common"),
+                           ("measure/compare.py", "from ..presentation import thumbnails")):
+        path = copy / "similar_images" / module
+        path.write_text(path.read_text() + f"\n{upward}  # upward\n")
+    result = _lint_imports(copy)
+    assert result.returncode != 0
+    assert "similar_images.presentation.page -> similar_images.apps.common" in result.stdout, result.stdout
+    assert "similar_images.measure.compare -> similar_images.presentation.thumbnails" in result.stdout, result.stdout
+
 def test_no_import_cycles_between_modules() -> None:
     grimp = pytest.importorskip("grimp")
     sys.path.insert(0, str(ROOT))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import serving
+from helpers import send_head, serving
 from PIL import Image
 
 from similar_images._util import archives
@@ -71,26 +71,10 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             self.send_error(404, "Not Found")
             return
-        start = 0
-        status = 200
-        if range_header and not st.ignore_range:
-            assert range_header.startswith("bytes=") and range_header.endswith("-"), range_header
-            start = int(range_header[len("bytes=") : -1])
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            status = 206
-        body = data[start:]
-        self.send_response(status)
-        self.send_header("Content-Type", "application/zip")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.end_headers()
+        span = send_head(self, len(data), None if st.ignore_range else range_header, "application/zip")
+        if span is None:
+            return
+        body = data[span[0]:span[1]]
         with st.lock:
             drop = st.drop_after is not None and st.drop_times > 0
             if drop:

@@ -4,14 +4,14 @@ HNSW growing-k search, CSV report, CLI and the notebook."""
 from __future__ import annotations
 
 import csv
-import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import execute_notebook
+from conftest import execute_notebook, photo_sample
+from helpers import EDITS, edited_copy
 
 from similar_images import Database, ExtractConfig, IndexConfig
 from similar_images.cli import main
@@ -23,7 +23,6 @@ from similar_images.methods.duplicates import (
     nearest_similarities,
     write_report,
 )
-from similar_images.sources.edits import EDITS, edited_copy
 from similar_images.store import extract_features, write_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,9 +37,7 @@ THRESHOLD = 0.80
 def planted(coco_dir: Path, mobilenet_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """100 real COCO photos plus 20 planted copies (5 each: exact, resized, JPEG q70, 10% crop)."""
     root = tmp_path_factory.mktemp("planted")
-    photos = sorted(coco_dir.rglob("*.jpg"))
-    random.Random(5).shuffle(photos)
-    photos = sorted(photos[:100])
+    photos = photo_sample(coco_dir, 100, seed=5)
     for p in photos:
         (root / "images" / "orig").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p, root / "images" / "orig" / p.name)
@@ -233,7 +230,8 @@ def test_report_above_and_write(tmp_path: Path) -> None:
 
 # -------------------------------------------------------------------------- notebook UI
 def test_browser_slider_filters_pairs(planted: dict) -> None:
-    from similar_images.apps.duplicates_app import DuplicateBrowser, thumbnail_bytes
+    from similar_images.apps.duplicates_app import DuplicateBrowser
+    from similar_images.presentation.thumbnails import thumbnail_bytes
 
     db = Database.open(planted["db"], load_index=False)
     browser = DuplicateBrowser(db, min_threshold=0.5, threshold=0.6, max_pairs=8, thumb_size=64)

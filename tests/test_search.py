@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import Route, closed_port, http_server, redirect
+from conftest import HOSTED_ITEM
+from helpers import closed_port
 from PIL import Image
 
 from similar_images import Database
 from similar_images._util.http import FetchConfig, fetch_url, is_url
 from similar_images.errors import ImageLoadError, QueryError
-
-
-@pytest.fixture(scope="module")
-def db(small_db: Path) -> Database:
-    return Database.open(small_db)
-
-
-@pytest.fixture(scope="module")
-def server(db: Database) -> Iterator[str]:
-    photo = Path(db.items[3]).read_bytes()
-    with http_server({
-        "/photo.jpg": Route(photo, "image/jpeg"),
-        "/page.html": Route(b"<html></html>", "text/html"),
-        "/garbage.jpg": Route(b"not really a jpeg", "image/jpeg"),
-        "/to-file": redirect("file:///etc/passwd"),
-        "/to-photo": redirect("/photo.jpg"),
-    }) as url:
-        yield url
 
 
 def test_query_by_id_reuses_stored_vector(db: Database) -> None:
@@ -43,15 +25,15 @@ def test_query_by_id_reuses_stored_vector(db: Database) -> None:
     assert res[0].path == db.items[7] and res.search_ms > 0
 
 
-def test_path_bytes_pil_and_url_queries_agree(db: Database, server: str) -> None:
-    path = db.items[3]
+def test_path_bytes_pil_and_url_queries_agree(db: Database, image_host: str) -> None:
+    path = db.items[HOSTED_ITEM]
     by_path = db.search(path, k=3)
     by_bytes = db.search(Path(path).read_bytes(), k=3)
     by_pil = db.search(Image.open(path), k=3)
-    by_url = db.search(f"{server}/photo.jpg", k=3)
-    by_redirect = db.search(f"{server}/to-photo", k=3)
+    by_url = db.search(f"{image_host}/photo.jpg", k=3)
+    by_redirect = db.search(f"{image_host}/to-photo", k=3)
     for res in (by_path, by_bytes, by_pil, by_url, by_redirect):
-        assert res.ids[0] == 3 and res.scores[0] > 0.99
+        assert res.ids[0] == HOSTED_ITEM and res.scores[0] > 0.99
     np.testing.assert_allclose(by_path.scores, by_url.scores, rtol=1e-5)
 
 
@@ -101,16 +83,16 @@ def test_bad_queries(db: Database, query: object, error: type, pattern: str) -> 
         ("/to-file", "Refused a redirect to a file://"),
     ],
 )
-def test_url_errors(db: Database, server: str, route: str, pattern: str) -> None:
+def test_url_errors(db: Database, image_host: str, route: str, pattern: str) -> None:
     with pytest.raises(QueryError, match=pattern):
-        db.search(server + route, k=3)
+        db.search(image_host + route, k=3)
 
 
-def test_url_garbage_image_and_size_limit(db: Database, server: str) -> None:
+def test_url_garbage_image_and_size_limit(db: Database, image_host: str) -> None:
     with pytest.raises(ImageLoadError):
-        db.search(f"{server}/garbage.jpg")
+        db.search(f"{image_host}/broken.jpg")
     with pytest.raises(QueryError, match="too large"):
-        fetch_url(f"{server}/photo.jpg", FetchConfig(max_bytes=1000))
+        fetch_url(f"{image_host}/photo.jpg", FetchConfig(max_bytes=1000))
 
 
 def test_unreachable_url_fails_fast() -> None:

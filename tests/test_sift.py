@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import photo_sample
+from helpers import edited_copy
 from PIL import Image
 
 from similar_images.cli import main
@@ -24,16 +25,13 @@ from similar_images.methods.sift import (
     root_sift,
     write_sift_database,
 )
-from similar_images.sources.edits import edited_copy
 
 
 @pytest.fixture(scope="module")
 def sift_db(coco_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A SIFT database of 40 real COCO photos, and edited copies (not in it) of 9 of them."""
     root = tmp_path_factory.mktemp("sift")
-    photos = sorted(coco_dir.rglob("*.jpg"))
-    random.Random(11).shuffle(photos)
-    photos = sorted(photos[:40])
+    photos = photo_sample(coco_dir, 40, seed=11)
     listing = root / "photos.txt"
     listing.write_text("\n".join(map(str, photos)) + "\n")
     db = root / "db"

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_image
-from helpers import Route, closed_port, http_server
+from conftest import HOSTED_ITEM, make_image
+from helpers import closed_port
 from PIL import Image
 
 from similar_images import Database
@@ -28,7 +28,12 @@ from similar_images.apps import AppConfig, DatabaseMessage, SimilarImagesApp, fi
 from similar_images.apps.gallery import UPLOAD_CHUNK, ActionResult, GalleryWidget
 from similar_images.errors import ImageLoadError, QueryError
 from similar_images.index import BAND_NAMES
-from similar_images.sources.thumbnails import ThumbnailCache, ThumbnailConfig, make_thumbnail, placeholder_thumbnail
+from similar_images.presentation.thumbnails import (
+    ThumbnailCache,
+    ThumbnailConfig,
+    make_thumbnail,
+    placeholder_thumbnail,
+)
 from similar_images.store import write_database
 
 pytestmark = pytest.mark.slow
@@ -37,29 +42,11 @@ pytestmark = pytest.mark.slow
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def db(small_db: Path) -> Database:
-    """One opened database for the module (the query model is loaded at most once)."""
-    return Database.open(small_db)
-
-
 @pytest.fixture()
 def app(db: Database) -> Iterator[SimilarImagesApp]:
     a = SimilarImagesApp(db, AppConfig(k=8, seed=1))
     yield a
     a.close()
-
-
-@pytest.fixture()
-def image_host(db: Database) -> Iterator[str]:
-    """A real HTTP server on 127.0.0.1 serving a database photo, an HTML page and garbage."""
-    photo = Path(db.items[3]).read_bytes()
-    with http_server({
-        "/photo.jpg": Route(photo, "image/jpeg"),
-        "/page.html": Route(b"<html>not an image</html>", "text/html"),
-        "/broken.jpg": Route(b"\xff\xd8\xff garbage, not a jpeg", "image/jpeg"),
-    }) as url:
-        yield url
 
 
 class Sent:
@@ -351,7 +338,7 @@ def test_url_from_the_page(app: SimilarImagesApp, image_host: str) -> None:
     app.gallery.receive({"event": "url", "url": f"{image_host}/photo.jpg"})
     assert app.message == ""
     r = app.results
-    assert r is not None and r[0].id == 3 and r[0].score > 0.99
+    assert r is not None and r[0].id == HOSTED_ITEM and r[0].score > 0.99
     assert app.query_label == "photo.jpg" and app.gallery.query["title"] == f"{image_host}/photo.jpg"
     _check_grid(app, 8)
 

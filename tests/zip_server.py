@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -13,9 +12,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from helpers import serving
-
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+from helpers import send_head, serving
 
 
 @dataclass
@@ -47,33 +44,12 @@ class _Handler(BaseHTTPRequestHandler):
         st = self.state
         data, header = st.data, self.headers.get("Range")
         st.requests.append(header)
-        start, end, status = 0, len(data) - 1, 200
-        if header:
-            m = _RANGE.match(header)
-            if not m or not (m.group(1) or m.group(2)):
-                self.send_error(400)
-                return
-            if m.group(1):
-                start = int(m.group(1))
-                end = min(int(m.group(2)), len(data) - 1) if m.group(2) else len(data) - 1
-            else:
-                start = max(0, len(data) - int(m.group(2)))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            status = 206
-        self.send_response(status)
-        self.send_header("Content-Type", "application/zip")
-        self.send_header("Content-Length", str(end + 1 - start))
-        self.send_header("Accept-Ranges", "bytes")
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-        self.end_headers()
-        download = not header or bool(_RANGE.match(header) and header.endswith("-") and header != "bytes=-")
-        stop = end + 1 if st.cut_at is None or not download else max(start, min(end + 1, st.cut_at))
+        span = send_head(self, len(data), header, "application/zip")
+        if span is None:
+            return
+        start, end = span
+        download = not header or header.endswith("-")  # no range, or from a byte to the end
+        stop = end if st.cut_at is None or not download else max(start, min(end, st.cut_at))
         # With a rate, pieces of at most a twentieth of a second: a small archive must not arrive in one piece.
         chunk = 64 * 1024 if not (st.rate and download) else max(256, min(64 * 1024, int(st.rate / 20)))
         t0 = time.monotonic()
@@ -88,7 +64,7 @@ class _Handler(BaseHTTPRequestHandler):
                     if ahead > 0:
                         time.sleep(ahead)
             self.wfile.flush()
-        if stop < end + 1:
+        if stop < end:
             self.close_connection = True
 
 

@@ -5,13 +5,14 @@
 * :class:`DuplicateBrowser`: near-duplicates with a threshold slider;
 * :class:`MapView`: the collection map (photos placed in 2D by similarity; click one to search);
 * :mod:`.walkthrough`: the figures and sliders of the teaching walkthrough ``notebooks/how_it_works.ipynb``;
-* :mod:`.tuning_app`: exact neighbours next to an index's, for the tuning notebook;
+* :mod:`.tuning_app`: the tuning sweep and exact neighbours against an index's, quietly, for the tuning notebook
+  (shown by :mod:`similar_images.presentation.tuning`);
 * :mod:`.gallery`: the front end of the image and text apps (one custom widget: grid, lightbox, keys, uploads);
 * :mod:`.voila_kernels`: the kernel manager the repository's ``voila.json`` gives Voilà.
 
 Each notebook is a parameter cell and a call of one of these. To add an app,
 put it in a module here and reuse :mod:`.common` (the "no database" message,
-plain-words errors, thumbnails).
+plain-words errors, the quiet output area) and :mod:`similar_images.presentation` (thumbnails, figures).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """What every notebook app shares: finding the database, the "no database" message, plain-words errors,
-thumbnails, a clean output area, and the query model loading in the background.
+a clean output area, and the query model loading in the background (thumbnails and figures are
+:mod:`similar_images.presentation`'s).
 
 Each app's ``open_*`` function never raises for a missing or damaged
 database: it returns a :class:`DatabaseMessage` (shown as HTML, with the
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import io
 import logging
 import os
 import re
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from PIL import Image
 
 from .._util.io import user_cache_dir
 from ..embed import item_kind
@@ -48,20 +47,15 @@ from ..errors import (
 )
 from ..index import ScoreBands
 from ..index.bands import BandWords, calibrate_words, folder_labels
-from ..sources.thumbnails import ThumbnailCache, ThumbnailConfig, placeholder_thumbnail
 from ..store import Database
 from ..store.live import BuildProgress
 from ..store.manifest import MANIFEST
 
 logger = logging.getLogger(__name__)
 
-#: Thumbnails shared by the apps of one kernel (keyed by path, mtime, size and thumbnail size).
-_THUMBNAILS = ThumbnailCache(ThumbnailConfig(size=128))
-
-__all__ = ["DatabaseMessage", "find_database", "no_database_message", "user_message", "figure_png",
-           "thumbnail_bytes", "thumbnail_array", "app_log_path", "log_to_file", "quiet_output", "ModelLoader",
-           "database_header", "index_words", "band_legend", "band_words", "shorten_middle", "unreadable_image",
-           "progress_sentence"]
+__all__ = ["DatabaseMessage", "find_database", "no_database_message", "user_message", "app_log_path", "log_to_file",
+           "quiet_output", "ModelLoader", "database_header", "index_words", "band_legend", "band_words",
+           "unreadable_image", "progress_sentence"]
 
 
 class DatabaseMessage:
@@ -198,33 +192,6 @@ def unreadable_image(name: str, exc: ImageLoadError) -> ImageLoadError:
     err = ImageLoadError(words)
     err.user_text = words  # type: ignore[attr-defined]
     return err
-
-
-def thumbnail_bytes(path: str | os.PathLike[str], size: int = 128) -> bytes:
-    """A JPEG thumbnail (longer side ``size``) of an image file, cached; a grey placeholder if it cannot be read."""
-    try:
-        return _THUMBNAILS.get(path, size)
-    except ImageLoadError as exc:
-        logger.warning("Cannot show %s: %s", path, exc)
-        return placeholder_thumbnail(size, "unreadable")
-
-
-def thumbnail_array(path: str | os.PathLike[str], size: int) -> np.ndarray:
-    """A ``(size, size, 3)`` uint8 tile with the image's thumbnail centred on white (grey if unreadable)."""
-    img = Image.open(io.BytesIO(thumbnail_bytes(path, size))).convert("RGB")
-    canvas = np.full((size, size, 3), 255, dtype=np.uint8)
-    arr = np.asarray(img)[:size, :size]
-    y0, x0 = (size - arr.shape[0]) // 2, (size - arr.shape[1]) // 2
-    canvas[y0:y0 + arr.shape[0], x0:x0 + arr.shape[1]] = arr
-    return canvas
-
-
-def figure_png(fig: Any) -> bytes:
-    """A matplotlib figure as PNG bytes (for ``ipywidgets.Image`` or ``IPython.display.Image``), without any GUI
-    backend."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------- a clean output area
@@ -467,15 +434,6 @@ class ModelLoader:
 
 
 # ---------------------------------------------------------------------------- words for the page
-def shorten_middle(text: str, width: int) -> str:
-    """``text`` cut to ``width`` characters in the middle, keeping its end (where file names differ)."""
-    if len(text) <= width or width < 8:
-        return text
-    tail = -(-(width - 1) * 6 // 10)
-    head = width - 1 - tail
-    return text[:head] + "\u2026" + text[len(text) - tail:]
-
-
 def index_words(db: Database) -> str:
     """The database's index in plain words ("exact search", "approximate index IVF64,PQ16, recall@10 0.97")."""
     info = db.manifest.index

@@ -38,8 +38,10 @@ from ..methods.duplicates import (
     nearest_similarities,
     write_report,
 )
+from ..presentation.page import figure_png, shorten_middle
+from ..presentation.thumbnails import thumbnail_bytes
 from ..store import Database
-from .common import figure_png, log_to_file, quiet_output, shorten_middle, thumbnail_bytes
+from .common import log_to_file, quiet_output
 
 __all__ = ["DuplicateBrowser", "similarity_histogram", "default_thresholds"]
 

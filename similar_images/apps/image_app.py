@@ -53,8 +53,8 @@ from ..embed.feature_maps import feature_map_spec
 from ..errors import ConfigError, DatabaseError, FeatureMapError, ImageLoadError, QueryError, SimilarImagesError
 from ..index import ivf_of
 from ..methods.explain import Explanation, explain
+from ..presentation.thumbnails import ThumbnailCache, ThumbnailConfig, make_thumbnail, placeholder_thumbnail
 from ..search import Match, Results, query_vectors
-from ..sources.thumbnails import ThumbnailCache, ThumbnailConfig, make_thumbnail, placeholder_thumbnail
 from ..store import Database
 from ..store.live import LiveDatabase
 from .common import (

@@ -31,8 +31,9 @@ import traitlets as t
 
 from ..errors import SimilarImagesError
 from ..measure.walkthrough import project_2d
+from ..presentation.thumbnails import thumbnail_bytes
 from ..store import Database
-from .common import find_database, thumbnail_bytes, user_message
+from .common import find_database, user_message
 
 __all__ = ["MapView"]
 

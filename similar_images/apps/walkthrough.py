@@ -24,16 +24,10 @@ from ..errors import DatabaseError
 from ..measure.plot import plot_tuning
 from ..measure.tune_report import TuneReport, human_bytes
 from ..measure.walkthrough import BruteForceCost, IVFClusters, NprobePoint, PQAnatomy, PQPoint, VectorAnatomy
+from ..presentation.page import figure_png
+from ..presentation.thumbnails import thumbnail_array
 from ..store import Database
-from .common import (
-    figure_png,
-    find_database,
-    index_words,
-    log_to_file,
-    no_database_message,
-    quiet_output,
-    thumbnail_array,
-)
+from .common import find_database, index_words, log_to_file, no_database_message, quiet_output
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -27,7 +27,7 @@ from .._version import __version__
 from ..embed import item_kind
 from ..errors import DatabaseNotReadyError, ImageLoadError
 from ..methods.explain import Explanation, explain, explanation_png
-from ..sources.thumbnails import make_thumbnail
+from ..presentation.thumbnails import make_thumbnail
 from ..store import Database
 from ..store.live import LiveDatabase
 from .batching import SerializedEmbedder

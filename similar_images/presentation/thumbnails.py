@@ -1,10 +1,12 @@
 """Small JPEG thumbnails made on the server, with an in-memory LRU cache.
 
-The notebook app never sends full-size photos to the browser: every image it
-shows goes through :func:`make_thumbnail` (at most ``size`` pixels on the
-long side, JPEG). :class:`ThumbnailCache` keeps the thumbnails of database
-images keyed by ``(path, mtime, file size, thumbnail size)``, so a file that
-changes on disk gets a fresh thumbnail and repeated searches cost nothing.
+The notebook apps and the service never send full-size photos to the browser:
+every image they show goes through :func:`make_thumbnail` (at most ``size``
+pixels on the long side, JPEG). :class:`ThumbnailCache` keeps the thumbnails of
+database images keyed by ``(path, mtime, file size, thumbnail size)``, so a file
+that changes on disk gets a fresh thumbnail and repeated searches cost nothing.
+:func:`thumbnail_bytes` and :func:`thumbnail_array` share one such cache per
+process and never raise: an unreadable image shows as a grey placeholder.
 
 Example:
     >>> cache = ThumbnailCache()                       # doctest: +SKIP
@@ -19,13 +21,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from .._util.lru import LRUCache
 from ..errors import ImageLoadError
-from .images import DEFAULT_MAX_PIXELS, ImageSource, file_signature, load_image
+from ..sources.images import DEFAULT_MAX_PIXELS, ImageSource, file_signature, load_image
 
-__all__ = ["ThumbnailConfig", "ThumbnailCache", "make_thumbnail", "placeholder_thumbnail"]
+__all__ = ["ThumbnailConfig", "ThumbnailCache", "make_thumbnail", "placeholder_thumbnail", "thumbnail_bytes",
+           "thumbnail_array"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,3 +167,26 @@ class ThumbnailCache:
             data = make_thumbnail(key[0], size, quality=self.config.quality, max_pixels=self.config.max_pixels)
             self._cache.put(key, data, len(data))
         return data
+
+
+#: Thumbnails shared by the apps of one process (keyed by path, mtime, size and thumbnail size).
+_THUMBNAILS = ThumbnailCache(ThumbnailConfig(size=128))
+
+
+def thumbnail_bytes(path: str | os.PathLike[str], size: int = 128) -> bytes:
+    """A JPEG thumbnail (longer side ``size``) of an image file, cached; a grey placeholder if it cannot be read."""
+    try:
+        return _THUMBNAILS.get(path, size)
+    except ImageLoadError as exc:
+        logger.warning("Cannot show %s: %s", path, exc)
+        return placeholder_thumbnail(size, "unreadable")
+
+
+def thumbnail_array(path: str | os.PathLike[str], size: int) -> np.ndarray:
+    """A ``(size, size, 3)`` uint8 tile with the image's thumbnail centred on white (grey if unreadable)."""
+    img = Image.open(io.BytesIO(thumbnail_bytes(path, size))).convert("RGB")
+    canvas = np.full((size, size, 3), 255, dtype=np.uint8)
+    arr = np.asarray(img)[:size, :size]
+    y0, x0 = (size - arr.shape[0]) // 2, (size - arr.shape[1]) // 2
+    canvas[y0:y0 + arr.shape[0], x0:x0 + arr.shape[1]] = arr
+    return canvas
