@@ -80,9 +80,9 @@ class BuildJob:
         return range(shard * self.shard_size, min(self.size, (shard + 1) * self.shard_size))
 
     def write_shard(self, shard: int, ok: Sequence[int], vectors: np.ndarray,
-                    failures: Sequence[tuple[int, str]]) -> None:
-        """Commit ``shard`` (see :func:`write_shard`)."""
-        write_shard(self.partial, shard, ok, vectors, failures, self.dim)
+                    failures: Sequence[tuple[int, str]], rows: Sequence[int] | None = None) -> None:
+        """Commit ``shard`` (see :func:`~.shards.write_shard`)."""
+        write_shard(self.partial, shard, ok, vectors, failures, self.dim, rows)
 
     def make_embedder(self, **options: Any) -> Embedder:
         """A new embedder like the one the build was planned with (for another process)."""
@@ -181,6 +181,9 @@ class _Batch:
 class LocalEngine:
     """Embeds shards in this process: a thread pool prepares (decodes) items ahead of the model.
 
+    An embedder with ``multi_vector = True`` gives several vectors per item (SIFT descriptors): its
+    ``embed_prepared`` returns ``(vectors, rows per item)``, and each shard records the rows of its items.
+
     Args:
         prefetch_batches: Batches prepared ahead of the one the model runs on.
     """
@@ -200,11 +203,13 @@ class LocalEngine:
         # otherwise an item counts once prepared (decoding is the slow part of an image, and runs ahead).
         embed_batches = getattr(emb, "embed_batches", None)
         per_call = embed_batches is None and bool(getattr(emb, "reports_progress", False))
+        multi = bool(getattr(emb, "multi_vector", False))
         batches = self._batches(job, shards, emb, progress, count_prepared=not per_call)
         pending: collections.deque[_Batch] = collections.deque()
         shard_vecs: list[np.ndarray] = []
         shard_ok: list[int] = []
         shard_fail: list[tuple[int, str]] = []
+        shard_rows: list[int] = []
 
         def feed() -> Iterator[list[Any]]:
             for b in batches:
@@ -212,14 +217,18 @@ class LocalEngine:
                 if b.prepared:
                     yield b.prepared
 
-        def finish(b: _Batch, vecs: np.ndarray | None) -> None:
+        def finish(b: _Batch, vecs: Any) -> None:
             if vecs is not None:
+                if multi:
+                    vecs, rows = vecs
+                    shard_rows.extend(int(n) for n in rows)
                 shard_vecs.append(vecs)
                 shard_ok.extend(b.positions)
             shard_fail.extend(b.failures)
             if b.last:
                 out = np.concatenate(shard_vecs) if shard_vecs else np.zeros((0, job.dim), dtype=np.float32)
-                job.write_shard(b.shard, shard_ok, out, shard_fail)
+                job.write_shard(b.shard, shard_ok, out, shard_fail, shard_rows if multi else None)
+                shard_rows.clear()
                 shard_vecs.clear()
                 shard_ok.clear()
                 shard_fail.clear()

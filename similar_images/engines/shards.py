@@ -44,25 +44,31 @@ def committed_shards(partial: Path) -> int:
 
 
 def write_shard(partial: Path, shard: int, ok: Sequence[int], vectors: np.ndarray,
-                failures: Sequence[tuple[int, str]], dim: int) -> None:
+                failures: Sequence[tuple[int, str]], dim: int, rows: Sequence[int] | None = None) -> None:
     """Commit one shard: its vectors, then the JSON marker (positions of the embedded items and failures).
 
     Args:
         partial: The ``.partial/`` folder of the database.
         shard: The shard number.
         ok: Positions (in the plan's items) of the items whose vectors are ``vectors``, in order.
-        vectors: ``(len(ok), dim)`` float32 vectors.
+        vectors: ``(len(ok), dim)`` float32 vectors (``(sum(rows), dim)`` with ``rows``).
         failures: ``(position, reason)`` of the items that could not be used.
         dim: The vectors' dimension (for an empty shard).
+        rows: Vectors of each item of ``ok``, for an embedder that gives several (SIFT descriptors);
+            ``None``: one each.
     """
     name = f"shard-{shard:06d}.npy"
     arr = np.asarray(vectors, dtype=np.float32).reshape(-1, dim) if len(ok) else np.zeros((0, dim), dtype=np.float32)
-    if len(arr) != len(ok):
+    want = len(ok) if rows is None else sum(rows)
+    if len(arr) != want or (rows is not None and len(rows) != len(ok)):
         raise ValueError(f"shard {shard}: {len(arr)} vectors for {len(ok)} items")
     with _io.atomic_path(partial / name) as tmp, open(tmp, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
-    _io.write_json(shard_meta(partial, shard), {"vectors": name, "ok": [int(i) for i in ok],
-                                                 "failures": [[int(i), str(r)] for i, r in failures]})
+    meta: dict[str, object] = {"vectors": name, "ok": [int(i) for i in ok],
+                               "failures": [[int(i), str(r)] for i, r in failures]}
+    if rows is not None:
+        meta["rows"] = [int(n) for n in rows]
+    _io.write_json(shard_meta(partial, shard), meta)
 
 
 def valid_shard(partial: Path, shard: int, positions: range, dim: int) -> bool:
@@ -80,8 +86,12 @@ def valid_shard(partial: Path, shard: int, positions: range, dim: int) -> bool:
         if sorted(listed) != list(positions):
             raise ValueError("its positions are not those of the shard")
         _io.check_regular(partial / name)  # a FIFO would hang np.load
+        rows = meta.get("rows")
+        if rows is not None and (len(rows) != len(ok) or any(int(n) < 0 for n in rows)):
+            raise ValueError("its vectors per item do not match its items")
+        want = len(ok) if rows is None else sum(int(n) for n in rows)
         vectors = np.load(partial / name, mmap_mode="r", allow_pickle=False)
-        if vectors.dtype != np.float32 or vectors.shape != (len(ok), dim):
+        if vectors.dtype != np.float32 or vectors.shape != (want, dim):
             raise ValueError(f"vectors of shape {vectors.shape} ({vectors.dtype}) for {len(ok)} items")
     except FileNotFoundError:
         return False

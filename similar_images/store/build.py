@@ -31,10 +31,10 @@ import os
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -56,12 +56,15 @@ from .folder import (
     write_items,
 )
 from .locking import database_lock
-from .manifest import MANIFEST, Checksum, Counts, Manifest
+from .manifest import FORMAT, MANIFEST, Checksum, Counts, Manifest
 from .plan import PLAN, digest, load_or_create_plan, plan_settings
 
 __all__ = [
     "BuildConfig",
     "BuildSummary",
+    "CommittedShards",
+    "DatabaseWriter",
+    "VectorDatabaseWriter",
     "build_database",
     "unit_rows",
     "write_database",
@@ -199,6 +202,7 @@ def build_database(
     extra: Callable[[BuildSummary], dict[str, Any]] | None = None,
     force: bool = False,
     engine: Engine | None = None,
+    writer: DatabaseWriter | None = None,
 ) -> BuildSummary:
     """Embed ``items`` into a new database folder, resumably (see the module documentation).
 
@@ -211,7 +215,9 @@ def build_database(
             in ``failures.csv``.
         extra: Makes more manifest sections from the summary (e.g. the extraction settings and speed).
         force: Replace an existing database and discard an interrupted build.
-        engine: Runs the shards (default: :class:`LocalEngine`).
+        engine: Runs the shards (default: :class:`~similar_images.engines.local.LocalEngine`).
+        writer: Writes the database from the committed shards (default: :class:`VectorDatabaseWriter`; the
+            SIFT method writes its descriptor index).
 
     Returns:
         The :class:`BuildSummary`.
@@ -221,6 +227,7 @@ def build_database(
         InterruptedBuildError: If an interrupted build with other settings is found.
     """
     config = config or BuildConfig()
+    writer = writer or VectorDatabaseWriter()
     db = Path(db_path).expanduser()
     db.mkdir(parents=True, exist_ok=True)
     partial = db / PARTIAL_DIR
@@ -229,7 +236,7 @@ def build_database(
     with database_lock(db):
         if (db / MANIFEST).exists():
             if not force:
-                done = _finished_build(db, partial, settings)
+                done = _finished_build(db, partial, settings, writer.format)
                 if done is not None:
                     return done
                 raise exists_error(db)
@@ -265,23 +272,80 @@ def build_database(
         if missing:
             raise DatabaseError(f"{len(missing)} shard(s) of the build were not committed (first: {missing[0]}); "
                                 "run the same command again to finish them")
-        summary = _commit(db, partial, job, list(failures), processed, seconds, done_before, extra)
+        summary = _commit(db, partial, job, list(failures), processed, seconds, done_before, extra, writer)
     return summary
 
 
+@dataclass
+class CommittedShards:
+    """The committed shards of a finished build, read in order by its writer.
+
+    Attributes:
+        job: The build.
+        metas: Each shard's commit marker, in shard order.
+    """
+
+    job: BuildJob
+    metas: list[dict[str, Any]]
+
+    @property
+    def items(self) -> list[str]:
+        """The items that embedded, in id order."""
+        return [self.job.items[i] for meta in self.metas for i in meta["ok"]]
+
+    def vector_chunks(self) -> Iterator[np.ndarray]:
+        """Each shard's vectors (memory-mapped), in order: one row per item, or ``rows`` rows per item for an
+        embedder that gives several vectors per item (see :meth:`item_vectors`)."""
+        for meta in self.metas:
+            yield np.load(self.job.partial / meta["vectors"], mmap_mode="r", allow_pickle=False)
+
+    def item_vectors(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(item, its vectors)`` of every item that embedded, in id order (``(rows, dim)`` arrays)."""
+        for meta, chunk in zip(self.metas, self.vector_chunks()):
+            rows = meta.get("rows") or [1] * len(meta["ok"])
+            start = 0
+            for pos, n in zip(meta["ok"], rows):
+                yield self.job.items[pos], np.asarray(chunk[start:start + n])
+                start += n
+
+
+class DatabaseWriter(Protocol):
+    """Writes the database of a build from its committed shards (the commit point is its manifest)."""
+
+    #: The ``format`` of the manifests it writes.
+    format: str
+
+    def write(self, db: Path, shards: CommittedShards, failures: list[tuple[str, str]],
+              extra: dict[str, Any]) -> None:
+        """Write the database into ``db`` (whose previous files were removed), its manifest last."""
+        ...
+
+
+class VectorDatabaseWriter:
+    """The feature-vector database: :func:`write_database` of one vector per item."""
+
+    format = FORMAT
+
+    def write(self, db: Path, shards: CommittedShards, failures: list[tuple[str, str]],
+              extra: dict[str, Any]) -> None:
+        """Stream the shards into ``vectors.f32``, ``items.jsonl`` and ``failures.csv``, then the manifest."""
+        job = shards.job
+        write_database(db, kind=job.kind, model=job.embedder_info, items=shards.items,
+                       vector_chunks=shards.vector_chunks(), failures=failures, extra=extra)
+
+
 def _commit(db: Path, partial: Path, job: BuildJob, pre_failures: list[tuple[str, str]], processed: int,
-            seconds: float, done_before: int, extra: Callable[[BuildSummary], dict[str, Any]] | None) -> BuildSummary:
-    metas = [_io.read_json(shard_meta(partial, s)) for s in range(job.n_shards)]
+            seconds: float, done_before: int, extra: Callable[[BuildSummary], dict[str, Any]] | None,
+            writer: DatabaseWriter) -> BuildSummary:
+    shards = CommittedShards(job, [_io.read_json(shard_meta(partial, s)) for s in range(job.n_shards)])
     items = job.items
-    ok_items = [items[i] for meta in metas for i in meta["ok"]]
-    failures = pre_failures + [(items[i], reason) for meta in metas for i, reason in meta["failures"]]
-    chunks = (np.load(partial / meta["vectors"], mmap_mode="r", allow_pickle=False) for meta in metas)
+    ok_items = shards.items
+    failures = pre_failures + [(items[i], reason) for meta in shards.metas for i, reason in meta["failures"]]
     rate = processed / seconds if seconds > 0 and processed else 0.0
     summary = BuildSummary(total=len(items), embedded=len(ok_items), failed=len(failures), resumed_from=done_before,
                            seconds=seconds, items_per_second=rate, failures=failures)
-    write_database(db, kind=job.kind, model=job.embedder_info, items=ok_items, vector_chunks=chunks,
-                   failures=failures, extra={**(extra(summary) if extra else {}),
-                                             "build": {"plan_digest": digest(items), "shard_size": job.shard_size}})
+    writer.write(db, shards, failures, {**(extra(summary) if extra else {}),
+                                        "build": {"plan_digest": digest(items), "shard_size": job.shard_size}})
     shutil.rmtree(partial, ignore_errors=True)
     if failures:
         logger.warning("%d of %d inputs could not be used; see %s", len(failures), len(items) + len(pre_failures),
@@ -289,14 +353,14 @@ def _commit(db: Path, partial: Path, job: BuildJob, pre_failures: list[tuple[str
     return summary
 
 
-def _finished_build(db: Path, partial: Path, settings: dict[str, Any]) -> BuildSummary | None:
+def _finished_build(db: Path, partial: Path, settings: dict[str, Any], fmt: str) -> BuildSummary | None:
     """The summary of a database whose build finished but was killed before removing ``.partial/`` (the same
     plan); ``None`` otherwise."""
     if not (partial / PLAN).exists():
         return None
     try:
         saved = _io.read_json(partial / PLAN)
-        manifest = Manifest.load(db)
+        manifest = Manifest.load(db, fmt=fmt)
     except (OSError, ValueError, DatabaseError):
         return None
     if not isinstance(saved, dict) or saved.get("settings") != settings \
