@@ -253,9 +253,11 @@ def test_interrupted_extraction_resumes_with_the_same_database(sift_db: dict, tm
     described.clear()
     monkeypatch.setattr(SiftExtractor, "describe", lambda self, source: (described.append(str(source)),
                                                                          real_describe(self, source))[1])
-    resumed = extract_sift(listing, db, config)
+    r = CliRunner().invoke(main, ["sift", "extract", str(listing), str(db), "--max-features", "60",
+                                  "--shard-size", "4", "-q"])
+    assert r.exit_code == 0, r.output
     assert described == [str(p) for p in photos[8:]]  # only the images of the shard not committed
-    assert resumed.total == resumed.extracted == 12 and resumed.descriptors == reference.descriptors
+    assert f"Extracted {reference.descriptors} SIFT descriptors of 12 of 12 images (resumed after 8)" in r.output
     assert not (db / ".partial").exists()
     got, want = SiftDatabase.open(db), SiftDatabase.open(tmp_path / "ref")
     assert got.items == want.items == [str(p) for p in photos]

@@ -340,7 +340,7 @@ def write_sift_database(
 
 @dataclass
 class SiftExtractSummary:
-    """What :func:`extract_sift` did."""
+    """What :func:`extract_sift` did (``resumed_from``: images already done by an interrupted run)."""
 
     total: int
     extracted: int
@@ -349,6 +349,7 @@ class SiftExtractSummary:
     seconds: float
     images_per_second: float
     failures: list[tuple[str, str]] = field(default_factory=list)
+    resumed_from: int = 0
 
 
 def extract_sift(
@@ -390,7 +391,8 @@ def extract_sift(
     descriptors = int(Manifest.load(db, fmt=FORMAT).counts.extra.get("descriptors", 0))
     return SiftExtractSummary(total=summary.total, extracted=summary.embedded, failed=summary.failed,
                               descriptors=descriptors, seconds=summary.seconds,
-                              images_per_second=summary.items_per_second, failures=summary.failures)
+                              images_per_second=summary.items_per_second, failures=summary.failures,
+                              resumed_from=summary.resumed_from)
 
 
 class SiftDatabaseWriter:
