@@ -1,7 +1,7 @@
 """What following a live database costs: the change check, a new shard, a reload of the finished database.
 
 A synthetic build of ``--items`` random ``--dim``-d vectors in shards of ``--shard-size`` is written into a
-temporary folder (the real shard files of :mod:`similar_images.store.build`), then:
+temporary folder (the real shard files of :mod:`similar_images.engines.shards`), then:
 
 * ``stamp``: the check a reader makes on a request (at most once a second), in microseconds;
 * ``view, shard by shard``: a new view after each committed shard, sharing the previous view's buffer (what
@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from similar_images._util import io as _io
+from similar_images.engines.shards import write_shard
 from similar_images.store import write_database
-from similar_images.store.build import PLAN, write_shard
 from similar_images.store.folder import PARTIAL_DIR
 from similar_images.store.live import LiveDatabase, open_readable, stamp
+from similar_images.store.plan import PLAN
 
 
 def main() -> None:

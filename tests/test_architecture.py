@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -223,3 +224,38 @@ def test_every_library_error_comes_from_the_errors_module_and_derives_from_the_b
     assert similar_images.SimilarImagesError is errors.SimilarImagesError
     with pytest.raises(AttributeError, match="import it from similar_images.errors"):
         similar_images.ConfigError  # noqa: B018 - the moved name's message says where it lives now
+
+
+def test_engines_sit_below_the_store_and_implement_one_seam() -> None:
+    """The engine seam in one place: engines/local.py holds the Engine protocol (extraction and index building)
+    and the local engine; no engine module imports the store (the store owns locks, files and manifests)."""
+    grimp = pytest.importorskip("grimp")
+    sys.path.insert(0, str(ROOT))
+    graph = grimp.build_graph("similar_images", exclude_type_checking_imports=True)
+    engines = sorted(m for m in graph.modules if m.startswith("similar_images.engines"))
+    assert "similar_images.engines.local" in engines and "similar_images.engines.shards" in engines
+    upward = sorted(f"{m} -> {i}" for m in engines for i in graph.find_modules_directly_imported_by(m)
+                    if i.startswith("similar_images.store"))
+    assert not upward, upward
+    layers = _layers()
+    assert layers.index("engines") == layers.index("store") + 1, layers
+
+    from similar_images.engines import local
+    from similar_images.engines.arriving import ArrivingEngine
+    from similar_images.engines.spark import SparkEngine
+    from similar_images.store import build
+
+    assert {"describe", "run", "build_index"} <= set(vars(local.Engine))
+    for engine in (local.LocalEngine, SparkEngine, ArrivingEngine):
+        assert all(callable(getattr(engine, name, None)) for name in ("describe", "run", "build_index")), engine
+    assert local.LocalEngine.__module__ == local.Engine.__module__ == "similar_images.engines.local"
+    assert not hasattr(build, "LocalEngine") or build.LocalEngine is local.LocalEngine  # no second engine
+    spark = ROOT / "similar_images" / "engines" / "spark.py"
+    assert "def build_index_spark" not in spark.read_text()  # Database.build_index(engine=...) is the one way
+
+
+def _layers() -> list[str]:
+    """The layer names of the contract in pyproject.toml, top first (``"a | b"`` gives both)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    block = text.split("layers = [", 1)[1].split("]", 1)[0]
+    return [name.strip() for line in re.findall(r'"([^"]+)"', block) for name in line.split("|")]

@@ -17,8 +17,8 @@ from helpers import plugin_env
 
 from similar_images import Database, IndexConfig
 from similar_images.embed import l2_normalize
-from similar_images.store import build as build_mod
 from similar_images.store import write_database
+from similar_images.store.adding import remove_stale_work_dirs
 from similar_images.store.manifest import Manifest
 
 CLI = [sys.executable, "-c", "from similar_images.cli import main; main()"]
@@ -185,5 +185,5 @@ def test_work_folders_of_killed_adds_are_removed_by_the_next_add(tmp_path: Path,
     assert len(summary.ids) == 12 - len(list(synthetic_images.rglob("*.png")))
     left = sorted(p.name for p in db.iterdir() if p.name.startswith("."))
     assert left == [".adding-alive", ".adding-alive.lock", ".lock"], left
-    assert build_mod.remove_stale_work_dirs(db) == [alive]
+    assert remove_stale_work_dirs(db) == [alive]
     assert json.loads((db / "manifest.json").read_text())["counts"]["items"] == 12

@@ -18,8 +18,9 @@ from conftest import make_image, tiny_database
 from similar_images import Database, IndexConfig
 from similar_images.cli import main
 from similar_images.embed import ImageEmbedder, l2_normalize
-from similar_images.store import build as build_mod
+from similar_images.engines.shards import write_shard
 from similar_images.store import write_database
+from similar_images.store.plan import load_or_create_plan, plan_settings
 
 INDEX = "index-0001.faiss"
 
@@ -288,11 +289,11 @@ def test_a_damaged_interrupted_build_is_resumed_or_restarted(corruption: str, tm
     reference = Database.open(tmp_path / "ref")
     db = tmp_path / "db"
     partial = db / ".partial"
-    settings = build_mod._plan_settings(ImageEmbedder(tiny_model, None).info(), "image", 4)
-    build_mod._load_or_create_plan(partial, [str(p) for p in images], settings)
+    settings = plan_settings(ImageEmbedder(tiny_model, None).info(), "image", 4)
+    load_or_create_plan(partial, [str(p) for p in images], settings)
     for shard in (0, 1):
         rows = list(range(4 * shard, 4 * shard + 4))
-        build_mod.write_shard(partial, shard, rows, np.asarray(reference.vectors[rows]), [], 16)
+        write_shard(partial, shard, rows, np.asarray(reference.vectors[rows]), [], 16)
     _partial_corruptions()[corruption](partial)
     result = runner.invoke(main, ["extract", str(tmp_path / "images"), str(db), *args])
     assert result.exit_code == 0 and result.exception is None, result.output

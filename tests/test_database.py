@@ -124,6 +124,36 @@ def test_build_index_needs_force_and_uses_generations(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "db").glob("index-*")) == ["index-0002.faiss", "index-0003.faiss"]
 
 
+def test_build_index_runs_on_the_engine_given_and_records_its_figures(tmp_path: Path) -> None:
+    """Database.build_index is the one way to index: the engine trains and fills (here a local engine that
+    records its call), the store locks, installs the index and writes the engine's figures in the manifest."""
+    from similar_images.engines.local import IndexBuild, LocalEngine
+
+    x = _make_db(tmp_path / "db")
+    Database.open(tmp_path / "db", load_index=False).remove([3, 7])
+    calls: list[dict] = []
+
+    class Recording(LocalEngine):
+        def build_index(self, vectors, config, *, ids=None, files=None):  # type: ignore[no-untyped-def]
+            calls.append({"rows": len(vectors), "ids": None if ids is None else list(ids), "files": files,
+                          "factory": config.factory})
+            built = super().build_index(vectors, config, ids=ids, files=files)
+            return IndexBuild(built.index, built.report, {"engine": {"name": "recording"}})
+
+    db = Database.open(tmp_path / "db", load_index=False)
+    report = db.build_index(IndexConfig(factory="Flat", eval_queries=20), engine=Recording())
+    (call,) = calls
+    assert call["rows"] == 298 and call["ids"] == [i for i in range(300) if i not in (3, 7)]
+    assert call["factory"] == "Flat" and call["files"].vectors == tmp_path / "db" / "vectors.f32"
+    assert call["files"].n_rows == 300 and call["files"].ivfdata.name == "index-0001.ivfdata"
+    opened = Database.open(tmp_path / "db")
+    assert opened.manifest.index.get("engine") == {"name": "recording"} and report.n_vectors == 298
+    assert opened.search(x[5], k=1)[0].id == 5
+    with pytest.raises(DatabaseExistsError, match="force=True"):  # the store's checks hold for every engine
+        db.build_index(IndexConfig(factory="Flat"), engine=Recording())
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("factory", ["IVF8,Flat", "HNSW16", "Flat"])
 def test_add_and_remove_keep_ids_stable(tmp_path: Path, factory: str) -> None:
     x = _make_db(tmp_path / "db")

@@ -112,7 +112,7 @@ def test_empty_input_is_a_clear_error(tmp_path: Path, tiny_model: str) -> None:
 def _interrupted_build(db: Path, settings: dict) -> Path:
     """A .partial/ folder as a killed build leaves it: a plan and one committed shard."""
     from similar_images._util import io as _io
-    from similar_images.store.build import write_shard
+    from similar_images.engines.shards import write_shard
 
     partial = db / ".partial"
     partial.mkdir(parents=True)

@@ -23,9 +23,10 @@ from conftest import make_image
 from helpers import plugin_env
 
 from similar_images.cli import main
+from similar_images.engines.local import BuildJob
+from similar_images.engines.shards import shard_done
 from similar_images.errors import DatabaseError
 from similar_images.store import Database, ExtractConfig, LocalEngine, extract_features
-from similar_images.store.build import BuildJob, shard_done
 from similar_images.store.folder import PARTIAL_DIR
 
 CLI = [sys.executable, "-c", "from similar_images.cli import main; main()"]

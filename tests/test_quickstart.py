@@ -22,7 +22,7 @@ from zip_server import ZipServerState, coco_style_zip, zip_server
 from similar_images._util.streamzip import GrowingFile, iter_members, parse_central_directory, tail_start
 from similar_images.cli import main
 from similar_images.errors import DownloadError
-from similar_images.store.build import PARTIAL_DIR
+from similar_images.store.folder import PARTIAL_DIR
 from similar_images.store.manifest import Manifest
 
 PAYLOADS = {f"val2014/COCO_val2014_{i:012d}.jpg": os.urandom(50 + 97 * i) + b"x" * (300 * i) for i in range(7)}

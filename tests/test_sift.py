@@ -218,3 +218,56 @@ def test_cli_sift_extract_search_info(sift_db: dict, tmp_path: Path) -> None:
     assert r.exit_code != 0 and "knn >= 2" in r.output
     r = runner.invoke(main, ["sift", "search", str(tmp_path), str(query)])
     assert r.exit_code != 0 and "sift extract" in r.output
+
+
+def test_interrupted_extraction_resumes_with_the_same_database(sift_db: dict, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIFT goes through the one resumable build: a Ctrl+C in the middle keeps the committed shards, the same
+    command describes only the images left, and the database equals an uninterrupted run's."""
+    import faiss
+
+    photos = sift_db["photos"][:12]
+    listing = tmp_path / "photos.txt"
+    listing.write_text("\n".join(map(str, photos)) + "\n")
+    config = SiftConfig(max_features=60, shard_size=4, verbose=False)
+    reference = extract_sift(listing, tmp_path / "ref", config)
+
+    described: list[str] = []
+    real_describe = SiftExtractor.describe
+
+    def interrupted(self: SiftExtractor, source):  # type: ignore[no-untyped-def]
+        if len(described) == 9:  # the 10th image: shards 0 and 1 (8 images) are committed
+            raise KeyboardInterrupt
+        described.append(str(source))
+        return real_describe(self, source)
+
+    monkeypatch.setattr(SiftExtractor, "describe", interrupted)
+    db = tmp_path / "db"
+    with pytest.raises(KeyboardInterrupt):
+        extract_sift(listing, db, config)
+    assert not (db / "manifest.json").exists()
+    assert len(list((db / ".partial").glob("shard-*.json"))) == 2
+
+    described.clear()
+    monkeypatch.setattr(SiftExtractor, "describe", lambda self, source: (described.append(str(source)),
+                                                                         real_describe(self, source))[1])
+    r = CliRunner().invoke(main, ["sift", "extract", str(listing), str(db), "--max-features", "60",
+                                  "--shard-size", "4", "-q"])
+    assert r.exit_code == 0, r.output
+    assert described == [str(p) for p in photos[8:]]  # only the images of the shard not committed
+    assert f"Extracted {reference.descriptors} SIFT descriptors of 12 of 12 images (resumed after 8)" in r.output
+    assert not (db / ".partial").exists()
+    got, want = SiftDatabase.open(db), SiftDatabase.open(tmp_path / "ref")
+    assert got.items == want.items == [str(p) for p in photos]
+    np.testing.assert_array_equal(got.image_ids, want.image_ids)
+    np.testing.assert_array_equal(faiss.serialize_index(got.index), faiss.serialize_index(want.index))
+    # Other settings do not mix with the committed shards of an interrupted run.
+    monkeypatch.setattr(SiftExtractor, "describe", interrupted)
+    described.clear()
+    with pytest.raises(KeyboardInterrupt):
+        extract_sift(listing, tmp_path / "other", config)
+    from similar_images.errors import InterruptedBuildError
+
+    monkeypatch.setattr(SiftExtractor, "describe", real_describe)
+    with pytest.raises(InterruptedBuildError):
+        extract_sift(listing, tmp_path / "other", SiftConfig(max_features=30, shard_size=4, verbose=False))

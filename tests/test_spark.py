@@ -23,11 +23,11 @@ import pytest
 from conftest import ROOT
 
 from similar_images import Database, ExtractConfig, IndexConfig
-from similar_images.engines.spark import FAULT_ENV, SparkEngine, build_index_spark
+from similar_images.engines.local import BuildJob
+from similar_images.engines.spark import FAULT_ENV, SparkEngine
 from similar_images.engines.spark_context import check_spark
 from similar_images.errors import PartitionFailedError, SparkUnavailableError
 from similar_images.store import extract_features, write_database
-from similar_images.store.build import BuildJob
 
 N_PHOTOS = 40
 SHARD = 8  # 42 inputs -> 6 shards
@@ -285,7 +285,8 @@ def test_distributed_index_equals_single_process_index(tmp_path: Path) -> None:
         merged, parts = engine.add_and_merge(trained, db_path / "vectors.f32", n, d, None, tmp_path / "work")
         on_disk, _ = engine.add_and_merge(trained, db_path / "vectors.f32", n, d, None, tmp_path / "work",
                                           on_disk=tmp_path / "merged.ivfdata")
-        report = build_index_spark(db_path, IndexConfig(factory="IVF64,PQ8", eval_queries=200), engine=engine)
+        report = Database.open(db_path, load_index=False).build_index(
+            IndexConfig(factory="IVF64,PQ8", eval_queries=200), engine=engine)
     assert [p.ntotal for p in parts] == [1500] * 4 and len({p.pid for p in parts}) <= 2
     assert trained.ntotal == 0
     for index in (single, merged, on_disk):
@@ -312,8 +313,9 @@ def test_distributed_index_equals_single_process_index(tmp_path: Path) -> None:
 def test_spark_index_on_disk_database(tmp_path: Path) -> None:
     db_path = _synthetic_db(tmp_path / "db", n=3000)
     Database.open(db_path, load_index=False).remove([5, 17])
-    engine = SparkEngine("local[2]", partitions=3)
-    build_index_spark(db_path, IndexConfig(factory="IVF32,PQ8", eval_queries=100), engine=engine, on_disk=True)
+    engine = SparkEngine("local[2]", partitions=3, on_disk=True)
+    Database.open(db_path, load_index=False).build_index(IndexConfig(factory="IVF32,PQ8", eval_queries=100),
+                                                         engine=engine)
     db = Database.open(db_path)
     assert db.manifest.index.get("engine")["on_disk"] is True
     assert (db_path / db.manifest.index.get("engine")["ivfdata"]).exists()

@@ -15,7 +15,7 @@ import click
 from .._util.parsing import parse_int, shown
 from ..embed.backends import BACKENDS, PRECISIONS
 from ..embed.tf_import import quiet_tensorflow
-from ..engines.spark import SparkEngine, build_index_spark
+from ..engines.spark import SparkEngine
 from ..errors import (
     DatabaseExistsError,
     IndexExistsError,
@@ -134,11 +134,11 @@ def make_engine(engine: str, master: str | None, partitions: int | None) -> Spar
 def run_build_index(db: Path, config: IndexConfig, *, force: bool, engine: SparkEngine | None = None,
                     on_disk: bool | None = None) -> BuildReport:
     """Build the index of ``db`` in this process, or with a Spark engine."""
-    if engine is not None:
-        return build_index_spark(db, config, engine=engine, on_disk=on_disk, force=force)
-    if on_disk is not None:
+    if engine is None and on_disk is not None:
         raise click.UsageError("--on-disk and --in-memory go with --engine spark")
-    return Database.open(db, load_index=False).build_index(config, force=force)
+    if engine is not None and on_disk is not None:
+        engine.on_disk = on_disk
+    return Database.open(db, load_index=False).build_index(config, engine=engine, force=force)
 
 
 def index_build_options(func: F) -> F:

@@ -11,12 +11,12 @@ import click
 
 from ..embed import DEFAULT_MODEL
 from ..embed.backends import BACKENDS, PRECISION_CHOICES
-from ..engines.arriving import extract_while_downloading
 from ..errors import DatabaseError
 from ..index import IndexConfig
 from ..sources.coco import COCO_VAL2014_URL, DownloadConfig
 from ..store import ExtractConfig
 from ..store.manifest import Manifest
+from ..store.streaming import extract_while_downloading
 from ._common import configure_logging, handle_errors
 
 try:  # readers that search an unfinished database from its first shard

@@ -45,24 +45,28 @@ def register(group: click.Group) -> None:
                        "'HNSW32'.")
     @click.option("--train-size", type=click.IntRange(1), default=200_000, show_default=True,
                   help="Descriptors used to train an index that needs training (IVF).")
+    @click.option("--shard-size", default=256, show_default=True, type=click.IntRange(1),
+                  help="Images per committed shard (the most an interruption can lose).")
     @click.option("--force", is_flag=True, help="Replace an existing SIFT database at DB.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log messages.")
     @click.option("--verbose", "-v", count=True, help="More log messages.")
     @handle_errors
     def sift_extract(images: Path, db: Path, max_features: int, root_sift: bool, max_side: int, factory: str,
-                     train_size: int, force: bool, quiet: bool, verbose: int) -> None:
+                     train_size: int, shard_size: int, force: bool, quiet: bool, verbose: int) -> None:
         """Extract SIFT descriptors of IMAGES (a folder or a file list) into the folder DB.
 
-        Unreadable images are skipped and listed in DB/failures.csv.
+        Unreadable images are skipped and listed in DB/failures.csv. If it is
+        interrupted, running the same command again resumes it.
 
         Example: similar-images sift extract photos/ photos-sift --max-features 200
         """
         configure_logging(verbose, quiet)
         config = SiftConfig(max_features=max_features, root_sift=root_sift, max_side=max_side, factory=factory,
-                            train_size=train_size, verbose=not quiet)
+                            train_size=train_size, shard_size=shard_size, verbose=not quiet)
         s = extract_sift(images, db, config, force=force)
-        click.echo(f"Extracted {s.descriptors} SIFT descriptors of {s.extracted} of {s.total} images into {db} in "
-                   f"{s.seconds:.1f} s ({s.images_per_second:.1f} images/s); {s.failed} failed"
+        resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
+        click.echo(f"Extracted {s.descriptors} SIFT descriptors of {s.extracted} of {s.total} images{resumed} into "
+                   f"{db} in {s.seconds:.1f} s ({s.images_per_second:.1f} images/s); {s.failed} failed"
                    + (f", listed in {db / 'failures.csv'}" if s.failed else ""))
 
     @sift.command("search")

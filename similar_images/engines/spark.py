@@ -14,10 +14,11 @@ last attempt reports the error instead of raising, so that a partition failing f
 the others: they finish and stay committed, and :class:`~similar_images.errors.PartitionFailedError`
 names the failed shards.
 
-Index building (:func:`build_index_spark`): the coarse quantizer and the product quantizer are trained on
-a sample at the driver; executors add their partitions' vectors to copies of the trained empty index;
-the driver merges them, in memory or into on-disk inverted lists
-(:mod:`similar_images.index.distributed`).
+Index building (:meth:`SparkEngine.build_index`, called by
+:meth:`~similar_images.store.Database.build_index` with ``engine=``): the coarse quantizer and the product
+quantizer are trained on a sample at the driver; executors add their partitions' vectors to copies of the
+trained empty index; the driver merges them, in memory or into on-disk inverted lists
+(:mod:`similar_images.index.distributed`). The store holds the database's write lock and installs the index.
 
 Fault injection, for tests: the environment variable ``SIMILAR_IMAGES_SPARK_FAULT`` read by the
 executor code makes a task raise before it commits a shard: ``shard=3`` fails every attempt at shard 3,
@@ -46,13 +47,11 @@ import faiss
 import numpy as np
 
 from ..embed.tf_import import import_tensorflow
-from ..errors import ConfigError, IndexExistsError, PartitionFailedError
+from ..errors import ConfigError, PartitionFailedError
 from ..index import IndexConfig, finish_index, train_index, write_index
-from ..index.build import BuildReport
 from ..index.distributed import add_to_copy, estimate_index_bytes, is_ivf_factory, merge_in_memory, merge_on_disk
-from ..store import Database
-from ..store.build import BuildJob, LocalEngine, shard_done
-from ..store.locking import database_lock
+from .local import BuildJob, IndexBuild, IndexFiles, LocalEngine
+from .shards import shard_done
 from .spark_context import max_failures, spark_context
 
 __all__ = [
@@ -61,7 +60,6 @@ __all__ = [
     "ShardReport",
     "PartitionFailure",
     "IndexPartReport",
-    "build_index_spark",
     "FAULT_ENV",
 ]
 
@@ -283,6 +281,8 @@ class SparkEngine:
         threads_per_task: Model threads in each task; ``None``: ``spark.task.cpus`` (1 by default), so that
             ``N`` tasks use ``N`` cores.
         app_name: The application name shown by the cluster manager.
+        on_disk: Merge a built index into on-disk inverted lists (beside the index); ``None``: when the
+            estimated index does not fit in half the free memory.
 
     A Spark context that is already active (e.g. in a ``spark-submit`` script that made one) is used as
     it is and left running; otherwise each call starts one and stops it, with Spark's logging at WARN
@@ -291,7 +291,7 @@ class SparkEngine:
 
     def __init__(self, master: str | None = None, partitions: int | None = None, *,
                  conf: dict[str, str] | None = None, threads_per_task: int | None = None,
-                 app_name: str = "similar-images") -> None:
+                 app_name: str = "similar-images", on_disk: bool | None = None) -> None:
         if partitions is not None and partitions < 1:
             raise ConfigError(f"partitions must be at least 1, got {partitions}")
         if threads_per_task is not None and threads_per_task < 1:
@@ -301,6 +301,7 @@ class SparkEngine:
         self.conf = dict(conf or {})
         self.threads_per_task = threads_per_task
         self.app_name = app_name
+        self.on_disk = on_disk
         self.last_run: SparkRunReport | None = None
         self.last_startup_seconds = 0.0
         self.last_master: str | None = None
@@ -380,6 +381,53 @@ class SparkEngine:
         """Partitions of the index build: ``partitions``, else one per core and at least one per 10^6 vectors."""
         return self.partitions or max(sc.defaultParallelism, math.ceil(n / 1_000_000))
 
+    def build_index(self, vectors: np.ndarray, config: IndexConfig, *, ids: np.ndarray | None = None,
+                    files: IndexFiles | None = None) -> IndexBuild:
+        """Train at the driver, add on executors, merge at the driver, measure (``build-index`` on Spark).
+
+        A factory without inverted lists (e.g. ``Flat``, ``HNSW``) is built in this process instead.
+
+        Args:
+            vectors: The ``(n, d)`` vectors to index (a memmap is fine), trained on at the driver.
+            config: Index settings, with its ``factory`` set.
+            ids: Their ids, which are their rows in ``files.vectors`` (``None``: every row, in order).
+            files: The vectors file every executor reads, and the folders every executor reaches.
+
+        Returns:
+            The merged, measured index, its report, and the figures of the manifest's ``engine`` entry.
+
+        Raises:
+            ConfigError: If ``files`` is not given (executors read the vectors from a file).
+            IndexTrainingError: If there are too few vectors for the index.
+        """
+        factory = str(config.factory)
+        n, d = vectors.shape
+        if not is_ivf_factory(factory, d):
+            logger.warning("%s has no inverted lists to build in parts; building it in this process", factory)
+            return LocalEngine().build_index(vectors, config, ids=ids)
+        if files is None:
+            raise ConfigError("The Spark index build reads the vectors from a file every executor reaches; "
+                              "none was given")
+        live = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+        t_start = time.perf_counter()
+        trained, n_train, train_seconds = train_index(vectors, factory, train_size=config.train_size,
+                                                      seed=config.seed)
+        on_disk = self.on_disk
+        if on_disk is None:
+            need = estimate_index_bytes(n, d, factory)["total"]
+            on_disk = need > 0.5 * _available_memory()
+            logger.info("Index estimate %.1f GB: merging %s", need / 1e9, "on disk" if on_disk else "in memory")
+        ivfdata = files.ivfdata if on_disk else None
+        t0 = time.perf_counter()
+        index, parts = self.add_and_merge(trained, files.vectors, files.n_rows, d, ids, files.work_dir,
+                                          on_disk=ivfdata, batch_size=config.add_batch_size)
+        add_seconds = time.perf_counter() - t0
+        report = finish_index(index, vectors, live, config, factory=factory, n_train=n_train,
+                              train_seconds=train_seconds, add_seconds=add_seconds, t_start=t_start)
+        figures = {"engine": {**self.describe(), "partitions": len(parts), "on_disk": bool(on_disk),
+                              "ivfdata": ivfdata.name if ivfdata else None}}
+        return IndexBuild(index, report, figures)
+
     def add_and_merge(self, trained: Any, vectors_path: str | os.PathLike[str], n_rows: int, dim: int,
                       ids: np.ndarray | None, work_dir: str | os.PathLike[str], *,
                       on_disk: str | os.PathLike[str] | None = None,
@@ -451,64 +499,6 @@ def _java_error_line(exc: BaseException) -> str:
     text = str(getattr(exc, "java_exception", exc))
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
     return (lines[0] if lines else exc.__class__.__name__)[:300]
-
-
-# ------------------------------------------------------------------ database index build
-def build_index_spark(db_path: str | os.PathLike[str], config: IndexConfig | None = None, *,
-                      engine: SparkEngine | None = None, on_disk: bool | None = None,
-                      force: bool = False) -> BuildReport:
-    """``build-index`` on Spark: train at the driver, add on executors, merge at the driver, measure, commit.
-
-    The database's write lock is held throughout, as in a local build.
-
-    Args:
-        db_path: The database folder (on storage every executor reaches).
-        config: Index settings (as for :meth:`~similar_images.store.Database.build_index`).
-        engine: The Spark engine (default: ``SparkEngine()``).
-        on_disk: Merge into on-disk inverted lists (``index-NNNN.ivfdata`` beside the index);
-            ``None``: when the estimated index does not fit in half the free memory.
-        force: Replace an existing index.
-
-    Returns:
-        The build report (also stored in the manifest, with the engine that built it).
-
-    Raises:
-        IndexExistsError: If an index exists and ``force`` is false.
-        IndexTrainingError: If there are too few vectors for the index.
-    """
-    engine = engine or SparkEngine()
-    config = config or IndexConfig()
-    with database_lock(db_path):
-        db = Database.open(db_path, load_index=False)
-        if db.manifest.index is not None and not force:
-            raise IndexExistsError(db.path, db.manifest.index.factory)
-        live = db.live_ids()
-        n, d = len(live), db.dim
-        factory = config.factory or db.default_factory()
-        if not is_ivf_factory(factory, d):
-            logger.warning("%s has no inverted lists to build in parts; building it in this process", factory)
-            return db.build_index(dataclasses.replace(config, factory=factory), force=True)
-        t_start = time.perf_counter()
-        all_rows = n == len(db.items)
-        vectors = db.vectors if all_rows else np.asarray(db.vectors[live])
-        trained, n_train, train_seconds = train_index(vectors, factory, train_size=config.train_size,
-                                                      seed=config.seed)
-        if on_disk is None:
-            need = estimate_index_bytes(n, d, factory)["total"]
-            on_disk = need > 0.5 * _available_memory()
-            logger.info("Index estimate %.1f GB: merging %s", need / 1e9, "on disk" if on_disk else "in memory")
-        ivfdata = db.path / (Path(db.next_index_name()).stem + ".ivfdata") if on_disk else None
-        t0 = time.perf_counter()
-        index, parts = engine.add_and_merge(
-            trained, db.path / str(db.manifest.files["vectors"]), len(db.items), d, None if all_rows else live,
-            db.path / ".partial-index", on_disk=ivfdata, batch_size=config.add_batch_size)
-        add_seconds = time.perf_counter() - t0
-        report = finish_index(index, vectors, live, config, factory=factory, n_train=n_train,
-                              train_seconds=train_seconds, add_seconds=add_seconds, t_start=t_start)
-        db.install_index(index, report, force=True, extra={
-            "engine": {**engine.describe(), "partitions": len(parts), "on_disk": bool(on_disk),
-                       "ivfdata": ivfdata.name if ivfdata else None}})
-    return report
 
 
 def _available_memory() -> int:

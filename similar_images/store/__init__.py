@@ -3,7 +3,9 @@
 * :mod:`.manifest`: :class:`Manifest`, the commit point, read and written by everyone;
 * :mod:`.folder`: the files (vectors, items, failures, index generations);
 * :mod:`.database`: :class:`Database` (open, search, add, remove, build the index);
-* :mod:`.build`: :func:`build_database`, the resumable sharded build, and its :class:`Engine` seam;
+* :mod:`.plan`, :mod:`.build`: :func:`build_database`, the resumable sharded build (its engines, the seam
+  :class:`~similar_images.engines.local.Engine`, live in :mod:`similar_images.engines`);
+* :mod:`.adding`: :func:`embed_items`, the embedding of items added to a database;
 * :mod:`.builders`: :func:`extract_features` (images) and :func:`build_text_database` (texts);
 * :mod:`.locking`: the write lock that serialises concurrent writers;
 * :mod:`.live`: reading a database that changes: :func:`open_readable` (what a build has committed so far),
@@ -12,7 +14,9 @@
 
 from __future__ import annotations
 
-from .build import BuildConfig, BuildJob, BuildSummary, Engine, LocalEngine, build_database, embed_items, write_database
+from ..engines.local import BuildJob, Engine, LocalEngine
+from .adding import embed_items
+from .build import BuildConfig, BuildSummary, build_database, write_database
 from .builders import (
     ExtractConfig,
     ExtractSummary,

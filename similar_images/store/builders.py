@@ -25,10 +25,11 @@ from ..embed import (
 )
 from ..embed.backends import DEFAULT_THRESHOLD, PrecisionChoice, check_inference
 from ..embed.image import DECODERS
+from ..engines.local import Engine, describe_engine
 from ..errors import ConfigError
 from ..sources.images import DEFAULT_MAX_PIXELS, collect_inputs
 from ..sources.texts import read_texts
-from .build import BuildConfig, BuildSummary, Engine, build_database, describe_engine
+from .build import BuildConfig, BuildSummary, build_database
 
 __all__ = [
     "ExtractConfig",

@@ -45,6 +45,7 @@ from ..embed import (
     registered_dim,
 )
 from ..embed.backends import check_backend, check_precision
+from ..engines.local import Engine, IndexFiles, LocalEngine
 from ..errors import (
     ConfigError,
     DatabaseCorruptError,
@@ -60,7 +61,6 @@ from ..index import (
     IndexConfig,
     ScoreBands,
     add_vectors,
-    build_index,
     factory_for,
     read_index,
     set_search_params,
@@ -68,7 +68,8 @@ from ..index import (
 )
 from ..search import Results, search, search_batch, search_vectors
 from ..sources.images import collect_inputs
-from .build import BuildConfig, Engine, embed_items
+from .adding import embed_items
+from .build import BuildConfig
 from .builders import ExtractConfig, TextBuildConfig, build_text_database, extract_features
 from .folder import (
     FAILURES,
@@ -460,11 +461,18 @@ class Database:
         """The index :meth:`build_index` builds when none is named (it depends on the embedder and the size)."""
         return factory_for(default_index_name(self.manifest.model, kind=self.kind), len(self), self.dim)
 
-    def build_index(self, config: IndexConfig | None = None, *, force: bool = False) -> BuildReport:
-        """Train and save an index over all stored vectors.
+    def build_index(self, config: IndexConfig | None = None, *, engine: Engine | None = None,
+                    force: bool = False) -> BuildReport:
+        """Train and save an index over all stored vectors: the one way to index a database.
+
+        The write lock is held throughout; the engine trains and fills the index, then it is installed as the
+        next generation with its build report (and the engine's figures) in the manifest.
 
         Args:
             config: Index settings (default: :meth:`default_factory`, nprobe measured).
+            engine: Trains and fills the index (default: :class:`~similar_images.engines.local.LocalEngine`,
+                in this process; :class:`~similar_images.engines.spark.SparkEngine` on Spark, reading the
+                vectors file from storage every executor reaches).
             force: Replace an existing index.
 
         Returns:
@@ -482,12 +490,15 @@ class Database:
             if config.factory is None:
                 config = IndexConfig(**{**config.__dict__, "factory": self.default_factory()})
             live = self.live_ids()
-            if len(live) == len(self.items):
-                index, report = build_index(self.vectors, config)
-            else:
-                index, report = build_index(np.asarray(self.vectors[live]), config, ids=live)
-            self.install_index(index, report, force=True)
-        return report
+            all_rows = len(live) == len(self.items)
+            vectors = self.vectors if all_rows else np.asarray(self.vectors[live])
+            files = IndexFiles(vectors=self.path / str(self.manifest.files["vectors"]), n_rows=len(self.items),
+                               work_dir=self.path / ".partial-index",
+                               ivfdata=self.path / (Path(self.next_index_name()).stem + ".ivfdata"))
+            built = (engine or LocalEngine()).build_index(vectors, config, ids=None if all_rows else live,
+                                                          files=files)
+            self.install_index(built.index, built.report, force=True, extra=built.figures)
+        return built.report
 
     def _refuse_existing_index(self, force: bool) -> None:
         if self.manifest.index is not None and not force:
@@ -620,7 +631,7 @@ class Database:
             sources: A folder, a file list, or paths.
             batch_size: Images per model call.
             verbose: Show a progress bar.
-            engine: Runs the embedding (default: this process; see :class:`~similar_images.store.build.Engine`).
+            engine: Runs the embedding (default: this process; see :class:`~similar_images.engines.local.Engine`).
 
         Raises:
             ConfigError: For a text database (use :meth:`add_vectors`).

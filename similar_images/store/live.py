@@ -34,11 +34,13 @@ import numpy as np
 
 from .._util import io as _io
 from .._util.locks import LockTimeoutError, file_lock
+from ..engines.shards import shard_meta
 from ..errors import DatabaseError, DatabaseNotFoundError, DatabaseNotReadyError
-from .build import _PLAN_ITEMS, PLAN, _read_plan_items, _shard_meta, _unit_rows
+from .build import unit_rows
 from .database import Database, _check_inference
 from .folder import LOCK_FILE, PARTIAL_DIR
 from .manifest import MANIFEST, Counts, Manifest
+from .plan import PLAN, PLAN_ITEMS, read_plan_items
 
 __all__ = ["BuildProgress", "LiveDatabase", "build_progress", "open_readable", "stamp"]
 
@@ -83,7 +85,7 @@ def _committed(partial: Path, n_items: int, shard_size: int) -> list[_Shard]:
     """The committed shards, in order (damaged or half-written markers count as not committed)."""
     shards = []
     for s in range((n_items + shard_size - 1) // shard_size):
-        meta_path = _shard_meta(partial, s)
+        meta_path = shard_meta(partial, s)
         try:
             meta = _io.read_json(meta_path)
             shards.append(_Shard(s, [int(i) for i in meta["ok"]], [(int(i), str(r)) for i, r in meta["failures"]],
@@ -126,7 +128,7 @@ def open_partial(path: str | os.PathLike[str], *, model: str | None = None, weig
     shards = _prefix(_committed(partial, n, shard_size))
     if not shards:
         raise DatabaseNotReadyError(db, n)
-    items_all = _read_plan_items(partial / _PLAN_ITEMS)
+    items_all = read_plan_items(partial / PLAN_ITEMS)
     dim = int(info["dim"])
     key = (str(db.resolve()), n, shard_size, dim, json.dumps(info, sort_keys=True, default=str))
     shared = getattr(previous, "_live_buffer", None)
@@ -140,7 +142,7 @@ def open_partial(path: str | os.PathLike[str], *, model: str | None = None, weig
         if arr.shape != (len(shard.ok), dim):
             raise DatabaseError(f"Shard {shard.number} of the build in {partial} holds vectors of shape "
                                 f"{arr.shape} for {len(shard.ok)} items")
-        buffer[rows:rows + len(arr)] = _unit_rows(np.asarray(arr, dtype=np.float32))
+        buffer[rows:rows + len(arr)] = unit_rows(np.asarray(arr, dtype=np.float32))
         rows += len(arr)
     vectors = buffer[:rows]
     items = [items_all[i] for shard in shards for i in shard.ok]

@@ -1,21 +1,24 @@
-"""SIFT extraction: descriptors of every image into one Faiss index, written as a database folder."""
+"""SIFT extraction: descriptors of every image into one Faiss index, written as a database folder.
+
+:func:`extract_sift` is the one resumable build of :mod:`similar_images.store.build` with a SIFT
+"embedder" (:class:`SiftEmbedder`: several descriptors per image) and a writer of the descriptor index
+(:class:`SiftDatabaseWriter`): the descriptors are committed in shards, so an interrupted extraction resumes.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..._util import io as _io
-from ...errors import ConfigError, ImageLoadError, IndexTrainingError
+from ...errors import ConfigError, IndexTrainingError
 from ...index import (
     default_search_params,
     index_nbytes,
@@ -25,8 +28,8 @@ from ...index import (
     write_index,
 )
 from ...sources.images import DEFAULT_MAX_PIXELS, ImageSource, collect_inputs, load_image
+from ...store.build import BuildConfig, CommittedShards, build_database
 from ...store.folder import FAILURES, ITEMS, exists_error, prepare_new_database, write_failures, write_items
-from ...store.locking import database_lock
 from ...store.manifest import MANIFEST, Counts, IndexInfo, Manifest
 
 __all__ = [
@@ -35,6 +38,8 @@ __all__ = [
     "DESCRIPTOR_IMAGES",
     "INDEX",
     "SiftConfig",
+    "SiftDatabaseWriter",
+    "SiftEmbedder",
     "SiftExtractor",
     "SiftExtractSummary",
     "root_sift",
@@ -72,6 +77,7 @@ class SiftConfig:
         train_size: Descriptors used to train an index that needs training.
         max_pixels: Decompression-bomb guard for decoded images.
         threads: OpenCV threads (``None``: OpenCV's default).
+        shard_size: Images per committed shard of the extraction (the most an interruption can lose).
         verbose: Show a progress bar.
     """
 
@@ -82,10 +88,11 @@ class SiftConfig:
     train_size: int = 200_000
     max_pixels: int = DEFAULT_MAX_PIXELS
     threads: int | None = None
+    shard_size: int = 256
     verbose: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_features", "max_side", "train_size", "max_pixels"):
+        for name in ("max_features", "max_side", "train_size", "max_pixels", "shard_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -163,6 +170,47 @@ def root_sift(desc: np.ndarray) -> np.ndarray:
     desc = np.maximum(np.asarray(desc, dtype=np.float32), 0)
     l1 = desc.sum(axis=1, keepdims=True)
     return np.sqrt(desc / np.maximum(l1, 1e-12)).astype(np.float32)
+
+
+class SiftEmbedder:
+    """The SIFT extractor as an embedder of the one build: an item is an image path, its "vectors" are its
+    descriptors (``multi_vector``: ``embed_prepared`` returns them with the count of each image).
+
+    Images are described one at a time in order (``parallel_prepare`` is off: OpenCV runs its own threads).
+
+    Args:
+        config: Extraction settings.
+    """
+
+    kind = "sift"
+    dim = SIFT_DIM
+    multi_vector = True
+    parallel_prepare = False
+
+    def __init__(self, config: SiftConfig | None = None) -> None:
+        self.config = config or SiftConfig()
+        self.extractor = SiftExtractor(self.config)
+
+    def info(self) -> dict[str, Any]:
+        """The manifest's ``model`` section (also what a resumed build must match)."""
+        return self.config.model_info()
+
+    def prepare(self, item: str) -> np.ndarray:
+        """The descriptors of one image (see :meth:`SiftExtractor.describe`).
+
+        Raises:
+            ImageLoadError: If the image cannot be decoded (the build records it as a failure).
+        """
+        desc = self.extractor.describe(item)
+        if not len(desc):
+            logger.info("No SIFT keypoints in %s (flat or tiny image)", item)
+        return desc
+
+    def embed_prepared(self, prepared: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+        """The descriptors of a batch of images, stacked, and how many each image has."""
+        rows = [len(d) for d in prepared]
+        stacked = np.concatenate(prepared) if prepared else np.zeros((0, SIFT_DIM), np.float32)
+        return np.ascontiguousarray(stacked, dtype=np.float32).reshape(-1, SIFT_DIM), rows
 
 
 # ----------------------------------------------------------------------------- index
@@ -292,7 +340,7 @@ def write_sift_database(
 
 @dataclass
 class SiftExtractSummary:
-    """What :func:`extract_sift` did."""
+    """What :func:`extract_sift` did (``resumed_from``: images already done by an interrupted run)."""
 
     total: int
     extracted: int
@@ -301,6 +349,7 @@ class SiftExtractSummary:
     seconds: float
     images_per_second: float
     failures: list[tuple[str, str]] = field(default_factory=list)
+    resumed_from: int = 0
 
 
 def extract_sift(
@@ -310,57 +359,51 @@ def extract_sift(
     *,
     force: bool = False,
 ) -> SiftExtractSummary:
-    """Extract SIFT descriptors of images into a new SIFT database folder.
+    """Extract SIFT descriptors of images into a new SIFT database folder, resumably.
 
     Unreadable images are skipped and listed in ``failures.csv`` (and in the
     summary); an image without any keypoint (e.g. a flat colour) is kept with
-    zero descriptors and counted in the manifest. Not resumable: an
-    interrupted run leaves no manifest, so run it again.
+    zero descriptors and counted in the manifest. The descriptors are committed
+    in shards of ``config.shard_size`` images (the one build of
+    :mod:`similar_images.store.build`): running the same extraction again after
+    an interruption resumes it, and the result equals an uninterrupted run's.
 
     Args:
         inputs: A folder (searched recursively), a file list, or a list of paths.
-        db_path: The folder to create.
+        db_path: The folder to create (or the interrupted one to resume).
         config: Extraction and index settings.
-        force: Replace an existing database at ``db_path``.
+        force: Replace an existing database at ``db_path`` (and discard an interrupted extraction).
 
     Raises:
         DatabaseExistsError: If a database exists at ``db_path`` and ``force`` is false.
+        InterruptedBuildError: If an interrupted extraction with other settings is found.
         NoInputsError: If no image is found.
     """
     config = config or SiftConfig()
     db = Path(db_path).expanduser()
     if (db / MANIFEST).exists() and not force:
         raise exists_error(db)
-    paths = collect_inputs(inputs)
-    extractor = SiftExtractor(config)
-    failures: list[tuple[str, str]] = []
-    counts = {"ok": 0, "descriptors": 0}
+    paths = [str(p) for p in collect_inputs(inputs)]
+    build = BuildConfig(shard_size=config.shard_size, verbose=config.verbose, unit="img", workers=1)
+    summary = build_database(paths, SiftEmbedder(config), db, build, force=force,
+                             extra=lambda _s: {"extraction": {**asdict(config), "images": len(paths)}},
+                             writer=SiftDatabaseWriter(config))
+    descriptors = int(Manifest.load(db, fmt=FORMAT).counts.extra.get("descriptors", 0))
+    return SiftExtractSummary(total=summary.total, extracted=summary.embedded, failed=summary.failed,
+                              descriptors=descriptors, seconds=summary.seconds,
+                              images_per_second=summary.items_per_second, failures=summary.failures,
+                              resumed_from=summary.resumed_from)
 
-    def records() -> Iterator[tuple[str, np.ndarray]]:
-        for p in tqdm(paths, unit="img", desc="extract sift", disable=not config.verbose):
-            try:
-                desc = extractor.describe(p)
-            except ImageLoadError as exc:
-                logger.debug("Skipping %s: %s", p, exc)
-                failures.append((str(p), str(exc)))
-                continue
-            except Exception as exc:  # noqa: BLE001 - one bad file must not abort the run
-                failures.append((str(p), f"{exc.__class__.__name__}: {exc}"))
-                continue
-            if not len(desc):
-                logger.info("No SIFT keypoints in %s (flat or tiny image)", p)
-            counts["ok"] += 1
-            counts["descriptors"] += len(desc)
-            yield str(p), desc
 
-    t0 = time.perf_counter()
-    db.mkdir(parents=True, exist_ok=True)
-    with database_lock(db):
-        write_sift_database(db, records(), config=config, failures=failures, force=force,
-                            extra={"extraction": {**asdict(config), "images": len(paths)}})
-    seconds = time.perf_counter() - t0
-    if failures:
-        logger.warning("%d of %d images could not be read; see %s", len(failures), len(paths), db / FAILURES)
-    return SiftExtractSummary(total=len(paths), extracted=counts["ok"], failed=len(failures),
-                              descriptors=counts["descriptors"], seconds=seconds,
-                              images_per_second=len(paths) / seconds if seconds > 0 else 0.0, failures=failures)
+class SiftDatabaseWriter:
+    """Writes a SIFT database from the committed shards of a build (:func:`write_sift_database`)."""
+
+    format = FORMAT
+
+    def __init__(self, config: SiftConfig) -> None:
+        self.config = config
+
+    def write(self, db: Path, shards: CommittedShards, failures: list[tuple[str, str]],
+              extra: dict[str, Any]) -> None:
+        """Stream each image's descriptors into the index, then write the files and the manifest."""
+        write_sift_database(db, shards.item_vectors(), config=self.config, failures=failures, extra=extra)
