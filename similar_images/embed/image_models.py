@@ -135,8 +135,9 @@ def resolve_weights(weights: str | os.PathLike[str] | None) -> str | None:
     path = Path(w).expanduser()
     if not path.is_file():
         raise SourceNotFoundError(
-            f"Weights file not found: {path}. Pass --weights imagenet to download Keras' ImageNet "
-            "weights, or the path of a local .h5 / .weights.h5 file."
+            f"Weights file not found: {path}. Pass weights='imagenet' to download Keras' ImageNet "
+            "weights, or the path of a local .h5 / .weights.h5 file.",
+            path=path, setting="weights", value=w, expected="imagenet",
         )
     return str(path.resolve())
 
@@ -168,13 +169,14 @@ def _load_applications_model(factory: Callable[..., Any], weights: str | None, w
         if weights == "imagenet":
             raise WeightsError(
                 f"Could not download the ImageNet weights for {what} ({exc.__class__.__name__}: {_first_line(exc)}). "
-                "Without internet access, pass --weights PATH with a local weights file "
-                "(or weights=PATH in Python)."
+                "Without internet access, pass weights=PATH with a local weights file.",
+                setting="weights", value="imagenet", expected="PATH",
             ) from exc
         raise WeightsError(
             f"Could not load weights for {what} from {weights} ({_first_line(exc)}). The file does not match this "
             "model: pass the weights file of this model (with or without its fully connected top, as the model "
-            "needs), or choose the model the file belongs to with --model."
+            "needs), or choose the model the file belongs to (model=).",
+            path=weights, setting="model",
         ) from exc
 
 
@@ -189,7 +191,8 @@ def _build_vgg16_fc2(weights: str | None) -> Any:
             raise WeightsError(
                 f"{weights} holds only VGG16's convolutional base, without the fully connected layers that fc2 "
                 "needs. Pass the full VGG16 weights (vgg16_weights_tf_dim_ordering_tf_kernels.h5, 553 MB), "
-                "or use this file with --model vgg16-avg or --model vgg16-max."
+                "or use this file with model='vgg16-avg' or model='vgg16-max'.",
+                path=weights, setting="model", value="vgg16-fc2", expected=("vgg16-avg", "vgg16-max"),
             ) from exc
         raise
     return keras.Model(base.inputs, base.get_layer("fc2").output, name="vgg16_fc2")

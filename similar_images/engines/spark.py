@@ -359,7 +359,7 @@ class SparkEngine:
                     raise
                 raise PartitionFailedError(
                     f"The Spark job failed ({_java_error_line(exc)}). Committed shards are kept in {job.partial}; "
-                    "fix the cause and run the same command again to resume."
+                    "fix the cause and build again with the same settings to resume.", path=job.partial,
                 ) from exc
             finally:
                 stop.set()
@@ -372,7 +372,8 @@ class SparkEngine:
             raise PartitionFailedError(
                 f"{len(report.failures)} of {len(groups)} Spark partitions failed for good (shards {failed[:20]}"
                 f"{' ...' if len(failed) > 20 else ''}): {report.failures[0].error}. The {len(shards) - len(failed)} "
-                f"other shards are committed in {job.partial}; fix the cause and run the same command again to resume."
+                f"other shards are committed in {job.partial}; fix the cause and build again with the same settings "
+                "to resume.", path=job.partial,
             )
 
     # -------------------------------------------------------------- index

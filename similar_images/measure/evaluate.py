@@ -402,7 +402,7 @@ def evaluate_database(db: Database, config: EvalConfig | None = None, *,
         if len(db.filtered_ids):
             notes.append("the index still holds removed items (filtered at search time); latency includes them")
     else:
-        notes.append("no index: recall and latency need one (similar-images build-index DB)")
+        notes.append("no index: recall and latency need one (build the index)")
     quality: list[QualityReport] = []
     resolved = resolve_labels(db, labels, notes=notes)
     if resolved is not None:

@@ -611,7 +611,7 @@ def build_database(
         missing = [s for s in range(job.n_shards) if not _valid_shard(job, s)]
         if missing:
             raise DatabaseError(f"{len(missing)} shard(s) of the build were not committed (first: {missing[0]}); "
-                                "run the same command again to finish them")
+                                "building again with the same settings finishes them", path=db)
         summary = _commit(db, partial, job, list(failures), processed, seconds, done_before, extra)
     return summary
 

@@ -49,7 +49,8 @@ def import_openvino() -> Any:
     except ImportError as exc:
         raise BackendUnavailableError(
             f"The openvino backend needs the OpenVINO runtime, which is not installed ({exc}). "
-            f"Install it with `{INSTALL_COMMAND}`, or use --backend keras."
+            f"Install it with `{INSTALL_COMMAND}`, or use backend='keras'.",
+            setting="backend", value="openvino", expected="keras",
         ) from exc
     return openvino
 
@@ -61,7 +62,8 @@ def import_nncf() -> Any:
     except ImportError as exc:
         raise BackendUnavailableError(
             f"int8 precision needs NNCF for post-training quantization, which is not installed ({exc}). "
-            f"Install it with `{INSTALL_COMMAND}`, or use --precision fp32 or bf16."
+            f"Install it with `{INSTALL_COMMAND}`, or use precision='fp32' or 'bf16'.",
+            setting="precision", value="int8", expected=("fp32", "bf16"),
         ) from exc
     return nncf
 
