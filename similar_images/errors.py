@@ -394,4 +394,21 @@ class PartitionFailedError(EngineError):
 
 
 class DownloadError(SimilarImagesError):
-    """A download failed or produced a corrupt archive."""
+    """A download failed or produced a corrupt archive.
+
+    Attributes:
+        url: The address downloaded, or ``None``.
+        offline_source: For a network failure, what can be used instead without network access: ``"images"`` (a
+            local folder of images) or ``"texts"`` (a local CSV file of texts); ``None`` otherwise.
+    """
+
+    url: str | None = None
+    offline_source: str | None = None
+
+    def __init__(self, *args: object, url: str | None = None, offline_source: str | None = None,
+                 **data: Any) -> None:
+        super().__init__(*args, **data)
+        if url is not None:
+            self.url = url
+        if offline_source is not None:
+            self.offline_source = offline_source

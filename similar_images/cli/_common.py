@@ -20,6 +20,7 @@ from ..errors import (
     DatabaseCorruptError,
     DatabaseExistsError,
     DatabaseNotFoundError,
+    DownloadError,
     IndexExistsError,
     IndexNotBuiltError,
     InterruptedBuildError,
@@ -28,6 +29,7 @@ from ..errors import (
     UnknownIdError,
 )
 from ..index import DEFAULT_RERANK, BuildReport, IndexConfig
+from ..measure.tune_report import PARAM_NAMES, TunePoint
 from ..methods.sift.extract import FORMAT as SIFT_FORMAT
 from ..search import Results
 from ..sources.texts import shorten
@@ -112,6 +114,10 @@ def advice(exc: SimilarImagesError) -> str | None:
         return None
     if isinstance(exc, PartitionFailedError):
         return "Run the same command again to resume."
+    if isinstance(exc, DownloadError):
+        return {"images": "Without network access: similar-images extract /path/to/your/images DB",
+                "texts": "Without network access: similar-images text build PATH/TO/texts.csv DB"}.get(
+                    exc.offline_source or "")
     setting, value, expected = exc.setting, exc.value, exc.expected
     if setting == "encoding":
         return f"Pass the file's encoding, e.g. --encoding {expected or 'latin-1'}."
@@ -121,6 +127,8 @@ def advice(exc: SimilarImagesError) -> str | None:
         if value == "imagenet":
             return "Without internet access, pass --weights PATH with a local weights file."
         return "Pass --weights imagenet to download Keras' ImageNet weights, or --weights PATH of a local file."
+    if setting == "model_path":
+        return "Pass a local model folder with --model-path PATH."
     if setting == "model":
         if expected:
             return f"Use this file with {_or('--model', expected)}."
@@ -144,6 +152,13 @@ def advice(exc: SimilarImagesError) -> str | None:
     if setting == "allow_private":
         return "Start the server with --allow-private-urls to allow internal addresses."
     return None
+
+
+def apply_command(db: Path, point: TunePoint) -> str:
+    """The command that builds the index of a tuning point: ``similar-images build-index DB --force --index ...``."""
+    parts = [f"similar-images build-index {db} --force --index '{point.factory}'"]
+    parts += [f"--{PARAM_NAMES[name].replace('_', '-')} {value}" for name, value in point.params.items()]
+    return " ".join(parts)
 
 
 def parse_query(query: str, by_id: bool, *, guess: bool = False) -> str | int:

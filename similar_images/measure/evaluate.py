@@ -189,7 +189,7 @@ class EvaluationReport:
         """A plain-text report for terminals."""
         lines = [f"Database {self.database}: {self.n_items:,} items, {self.dim}-d"]
         if self.factory is None:
-            lines.append("  no index (searches are exact); run build-index to measure one")
+            lines.append("  no index (searches are exact); build one to measure it")
         else:
             params = ", ".join(f"{k}={v}" for k, v in self.search_params.items()) or "none"
             lines.append(f"  index {self.factory} (search params: {params})")
