@@ -265,3 +265,37 @@ def test_edges_only_import_the_data_they_phrase() -> None:
     assert hasattr(DatabaseNotFoundError, "fmt") and hasattr(DatabaseNotFoundError, "partial")
     assert hasattr(DatabaseCorruptError, "database") and hasattr(DatabaseCorruptError, "rebuild")
     assert hasattr(DownloadError, "offline_source") and hasattr(DownloadError, "url")
+
+
+# ---------------------------------------------------------------- the service and the apps phrase their own
+
+
+def test_the_service_names_its_own_setting_for_a_refused_address() -> None:
+    from similar_images._util.http import AddressPolicy, FetchConfig, fetch_url
+    from similar_images.service.errors import status_for
+
+    with pytest.raises(BadURLError) as info:
+        fetch_url("http://127.0.0.1:9/cat.jpg", FetchConfig(policy=AddressPolicy(allow_private=False)))
+    exc = info.value
+    assert (exc.setting, exc.value) == ("allow_private", False) and "--" not in str(exc)
+    status, code, message = status_for(exc)
+    assert (status, code) == (400, "bad_url") and message.startswith("Refused to fetch from 127.0.0.1")
+    assert "its allow_private_urls setting is off" in message and "--allow-private-urls" not in message
+    assert "--allow-private-urls" in cli_message(exc)
+
+
+def test_the_service_and_the_apps_say_who_rebuilds_a_damaged_index(tmp_path: Path) -> None:
+    from similar_images.apps.common import user_message
+    from similar_images.service.errors import status_for
+
+    db = _database(tmp_path / "db")
+    manifest = json.loads((db / "manifest.json").read_text())
+    (db / manifest["files"]["index"]).write_bytes(b"")
+    with pytest.raises(DatabaseCorruptError) as info:
+        similar_images.Database.open(db)
+    status, code, message = status_for(info.value)
+    assert (status, code) == (503, "database_unavailable")
+    assert message.endswith("The server's operator must rebuild the index and restart the server.")
+    shown = user_message(info.value)
+    assert shown.startswith(f"Index file {db}") and shown.endswith(
+        f"Rebuild its index (similar-images build-index {db} --force), then open the app again.")
