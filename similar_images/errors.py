@@ -104,15 +104,24 @@ class SimilarImagesError(Exception):
             ``"train_size"``) that caused the problem or that fixes it.
         value: The value that setting had (or was asked for).
         expected: What works instead: a value, a tuple of choices, or a limit.
+        problem: What happened, without the fix (``None`` where the message has no separate fix): an edge that
+            phrases its own advice shows this instead of the whole message.
+        hint: The fix in the library's terms (``"Pass encoding='latin-1'."``), the end of the message; ``None``
+            where the message has no separate fix.
     """
 
     path: str | os.PathLike[str] | None = None
     setting: str | None = None
     value: object = None
     expected: object = None
+    problem: str | None = None
+    hint: str | None = None
 
     def __init__(self, *args: object, path: str | os.PathLike[str] | None = None, setting: str | None = None,
-                 value: object = None, expected: object = None) -> None:
+                 value: object = None, expected: object = None, hint: str | None = None) -> None:
+        if hint is not None and len(args) == 1 and isinstance(args[0], str):
+            self.problem, self.hint = args[0], hint
+            args = (f"{args[0]}{'' if args[0].endswith(('.', ':')) else '.'} {hint}",)
         super().__init__(*args)
         if path is not None:
             self.path = path

@@ -176,7 +176,7 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, (QueryError, InputError)):
         return text
     if isinstance(exc, WeightsError):
-        return _with_advice(f"The model could not be loaded: {text}", exc)
+        return "The model could not be loaded: " + _with_advice(text, exc)
     if isinstance(exc, SimilarImagesError):
         return _with_advice(text, exc)
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -203,8 +203,12 @@ def app_advice(exc: SimilarImagesError) -> str | None:
 
 
 def _with_advice(text: str, exc: SimilarImagesError) -> str:
+    """``text`` (the error's message), or the problem alone followed by the app's advice where it has one."""
     hint = app_advice(exc)
-    return text if hint is None else f"{text}{'' if text.endswith('.') else '.'} {hint}"
+    if hint is None:
+        return text
+    problem = _ADDRESS.sub("the data", exc.problem or text).strip()  # the app's advice replaces the library's hint
+    return f"{problem}{'' if problem.endswith('.') else '.'} {hint}"
 
 
 def unreadable_image(name: str, exc: ImageLoadError) -> ImageLoadError:

@@ -17,6 +17,7 @@ from ..embed.backends import BACKENDS, PRECISIONS
 from ..embed.tf_import import quiet_tensorflow
 from ..engines.spark import SparkEngine, build_index_spark
 from ..errors import (
+    BackendUnavailableError,
     DatabaseCorruptError,
     DatabaseExistsError,
     DatabaseNotFoundError,
@@ -80,10 +81,10 @@ def cli_message(exc: SimilarImagesError) -> str:
                 "done. Re-run with the same options to resume it, or pass --force to start over.")
     if isinstance(exc, IndexNotBuiltError):
         return f"{exc.path} has no index; run 'similar-images build-index {exc.path}' first, or use --index flat"
-    text = str(exc).rstrip()
     hint = advice(exc)
     if hint is None:
-        return text
+        return str(exc)
+    text = (exc.problem or str(exc)).rstrip()  # the library's own fix (exc.hint) gives way to the CLI's
     return f"{text}{'' if text.endswith(('.', ':')) else '.'}{'' if hint.startswith(chr(10)) else ' '}{hint}"
 
 
@@ -128,16 +129,16 @@ def advice(exc: SimilarImagesError) -> str | None:
             return "Without internet access, pass --weights PATH with a local weights file."
         return "Pass --weights imagenet to download Keras' ImageNet weights, or --weights PATH of a local file."
     if setting == "model_path":
-        return "Pass a local model folder with --model-path PATH."
+        return "Or pass a local model folder with --model-path PATH."
     if setting == "model":
         if expected:
-            return f"Use this file with {_or('--model', expected)}."
-        return "Choose the model the file belongs to with --model (similar-images models lists them)."
+            return f"Or use this file with {_or('--model', expected)}."
+        return "Or choose the model the file belongs to with --model (similar-images models lists them)."
     if setting == "backend" and expected:
-        return f"Use {_or('--backend', expected)}."
+        return f"{'Or use' if isinstance(exc, BackendUnavailableError) else 'Use'} {_or('--backend', expected)}."
     if setting == "precision":
         if isinstance(expected, tuple):
-            return f"Choose {_or('--precision', expected)}."
+            return f"Or choose {_or('--precision', expected)}."
         return "Leave out --precision" + (f" to use {expected}." if expected else ".")
     if setting == "allow_backend_mismatch":
         asked = " ".join(str(v) for v in value) if isinstance(value, tuple) else str(value)

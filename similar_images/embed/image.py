@@ -143,7 +143,7 @@ class ImageEmbedder(SpecBacked):
             if self.precision in ("int8", "auto"):
                 raise ConfigError(
                     f"Precision {self.precision} needs a sample of your images (calibration=...; extraction passes "
-                    "the images it extracts), or precision='fp32' or 'bf16'",
+                    "the images it extracts)", hint="Or choose precision='fp32' or 'bf16'.",
                     setting="precision", value=self.precision, expected=("fp32", "bf16"))
             return None
         cal = Calibration(self.calibration, size=self.calibration_size, threshold=self.agreement,

@@ -144,9 +144,9 @@ def status_for(exc: BaseException) -> tuple[int, str, str] | None:
     """``(status, code, message)`` of an error the service answers, or ``None`` for an unexpected one (a bug)."""
     for kind, status, code, prefix in STATUS_BY_ERROR:
         if isinstance(exc, kind):
-            message = prefix + str(exc)
             hint = service_advice(exc)
-            if hint:
-                message += f"{'' if message.endswith('.') else '.'} {hint}"
-            return status, code, message
+            if not hint:
+                return status, code, prefix + str(exc)
+            problem = (getattr(exc, "problem", None) or str(exc)).rstrip()  # the service's advice replaces the hint
+            return status, code, f"{prefix}{problem}{'' if problem.endswith('.') else '.'} {hint}"
     return None

@@ -610,8 +610,8 @@ def build_database(
         seconds = time.perf_counter() - t0
         missing = [s for s in range(job.n_shards) if not _valid_shard(job, s)]
         if missing:
-            raise DatabaseError(f"{len(missing)} shard(s) of the build were not committed (first: {missing[0]}); "
-                                "building again with the same settings finishes them", path=db)
+            raise DatabaseError(f"{len(missing)} shard(s) of the build were not committed (first: {missing[0]})",
+                                hint="Building again with the same settings finishes them.", path=db)
         summary = _commit(db, partial, job, list(failures), processed, seconds, done_before, extra)
     return summary
 
