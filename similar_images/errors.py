@@ -51,6 +51,7 @@ by type.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 __all__ = [
     "SimilarImagesError",
@@ -90,7 +91,46 @@ __all__ = [
 
 
 class SimilarImagesError(Exception):
-    """Base class of all errors raised by similar_images."""
+    """Base class of all errors raised by similar_images.
+
+    Its message says what happened in the library's terms (its settings are keyword arguments and config fields,
+    such as ``encoding=`` or ``force=True``), and the error carries that as data, so that the command line, the
+    service and the apps can phrase their own advice (a flag, a JSON field, a widget) without reading the message.
+    Each attribute is ``None`` where it does not apply.
+
+    Attributes:
+        path: The file or folder concerned.
+        setting: The setting (a keyword argument or config field, e.g. ``"encoding"``, ``"weights"``,
+            ``"train_size"``) that caused the problem or that fixes it.
+        value: The value that setting had (or was asked for).
+        expected: What works instead: a value, a tuple of choices, or a limit.
+        problem: What happened, without the fix (``None`` where the message has no separate fix): an edge that
+            phrases its own advice shows this instead of the whole message.
+        hint: The fix in the library's terms (``"Pass encoding='latin-1'."``), the end of the message; ``None``
+            where the message has no separate fix.
+    """
+
+    path: str | os.PathLike[str] | None = None
+    setting: str | None = None
+    value: object = None
+    expected: object = None
+    problem: str | None = None
+    hint: str | None = None
+
+    def __init__(self, *args: object, path: str | os.PathLike[str] | None = None, setting: str | None = None,
+                 value: object = None, expected: object = None, hint: str | None = None) -> None:
+        if hint is not None and len(args) == 1 and isinstance(args[0], str):
+            self.problem, self.hint = args[0], hint
+            args = (f"{args[0]}{'' if args[0].endswith(('.', ':')) else '.'} {hint}",)
+        super().__init__(*args)
+        if path is not None:
+            self.path = path
+        if setting is not None:
+            self.setting = setting
+        if value is not None:
+            self.value = value
+        if expected is not None:
+            self.expected = expected
 
 
 class ConfigError(SimilarImagesError, ValueError):
@@ -156,7 +196,26 @@ class DatabaseError(SimilarImagesError):
 
 
 class DatabaseNotFoundError(DatabaseError, FileNotFoundError):
-    """There is no database at the given folder."""
+    """There is no database at the given folder.
+
+    Attributes:
+        path: The folder.
+        fmt: The format of database looked for (the manifest's ``format``: ``"similar-images-database"``,
+            ``"similar-images-sift"``), or ``None``.
+        partial: The folder of an interrupted build found there (building again with the same settings resumes
+            it), or ``None``.
+    """
+
+    fmt: str | None = None
+    partial: str | os.PathLike[str] | None = None
+
+    def __init__(self, *args: object, fmt: str | None = None, partial: str | os.PathLike[str] | None = None,
+                 **data: Any) -> None:
+        super().__init__(*args, **data)
+        if fmt is not None:
+            self.fmt = fmt
+        if partial is not None:
+            self.partial = partial
 
 
 class DatabaseNotReadyError(DatabaseNotFoundError):
@@ -230,7 +289,25 @@ class IndexNotBuiltError(DatabaseError):
 
 
 class DatabaseCorruptError(DatabaseError):
-    """A file of the database cannot be read, or contradicts the manifest."""
+    """A file of the database cannot be read, or contradicts the manifest.
+
+    Attributes:
+        path: The damaged file (or the manifest it contradicts).
+        database: The database folder, or ``None``.
+        rebuild: What mends it: ``"index"`` (building the index again, ``force=True``), ``"database"`` (building
+            the whole database again), or ``None`` where not known.
+    """
+
+    database: str | os.PathLike[str] | None = None
+    rebuild: str | None = None
+
+    def __init__(self, *args: object, database: str | os.PathLike[str] | None = None, rebuild: str | None = None,
+                 **data: Any) -> None:
+        super().__init__(*args, **data)
+        if database is not None:
+            self.database = database
+        if rebuild is not None:
+            self.rebuild = rebuild
 
 
 class DatabaseFileError(DatabaseCorruptError):
@@ -243,8 +320,9 @@ class DatabaseFileError(DatabaseCorruptError):
         reason: What is wrong with it, in a few words (``"a FIFO (named pipe)"``, ``"nested 100,000 deep"``).
     """
 
-    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, reason: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, reason: str = "",
+                 **data: Any) -> None:
+        super().__init__(message, **data)
         self.path = path
         self.reason = reason
 
@@ -325,4 +403,21 @@ class PartitionFailedError(EngineError):
 
 
 class DownloadError(SimilarImagesError):
-    """A download failed or produced a corrupt archive."""
+    """A download failed or produced a corrupt archive.
+
+    Attributes:
+        url: The address downloaded, or ``None``.
+        offline_source: For a network failure, what can be used instead without network access: ``"images"`` (a
+            local folder of images) or ``"texts"`` (a local CSV file of texts); ``None`` otherwise.
+    """
+
+    url: str | None = None
+    offline_source: str | None = None
+
+    def __init__(self, *args: object, url: str | None = None, offline_source: str | None = None,
+                 **data: Any) -> None:
+        super().__init__(*args, **data)
+        if url is not None:
+            self.url = url
+        if offline_source is not None:
+            self.offline_source = offline_source

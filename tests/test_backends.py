@@ -358,8 +358,9 @@ def test_a_database_records_its_backend_and_its_queries_use_it(tiny_model: str, 
     np.testing.assert_allclose(emb.embed([first])[0], database.vectors[0], atol=1e-5)
     assert database.search(first, k=1)[0].id == 0
     # another combination is refused, naming the recorded one ...
-    with pytest.raises(ConfigError, match="built with openvino int8.*--allow-backend-mismatch"):
+    with pytest.raises(ConfigError, match="built with openvino int8.*allow_backend_mismatch=True") as info:
         Database.open(db, backend="keras")
+    assert (info.value.setting, info.value.expected) == ("allow_backend_mismatch", ("openvino", "int8"))
     with pytest.raises(ConfigError, match="openvino int8"):
         Database.open(db, precision="fp32")
     Database.open(db, backend="openvino", precision="int8")  # the same one, said explicitly, is fine

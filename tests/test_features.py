@@ -45,8 +45,9 @@ def test_numpy_preprocessing_matches_keras() -> None:
 def test_resolve_weights(tmp_path: Path) -> None:
     assert resolve_weights("ImageNet") == "imagenet"
     assert resolve_weights("random") is None
-    with pytest.raises(FileNotFoundError, match="--weights imagenet"):
+    with pytest.raises(FileNotFoundError, match="weights='imagenet'") as info:
         resolve_weights(tmp_path / "nope.h5")
+    assert (info.value.setting, info.value.expected) == ("weights", "imagenet")
 
 
 def test_fc2_with_conv_only_weights_says_what_to_do(vgg_weights: Path) -> None:

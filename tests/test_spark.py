@@ -244,7 +244,7 @@ def test_partition_failing_for_good_keeps_the_others(photo_list: Path, local_db:
     db = tmp_path / "db"
     engine = SparkEngine("local[2,2]", partitions=3, conf={f"spark.executorEnv.{FAULT_ENV}": "shard=4"})
     with pytest.raises(PartitionFailedError, match=r"1 of 3 Spark partitions failed for good \(shards \[4, 5\]\)"
-                       r".*injected fault.*run the same command again"):
+                       r".*injected fault.*build again with the same settings to resume"):
         extract_features(photo_list, db, _config(mobilenet_weights), engine=engine)
     assert engine.last_run is not None and engine.last_run.failures[0].attempt == 1  # retried once, then reported
     committed = _partial_shards(db)

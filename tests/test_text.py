@@ -230,12 +230,14 @@ def test_read_texts_skips_empty_nan_and_duplicates(tmp_path: Path) -> None:
 
 def test_read_texts_errors_say_how_to_fix(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "t.csv", [["x", "hello"]], header=("id", "body"))
-    with pytest.raises(TextInputError, match=r"no column 'text'.*\['id', 'body'\].*--column"):
+    with pytest.raises(TextInputError, match=r"no column 'text'.*\['id', 'body'\].*column=") as info:
         read_texts(path)
+    assert (info.value.setting, info.value.value, info.value.expected) == ("column", "text", ("id", "body"))
     assert read_texts(path, column="body").texts == ["hello"]
     latin = _write_csv(tmp_path / "latin.csv", [["d\u00e9j\u00e0 vu"]], encoding="latin-1")
-    with pytest.raises(TextInputError, match="--encoding latin-1"):
+    with pytest.raises(TextInputError, match="encoding='latin-1'") as info:
         read_texts(latin)
+    assert (info.value.setting, info.value.value) == ("encoding", "utf-8")
     assert read_texts(latin, encoding="latin-1").texts == ["d\u00e9j\u00e0 vu"]
     empty = _write_csv(tmp_path / "e.csv", [[""], ["  "]])
     with pytest.raises(TextInputError, match="No usable text.*2 rows read, 2 empty"):

@@ -76,7 +76,7 @@ def test_missing_onnxruntime_names_the_install_command(monkeypatch: pytest.Monke
     with pytest.raises(BackendUnavailableError, match="pip install onnxruntime onnx") as info:
         load_onnx_sentence_encoder(model_folder, name="all-MiniLM-L6-v2", cache=ModelCache(tmp_path))
     assert isinstance(info.value, ImportError) and ONNX_INSTALL_COMMAND in str(info.value)
-    assert "--backend torch" in str(info.value)
+    assert (info.value.setting, info.value.expected) == ("backend", "torch") and "--" not in str(info.value)
     monkeypatch.setattr(text, "_ENCODER_CACHE", {})  # not the encoder another test loaded
     with pytest.raises(BackendUnavailableError, match="pip install onnxruntime onnx"):
         TextEmbedder(backend="onnx").embed(["hello"])
@@ -89,8 +89,9 @@ def test_onnx_refuses_a_model_it_cannot_reproduce(tmp_path: Path, model_folder: 
     (folder / "modules.json").write_text((model_folder / "modules.json").read_text())
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
-    with pytest.raises(ConfigError, match="mean pooling.*--backend torch"):
+    with pytest.raises(ConfigError, match="mean pooling.*backend='torch'") as info:
         load_onnx_sentence_encoder(folder, name="x", cache=ModelCache(tmp_path / "cache"))
+    assert (info.value.setting, info.value.expected, info.value.path) == ("backend", "torch", folder)
 
 
 # --------------------------------------------------------------------------- slow: the real model
@@ -154,8 +155,10 @@ def test_text_database_queries_use_the_recorded_backend(tmp_path: Path, assets: 
     top = database.search(stored, k=3)
     assert top[0].id == 7 and top[0].score > 0.999  # the query is embedded as the database was
 
-    with pytest.raises(ConfigError, match="built with the onnx text backend.*--allow-backend-mismatch"):
+    with pytest.raises(ConfigError, match="built with the onnx text backend.*allow_backend_mismatch=True") as info:
         Database.open(db, backend="torch")
+    assert (info.value.setting, info.value.value, info.value.expected) == ("allow_backend_mismatch", ("torch",),
+                                                                         ("onnx",))
     with pytest.raises(ConfigError, match="text database.*precision"):
         Database.open(db, precision="int8")
     with pytest.raises(ConfigError, match="Unknown text backend"):

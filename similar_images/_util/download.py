@@ -187,6 +187,7 @@ def download_file(
     retries: int = 5,
     progress: Progress | None = None,
     offline_hint: str = "",
+    offline_source: str | None = None,
 ) -> Path:
     """Download ``url`` to ``dest``, resuming a partial download.
 
@@ -208,6 +209,8 @@ def download_file(
             connection, HTTP error) is not retried, so failure is quick.
         progress: Called with ``("total", n)`` and ``("advance", n)`` events (e.g. to drive a progress bar).
         offline_hint: Appended to network errors: what to do without network access.
+        offline_source: What can be used instead without network access (``"images"``, ``"texts"``), carried by a
+            network error as :attr:`DownloadError.offline_source`.
 
     Returns:
         ``dest`` as a :class:`~pathlib.Path`.
@@ -247,7 +250,8 @@ def download_file(
             kept = f" The {human_bytes(have)} received so far are kept in {part}; re-running resumes." if have else ""
             raise DownloadError(
                 f"Could not download {url}: {exc}. Check the network connection (and proxy settings) "
-                f"and re-run.{kept} {offline_hint}".rstrip()
+                f"and re-run.{kept} {offline_hint}".rstrip(), url=url, path=part if have else None,
+                offline_source=offline_source,
             ) from exc
     os.replace(part, dest)
     fsync_dir(dest.parent)

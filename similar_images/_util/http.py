@@ -90,8 +90,9 @@ def is_internal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 def _refusal(host: str, ip: object) -> BadURLError:
     who = host if host == str(ip) else f"{host} ({ip})"
     return BadURLError(
-        f"Refused to fetch from {who}: it is a loopback, private, link-local or reserved address. "
-        "Use a public address, or allow internal addresses explicitly (serve --allow-private-urls)."
+        f"Refused to fetch from {who}: it is a loopback, private, link-local or reserved address.",
+        hint="Use a public address, or allow internal addresses explicitly (AddressPolicy(allow_private=True)).",
+        setting="allow_private", value=False, expected=True,
     )
 
 

@@ -170,13 +170,39 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, (QueryError, InputError)):
         return text
     if isinstance(exc, WeightsError):
-        return f"The model could not be loaded: {text}"
+        return "The model could not be loaded: " + _with_advice(text, exc)
     if isinstance(exc, SimilarImagesError):
-        return text
+        return _with_advice(text, exc)
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         return "Interrupted."
     return (f"Something went wrong ({type(exc).__name__}: {text}). The app is still usable; "
             f"details are in {app_log_path()}.")
+
+
+def app_advice(exc: SimilarImagesError) -> str | None:
+    """What an app's user can do about a library error, from the data it carries (``None``: nothing to add).
+
+    The apps are opened with :func:`open_app`-style keywords (``weights=``) and show their databases: the advice
+    names those, and the command that repairs a database outside the app.
+    """
+    if isinstance(exc, DatabaseCorruptError) and exc.rebuild == "index" and exc.database is not None:
+        return f"Rebuild its index (similar-images build-index {exc.database} --force), then open the app again."
+    if isinstance(exc, DatabaseNotFoundError) and exc.partial is not None:
+        return "Its build was interrupted: run the same build again to resume it, then open the app again."
+    if exc.setting == "weights" and exc.value == "imagenet":
+        return "Without internet access, open the app with weights= the path of a local weights file."
+    if exc.setting == "model_path":
+        return "Open the app with the path of a local model folder."
+    return None
+
+
+def _with_advice(text: str, exc: SimilarImagesError) -> str:
+    """``text`` (the error's message), or the problem alone followed by the app's advice where it has one."""
+    hint = app_advice(exc)
+    if hint is None:
+        return text
+    problem = _ADDRESS.sub("the data", exc.problem or text).strip()  # the app's advice replaces the library's hint
+    return f"{problem}{'' if problem.endswith('.') else '.'} {hint}"
 
 
 def unreadable_image(name: str, exc: ImageLoadError) -> ImageLoadError:

@@ -17,14 +17,21 @@ from ..embed.backends import BACKENDS, PRECISIONS
 from ..embed.tf_import import quiet_tensorflow
 from ..engines.spark import SparkEngine
 from ..errors import (
+    BackendUnavailableError,
+    DatabaseCorruptError,
     DatabaseExistsError,
+    DatabaseNotFoundError,
+    DownloadError,
     IndexExistsError,
     IndexNotBuiltError,
     InterruptedBuildError,
+    PartitionFailedError,
     SimilarImagesError,
     UnknownIdError,
 )
 from ..index import DEFAULT_RERANK, BuildReport, IndexConfig
+from ..measure.tune_report import PARAM_NAMES, TunePoint
+from ..methods.sift.extract import FORMAT as SIFT_FORMAT
 from ..search import Results
 from ..sources.texts import shorten
 from ..store import Database
@@ -74,7 +81,85 @@ def cli_message(exc: SimilarImagesError) -> str:
                 "done. Re-run with the same options to resume it, or pass --force to start over.")
     if isinstance(exc, IndexNotBuiltError):
         return f"{exc.path} has no index; run 'similar-images build-index {exc.path}' first, or use --index flat"
-    return str(exc)
+    hint = advice(exc)
+    if hint is None:
+        return str(exc)
+    text = (exc.problem or str(exc)).rstrip()  # the library's own fix (exc.hint) gives way to the CLI's
+    return f"{text}{'' if text.endswith(('.', ':')) else '.'}{'' if hint.startswith(chr(10)) else ' '}{hint}"
+
+
+def _or(flag: str, values: object) -> str:
+    """``--precision fp32 or --precision bf16`` for a tuple of choices, ``--backend torch`` for one."""
+    choices = values if isinstance(values, tuple) else (values,)
+    return " or ".join(f"{flag} {v}" for v in choices)
+
+
+def advice(exc: SimilarImagesError) -> str | None:
+    """What to do on the command line about a library error, from the data it carries (never from its message).
+
+    Returns:
+        A sentence naming the commands and flags that fix it, or ``None`` where the message says it all.
+    """
+    if isinstance(exc, DatabaseNotFoundError):
+        if exc.partial is not None:
+            return "Run the same extract (or text build) command again to resume it."
+        if exc.path is None:
+            return None
+        if exc.fmt == SIFT_FORMAT:
+            return f"Build one with:\n  similar-images sift extract IMAGES_FOLDER {exc.path}"
+        return (f"Build one with:\n  similar-images extract IMAGES_FOLDER {exc.path}\n"
+                f"  similar-images build-index {exc.path}")
+    if isinstance(exc, DatabaseCorruptError):
+        if exc.rebuild == "index" and exc.database is not None:
+            return f"Rebuild it with: similar-images build-index {exc.database} --force"
+        return None
+    if isinstance(exc, PartitionFailedError):
+        return "Run the same command again to resume."
+    if isinstance(exc, DownloadError):
+        return {"images": "Without network access: similar-images extract /path/to/your/images DB",
+                "texts": "Without network access: similar-images text build PATH/TO/texts.csv DB"}.get(
+                    exc.offline_source or "")
+    setting, value, expected = exc.setting, exc.value, exc.expected
+    if setting == "encoding":
+        return f"Pass the file's encoding, e.g. --encoding {expected or 'latin-1'}."
+    if setting == "column":
+        return "Pass --column NAME (the file needs a header row)."
+    if setting == "weights":
+        if value == "imagenet":
+            return "Without internet access, pass --weights PATH with a local weights file."
+        return "Pass --weights imagenet to download Keras' ImageNet weights, or --weights PATH of a local file."
+    if setting == "model_path":
+        return "Or pass a local model folder with --model-path PATH."
+    if setting == "model":
+        if expected:
+            return f"Or use this file with {_or('--model', expected)}."
+        return "Or choose the model the file belongs to with --model (similar-images models lists them)."
+    if setting == "backend" and expected:
+        return f"{'Or use' if isinstance(exc, BackendUnavailableError) else 'Use'} {_or('--backend', expected)}."
+    if setting == "precision":
+        if isinstance(expected, tuple):
+            return f"Or choose {_or('--precision', expected)}."
+        return "Leave out --precision" + (f" to use {expected}." if expected else ".")
+    if setting == "allow_backend_mismatch":
+        asked = " ".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+        return (f"Leave out --backend{'/--precision' if isinstance(value, tuple) and len(value) > 1 else ''}, or "
+                f"pass --allow-backend-mismatch to embed queries with {asked} anyway.")
+    if setting == "train_size":
+        return f"Raise --train-size (at least {expected:,})." if isinstance(expected, int) else "Raise --train-size."
+    if setting == "factory" and expected:
+        return f"Choose a smaller index: {_or('--index', expected)}."
+    if setting == "labels":
+        return "Give --labels CSV."
+    if setting == "allow_private":
+        return "Start the server with --allow-private-urls to allow internal addresses."
+    return None
+
+
+def apply_command(db: Path, point: TunePoint) -> str:
+    """The command that builds the index of a tuning point: ``similar-images build-index DB --force --index ...``."""
+    parts = [f"similar-images build-index {db} --force --index '{point.factory}'"]
+    parts += [f"--{PARAM_NAMES[name].replace('_', '-')} {value}" for name, value in point.params.items()]
+    return " ".join(parts)
 
 
 def parse_query(query: str, by_id: bool, *, guess: bool = False) -> str | int:

@@ -12,7 +12,7 @@ from ..index import DEFAULT_RERANK
 from ..measure import EvalConfig, TuneConfig, apply_choice, evaluate_database, plot_tuning, tune_database
 from ..measure.evaluate import load_query_vectors
 from ..store import Database
-from ._common import configure_logging, handle_errors
+from ._common import apply_command, configure_logging, handle_errors
 
 QUERIES_HELP = ("Query set instead of sampled database vectors: a folder of images, a file listing image paths "
                 "(embedded with the database's model), or a .npy array of shape (n, dim).")
@@ -89,6 +89,8 @@ def register(group: click.Group) -> None:
             click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
         else:
             click.echo(report.format_table())
+            if report.factory is None:
+                click.echo(f"Build an index with: similar-images build-index {db}")
 
     @group.command()
     @click.argument("db", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -173,7 +175,7 @@ def register(group: click.Group) -> None:
             out["applied"] = applied.to_dict() if applied else None
             click.echo(json.dumps(out, indent=2))
             return
-        click.echo(report.format_table(all_points=all_points))
+        click.echo(report.format_table(all_points=all_points, apply=lambda p: apply_command(db, p)))
         if plot_file:
             click.echo(f"Plot: {plot_file}")
         if applied:

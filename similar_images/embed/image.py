@@ -142,8 +142,9 @@ class ImageEmbedder(SpecBacked):
         if self.calibration is None:
             if self.precision in ("int8", "auto"):
                 raise ConfigError(
-                    f"Precision {self.precision} needs a sample of your images (calibration=...; extract passes the "
-                    "images it extracts), or choose --precision fp32 or bf16")
+                    f"Precision {self.precision} needs a sample of your images (calibration=...; extraction passes "
+                    "the images it extracts)", hint="Or choose precision='fp32' or 'bf16'.",
+                    setting="precision", value=self.precision, expected=("fp32", "bf16"))
             return None
         cal = Calibration(self.calibration, size=self.calibration_size, threshold=self.agreement,
                           max_pixels=self.max_pixels, fast_jpeg=self.decoder == "fast",

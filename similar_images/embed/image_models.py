@@ -135,8 +135,9 @@ def resolve_weights(weights: str | os.PathLike[str] | None) -> str | None:
     path = Path(w).expanduser()
     if not path.is_file():
         raise SourceNotFoundError(
-            f"Weights file not found: {path}. Pass --weights imagenet to download Keras' ImageNet "
-            "weights, or the path of a local .h5 / .weights.h5 file."
+            f"Weights file not found: {path}", hint="Pass weights='imagenet' to download Keras' ImageNet "
+            "weights, or the path of a local .h5 / .weights.h5 file.",
+            path=path, setting="weights", value=w, expected="imagenet",
         )
     return str(path.resolve())
 
@@ -167,14 +168,15 @@ def _load_applications_model(factory: Callable[..., Any], weights: str | None, w
     except Exception as exc:  # keras raises many types for download and load failures
         if weights == "imagenet":
             raise WeightsError(
-                f"Could not download the ImageNet weights for {what} ({exc.__class__.__name__}: {_first_line(exc)}). "
-                "Without internet access, pass --weights PATH with a local weights file "
-                "(or weights=PATH in Python)."
+                f"Could not download the ImageNet weights for {what} ({exc.__class__.__name__}: {_first_line(exc)})",
+                hint="Without internet access, pass weights=PATH with a local weights file.",
+                setting="weights", value="imagenet", expected="PATH",
             ) from exc
         raise WeightsError(
             f"Could not load weights for {what} from {weights} ({_first_line(exc)}). The file does not match this "
             "model: pass the weights file of this model (with or without its fully connected top, as the model "
-            "needs), or choose the model the file belongs to with --model."
+            "needs)", hint="Or choose the model the file belongs to (model=).",
+            path=weights, setting="model",
         ) from exc
 
 
@@ -188,8 +190,9 @@ def _build_vgg16_fc2(weights: str | None) -> Any:
         if weights not in (None, "imagenet") and "fc1" in str(exc.__cause__ or exc):
             raise WeightsError(
                 f"{weights} holds only VGG16's convolutional base, without the fully connected layers that fc2 "
-                "needs. Pass the full VGG16 weights (vgg16_weights_tf_dim_ordering_tf_kernels.h5, 553 MB), "
-                "or use this file with --model vgg16-avg or --model vgg16-max."
+                "needs. Pass the full VGG16 weights (vgg16_weights_tf_dim_ordering_tf_kernels.h5, 553 MB)",
+                hint="Or use this file with model='vgg16-avg' or model='vgg16-max'.",
+                path=weights, setting="model", value="vgg16-fc2", expected=("vgg16-avg", "vgg16-max"),
             ) from exc
         raise
     return keras.Model(base.inputs, base.get_layer("fc2").output, name="vgg16_fc2")

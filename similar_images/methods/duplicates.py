@@ -351,7 +351,7 @@ def _knn_growing_pairs(index: Any, db: Database, live: np.ndarray, config: Dupli
             k = min(k * 2, k_cap)
     if truncated:
         logger.warning("%d images have more than max_k=%d neighbours above %.3f; their lists were cut "
-                       "(raise max_k / --max-k)", truncated, config.max_k, config.threshold)
+                       "(raise max_k)", truncated, config.max_k, config.threshold)
     return (out_a, out_b, out_s), truncated
 
 

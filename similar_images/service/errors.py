@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..errors import (
     BadURLError,
     ConfigError,
+    DatabaseCorruptError,
     DatabaseError,
     DatabaseNotReadyError,
     ExplainError,
@@ -38,6 +39,7 @@ __all__ = [
     "RequestTimeoutError",
     "ServiceBusyError",
     "STATUS_BY_ERROR",
+    "service_advice",
     "status_for",
 ]
 
@@ -123,9 +125,28 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int, str, str], ...] = (
 )
 
 
+def service_advice(exc: BaseException) -> str | None:
+    """What the service adds to a library error's message for its client, from the data the error carries.
+
+    The library names its own settings (``AddressPolicy(allow_private=True)``); a client cannot change those, so
+    the service says which setting of the server decides, or what the server's operator must do.
+    """
+    if not isinstance(exc, SimilarImagesError):
+        return None
+    if isinstance(exc, BadURLError) and exc.setting == "allow_private":
+        return "This server does not fetch from internal addresses (its allow_private_urls setting is off)."
+    if isinstance(exc, DatabaseCorruptError) and exc.rebuild == "index":
+        return "The server's operator must rebuild the index and restart the server."
+    return None
+
+
 def status_for(exc: BaseException) -> tuple[int, str, str] | None:
     """``(status, code, message)`` of an error the service answers, or ``None`` for an unexpected one (a bug)."""
     for kind, status, code, prefix in STATUS_BY_ERROR:
         if isinstance(exc, kind):
-            return status, code, prefix + str(exc)
+            hint = service_advice(exc)
+            if not hint:
+                return status, code, prefix + str(exc)
+            problem = (getattr(exc, "problem", None) or str(exc)).rstrip()  # the service's advice replaces the hint
+            return status, code, f"{prefix}{problem}{'' if problem.endswith('.') else '.'} {hint}"
     return None

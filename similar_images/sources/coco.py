@@ -57,8 +57,8 @@ COCO_VAL2014_IMAGES = 40_504
 
 #: Appended to network errors: what to do without network access.
 LOCAL_IMAGES_HINT = (
-    "Without network access you can use a local folder of images instead: "
-    "`similar-images extract /path/to/your/images DB`."
+    "Without network access you can use a local folder of images instead (extract its features into a "
+    "database)."
 )
 
 _DEFAULT_CHUNK_SIZE = 1 << 20
@@ -205,7 +205,8 @@ def _download_steps(config: DownloadConfig, archive: Path, target: Path, file_li
         with byte_progress(archive.name, enabled=config.verbose) as progress:
             download_file(config.url, archive, timeout=config.timeout, read_timeout=config.read_timeout,
                           chunk_size=config.chunk_size, expected_size=config.expected_size,
-                          retries=config.retries, progress=progress, offline_hint=LOCAL_IMAGES_HINT)
+                          retries=config.retries, progress=progress, offline_hint=LOCAL_IMAGES_HINT,
+                          offline_source="images")
         try:
             verify_zip(archive, expected_size=config.expected_size, expected_members=expected_members,
                        verbose=config.verbose)

@@ -207,7 +207,7 @@ class ArchiveStream:
         try:
             download_file(config.url, self.archive, timeout=config.timeout, read_timeout=config.read_timeout,
                           chunk_size=config.chunk_size, expected_size=self._size, retries=config.retries,
-                          progress=progress, offline_hint=LOCAL_IMAGES_HINT)
+                          progress=progress, offline_hint=LOCAL_IMAGES_HINT, offline_source="images")
             result = ""
         except _StoppedError:
             result = "The download was stopped"

@@ -51,8 +51,8 @@ SENTIMENT140_ROWS = 1_600_000
 
 #: Appended to network errors: what to do without network access.
 LOCAL_TEXTS_HINT = (
-    "Without network access, use a local CSV file with a 'text' column instead: "
-    "`similar-images text build PATH/TO/texts.csv DB`."
+    "Without network access, use a local CSV file with a 'text' column instead (build a text database from "
+    "it)."
 )
 
 
@@ -177,7 +177,8 @@ def get_sentiment140(dest: str | os.PathLike[str], *, n: int = 20_000, seed: int
         folder = Path(download_dir).expanduser() if download_dir else dest.parent
         archive = folder / url.rstrip("/").rsplit("/", 1)[-1]
         with byte_progress(archive.name, enabled=verbose) as progress:
-            download_file(url, archive, timeout=timeout, progress=progress, offline_hint=LOCAL_TEXTS_HINT)
+            download_file(url, archive, timeout=timeout, progress=progress, offline_hint=LOCAL_TEXTS_HINT,
+                          offline_source="texts")
         try:
             verify_zip(archive, verbose=verbose)
         except DownloadError as exc:

@@ -135,7 +135,8 @@ def read_texts(source: str | os.PathLike[str] | Sequence[Any], *, column: str = 
             table = _read_file(path, column=column, limit=limit, dedupe=dedupe, encoding=enc)
         except UnicodeDecodeError as exc:
             raise TextInputError(
-                f"{path} is not valid {encoding} text ({exc}); pass the right encoding, e.g. --encoding latin-1"
+                f"{path} is not valid {encoding} text ({exc})", hint="Pass its encoding, e.g. encoding='latin-1'.",
+                path=path, setting="encoding", value=encoding, expected="latin-1",
             ) from exc
         except csv.Error as exc:
             raise TextInputError(f"{path} is not a readable CSV file ({exc})") from exc
@@ -173,8 +174,9 @@ def _read_file(path: Path, *, column: str, limit: int | None, dedupe: bool, enco
                 header = stripped
             else:
                 raise TextInputError(
-                    f"{path} has no column {column!r}; its columns are {header[:20]}. Pass --column NAME "
-                    "(the file needs a header row)."
+                    f"{path} has no column {column!r}; its columns are {header[:20]}",
+                    hint="Pass the text column's name as column= (the file needs a header row).",
+                    path=path, setting="column", value=column, expected=tuple(header[:20]),
                 )
         col = header.index(column)
 

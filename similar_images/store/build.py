@@ -270,8 +270,8 @@ def build_database(
         seconds = time.perf_counter() - t0
         missing = [s for s in range(job.n_shards) if not valid_shard(partial, s, job.shard_items(s), job.dim)]
         if missing:
-            raise DatabaseError(f"{len(missing)} shard(s) of the build were not committed (first: {missing[0]}); "
-                                "run the same command again to finish them")
+            raise DatabaseError(f"{len(missing)} shard(s) of the build were not committed (first: {missing[0]})",
+                                hint="Building again with the same settings finishes them.", path=db)
         summary = _commit(db, partial, job, list(failures), processed, seconds, done_before, extra, writer)
     return summary
 

@@ -89,14 +89,9 @@ from .folder import (
 from .locking import database_lock
 from .manifest import MANIFEST, Checksum, IndexInfo, Manifest, now
 
-__all__ = ["Database", "AddSummary", "BUILD_HINT"]
+__all__ = ["Database", "AddSummary"]
 
 logger = logging.getLogger(__name__)
-
-
-def BUILD_HINT(db: Path) -> str:  # noqa: N802 - reads as a constant in messages
-    """How to build a database at ``db`` (appended to "no database" errors)."""
-    return f" Build one with:\n  similar-images extract IMAGES_FOLDER {db}\n  similar-images build-index {db}"
 
 
 @dataclass
@@ -243,18 +238,20 @@ class Database:
             except _GenerationChangedError:
                 # A writer committed a new index generation (and dropped an older one) while we read: read again.
                 time.sleep(min(0.2, 0.01 * (attempt + 1)))
-        raise DatabaseCorruptError(f"The index file named by {db / MANIFEST} is missing; "
-                                   f"rebuild it with: similar-images build-index {db} --force")
+        raise DatabaseCorruptError(f"The index file named by {db / MANIFEST} is missing",
+                                   hint="Rebuild the index (force=True).", path=db / MANIFEST, database=db,
+                                   rebuild="index")
 
     @staticmethod
     def _load_manifest(db: Path) -> Manifest:
         try:
-            return Manifest.load(db, build_hint=BUILD_HINT(db))
+            return Manifest.load(db)
         except DatabaseNotFoundError as exc:
             if (db / PARTIAL_DIR).exists():
                 raise DatabaseNotFoundError(
-                    f"No database at {db} yet: a build was interrupted there. Run the same extract (or text build) "
-                    "command again to resume it.") from exc
+                    f"No database at {db} yet: a build was interrupted there",
+                    hint="Building again with the same settings resumes it.", path=db, fmt=exc.fmt,
+                    partial=db / PARTIAL_DIR) from exc
             raise
 
     @classmethod
@@ -793,8 +790,9 @@ def _check_inference(db: Path, manifest: Manifest, asked: dict[str, str]) -> dic
     backend = check_backend(asked.get("backend", recorded[0]))
     precision = check_precision(asked.get("precision", recorded[1]))
     if precision == "auto":
-        raise ConfigError(f"Queries of {db} use a fixed precision; it was built with {recorded[0]} {recorded[1]} "
-                          "(leave out --precision to use it)")
+        raise ConfigError(f"Queries of {db} use a fixed precision; it was built with {recorded[0]} {recorded[1]}",
+                          hint="precision=None uses it.", path=db, setting="precision", value=precision,
+                          expected=recorded[1])
     if (backend, precision) == recorded:
         return {}
     figures = [f"{p} {a:.3f}" for p in {recorded[1], precision} - {"fp32"}
@@ -804,9 +802,9 @@ def _check_inference(db: Path, manifest: Manifest, asked: dict[str, str]) -> dic
     if not asked.get("allow"):
         raise ConfigError(
             f"{db} was built with {recorded[0]} {recorded[1]}; its queries use the same backend and precision so "
-            f"that query and database vectors come from the same model. Leave out --backend/--precision, or pass "
-            f"--allow-backend-mismatch (allow_backend_mismatch=True) to embed queries with {backend} {precision} "
-            f"anyway ({measured}).")
+            "that query and database vectors come from the same model", hint=f"backend=None and precision=None use "
+            f"them; allow_backend_mismatch=True embeds queries with {backend} {precision} anyway ({measured}).",
+            path=db, setting="allow_backend_mismatch", value=(backend, precision), expected=recorded)
     logger.warning("Queries of %s use %s %s, but the database was built with %s %s (%s)", db, backend, precision,
                    recorded[0], recorded[1], measured)
     return {"backend": backend, "precision": precision}
@@ -815,7 +813,8 @@ def _check_inference(db: Path, manifest: Manifest, asked: dict[str, str]) -> dic
 def _check_text_inference(db: Path, manifest: Manifest, asked: dict[str, str]) -> dict[str, str]:
     """As :func:`_check_inference`, for a text database: a backend (torch, onnx) and no precision."""
     if "precision" in asked:
-        raise ConfigError(f"{db} is a text database: its encoder has no precision setting (leave out --precision)")
+        raise ConfigError(f"{db} is a text database: its encoder has no precision setting", hint="precision=None.",
+                          path=db, setting="precision", value=asked["precision"], expected=None)
     recorded = str(manifest.model.get("backend", DEFAULT_TEXT_BACKEND))
     backend = check_text_backend(asked["backend"])
     if backend == recorded:
@@ -823,8 +822,9 @@ def _check_text_inference(db: Path, manifest: Manifest, asked: dict[str, str]) -
     if not asked.get("allow"):
         raise ConfigError(
             f"{db} was built with the {recorded} text backend; its queries use the same backend so that query and "
-            f"database vectors come from the same model. Leave out --backend, or pass --allow-backend-mismatch "
-            f"(allow_backend_mismatch=True) to embed queries with {backend} anyway.")
+            "database vectors come from the same model", hint=f"backend=None uses it; allow_backend_mismatch=True "
+            f"embeds queries with {backend} anyway.", path=db, setting="allow_backend_mismatch", value=(backend,),
+            expected=(recorded,))
     logger.warning("Queries of %s use the %s text backend, but the database was built with %s", db, backend,
                    recorded)
     return {"backend": backend}
@@ -881,17 +881,18 @@ def _read_checked_index(db: Path, manifest: Manifest, mmap: bool) -> Any:
     assert manifest.index is not None
     name = str(manifest.files["index"])
     ipath = db / name
-    rebuild = f"; rebuild it with: similar-images build-index {db} --force"
+    data: dict[str, Any] = {"path": ipath, "database": db, "rebuild": "index",
+                            "hint": "Rebuild the index (force=True)."}
     if not (ipath.exists() or ipath.is_symlink()):
         _raise_if_moved_on(db, name)
-        raise DatabaseCorruptError(f"Index file {ipath} named by the manifest is missing{rebuild}")
+        raise DatabaseCorruptError(f"Index file {ipath} named by the manifest is missing", **data)
     try:
         _io.check_regular(ipath)
     except FileNotFoundError:
         _raise_if_moved_on(db, name)
-        raise DatabaseCorruptError(f"Index file {ipath} named by the manifest is missing{rebuild}") from None
+        raise DatabaseCorruptError(f"Index file {ipath} named by the manifest is missing", **data) from None
     except DatabaseFileError as exc:
-        raise DatabaseFileError(f"{exc}{rebuild}", path=ipath, reason=exc.reason) from None
+        raise DatabaseFileError(str(exc), reason=exc.reason, **data) from None
     try:
         index = read_index(ipath, mmap=mmap)
     except (RuntimeError, MemoryError) as exc:
@@ -899,17 +900,17 @@ def _read_checked_index(db: Path, manifest: Manifest, mmap: bool) -> Any:
         logger.debug("Faiss cannot read %s: %s", ipath, exc)
         size = ipath.stat().st_size if ipath.exists() else 0
         why = "it is empty" if size == 0 else f"{size:,} bytes, truncated or not a Faiss index"
-        raise DatabaseCorruptError(f"Index file {ipath} cannot be read ({why}){rebuild}") from None
+        raise DatabaseCorruptError(f"Index file {ipath} cannot be read ({why})", **data) from None
     if index.d != manifest.dim:
-        raise DatabaseCorruptError(f"Index dimension {index.d} does not match the vectors' dimension {manifest.dim}"
-                                   f"{rebuild}")
+        raise DatabaseCorruptError(f"Index dimension {index.d} does not match the vectors' dimension {manifest.dim}",
+                                   **data)
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise DatabaseCorruptError(f"The index does not use the inner-product metric{rebuild}")
+        raise DatabaseCorruptError("The index does not use the inner-product metric", **data)
     if index.ntotal != manifest.counts.indexed:
         raise DatabaseCorruptError(f"The index holds {index.ntotal} vectors but the manifest says "
-                                   f"{manifest.counts.indexed}{rebuild}")
+                                   f"{manifest.counts.indexed}", **data)
     try:
         set_search_params(index, manifest.index.search_params)
     except ConfigError as exc:
-        raise DatabaseCorruptError(f"{db / MANIFEST}: {exc}{rebuild}") from None
+        raise DatabaseCorruptError(f"{db / MANIFEST}: {exc}", **data) from None
     return index

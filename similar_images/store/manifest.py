@@ -314,13 +314,12 @@ class Manifest:
 
     # ------------------------------------------------------------------ files
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], *, fmt: str = FORMAT, build_hint: str = "") -> Manifest:
+    def load(cls, folder: str | os.PathLike[str], *, fmt: str = FORMAT) -> Manifest:
         """Read and check the manifest of ``folder``.
 
         Args:
             folder: The database folder.
             fmt: The expected ``format``.
-            build_hint: Appended to the "no database" error (how to build one).
 
         Raises:
             DatabaseNotFoundError: If the folder has no manifest.
@@ -329,12 +328,12 @@ class Manifest:
         """
         path = Path(folder).expanduser() / MANIFEST
         if not (path.exists() or path.is_symlink()):
-            raise DatabaseNotFoundError(f"No database at {path.parent} (no {MANIFEST}).{build_hint}")
+            raise DatabaseNotFoundError(f"No database at {path.parent} (no {MANIFEST})", path=path.parent, fmt=fmt)
         try:
             data = _io.read_json(path)
         except FileNotFoundError:  # a link to nothing, or removed meanwhile
             raise DatabaseNotFoundError(f"No database at {path.parent} ({MANIFEST} is a link to nothing, or was "
-                                        f"removed).{build_hint}") from None
+                                        "removed)", path=path.parent, fmt=fmt) from None
         except DatabaseFileError as exc:
             raise DatabaseFileError(f"{exc}; a manifest is a small JSON file: rebuild the database", path=path,
                                     reason=exc.reason) from None

@@ -75,8 +75,8 @@ class KerasRunner:
                  model: Any = None, info: dict[str, Any] | None = None) -> None:
         precision = check_precision(precision, allow_auto=False)
         if precision == "int8":
-            raise BackendError("The keras backend runs fp32 or bf16; for int8 use --backend openvino "
-                               "(pip install openvino nncf)")
+            raise BackendError("The keras backend runs fp32 or bf16", hint="int8 needs backend='openvino' (pip install "
+                               "openvino nncf).", setting="backend", value="keras", expected="openvino")
         self.spec = spec
         self.weights = weights
         self.seed = seed

@@ -42,8 +42,9 @@ def import_onnxruntime() -> Any:
         import onnxruntime  # noqa: PLC0415  (heavy: ONNX Runtime)
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"The onnx text backend needs ONNX Runtime, which is not installed ({exc}). "
-            f"Install it with `{ONNX_INSTALL_COMMAND}`, or use --backend torch."
+            f"The onnx text backend needs ONNX Runtime, which is not installed ({exc}); `{ONNX_INSTALL_COMMAND}` "
+            "installs it.", hint="Or use backend='torch'.",
+            setting="backend", value="onnx", expected="torch",
         ) from exc
     return onnxruntime
 
@@ -72,7 +73,8 @@ def _check_layout(folder: Path) -> int:
     if not mean_pooled or set(kinds[2:]) - {"Normalize"}:
         raise ConfigError(
             f"The onnx text backend runs sentence-transformers models made of a transformer and mean pooling; "
-            f"{folder} holds {kinds or 'no modules.json'} (pooling {modes or 'unknown'}): use --backend torch")
+            f"{folder} holds {kinds or 'no modules.json'} (pooling {modes or 'unknown'})", hint="Use backend='torch'.",
+            path=folder, setting="backend", value="onnx", expected="torch")
     config = _read_json(folder / "sentence_bert_config.json") or {}
     return int(config.get("max_seq_length") or 512)
 
@@ -92,8 +94,9 @@ def _export(folder: Path, out: Path) -> dict[str, Any]:
         from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415  (heavy: torch)
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"Exporting the text encoder to ONNX needs torch, transformers and onnx ({exc}). "
-            f"Install them with `{ONNX_INSTALL_COMMAND} torch==2.13.0 transformers`, or use --backend torch."
+            f"Exporting the text encoder to ONNX needs torch, transformers and onnx ({exc}); "
+            f"`{ONNX_INSTALL_COMMAND} torch==2.13.0 transformers` installs them.", hint="Or use backend='torch'.",
+            setting="backend", value="onnx", expected="torch",
         ) from exc
 
     class MeanPooled(torch.nn.Module):
@@ -148,8 +151,9 @@ def load_onnx_sentence_encoder(folder: str | os.PathLike[str], *, name: str,
     except (BackendUnavailableError, ConfigError):
         raise
     except Exception as exc:  # the exporter raises many types
-        raise BackendError(f"Could not export {folder} to ONNX ({exc.__class__.__name__}: {exc}); "
-                           "use --backend torch") from exc
+        raise BackendError(f"Could not export {folder} to ONNX ({exc.__class__.__name__}: {exc})",
+                           hint="Use backend='torch'.", path=folder, setting="backend", value="onnx",
+                           expected="torch") from exc
     try:
         from transformers import AutoTokenizer  # noqa: PLC0415  (heavy: transformers)
 
@@ -159,7 +163,8 @@ def load_onnx_sentence_encoder(folder: str | os.PathLike[str], *, name: str,
         session = ort.InferenceSession(str(entry / "model.onnx"), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # a broken model file or tokenizer: many types
         raise BackendError(f"Could not load the ONNX model {entry} ({exc.__class__.__name__}: {exc}); "
-                           "delete that folder to export it again, or use --backend torch") from exc
+                           "deleting that folder exports it again", hint="Or use backend='torch'.", path=entry,
+                           setting="backend", value="onnx", expected="torch") from exc
     wanted = [i.name for i in session.get_inputs()]
 
     def encode(batch: Sequence[str]) -> np.ndarray:

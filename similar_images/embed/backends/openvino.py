@@ -48,8 +48,8 @@ def import_openvino() -> Any:
         import openvino  # noqa: PLC0415  (heavy: OpenVINO runtime)
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"The openvino backend needs the OpenVINO runtime, which is not installed ({exc}). "
-            f"Install it with `{INSTALL_COMMAND}`, or use --backend keras."
+            f"The openvino backend needs the OpenVINO runtime, which is not installed ({exc}); `{INSTALL_COMMAND}` "
+            "installs it.", hint="Or use backend='keras'.", setting="backend", value="openvino", expected="keras",
         ) from exc
     return openvino
 
@@ -60,8 +60,9 @@ def import_nncf() -> Any:
         import nncf  # noqa: PLC0415  (heavy: NNCF pulls in its own stack)
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"int8 precision needs NNCF for post-training quantization, which is not installed ({exc}). "
-            f"Install it with `{INSTALL_COMMAND}`, or use --precision fp32 or bf16."
+            f"int8 precision needs NNCF for post-training quantization, which is not installed ({exc}); "
+            f"`{INSTALL_COMMAND}` installs it.", hint="Or use precision='fp32' or 'bf16'.",
+            setting="precision", value="int8", expected=("fp32", "bf16"),
         ) from exc
     return nncf
 

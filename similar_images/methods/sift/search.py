@@ -130,8 +130,7 @@ class SiftDatabase:
             DatabaseError: If the folder is not a complete, consistent SIFT database.
         """
         db = Path(path).expanduser()
-        manifest = Manifest.load(db, fmt=FORMAT, build_hint=f" Build one with:\n  similar-images sift extract "
-                                 f"IMAGES_FOLDER {db}")
+        manifest = Manifest.load(db, fmt=FORMAT)
         files, counts = manifest.files, manifest.counts
         n_desc = int(counts.extra.get("descriptors", counts.indexed))
         rebuild = "; rebuild the SIFT database"
