@@ -37,6 +37,7 @@ from similar_images.errors import (
     WeightsError,
 )
 from similar_images.index import IndexConfig
+from similar_images.store import write_database
 
 PACKAGE = Path(similar_images.__file__).parent
 #: The layers that speak to a user in their own terms: everything below them speaks the library's.
@@ -219,7 +220,7 @@ def _database(path: Path, n: int = 40) -> Path:
     """A small image database of random unit vectors (no model runs), with an exact index."""
     x = np.random.default_rng(1).normal(size=(n, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    similar_images.write_database(path, kind="image", model={"name": "synthetic", "dim": 16, "weights": "random"},
+    write_database(path, kind="image", model={"name": "synthetic", "dim": 16, "weights": "random"},
                                   items=[f"/img/{i}.jpg" for i in range(n)], vector_chunks=[x])
     similar_images.Database.open(path, load_index=False).build_index(IndexConfig(factory="Flat", eval_queries=0))
     return path
