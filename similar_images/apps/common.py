@@ -304,7 +304,7 @@ class _Router:
 
 _QUIET_LOCK = threading.Lock()
 _QUIET_THREADS: Counter[int] = Counter()
-_QUIET_STATE: dict[str, Any] = {}
+_QUIET_STATE: dict[str, object] = {}
 
 
 @contextlib.contextmanager
@@ -451,7 +451,7 @@ class ModelLoader:
                 self._done.clear()
             raise exc
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         """The model part of the status line, for the page."""
         if self.state == "loading":
             return {"state": "loading", "label": f"Loading {self.what}", "elapsed": round(self.elapsed(), 2),
@@ -511,7 +511,7 @@ _CALIBRATION_ROWS = 5_000
 _CALIBRATION_QUERIES = 400
 
 
-def database_header(db: Database, title: str, noun: str) -> dict[str, Any]:
+def database_header(db: Database, title: str, noun: str) -> dict[str, object]:
     """The app header in plain words: title, how many items, how they are compared, the collection's name.
 
     The model and the index (what a class does not need to read) are on hover; the folder's path on the server is
@@ -533,7 +533,7 @@ _BAND_WORDS = {
 }
 
 
-def band_legend(bands: ScoreBands | None, words: BandWords | None = None) -> tuple[list[dict[str, Any]], str]:
+def band_legend(bands: ScoreBands | None, words: BandWords | None = None) -> tuple[list[dict[str, object]], str]:
     """The legend for the page: ``([{name, min, title, label, text}], note)``; empty without bands.
 
     With ``words`` (see :func:`band_words`) the legend says what each band means on this collection: the measured

@@ -99,7 +99,7 @@ class ActionResult:
     png: bytes = b""
     html: str = ""
     text: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -205,7 +205,7 @@ class GalleryWidget(anywidget.AnyWidget):
         return ActionResult("html", title=action.label, html=str(out))
 
     # ------------------------------------------------------------------ page events
-    def receive(self, content: dict[str, Any], buffers: list[Any] | None = None) -> None:
+    def receive(self, content: dict[str, object], buffers: list[Any] | None = None) -> None:
         """Handle one event from the page (the custom message the front end sends)."""
         event = content.get("event")
         if event in ("upload_start", "upload_chunk", "upload_end", "upload_refused"):
@@ -241,7 +241,7 @@ class GalleryWidget(anywidget.AnyWidget):
         self.send({"event": "preview", "key": key, "ok": bool(data), "mime": "image/jpeg"}, [data] if data else None)
 
     # ------------------------------------------------------------------ uploads in pieces
-    def _upload_event(self, event: str, content: dict[str, Any], buffers: list[Any]) -> None:
+    def _upload_event(self, event: str, content: dict[str, object], buffers: list[Any]) -> None:
         limit = int(self.upload.get("limit", 0)) or None
         token = str(content.get("token", ""))
         if event == "upload_refused":
@@ -339,7 +339,7 @@ class GalleryApp:
             lo = max(lo, self.bands.lower_bound(band))
         return lo
 
-    def _keep_shown(self, results: Results, what: str, floor: float | None = None) -> dict[str, Any]:
+    def _keep_shown(self, results: Results, what: str, floor: float | None = None) -> dict[str, object]:
         """Keep the results above the minimum score in :attr:`shown`; returns the results' title for the page."""
         lo = self._min_score(floor)
         self._shown = [m for m in results if m.score >= lo]
@@ -349,7 +349,7 @@ class GalleryApp:
         return {"text": f"{len(self._shown)} of the {len(results)} most similar {what}",
                 "note": f"({hidden} below {lo:.2f} hidden)"}
 
-    def _empty_after_filter(self) -> dict[str, Any]:
+    def _empty_after_filter(self) -> dict[str, object]:
         if self._shown:
             return {}
         return {"text": f"No result reaches {self._min_score():.2f}: lower the minimum in 'Show'."}

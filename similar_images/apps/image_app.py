@@ -326,7 +326,7 @@ class SimilarImagesApp(GalleryApp):
     def db(self, value: Database) -> None:
         self._db = value
 
-    def _speed_control_spec(self) -> dict[str, Any]:
+    def _speed_control_spec(self) -> dict[str, object]:
         """The index's speed/accuracy parameter, for its slider (empty when it has none)."""
         if self.db.index is None:
             return {}
@@ -339,7 +339,7 @@ class SimilarImagesApp(GalleryApp):
             return {"name": "efSearch", "default": int(params["efSearch"]), "min": 1, "max": 1024}
         return {}
 
-    def _first_screen(self) -> dict[str, Any]:
+    def _first_screen(self) -> dict[str, object]:
         """What the page shows before the first search: how to start, and sample photos of the database to click."""
         text = ("Click a photo below, or Random image, upload a photo (or drop one here), or paste an image URL to "
                 "find the most similar images in the database.")
@@ -570,7 +570,7 @@ class SimilarImagesApp(GalleryApp):
 
     def _search(self, query: QueryInfo) -> Results:
         g = self.gallery
-        kwargs: dict[str, Any] = {"exact": bool(g.exact)}
+        kwargs: dict[str, object] = {"exact": bool(g.exact)}
         spec = g.speed_spec
         if spec and not kwargs["exact"]:
             kwargs["nprobe" if spec["name"] == "nprobe" else "ef_search"] = int(g.speed)
@@ -649,7 +649,7 @@ class SimilarImagesApp(GalleryApp):
 
         self._prefetcher.submit(work)
 
-    def _query_dict(self, query: QueryInfo, note: str = "") -> dict[str, Any]:
+    def _query_dict(self, query: QueryInfo, note: str = "") -> dict[str, object]:
         title = query.title if self.config.show_paths or query.kind in ("url", "upload") else query.name
         detail = query.detail if self.config.show_paths or query.kind != "path" else "file on the server"
         return {"name": query.name, "title": title, "detail": detail, "thumb": query.thumb,
@@ -674,8 +674,8 @@ class SimilarImagesApp(GalleryApp):
             self.gallery.state = "busy"
             self.gallery.message = {}
 
-    def _status_dict(self) -> dict[str, Any]:
-        status: dict[str, Any] = {"model": self.loader.status()}
+    def _status_dict(self) -> dict[str, object]:
+        status: dict[str, object] = {"model": self.loader.status()}
         r = self._results
         if r is not None:
             if r.params.get("exact"):
@@ -721,10 +721,10 @@ class SimilarImagesApp(GalleryApp):
             return None
 
     # ------------------------------------------------------------ page controls
-    def _on_params(self, _change: dict[str, Any]) -> None:
+    def _on_params(self, _change: dict[str, object]) -> None:
         self._rerun()
 
-    def _on_filter(self, _change: dict[str, Any]) -> None:
+    def _on_filter(self, _change: dict[str, object]) -> None:
         if self._query is not None and self._results is not None:
             self._render(self._query, self._results)
 

@@ -96,7 +96,7 @@ class MapView(anywidget.AnyWidget):
         else:
             self.selected = int(item_id)
 
-    def _on_selected(self, change: dict[str, Any]) -> None:
+    def _on_selected(self, change: dict[str, object]) -> None:
         self._search(int(change["new"]))
 
     def _search(self, item_id: int) -> None:

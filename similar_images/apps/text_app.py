@@ -197,11 +197,11 @@ class TextSearchApp(GalleryApp):
         if self.preload:
             self.loader.start()
 
-    def _on_params(self, _change: dict[str, Any]) -> None:
+    def _on_params(self, _change: dict[str, object]) -> None:
         if self._query is not None:
             self._safely(self._run, self._query, self._query_text)
 
-    def _on_filter(self, _change: dict[str, Any]) -> None:
+    def _on_filter(self, _change: dict[str, object]) -> None:
         if self._results is not None:
             self._render(self._results, self._query_text, self._query)
 
@@ -230,7 +230,7 @@ class TextSearchApp(GalleryApp):
         return self._run(match.id, match.text)
 
     # -------------------------------------------------------------- helpers
-    def _explain(self) -> dict[str, Any]:
+    def _explain(self) -> dict[str, object]:
         return {"text": f"Type a sentence to find the {self.noun} that say something similar, in other words too: "
                         f"the search compares meanings (sentence embeddings), not letters. Try one of these:",
                 "examples": list(EXAMPLES)}
@@ -302,8 +302,8 @@ class TextSearchApp(GalleryApp):
             g.render_id += 1
             g.status = self._status_dict(results, total_ms)
 
-    def _status_dict(self, results: Results | None = None, total_ms: float | None = None) -> dict[str, Any]:
-        status: dict[str, Any] = {"model": self.loader.status()}
+    def _status_dict(self, results: Results | None = None, total_ms: float | None = None) -> dict[str, object]:
+        status: dict[str, object] = {"model": self.loader.status()}
         r = results if results is not None else self._results
         if r is not None:
             index = self.db.manifest.index

@@ -435,7 +435,7 @@ def figure_slider(values: Sequence[Any], draw: Callable[[Any], Figure], *, descr
                                      layout=widgets.Layout(width="60%"))
     image = widgets.Image(value=figure_png(draw(start)), format="png", layout=widgets.Layout(max_width="100%"))
 
-    def redraw(change: dict[str, Any]) -> None:
+    def redraw(change: dict[str, object]) -> None:
         image.value = figure_png(draw(change["new"]))
 
     slider.observe(redraw, names="value")

@@ -98,9 +98,9 @@ class BuildReport:
     recall_at_10_served: float | None = None
     nprobe_recalls: dict[str, float] | None = None
     neighbour_similarity: dict[str, float] | None = None
-    score_bands: dict[str, Any] | None = None
+    score_bands: dict[str, object] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
@@ -219,7 +219,7 @@ def finish_index(index: Any, vectors: np.ndarray, ids: np.ndarray, config: Index
     recall = served = float("nan")
     nprobe_recalls = None
     neighbours: dict[str, float] | None = None
-    bands: dict[str, Any] | None = None
+    bands: dict[str, object] | None = None
     if sample is not None and sample.truth_scores is not None:
         neighbours = neighbour_percentiles(sample.truth_scores[:, 0]) or None
         bands = ScoreBands.from_percentiles(neighbours).to_dict() if neighbours else None

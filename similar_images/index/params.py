@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import faiss
@@ -80,7 +80,7 @@ def default_search_params(index: Any) -> dict[str, int]:
     return params
 
 
-def set_search_params(index: Any, params: dict[str, int | None]) -> dict[str, int]:
+def set_search_params(index: Any, params: Mapping[str, int | None]) -> dict[str, int]:
     """Apply search parameters (``nprobe``, ``efSearch``, ``k_factor``); ``None`` values are skipped.
 
     nprobe is capped at the number of lists.

@@ -138,7 +138,7 @@ class LatencyStats:
     batch_size: int
     threads: int | None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
@@ -164,7 +164,7 @@ class EvaluationReport:
     recall_served: dict[int, float] = field(default_factory=dict)
     latency_served: LatencyStats | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "database": self.database,
             "n_items": self.n_items,

@@ -140,7 +140,7 @@ class DuplicateReport:
     seconds: float
     truncated_queries: int = 0
     method: str = "range_search"
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.id_a)
@@ -164,7 +164,7 @@ class DuplicateReport:
         return DuplicateReport(a, b, s, connected_components(a, b), cfg, self.n_items, self.seconds,
                                self.truncated_queries, self.method, dict(self.extra))
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, object]:
         """Counts and settings, JSON-serialisable."""
         sizes = [len(g) for g in self.groups]
         return {
@@ -383,7 +383,7 @@ def find_duplicate_pairs(db: Database, config: DuplicateConfig | None = None) ->
     t0 = time.perf_counter()
     method = "range_search"
     truncated = 0
-    extra: dict[str, Any] = {}
+    extra: dict[str, object] = {}
     if len(live) < 2:
         parts: tuple[list[np.ndarray], ...] = ([], [], [])
     elif config.index == "flat":

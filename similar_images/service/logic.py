@@ -51,7 +51,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def as_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+def as_int(value: object, name: str, *, minimum: int | None = None) -> int:
     """A request field as an integer: a JSON integer, or text of an optional sign and ASCII digits
     (:func:`~similar_images._util.parsing.parse_int`), the same in every route and content type.
 
@@ -73,7 +73,7 @@ def as_int(value: Any, name: str, *, minimum: int | None = None) -> int:
     return result
 
 
-def as_bool(value: Any, name: str) -> bool:
+def as_bool(value: object, name: str) -> bool:
     """A request field as a boolean (``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``).
 
     Raises:
@@ -156,7 +156,7 @@ class ServiceState:
                            max_bytes=self.config.max_upload_bytes,
                            policy=AddressPolicy(allow_private=self.config.allow_private_urls))
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> dict[str, object]:
         assert self.live is not None
         db = self.live.current()
         index = db.manifest.index if db is not None else None
@@ -182,7 +182,7 @@ class ServiceState:
         }
 
     # ------------------------------------------------------------ validation
-    def check_k(self, k: Any) -> int:
+    def check_k(self, k: object) -> int:
         if k is None:
             return self.config.default_k
         value = as_int(k, "k")
@@ -194,7 +194,7 @@ class ServiceState:
         if not item_kind(self.db.kind).files:
             raise UnsupportedQueryError(f"This database holds {self.db.kind}s, not images: search it by id")
 
-    def fetch(self, url: Any) -> bytes:
+    def fetch(self, url: object) -> bytes:
         """Download a query image.
 
         Raises:
@@ -212,7 +212,7 @@ class ServiceState:
         self.require_images()
         return fetch_url(url, config)
 
-    def start_fetch(self, url: Any) -> Future[bytes]:
+    def start_fetch(self, url: object) -> Future[bytes]:
         """Fetch a query image in the fetch threads (see :attr:`ServeConfig.max_fetches`), not the caller's.
 
         Returns:
@@ -239,8 +239,8 @@ class ServiceState:
             self.fetch_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------- search
-    def search(self, query: Any, k: int, query_info: dict[str, Any], *, exact: bool = False,
-               nprobe: int | None = None, ef_search: int | None = None) -> dict[str, Any]:
+    def search(self, query: Any, k: int, query_info: dict[str, object], *, exact: bool = False,
+               nprobe: int | None = None, ef_search: int | None = None) -> dict[str, object]:
         """Run one search; ``query`` is an id (already checked) or image bytes."""
         t0 = time.perf_counter()
         if self.config.faiss_threads:
@@ -260,9 +260,9 @@ class ServiceState:
         return {"query": query_info, "k": k, "count": len(results), "model": db.model_name, **out,
                 "elapsed_ms": round((time.perf_counter() - t0) * 1e3, 3)}
 
-    def search_request(self, *, item_id: Any = None, url: Any = None, data: bytes | None = None,
-                       filename: str | None = None, k: Any = None, exact: Any = False, nprobe: Any = None,
-                       ef_search: Any = None, fetched: bytes | None = None) -> dict[str, Any]:
+    def search_request(self, *, item_id: object = None, url: object = None, data: bytes | None = None,
+                       filename: str | None = None, k: object = None, exact: object = False, nprobe: object = None,
+                       ef_search: object = None, fetched: bytes | None = None) -> dict[str, object]:
         """Validate one request's fields (exactly one of id, url, data) and search (blocking).
 
         ``fetched`` is the body of ``url`` when the caller fetched it already (see :meth:`start_fetch`).
@@ -280,7 +280,7 @@ class ServiceState:
         query: Any
         if item_id is not None:
             query = self.db.check_id(as_int(item_id, "id"))
-            info: dict[str, Any] = {"type": "id", "id": query}
+            info: dict[str, object] = {"type": "id", "id": query}
         elif url is not None:
             query = fetched if fetched is not None else self.fetch(url)
             info = {"type": "url", "url": url.strip(), "bytes": len(query)}
@@ -295,7 +295,7 @@ class ServiceState:
         return out
 
     # ---------------------------------------------------------------- explanations
-    def check_explain(self, *, query_id: Any = None, url: Any = None, item_id: Any = None,
+    def check_explain(self, *, query_id: object = None, url: object = None, item_id: object = None,
                       method: str = "auto") -> None:
         """Validate an explanation request's fields (before its URL, if any, is fetched).
 
@@ -314,7 +314,7 @@ class ServiceState:
         if query_id is not None:
             as_int(query_id, "query_id")
 
-    def explain(self, *, query_id: Any = None, url: Any = None, item_id: Any = None,
+    def explain(self, *, query_id: object = None, url: object = None, item_id: object = None,
                 method: str = "auto", fetched: bytes | None = None) -> Explanation:
         """Why database item ``item_id`` is similar to the query (a database id or an image URL).
 

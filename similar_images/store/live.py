@@ -60,7 +60,7 @@ class _Shard:
     mtime: float
 
 
-def _read_plan(partial: Path) -> tuple[dict[str, Any], int]:
+def _read_plan(partial: Path) -> tuple[dict[str, object], int]:
     """``(settings, planned items)`` of the build in ``partial``.
 
     Raises:
@@ -227,7 +227,7 @@ class BuildProgress:
         """Whether a build or an index build is running."""
         return self.phase in ("extracting", "indexing")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["building"] = self.building
         d["rate"] = None if self.rate is None else round(self.rate, 3)

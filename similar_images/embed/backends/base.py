@@ -130,7 +130,7 @@ class CpuCapabilities:
     flags: tuple[str, ...]
     source: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["flags"] = list(self.flags)
         return d

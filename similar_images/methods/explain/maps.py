@@ -167,10 +167,10 @@ class Explanation:
         """Whether no model ran for this explanation."""
         return self.forward_passes == 0
 
-    def to_dict(self, *, decimals: int = 8) -> dict[str, Any]:
+    def to_dict(self, *, decimals: int = 8) -> dict[str, object]:
         """A JSON-serialisable form (maps as nested lists, rows top to bottom)."""
 
-        def side(m: np.ndarray, item_id: int | None, path: str | None) -> dict[str, Any]:
+        def side(m: np.ndarray, item_id: int | None, path: str | None) -> dict[str, object]:
             return {"id": item_id, "path": path, "sum": round(float(m.sum(dtype=np.float64)), decimals),
                     "map": np.round(m.astype(np.float64), decimals).tolist()}
 

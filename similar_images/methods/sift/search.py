@@ -83,7 +83,7 @@ class SiftMatch(Match):
         """``votes`` divided by the number of query descriptors (the score)."""
         return self.score
 
-    def to_dict(self, item_key: str = "path") -> dict[str, Any]:
+    def to_dict(self, item_key: str = "path") -> dict[str, object]:
         return {"rank": self.rank, "id": self.id, "votes": self.votes, "fraction": round(self.score, 6),
                 item_key: self.item}
 
@@ -96,11 +96,11 @@ class SiftResults(Results):
     """
 
     def __init__(self, matches: Iterable[SiftMatch], *, n_descriptors: int, search_ms: float, total_ms: float,
-                 params: dict[str, Any]) -> None:
+                 params: dict[str, object]) -> None:
         super().__init__(list(matches), search_ms=search_ms, total_ms=total_ms, query_id=None, params=params)
         self.n_descriptors = n_descriptors
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"n_descriptors": self.n_descriptors, **super().to_dict()}
 
 
