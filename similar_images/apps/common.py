@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 from PIL import Image
@@ -52,6 +52,9 @@ from ..sources.thumbnails import ThumbnailCache, ThumbnailConfig, placeholder_th
 from ..store import Database
 from ..store.live import BuildProgress
 from ..store.manifest import MANIFEST
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +222,7 @@ def thumbnail_array(path: str | os.PathLike[str], size: int) -> np.ndarray:
     return canvas
 
 
-def figure_png(fig: Any) -> bytes:
+def figure_png(fig: Figure) -> bytes:
     """A matplotlib figure as PNG bytes (for ``ipywidgets.Image`` or ``IPython.display.Image``), without any GUI
     backend."""
     buf = io.BytesIO()
@@ -281,7 +284,7 @@ class _Router:
     """Stands for ``sys.stdout`` or ``sys.stderr``: what a quiet thread writes goes to the log, the rest to the
     stream it replaced. Handlers created meanwhile (TensorFlow's, absl's) may keep it: it stays correct."""
 
-    def __init__(self, original: Any) -> None:
+    def __init__(self, original: TextIO) -> None:
         self._original = original
 
     def write(self, text: str) -> int:
@@ -304,7 +307,7 @@ class _Router:
 
 _QUIET_LOCK = threading.Lock()
 _QUIET_THREADS: Counter[int] = Counter()
-_QUIET_STATE: dict[str, object] = {}
+_QUIET_STATE: dict[str, Any] = {}  # saved descriptors and streams, nesting depth
 
 
 @contextlib.contextmanager
@@ -337,9 +340,9 @@ def quiet_output() -> Iterator[Path]:
             _QUIET_STATE["saved"] = saved
             _QUIET_STATE["streams"] = (sys.stdout, sys.stderr)
             if not isinstance(sys.stdout, _Router):
-                sys.stdout = _Router(sys.stdout)  # type: ignore[assignment]
+                sys.stdout = _Router(sys.stdout)
             if not isinstance(sys.stderr, _Router):
-                sys.stderr = _Router(sys.stderr)  # type: ignore[assignment]
+                sys.stderr = _Router(sys.stderr)
         _QUIET_STATE["depth"] = _QUIET_STATE.get("depth", 0) + 1
     try:
         yield app_log_path()

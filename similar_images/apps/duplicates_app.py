@@ -23,11 +23,12 @@ import html
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import ipywidgets as w
 import numpy as np
 
+from .._util.types import JSON
 from ..errors import ConfigError
 from ..index import ScoreBands
 from ..methods.duplicates import (
@@ -40,6 +41,9 @@ from ..methods.duplicates import (
 )
 from ..store import Database
 from .common import figure_png, log_to_file, quiet_output, shorten_middle, thumbnail_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["DuplicateBrowser", "similarity_histogram", "default_thresholds"]
 
@@ -82,7 +86,7 @@ def default_thresholds(similarities: np.ndarray) -> tuple[float, float]:
 
 def similarity_histogram(similarities: np.ndarray, *, threshold: float | None = None, bins: int = 50,
                          title: str = "Similarity of each image to its most similar other image",
-                         figsize: tuple[float, float] = (8.0, 3.0), bands: ScoreBands | None = None) -> Any:
+                         figsize: tuple[float, float] = (8.0, 3.0), bands: ScoreBands | None = None) -> Figure:
     """A matplotlib histogram of similarities, with the threshold drawn as a vertical line.
 
     Args:
@@ -244,5 +248,5 @@ class DuplicateBrowser:
                                  + "</div>") if self.shown else ""
         return sub
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+    def _repr_mimebundle_(self, **kwargs: object) -> JSON:
         return self.widget._repr_mimebundle_(**kwargs)

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .._util.http import AddressPolicy, FetchConfig, check_url, fetch_url
+from .._util.types import JSON
 from ..embed import item_kind
 from ..embed.feature_maps import feature_map_spec
 from ..errors import ConfigError, DatabaseError, FeatureMapError, ImageLoadError, QueryError, SimilarImagesError
@@ -326,7 +327,7 @@ class SimilarImagesApp(GalleryApp):
     def db(self, value: Database) -> None:
         self._db = value
 
-    def _speed_control_spec(self) -> dict[str, object]:
+    def _speed_control_spec(self) -> JSON:
         """The index's speed/accuracy parameter, for its slider (empty when it has none)."""
         if self.db.index is None:
             return {}
@@ -390,7 +391,7 @@ class SimilarImagesApp(GalleryApp):
         """Short description of the current query (file name, upload name or URL)."""
         return self._query.name if self._query else ""
 
-    def add_lightbox_action(self, name: str, label: str, callback: Callable[[ActionTarget], Any], *,
+    def add_lightbox_action(self, name: str, label: str, callback: Callable[[ActionTarget], object], *,
                             tooltip: str = "", query: bool = False) -> None:
         """Add a button to the lightbox (see :mod:`similar_images.apps.gallery`, "Lightbox actions")."""
         self.gallery.add_action(name, label, callback, tooltip=tooltip, query=query)
@@ -519,7 +520,7 @@ class SimilarImagesApp(GalleryApp):
         if cached is not None:
             self._previews.move_to_end(key)
             return cached
-        source: Any = None
+        source: str | bytes | None = None
         if key.startswith("db:"):
             i = self.db.check_id(int(key[3:]))
             source = self.db.items[i]
@@ -713,7 +714,7 @@ class SimilarImagesApp(GalleryApp):
             g.query = self._query_dict(self._query) if self._query is not None else {}
             g.status = self._status_dict()
 
-    def _safely(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _safely(self, func: Callable[..., object], *args: object, **kwargs: object) -> object:
         """Run an action from the page: errors are shown in the app, never raised."""
         try:
             return func(*args, **kwargs)
@@ -721,10 +722,10 @@ class SimilarImagesApp(GalleryApp):
             return None
 
     # ------------------------------------------------------------ page controls
-    def _on_params(self, _change: dict[str, object]) -> None:
+    def _on_params(self, _change: JSON) -> None:
         self._rerun()
 
-    def _on_filter(self, _change: dict[str, object]) -> None:
+    def _on_filter(self, _change: JSON) -> None:
         if self._query is not None and self._results is not None:
             self._render(self._query, self._results)
 

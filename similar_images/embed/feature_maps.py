@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._util.types import KerasModel
 from .._util.registry import Registry
+from .._util.types import KerasModel
 from ..errors import ConfigError, FeatureMapError
 from .tf_import import import_keras, import_tensorflow
 

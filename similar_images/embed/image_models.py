@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._util.types import KerasModel
 from .._util.registry import Registry
+from .._util.types import KerasModel
 from ..errors import SourceNotFoundError, WeightsError
 from .tf_import import import_keras
 

@@ -42,9 +42,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any
 
 import numpy as np
+
 from .._util.types import JSON
 
 __all__ = ["ScoreBands", "BAND_NAMES", "neighbour_percentiles", "BandWords", "calibrate_words", "folder_labels",

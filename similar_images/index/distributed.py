@@ -26,17 +26,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
-from .types import FaissIndex
 from ..errors import ConfigError
 from .build import add_vectors
 from .factory import make_index
 from .params import ivf_of
+from .types import FaissIndex
 
 __all__ = ["is_ivf_factory", "add_to_copy", "merge_in_memory", "merge_on_disk", "estimate_index_bytes"]
 

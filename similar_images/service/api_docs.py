@@ -21,8 +21,9 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
+
 from .._util.types import JSON
 
 __all__ = ["render_api_docs", "HTTP_METHODS"]

@@ -28,10 +28,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
-from ..._util.types import JSON
 from ..._util import io as _io
+from ..._util.types import JSON
 
 __all__ = ["CACHE_ENV", "FORMAT", "ModelCache", "cache_key", "default_cache_dir", "file_sha256", "package_versions"]
 
