@@ -34,7 +34,8 @@ from .index.types import FaissIndex
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["Query", "Searchable", "Match", "Results", "MAX_K", "query_vectors", "search", "search_batch", "search_vectors"]
+__all__ = ["Query", "Searchable", "Match", "Results", "MAX_K", "query_vectors", "search", "search_batch",
+           "search_vectors"]
 
 logger = logging.getLogger(__name__)
 

@@ -157,7 +157,8 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _load_applications_model(factory: Callable[..., KerasModel], weights: str | None, what: str, **kwargs: object) -> KerasModel:
+def _load_applications_model(factory: Callable[..., KerasModel], weights: str | None, what: str,
+                             **kwargs: object) -> KerasModel:
     try:
         with warnings.catch_warnings():
             # Keras warns once per layer it cannot match ("Skipping nested container ..."): hundreds of lines for a

@@ -154,7 +154,7 @@ def make_index(factory: str, d: int, *, metric: str = "ip") -> Any:
     # polysemous search, which this package never uses.
     for sub in unwrap(index):
         if getattr(sub, "do_polysemous_training", False):
-            sub.do_polysemous_training = False
+            setattr(sub, "do_polysemous_training", False)  # noqa: B010  (IndexPQ, IndexIVFPQ: not on faiss.Index)
     top = faiss.downcast_index(index)
     native_ids = isinstance(top, (faiss.IndexIVF, faiss.IndexIDMap, faiss.IndexIDMap2)) or (
         isinstance(top, faiss.IndexPreTransform) and isinstance(faiss.downcast_index(top.index), faiss.IndexIVF)
@@ -274,8 +274,9 @@ def min_training_vectors(index: Any) -> int:
         if pq is not None and hasattr(pq, "ksub"):
             need = max(need, int(pq.ksub))
         if isinstance(sub, faiss.IndexPreTransform):
-            for i in range(sub.chain.size()):
-                vt = faiss.downcast_VectorTransform(sub.chain.at(i))
+            chain = sub.chain  # a SWIG vector at run time (faiss' stubs say list)
+            for i in range(chain.size()):  # type: ignore[attr-defined]
+                vt = faiss.downcast_VectorTransform(chain.at(i))  # type: ignore[attr-defined]
                 if isinstance(vt, faiss.OPQMatrix):
                     need = max(need, 2 ** 8)
         if not sub.is_trained:

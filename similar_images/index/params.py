@@ -20,6 +20,7 @@ from typing import Any
 import faiss
 
 from ..errors import ConfigError
+from .types import FaissIndex
 
 __all__ = [
     "SEARCH_PARAMS",
@@ -38,10 +39,10 @@ _NEEDS = {"nprobe": "IVF indexes", "efSearch": "HNSW indexes",
           "k_factor": "indexes with a refine stage (',RFlat')"}
 
 
-def unwrap(index: Any) -> list[Any]:
+def unwrap(index: FaissIndex) -> list[FaissIndex]:
     """The chain of (downcast) indexes inside wrappers: IDMap, PreTransform, Refine."""
-    chain = []
-    cur = faiss.downcast_index(index)
+    chain: list[FaissIndex] = []
+    cur: FaissIndex | None = faiss.downcast_index(index)
     while cur is not None:
         chain.append(cur)
         nxt = None
@@ -53,7 +54,7 @@ def unwrap(index: Any) -> list[Any]:
     return chain
 
 
-def ivf_of(index: Any) -> Any | None:
+def ivf_of(index: FaissIndex) -> faiss.IndexIVF | None:
     """The inverted-file index inside ``index`` (any wrappers), or ``None``."""
     try:
         return faiss.extract_index_ivf(index)

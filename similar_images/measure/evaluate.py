@@ -193,9 +193,10 @@ class EvaluationReport:
         else:
             params = ", ".join(f"{k}={v}" for k, v in self.search_params.items()) or "none"
             lines.append(f"  index {self.factory} (search params: {params})")
-            lines.append(f"  index size {self.index_bytes:,} bytes = {self.index_bytes / self.vectors_bytes:.3f} x the "
+            index_bytes = self.index_bytes or 0  # measured whenever there is an index
+            lines.append(f"  index size {index_bytes:,} bytes = {index_bytes / self.vectors_bytes:.3f} x the "
                          f"raw vectors ({self.vectors_bytes:,} bytes)" if self.vectors_bytes else
-                         f"  index size {self.index_bytes:,} bytes")
+                         f"  index size {index_bytes:,} bytes")
             lines.append(f"  queries: {self.n_queries} {self.queries}")
             lines.append("")
             srv = bool(self.recall_served)

@@ -231,7 +231,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
     }
 
     def service(request: Request) -> ServiceState:
-        return request.app.state.service  # type: ignore[no-any-return]
+        return request.app.state.service
 
     @app.exception_handler(SimilarImagesError)
     async def _library_error(request: Request, exc: SimilarImagesError) -> JSONResponse:

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -27,6 +27,7 @@ from .._version import __version__
 from ..embed import item_kind
 from ..errors import DatabaseNotReadyError, ImageLoadError
 from ..methods.explain import Explanation, explain, explanation_png
+from ..search import Query
 from ..sources.thumbnails import make_thumbnail
 from ..store import Database
 from ..store.live import LiveDatabase
@@ -137,7 +138,7 @@ class ServiceState:
         if self.embedder is None:
             self.embedder = SerializedEmbedder(db.embedder, batch=self.config.batch_queries,
                                                max_batch=self.config.max_batch)
-        db.embedder = self.embedder  # type: ignore[assignment]
+        db.embedder = self.embedder
 
     @property
     def db(self) -> Database:
@@ -254,7 +255,7 @@ class ServiceState:
         results = db.search(query, k, exact=exact, nprobe=nprobe, ef_search=ef_search)
         out = results.to_dict()
         if item_kind(db.kind).files:
-            for r in out["results"]:
+            for r in cast("list[dict[str, object]]", out["results"]):
                 r["image_url"] = f"/images/{r['id']}"
                 r["thumb_url"] = f"/images/{r['id']}?size=thumb"
         return {"query": query_info, "k": k, "count": len(results), "model": db.model_name, **out,
@@ -277,13 +278,13 @@ class ServiceState:
         exact_b = as_bool(exact, "exact")
         nprobe_i = None if nprobe is None else as_int(nprobe, "nprobe", minimum=1)
         ef_i = None if ef_search is None else as_int(ef_search, "ef_search", minimum=1)
-        query: Any
+        query: Query
         if item_id is not None:
             query = self.db.check_id(as_int(item_id, "id"))
             info: dict[str, object] = {"type": "id", "id": query}
         elif url is not None:
             query = fetched if fetched is not None else self.fetch(url)
-            info = {"type": "url", "url": url.strip(), "bytes": len(query)}
+            info = {"type": "url", "url": str(url).strip(), "bytes": len(query)}
         else:
             assert data is not None
             if not data:
@@ -321,7 +322,7 @@ class ServiceState:
         ``fetched`` is the body of ``url`` when the caller fetched it already (see :meth:`start_fetch`).
         """
         self.check_explain(query_id=query_id, url=url, item_id=item_id, method=method)
-        query: Any
+        query: Query
         if query_id is not None:
             query = self.db.check_id(as_int(query_id, "query_id"))
         else:

@@ -34,6 +34,7 @@ import numpy as np
 
 from .._util import io as _io
 from .._util.locks import LockTimeoutError, file_lock
+from .._util.types import JSON
 from ..errors import DatabaseError, DatabaseNotFoundError, DatabaseNotReadyError
 from .build import _PLAN_ITEMS, PLAN, _read_plan_items, _shard_meta, _unit_rows
 from .database import Database, _check_inference
@@ -60,7 +61,7 @@ class _Shard:
     mtime: float
 
 
-def _read_plan(partial: Path) -> tuple[dict[str, object], int]:
+def _read_plan(partial: Path) -> tuple[JSON, int]:
     """``(settings, planned items)`` of the build in ``partial``.
 
     Raises:

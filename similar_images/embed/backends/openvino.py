@@ -218,7 +218,8 @@ def end_layers(ov_model: OVHandle) -> list[str]:
     return sorted({names[0], names[-1]})
 
 
-def quantize_int8(ov_model: OVHandle, calibration: np.ndarray, settings: QuantizationSettings | None = None) -> OVHandle:
+def quantize_int8(ov_model: OVHandle, calibration: np.ndarray,
+                  settings: QuantizationSettings | None = None) -> OVHandle:
     """Quantize an OpenVINO model to int8 with NNCF post-training quantization.
 
     With ``settings.accuracy_control`` (the default) NNCF's accuracy-aware quantization runs: the validation
@@ -306,7 +307,8 @@ def agreement_validation(ov_model: OVHandle, x: np.ndarray, k: int = 10, batch: 
              for i in range(0, len(x), batch)]
     reference = np.concatenate([_infer(compiled, images) for _ids, images in items])
 
-    def validate(model: OVHandle, data: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, list[list[np.ndarray]]]:
+    def validate(model: OVHandle,
+                 data: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, list[list[np.ndarray]]]:
         ids, outs = [], []
         for item_ids, images in data:
             ids.append(item_ids)

@@ -9,7 +9,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from PIL import Image
@@ -134,8 +134,9 @@ class Explainer:
             maps, _ = self.feature_model.maps(batch)
             for i, row in zip(todo, rows):
                 out[i] = maps[row]
-                if keys[i] is not None:
-                    self.cache.maps.put(self.model_key + keys[i], maps[row], maps[row].nbytes)
+                key = keys[i]
+                if key is not None:
+                    self.cache.maps.put(self.model_key + key, maps[row], maps[row].nbytes)
         return [m for m in out if m is not None], (1 if todo else 0)
 
     def search_vector(self, source: Any) -> np.ndarray:
@@ -341,12 +342,14 @@ def explain(db: Database, query: Any, result_id: int, *, method: MethodChoice = 
     feature_map_spec(db.model_name)  # fail before loading anything for a model without a feature map
     rid = db.check_id(int(result_id))
     qid, qsource = _resolve_query(db, query, fetch_config)
-    ex = explainer_for(db.embedder)
+    # an image database's embedder (or the service's SerializedEmbedder, which passes attributes through to one)
+    embedder = cast("ImageEmbedder", db.embedder)
+    ex = explainer_for(embedder)
     stored = shown = None
     result_vector = np.asarray(db.vectors[rid], dtype=np.float64)
     if qid is not None:
         stored = shown = float(np.dot(np.asarray(db.vectors[qid], dtype=np.float64), result_vector))
-    elif (db.embedder.backend, db.embedder.precision) != ("keras", "fp32"):
+    elif (embedder.backend, embedder.precision) != ("keras", "fp32"):
         # A search embeds the query with the database's backend and precision, not the fp32 maps' model.
         shown = float(np.dot(ex.search_vector(qsource).astype(np.float64), result_vector))
     return ex.explain_pair(qsource, db.items[rid], method=method, query_id=qid, result_id=rid, stored_score=stored,

@@ -262,6 +262,6 @@ class SiftDatabase:
         n = len(desc)
         matches = [SiftMatch(rank=r + 1, id=int(i), score=float(votes[i]) / n, item=self.items[int(i)],
                              votes=int(votes[i])) for r, i in enumerate(top)]
-        params = {"knn": int(knn), "ratio": ratio, **used}
+        params: dict[str, object] = {"knn": int(knn), "ratio": ratio, **used}
         ms = (t1 - t0) * 1e3
         return SiftResults(matches, n_descriptors=n, search_ms=ms, total_ms=ms, params=params)
