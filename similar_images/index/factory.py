@@ -23,12 +23,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import Any
 
 import faiss
 
 from ..errors import ConfigError, IndexDescriptionError, IndexTrainingError
 from .params import unwrap
+from .types import FaissIndex
 
 __all__ = [
     "MIN_PQ_VECTORS",
@@ -118,7 +118,7 @@ def factory_for(name: str, n: int, d: int) -> str:
         raise ConfigError(f"Unknown default index {name!r}; expected one of {sorted(DEFAULTS)}") from None
 
 
-def make_index(factory: str, d: int, *, metric: str = "ip") -> Any:
+def make_index(factory: str, d: int, *, metric: str = "ip") -> FaissIndex:
     """Create an untrained index that accepts explicit ids.
 
     IVF indexes store ids natively; every other index is wrapped in
@@ -264,7 +264,7 @@ def _check_factory_numbers(factory: str) -> None:
             )
 
 
-def min_training_vectors(index: Any) -> int:
+def min_training_vectors(index: FaissIndex) -> int:
     """The fewest training vectors Faiss accepts for ``index`` (0 if it needs no training)."""
     need = 0
     for sub in unwrap(index):

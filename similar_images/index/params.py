@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 import faiss
 
@@ -67,7 +66,7 @@ def fallback_nprobe(nlist: int) -> int:
     return min(nlist, max(16, math.ceil(nlist / 8)))
 
 
-def default_search_params(index: Any) -> dict[str, int]:
+def default_search_params(index: FaissIndex) -> dict[str, int]:
     """Search-time defaults when nothing is measured: nprobe = :func:`fallback_nprobe` for IVF, efSearch = 64
     for HNSW, k_factor 4 for a refine stage (:func:`~similar_images.index.build.build_index` calibrates nprobe)."""
     params: dict[str, int] = {}
@@ -81,7 +80,7 @@ def default_search_params(index: Any) -> dict[str, int]:
     return params
 
 
-def set_search_params(index: Any, params: Mapping[str, int | None]) -> dict[str, int]:
+def set_search_params(index: FaissIndex, params: Mapping[str, int | None]) -> dict[str, int]:
     """Apply search parameters (``nprobe``, ``efSearch``, ``k_factor``); ``None`` values are skipped.
 
     nprobe is capped at the number of lists.

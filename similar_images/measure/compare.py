@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..index import IndexConfig, build_index, drop_self, exact_search, set_search_params
+from ..index.types import FaissIndex
 
 if TYPE_CHECKING:
     from ..store import Database
@@ -42,7 +43,7 @@ class NeighbourComparison:
     description: str
 
 
-def compare_neighbours(db: Database, query_id: int, *, k: int = 10, index: Any = None,
+def compare_neighbours(db: Database, query_id: int, *, k: int = 10, index: FaissIndex | None = None,
                        factory: str | None = None, params: dict[str, int] | None = None,
                        train_size: int | None = None) -> NeighbourComparison:
     """The exact top-k of a database item next to an index's top-k.

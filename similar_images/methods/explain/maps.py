@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ...errors import ExplainError
+from ...sources.images import ImageSource
 
 __all__ = ["METHODS", "EXACT_AVG", "EXACT_MAX", "GRADIENT", "MethodChoice", "Explanation", "exact_avg_maps",
            "exact_max_maps", "gradcam_map"]
@@ -158,8 +159,8 @@ class Explanation:
     backward_passes: int = 0
     seconds: float = 0.0
     model_score: float | None = None
-    query_source: Any = field(default=None, repr=False)
-    result_source: Any = field(default=None, repr=False)
+    query_source: ImageSource | None = field(default=None, repr=False)
+    result_source: ImageSource | None = field(default=None, repr=False)
     cache_key: Hashable | None = field(default=None, repr=False)
 
     @property

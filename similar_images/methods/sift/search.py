@@ -8,12 +8,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ...errors import ConfigError, DatabaseCorruptError, QueryError
 from ...index import read_index, set_search_params
+from ...index.types import FaissIndex
 from ...search import Match, Results
 from ...sources.images import ImageSource
 from ...store.folder import read_failures, read_items
@@ -114,7 +114,7 @@ class SiftDatabase:
     """
 
     def __init__(self, path: Path, manifest: Manifest, items: list[str], image_ids: np.ndarray,
-                 index: Any) -> None:
+                 index: FaissIndex) -> None:
         self.path = path
         self.manifest = manifest
         self.items = items
