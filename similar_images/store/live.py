@@ -131,7 +131,7 @@ def open_partial(path: str | os.PathLike[str], *, model: str | None = None, weig
     dim = int(info["dim"])
     key = (str(db.resolve()), n, shard_size, dim, json.dumps(info, sort_keys=True, default=str))
     shared = getattr(previous, "_live_buffer", None)
-    done = int(previous.manifest.extra["build"]["shards_ready"]) if shared is not None else 0  # type: ignore
+    done = previous.manifest.shards_ready if previous is not None and shared is not None else 0
     if shared is None or shared[0] != key or done > len(shards):  # another build, or it re-embeds a shard
         shared, done = (key, np.empty((n, dim), dtype=np.float32)), 0
     buffer: np.ndarray = shared[1]
@@ -270,7 +270,7 @@ def build_progress(path: str | os.PathLike[str]) -> BuildProgress:
         settings, n = _read_plan(partial)
     except (FileNotFoundError, DatabaseError):
         settings, n = {}, -1
-    if manifest is not None and (n < 0 or manifest.extra.get("build", {}).get("plan_digest")):
+    if manifest is not None and (n < 0 or manifest.build_plan_digest):
         ready = manifest.counts.items - len(manifest.removed_ids)
         indexed = manifest.index is not None
         phase = "indexing" if not indexed and _writer_running(db) else "ready"

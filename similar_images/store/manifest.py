@@ -11,7 +11,10 @@ numbers, :meth:`Manifest.save` writes it atomically.
 
 Sections the package does not interpret (``extraction``, ``text_build``, ...)
 are kept as they are in :attr:`Manifest.extra`, so that a manifest written by
-an older version is saved back unchanged.
+an older version is saved back unchanged; code reads them through typed
+accessors (:attr:`Manifest.build_plan_digest`, :attr:`Manifest.shards_ready`,
+:attr:`Manifest.extraction`, :attr:`Manifest.text_build`,
+:attr:`Manifest.precision_choice`), never through ``extra`` itself.
 """
 
 from __future__ import annotations
@@ -222,6 +225,43 @@ class Manifest:
     def copy(self) -> Manifest:
         """A deep copy, to change and commit."""
         return copy.deepcopy(self)
+
+    # ------------------------------------------------------------------ sections kept in extra
+    def section(self, name: str) -> JSON:
+        """A section kept as it is in :attr:`extra` (``build``, ``extraction``, ``text_build``, ...): ``{}`` when
+        absent or not a JSON object. Read sections through the typed accessors below, not through ``extra``."""
+        value = self.extra.get(name)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def build_plan_digest(self) -> str | None:
+        """The digest of the build plan that made the database (``build.plan_digest``; ``None`` when the build
+        recorded none: a database built before plans, or the live view of a running build)."""
+        digest = self.section("build").get("plan_digest")
+        return str(digest) if digest else None
+
+    @property
+    def shards_ready(self) -> int:
+        """Shards committed so far, for the live view of a running build (``build.shards_ready``; 0 otherwise)."""
+        return int(self.section("build").get("shards_ready") or 0)
+
+    @property
+    def extraction(self) -> JSON:
+        """How the vectors were extracted (``extraction``: settings, engine, inference; ``{}`` when not recorded)."""
+        return self.section("extraction")
+
+    @property
+    def text_build(self) -> JSON:
+        """How a text database was built (``text_build``: backend, window, duplicates; ``{}`` when not recorded)."""
+        return self.section("text_build")
+
+    @property
+    def precision_choice(self) -> JSON:
+        """How ``--precision auto`` chose (``extraction.inference.choice``: the candidates with their measured
+        agreement; ``{}`` when the precision was given or not recorded)."""
+        inference = self.extraction.get("inference")
+        choice = inference.get("choice") if isinstance(inference, dict) else None
+        return choice if isinstance(choice, dict) else {}
 
     # ------------------------------------------------------------------ dict form
     @classmethod
