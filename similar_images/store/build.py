@@ -647,7 +647,7 @@ def _finished_build(db: Path, partial: Path, settings: dict[str, Any]) -> BuildS
     except (OSError, ValueError, DatabaseError):
         return None
     if not isinstance(saved, dict) or saved.get("settings") != settings \
-            or manifest.extra.get("build", {}).get("plan_digest") != saved.get("digest"):
+            or manifest.build_plan_digest != saved.get("digest"):
         return None
     logger.info("%s is already complete (an earlier run stopped while cleaning up); removing %s", db, partial)
     shutil.rmtree(partial, ignore_errors=True)

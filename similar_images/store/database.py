@@ -666,7 +666,7 @@ def _newest_generation(db: Path) -> int:
 
 def measured_agreement(manifest: Manifest, precision: str) -> float | None:
     """The top-10 agreement with fp32 of ``precision`` measured when the database was extracted (``auto``)."""
-    choice = manifest.extra.get("extraction", {}).get("inference", {}).get("choice") or {}
+    choice = manifest.precision_choice
     for c in choice.get("candidates", []):
         if c.get("precision") == precision and c.get("agreement") is not None:
             return float(c["agreement"])
