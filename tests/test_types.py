@@ -8,8 +8,8 @@ import io
 import os
 import subprocess
 import sys
+import re
 import tokenize
-import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -64,17 +64,24 @@ def test_the_package_uses_any_at_most_150_times() -> None:
                               f"(similar_images._util.types, index.types.FaissIndex, search.Query). Most: {top}")
 
 
+def _toml_section(name: str) -> str:
+    """The text of one ``[name]`` table of pyproject.toml (tomllib is Python 3.11+; the package supports 3.10)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    match = re.search(rf"^\[{re.escape(name)}\]\n(.*?)(?=^\[)", text + "\n[", flags=re.M | re.S)
+    assert match, f"pyproject.toml has no [{name}]"
+    return match.group(1)
+
+
 def test_py_typed_is_shipped() -> None:
     assert (PACKAGE / "py.typed").is_file()
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "py.typed" in config["tool"]["setuptools"]["package-data"]["similar_images"]
+    assert re.search(r'^"similar_images" = \["py.typed"\]', _toml_section("tool.setuptools.package-data"), flags=re.M)
 
 
 def test_mypy_is_configured_at_the_stated_strictness() -> None:
-    mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    mypy = _toml_section("tool.mypy")
     for flag in ("check_untyped_defs", "disallow_untyped_defs", "disallow_incomplete_defs", "no_implicit_optional",
                  "strict_equality", "warn_unused_ignores", "warn_redundant_casts"):
-        assert mypy.get(flag) is True, flag
+        assert re.search(rf"^{flag} = true$", mypy, flags=re.M), flag
         assert flag in (ROOT / "README.md").read_text(), f"README's Development section names {flag}"
     assert "mypy similar_images" in (ROOT / ".ci" / "run").read_text()
 
