@@ -6,9 +6,9 @@ from __future__ import annotations
 import ast
 import io
 import os
+import re
 import subprocess
 import sys
-import re
 import tokenize
 from collections import Counter
 from pathlib import Path
