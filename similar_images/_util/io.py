@@ -138,7 +138,7 @@ def write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_json(dest: str | os.PathLike[str], obj: Any) -> None:
+def write_json(dest: str | os.PathLike[str], obj: object) -> None:
     """Atomically write ``obj`` as indented UTF-8 JSON."""
     text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
     write_bytes(dest, text.encode("utf-8"))

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -231,7 +231,7 @@ class EvaluationReport:
 
 
 # --------------------------------------------------------------------------- helpers
-def measure_latency(search: Callable[[np.ndarray, int], Any], queries: np.ndarray, k: int, *,
+def measure_latency(search: Callable[[np.ndarray, int], object], queries: np.ndarray, k: int, *,
                     n_single: int = 200, threads: int | None = 1, warmup: int = 3) -> LatencyStats:
     """Time a search function on single queries and on one batch.
 

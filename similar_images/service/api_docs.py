@@ -22,7 +22,6 @@ import html
 import json
 import re
 from collections.abc import Iterable
-from typing import Any
 
 from .._util.types import JSON
 
@@ -55,7 +54,7 @@ nav li { margin: 0.15rem 0; }
 """
 
 
-def _esc(value: Any) -> str:
+def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 

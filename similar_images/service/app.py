@@ -62,7 +62,7 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 
-def _ascii_int(value: Any) -> Any:
+def _ascii_int(value: object) -> object:
     """A query or path parameter's text as an integer by :func:`~similar_images._util.parsing.parse_int`, as
     :func:`~.logic.as_int` parses the JSON and form fields (pydantic's own parsing takes ``"1_000"``, ``"1.0"``
     and numbers too large for Faiss)."""
@@ -281,7 +281,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
         (``build``: ready, total, phase, rate, ETA) and the server's limits."""
         return service(request).health()
 
-    async def fetched(state: ServiceState, url: Any) -> bytes | None:
+    async def fetched(state: ServiceState, url: object) -> bytes | None:
         """The body of a URL query, fetched in the service's fetch threads (a slow URL holds one of those, never
         a thread that answers other requests); ``None`` without a URL."""
         if url is None:

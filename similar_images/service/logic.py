@@ -16,7 +16,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import faiss
 import numpy as np
@@ -240,7 +240,7 @@ class ServiceState:
             self.fetch_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------- search
-    def search(self, query: Any, k: int, query_info: dict[str, object], *, exact: bool = False,
+    def search(self, query: Query, k: int, query_info: dict[str, object], *, exact: bool = False,
                nprobe: int | None = None, ef_search: int | None = None) -> dict[str, object]:
         """Run one search; ``query`` is an id (already checked) or image bytes."""
         t0 = time.perf_counter()

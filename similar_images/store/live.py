@@ -306,7 +306,7 @@ def _rate(shards: list[_Shard], partial: Path) -> float | None:
 
 
 # --------------------------------------------------------------------------- following
-def stamp(path: str | os.PathLike[str]) -> tuple[Any, ...]:
+def stamp(path: str | os.PathLike[str]) -> tuple[object, ...]:
     """What changes whenever a database folder commits a change: the manifest's identity (it is replaced
     atomically by every commit) and the ``.partial/`` folder's listing (every committed shard adds a file)."""
     db = Path(path).expanduser()
@@ -350,11 +350,11 @@ class LiveDatabase:
         self.on_open = on_open
         self.open_options = open_options
         self._db: Database | None = None
-        self._stamp: tuple[Any, ...] | None = None
+        self._stamp: tuple[object, ...] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
         self._reloading: threading.Thread | None = None
-        self._failed: tuple[Any, ...] | None = None  # the stamp of a version that failed to open
+        self._failed: tuple[object, ...] | None = None  # the stamp of a version that failed to open
         self.reloads = 0
 
     def current(self) -> Database | None:
