@@ -386,7 +386,7 @@ class BackendError(SimilarImagesError):
     """An inference backend is not installed, or cannot run the model."""
 
 
-class BackendUnavailableError(BackendError, ImportError):
+class BackendUnavailableError(BackendError, ImportError):  # type: ignore[misc]  # ImportError.path is str | None; ours may be a Path
     """The package an inference backend needs (OpenVINO, NNCF) is not installed; the message names the pip command."""
 
 

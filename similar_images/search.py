@@ -15,11 +15,12 @@ its ``search`` methods call the functions here.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import numpy as np
 
@@ -28,14 +29,23 @@ from .embed import Embedder
 from .errors import ConfigError, QueryError
 from .index import DEFAULT_RERANK, exact_search, faiss_threads, rerank_exact, set_search_params
 from .index.rerank import candidates_for
+from .index.types import FaissIndex
 
-__all__ = ["Searchable", "Match", "Results", "MAX_K", "query_vectors", "search", "search_batch", "search_vectors"]
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["Query", "Searchable", "Match", "Results", "MAX_K", "query_vectors", "search", "search_batch",
+           "search_vectors"]
 
 logger = logging.getLogger(__name__)
 
 MAX_K = 10_000
 #: Batches up to this size are searched with one Faiss thread (see index.faiss_threads).
 SINGLE_THREAD_MAX_QUERIES = 4
+
+Query: TypeAlias = "int | np.integer | np.ndarray | str | os.PathLike[str] | bytes | Image.Image"
+"""What a search accepts: a database id, a vector, an image path, image bytes, a PIL image, an http(s) URL, or (text
+database) a string (:meth:`Embedder.coerce_query` turns the last ones into an item to embed)."""
 
 
 class Searchable(Protocol):
@@ -53,15 +63,24 @@ class Searchable(Protocol):
         item_key: Key of the item in JSON results (``"path"`` or ``"text"``).
     """
 
-    vectors: np.ndarray
-    items: list[str]
-    removed: np.ndarray
-    index: Any
-    index_lock: threading.RLock
-    search_defaults: dict[str, int]
-    filtered_ids: np.ndarray
-    embedder: Embedder
-    item_key: str
+    @property
+    def vectors(self) -> np.ndarray: ...
+    @property
+    def items(self) -> list[str]: ...
+    @property
+    def removed(self) -> np.ndarray: ...
+    @property
+    def index(self) -> FaissIndex | None: ...
+    @property
+    def index_lock(self) -> threading.RLock: ...
+    @property
+    def search_defaults(self) -> dict[str, int]: ...
+    @property
+    def filtered_ids(self) -> np.ndarray: ...
+    @property
+    def embedder(self) -> Embedder: ...
+    @property
+    def item_key(self) -> str: ...
 
     @property
     def dim(self) -> int: ...
@@ -95,7 +114,7 @@ class Match:
     def text(self) -> str:
         return self.item
 
-    def to_dict(self, item_key: str = "path") -> dict[str, Any]:
+    def to_dict(self, item_key: str = "path") -> dict[str, object]:
         return {"rank": self.rank, "id": self.id, "score": round(self.score, 6), item_key: self.item}
 
 
@@ -110,7 +129,7 @@ class Results(list):  # list[Match]
     """
 
     def __init__(self, matches: Sequence[Match], *, search_ms: float, total_ms: float, query_id: int | None,
-                 params: dict[str, Any], item_key: str = "path") -> None:
+                 params: dict[str, object], item_key: str = "path") -> None:
         super().__init__(matches)
         self.search_ms = search_ms
         self.total_ms = total_ms
@@ -126,7 +145,7 @@ class Results(list):  # list[Match]
     def scores(self) -> list[float]:
         return [m.score for m in self]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "query_id": self.query_id,
             "search_ms": round(self.search_ms, 3),
@@ -146,7 +165,7 @@ def _as_vector(db: Searchable, vec: np.ndarray) -> np.ndarray:
     return v / norm
 
 
-def query_vectors(db: Searchable, queries: Sequence[Any], *,
+def query_vectors(db: Searchable, queries: Sequence[Query], *,
                   fetch_config: FetchConfig | None = None) -> tuple[np.ndarray, list[int | None]]:
     """Turn queries into normalised vectors (running the model once for all that need it).
 
@@ -159,7 +178,7 @@ def query_vectors(db: Searchable, queries: Sequence[Any], *,
     """
     vecs: list[np.ndarray | None] = [None] * len(queries)
     ids: list[int | None] = [None] * len(queries)
-    to_embed: list[tuple[int, Any]] = []
+    to_embed: list[tuple[int, object]] = []
     for i, q in enumerate(queries):
         if isinstance(q, (bool, np.bool_)):
             raise QueryError("A query cannot be a boolean")
@@ -185,7 +204,7 @@ def _check_k(k: int) -> int:
 
 def search_vectors(db: Searchable, xq: np.ndarray, k: int, *, exact: bool = False, nprobe: int | None = None,
                    ef_search: int | None = None, k_factor: int | None = None,
-                   rerank: int = DEFAULT_RERANK) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                   rerank: int = DEFAULT_RERANK) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
     """Search normalised query vectors; removed items are never returned.
 
     Args:
@@ -227,7 +246,7 @@ def search_vectors(db: Searchable, xq: np.ndarray, k: int, *, exact: bool = Fals
         with faiss_threads(threads):
             scores, ids = db.index.search(np.ascontiguousarray(xq), min(k_index + len(filtered), db.index.ntotal or 1))
         set_search_params(db.index, defaults)
-    params: dict[str, Any] = {"exact": False, **used}
+    params: dict[str, object] = {"exact": False, **used}
     if len(filtered):
         keep = ~np.isin(ids, np.asarray(filtered, dtype=np.int64))
         scores = np.stack([np.concatenate([s[m], np.full(len(s), -np.inf)])[:k_index] for s, m in zip(scores, keep)])
@@ -239,14 +258,14 @@ def search_vectors(db: Searchable, xq: np.ndarray, k: int, *, exact: bool = Fals
 
 
 def _results(db: Searchable, scores: np.ndarray, ids: np.ndarray, *, search_ms: float, total_ms: float,
-             query_id: int | None, params: dict[str, Any], k: int, exclude_query: bool) -> Results:
+             query_id: int | None, params: dict[str, object], k: int, exclude_query: bool) -> Results:
     pairs = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0 and not (exclude_query and i == query_id)]
     matches = [Match(rank=r + 1, id=i, score=s, item=db.items[i]) for r, (s, i) in enumerate(pairs[:k])]
     return Results(matches, search_ms=search_ms, total_ms=total_ms, query_id=query_id, params=params,
                    item_key=db.item_key)
 
 
-def search(db: Searchable, query: Any, k: int = 8, *, exact: bool = False, nprobe: int | None = None,
+def search(db: Searchable, query: Query, k: int = 8, *, exact: bool = False, nprobe: int | None = None,
            ef_search: int | None = None, k_factor: int | None = None, rerank: int = DEFAULT_RERANK,
            fetch_config: FetchConfig | None = None, exclude_query: bool = False) -> Results:
     """Find the ``k`` items most similar to ``query``.
@@ -285,7 +304,7 @@ def search(db: Searchable, query: Any, k: int = 8, *, exact: bool = False, nprob
                     query_id=qids[0], params=params, k=k, exclude_query=bool(extra))
 
 
-def search_batch(db: Searchable, queries: Sequence[Any], k: int = 8, *, exact: bool = False,
+def search_batch(db: Searchable, queries: Sequence[Query], k: int = 8, *, exact: bool = False,
                  nprobe: int | None = None, ef_search: int | None = None, k_factor: int | None = None,
                  rerank: int = DEFAULT_RERANK, fetch_config: FetchConfig | None = None) -> list[Results]:
     """Search several queries in one model call and one index call.

@@ -138,7 +138,7 @@ def write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_json(dest: str | os.PathLike[str], obj: Any) -> None:
+def write_json(dest: str | os.PathLike[str], obj: object) -> None:
     """Atomically write ``obj`` as indented UTF-8 JSON."""
     text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
     write_bytes(dest, text.encode("utf-8"))
@@ -197,11 +197,11 @@ def open_regular(path: str | os.PathLike[str], *, max_bytes: int | None = None,
         raise error(f"{path} is {reason}", path=path, reason=reason) from None
     try:
         st = os.fstat(fd)
-        reason = _kind(st.st_mode)
-        if reason is None and max_bytes is not None and st.st_size > max_bytes:
-            reason = f"{st.st_size:,} bytes, more than the {max_bytes:,} such a file can have"
-        if reason is not None:
-            raise error(f"{path} is {reason}", path=path, reason=reason)
+        kind = _kind(st.st_mode)
+        if kind is None and max_bytes is not None and st.st_size > max_bytes:
+            kind = f"{st.st_size:,} bytes, more than the {max_bytes:,} such a file can have"
+        if kind is not None:
+            raise error(f"{path} is {kind}", path=path, reason=kind)
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -50,6 +50,9 @@ from ..index.bands import BandWords, calibrate_words, folder_labels
 from ..store import Database
 from ..store.live import BuildProgress
 from ..store.manifest import MANIFEST
+
+if TYPE_CHECKING:
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +277,7 @@ class _Router:
     """Stands for ``sys.stdout`` or ``sys.stderr``: what a quiet thread writes goes to the log, the rest to the
     stream it replaced. Handlers created meanwhile (TensorFlow's, absl's) may keep it: it stays correct."""
 
-    def __init__(self, original: Any) -> None:
+    def __init__(self, original: TextIO) -> None:
         self._original = original
 
     def write(self, text: str) -> int:
@@ -297,7 +300,7 @@ class _Router:
 
 _QUIET_LOCK = threading.Lock()
 _QUIET_THREADS: Counter[int] = Counter()
-_QUIET_STATE: dict[str, Any] = {}
+_QUIET_STATE: dict[str, Any] = {}  # saved descriptors and streams, nesting depth
 
 
 @contextlib.contextmanager
@@ -330,9 +333,9 @@ def quiet_output() -> Iterator[Path]:
             _QUIET_STATE["saved"] = saved
             _QUIET_STATE["streams"] = (sys.stdout, sys.stderr)
             if not isinstance(sys.stdout, _Router):
-                sys.stdout = _Router(sys.stdout)  # type: ignore[assignment]
+                sys.stdout = _Router(sys.stdout)
             if not isinstance(sys.stderr, _Router):
-                sys.stderr = _Router(sys.stderr)  # type: ignore[assignment]
+                sys.stderr = _Router(sys.stderr)
         _QUIET_STATE["depth"] = _QUIET_STATE.get("depth", 0) + 1
     try:
         yield app_log_path()
@@ -444,7 +447,7 @@ class ModelLoader:
                 self._done.clear()
             raise exc
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         """The model part of the status line, for the page."""
         if self.state == "loading":
             return {"state": "loading", "label": f"Loading {self.what}", "elapsed": round(self.elapsed(), 2),
@@ -495,7 +498,7 @@ _CALIBRATION_ROWS = 5_000
 _CALIBRATION_QUERIES = 400
 
 
-def database_header(db: Database, title: str, noun: str) -> dict[str, Any]:
+def database_header(db: Database, title: str, noun: str) -> dict[str, object]:
     """The app header in plain words: title, how many items, how they are compared, the collection's name.
 
     The model and the index (what a class does not need to read) are on hover; the folder's path on the server is
@@ -517,7 +520,7 @@ _BAND_WORDS = {
 }
 
 
-def band_legend(bands: ScoreBands | None, words: BandWords | None = None) -> tuple[list[dict[str, Any]], str]:
+def band_legend(bands: ScoreBands | None, words: BandWords | None = None) -> tuple[list[dict[str, object]], str]:
     """The legend for the page: ``([{name, min, title, label, text}], note)``; empty without bands.
 
     With ``words`` (see :func:`band_words`) the legend says what each band means on this collection: the measured

@@ -23,11 +23,12 @@ import html
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import ipywidgets as w
 import numpy as np
 
+from .._util.types import JSON
 from ..errors import ConfigError
 from ..index import ScoreBands
 from ..methods.duplicates import (
@@ -42,6 +43,9 @@ from ..presentation.page import figure_png, shorten_middle
 from ..presentation.thumbnails import thumbnail_bytes
 from ..store import Database
 from .common import log_to_file, quiet_output
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["DuplicateBrowser", "similarity_histogram", "default_thresholds"]
 
@@ -84,7 +88,7 @@ def default_thresholds(similarities: np.ndarray) -> tuple[float, float]:
 
 def similarity_histogram(similarities: np.ndarray, *, threshold: float | None = None, bins: int = 50,
                          title: str = "Similarity of each image to its most similar other image",
-                         figsize: tuple[float, float] = (8.0, 3.0), bands: ScoreBands | None = None) -> Any:
+                         figsize: tuple[float, float] = (8.0, 3.0), bands: ScoreBands | None = None) -> Figure:
     """A matplotlib histogram of similarities, with the threshold drawn as a vertical line.
 
     Args:
@@ -246,5 +250,5 @@ class DuplicateBrowser:
                                  + "</div>") if self.shown else ""
         return sub
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+    def _repr_mimebundle_(self, **kwargs: object) -> JSON:
         return self.widget._repr_mimebundle_(**kwargs)

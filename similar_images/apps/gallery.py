@@ -47,6 +47,7 @@ from typing import Any
 import anywidget
 import traitlets as t
 
+from .._util.types import JSON, Widget
 from ..errors import ConfigError, QueryError
 from ..index import BAND_NAMES, ScoreBands
 from ..search import Match, Results
@@ -74,7 +75,7 @@ class ActionTarget:
     """
 
     index: int
-    match: Any
+    match: Match | None
     query: Any
     app: Any
 
@@ -99,14 +100,14 @@ class ActionResult:
     png: bytes = b""
     html: str = ""
     text: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
 class _Action:
     name: str
     label: str
-    callback: Callable[[ActionTarget], Any]
+    callback: Callable[[ActionTarget], object]
     tooltip: str = ""
     query: bool = False
 
@@ -161,16 +162,16 @@ class GalleryWidget(anywidget.AnyWidget):
     actions = t.List().tag(sync=True)
     present = t.Bool(False).tag(sync=True)
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.handlers: dict[str, Callable[..., Any]] = {}
+        self.handlers: dict[str, Callable[..., object]] = {}
         self.target_of: Callable[[int], ActionTarget] | None = None
         self._actions: dict[str, _Action] = {}
         self._uploads: dict[str, _Upload] = {}
         self.on_msg(self._on_msg)
 
     # ------------------------------------------------------------------ actions
-    def add_action(self, name: str, label: str, callback: Callable[[ActionTarget], Any], *, tooltip: str = "",
+    def add_action(self, name: str, label: str, callback: Callable[[ActionTarget], object], *, tooltip: str = "",
                    query: bool = False) -> None:
         """Add a button to the lightbox's actions row (replacing one of the same ``name``).
 
@@ -205,7 +206,7 @@ class GalleryWidget(anywidget.AnyWidget):
         return ActionResult("html", title=action.label, html=str(out))
 
     # ------------------------------------------------------------------ page events
-    def receive(self, content: dict[str, Any], buffers: list[Any] | None = None) -> None:
+    def receive(self, content: JSON, buffers: list[bytes] | None = None) -> None:
         """Handle one event from the page (the custom message the front end sends)."""
         event = content.get("event")
         if event in ("upload_start", "upload_chunk", "upload_end", "upload_refused"):
@@ -222,7 +223,7 @@ class GalleryWidget(anywidget.AnyWidget):
             args = {k: v for k, v in content.items() if k != "event"}
             self.handlers[event](**args)
 
-    def _on_msg(self, _widget: Any, content: Any, buffers: list[Any]) -> None:
+    def _on_msg(self, _widget: Widget, content: object, buffers: list[bytes]) -> None:
         if not isinstance(content, dict) or "event" not in content:
             return  # anywidget's own messages
         try:
@@ -241,7 +242,7 @@ class GalleryWidget(anywidget.AnyWidget):
         self.send({"event": "preview", "key": key, "ok": bool(data), "mime": "image/jpeg"}, [data] if data else None)
 
     # ------------------------------------------------------------------ uploads in pieces
-    def _upload_event(self, event: str, content: dict[str, Any], buffers: list[Any]) -> None:
+    def _upload_event(self, event: str, content: JSON, buffers: list[bytes]) -> None:
         limit = int(self.upload.get("limit", 0)) or None
         token = str(content.get("token", ""))
         if event == "upload_refused":
@@ -339,7 +340,7 @@ class GalleryApp:
             lo = max(lo, self.bands.lower_bound(band))
         return lo
 
-    def _keep_shown(self, results: Results, what: str, floor: float | None = None) -> dict[str, Any]:
+    def _keep_shown(self, results: Results, what: str, floor: float | None = None) -> dict[str, object]:
         """Keep the results above the minimum score in :attr:`shown`; returns the results' title for the page."""
         lo = self._min_score(floor)
         self._shown = [m for m in results if m.score >= lo]
@@ -349,12 +350,12 @@ class GalleryApp:
         return {"text": f"{len(self._shown)} of the {len(results)} most similar {what}",
                 "note": f"({hidden} below {lo:.2f} hidden)"}
 
-    def _empty_after_filter(self) -> dict[str, Any]:
+    def _empty_after_filter(self) -> dict[str, object]:
         if self._shown:
             return {}
         return {"text": f"No result reaches {self._min_score():.2f}: lower the minimum in 'Show'."}
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+    def _repr_mimebundle_(self, **kwargs: object) -> JSON:
         return self.widget._repr_mimebundle_(**kwargs)
 
     def close(self) -> None:

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .._util.http import AddressPolicy, FetchConfig, check_url, fetch_url
+from .._util.types import JSON
 from ..embed import item_kind
 from ..embed.feature_maps import feature_map_spec
 from ..errors import ConfigError, DatabaseError, FeatureMapError, ImageLoadError, QueryError, SimilarImagesError
@@ -326,7 +327,7 @@ class SimilarImagesApp(GalleryApp):
     def db(self, value: Database) -> None:
         self._db = value
 
-    def _speed_control_spec(self) -> dict[str, Any]:
+    def _speed_control_spec(self) -> JSON:
         """The index's speed/accuracy parameter, for its slider (empty when it has none)."""
         if self.db.index is None:
             return {}
@@ -339,7 +340,7 @@ class SimilarImagesApp(GalleryApp):
             return {"name": "efSearch", "default": int(params["efSearch"]), "min": 1, "max": 1024}
         return {}
 
-    def _first_screen(self) -> dict[str, Any]:
+    def _first_screen(self) -> dict[str, object]:
         """What the page shows before the first search: how to start, and sample photos of the database to click."""
         text = ("Click a photo below, or Random image, upload a photo (or drop one here), or paste an image URL to "
                 "find the most similar images in the database.")
@@ -390,7 +391,7 @@ class SimilarImagesApp(GalleryApp):
         """Short description of the current query (file name, upload name or URL)."""
         return self._query.name if self._query else ""
 
-    def add_lightbox_action(self, name: str, label: str, callback: Callable[[ActionTarget], Any], *,
+    def add_lightbox_action(self, name: str, label: str, callback: Callable[[ActionTarget], object], *,
                             tooltip: str = "", query: bool = False) -> None:
         """Add a button to the lightbox (see :mod:`similar_images.apps.gallery`, "Lightbox actions")."""
         self.gallery.add_action(name, label, callback, tooltip=tooltip, query=query)
@@ -519,7 +520,7 @@ class SimilarImagesApp(GalleryApp):
         if cached is not None:
             self._previews.move_to_end(key)
             return cached
-        source: Any = None
+        source: str | bytes | None = None
         if key.startswith("db:"):
             i = self.db.check_id(int(key[3:]))
             source = self.db.items[i]
@@ -570,13 +571,19 @@ class SimilarImagesApp(GalleryApp):
 
     def _search(self, query: QueryInfo) -> Results:
         g = self.gallery
-        kwargs: dict[str, Any] = {"exact": bool(g.exact)}
+        exact = bool(g.exact)
+        nprobe = ef_search = None
         spec = g.speed_spec
-        if spec and not kwargs["exact"]:
-            kwargs["nprobe" if spec["name"] == "nprobe" else "ef_search"] = int(g.speed)
+        if spec and not exact:
+            if spec["name"] == "nprobe":
+                nprobe = int(g.speed)
+            else:
+                ef_search = int(g.speed)
         if query.id is not None:
-            return self.db.search(query.id, self.k, exclude_query=not g.include_query, **kwargs)
-        results = self.db.search(query.vector, self.k, **kwargs)  # one query: one Faiss thread (see search.py)
+            return self.db.search(query.id, self.k, exclude_query=not g.include_query, exact=exact, nprobe=nprobe,
+                                  ef_search=ef_search)
+        # one query: one Faiss thread (see search.py)
+        results = self.db.search(query.vector, self.k, exact=exact, nprobe=nprobe, ef_search=ef_search)
         results.query_id = None
         return results
 
@@ -649,7 +656,7 @@ class SimilarImagesApp(GalleryApp):
 
         self._prefetcher.submit(work)
 
-    def _query_dict(self, query: QueryInfo, note: str = "") -> dict[str, Any]:
+    def _query_dict(self, query: QueryInfo, note: str = "") -> dict[str, object]:
         title = query.title if self.config.show_paths or query.kind in ("url", "upload") else query.name
         detail = query.detail if self.config.show_paths or query.kind != "path" else "file on the server"
         return {"name": query.name, "title": title, "detail": detail, "thumb": query.thumb,
@@ -674,8 +681,8 @@ class SimilarImagesApp(GalleryApp):
             self.gallery.state = "busy"
             self.gallery.message = {}
 
-    def _status_dict(self) -> dict[str, Any]:
-        status: dict[str, Any] = {"model": self.loader.status()}
+    def _status_dict(self) -> dict[str, object]:
+        status: dict[str, object] = {"model": self.loader.status()}
         r = self._results
         if r is not None:
             if r.params.get("exact"):
@@ -713,7 +720,7 @@ class SimilarImagesApp(GalleryApp):
             g.query = self._query_dict(self._query) if self._query is not None else {}
             g.status = self._status_dict()
 
-    def _safely(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _safely(self, func: Callable[..., object], *args: object, **kwargs: object) -> object:
         """Run an action from the page: errors are shown in the app, never raised."""
         try:
             return func(*args, **kwargs)
@@ -721,10 +728,10 @@ class SimilarImagesApp(GalleryApp):
             return None
 
     # ------------------------------------------------------------ page controls
-    def _on_params(self, _change: dict[str, Any]) -> None:
+    def _on_params(self, _change: JSON) -> None:
         self._rerun()
 
-    def _on_filter(self, _change: dict[str, Any]) -> None:
+    def _on_filter(self, _change: JSON) -> None:
         if self._query is not None and self._results is not None:
             self._render(self._query, self._results)
 

@@ -29,6 +29,7 @@ import anywidget
 import numpy as np
 import traitlets as t
 
+from .._util.types import JSON
 from ..errors import SimilarImagesError
 from ..measure.walkthrough import project_2d
 from ..presentation.thumbnails import thumbnail_bytes
@@ -68,7 +69,7 @@ class MapView(anywidget.AnyWidget):
     note = t.Unicode("").tag(sync=True)
 
     def __init__(self, db: Database, points: np.ndarray | None = None, *, k: int = 8,
-                 on_select: Callable[[int], Any] | None = None, thumb: int = 64, **kwargs: Any) -> None:
+                 on_select: Callable[[int], object] | None = None, thumb: int = 64, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.db = db
         self.k = k
@@ -97,7 +98,7 @@ class MapView(anywidget.AnyWidget):
         else:
             self.selected = int(item_id)
 
-    def _on_selected(self, change: dict[str, Any]) -> None:
+    def _on_selected(self, change: JSON) -> None:
         self._search(int(change["new"]))
 
     def _search(self, item_id: int) -> None:

@@ -24,9 +24,10 @@ import random
 import re
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from .._util.types import JSON
 from ..errors import ConfigError, DatabaseError, SimilarImagesError
 from ..index import DEFAULT_RERANK
 from ..search import Match, Results
@@ -119,7 +120,7 @@ class TextSearchApp(GalleryApp):
     posted twice does not fill #1 and #2.
     """
 
-    def __init__(self, db: Any, *, k: int = 8, max_k: int = 50, seed: int | None = None,
+    def __init__(self, db: Database | str | os.PathLike[str], *, k: int = 8, max_k: int = 50, seed: int | None = None,
                  preload: bool = True, rerank: int = DEFAULT_RERANK, include_query: bool = False,
                  noun: str = "tweets", fast_queries: bool = True) -> None:
         self.db = db if isinstance(db, Database) else Database.open(db)
@@ -158,8 +159,8 @@ class TextSearchApp(GalleryApp):
         g.handlers.update({
             "ready": self._on_ready,
             "random": lambda: self._safely(self.random_search),
-            "text": lambda text="": self._safely(self.search, str(text)),
-            "search": lambda index=0: self._safely(self.search_with_result, int(index) + 1),
+            "text": self._on_text,
+            "search": self._on_search_result,
         })
         g.observe(self._on_params, names=["k", "exact", "include_query"])
         g.observe(self._on_filter, names=["min_band"])
@@ -193,15 +194,21 @@ class TextSearchApp(GalleryApp):
         return self._query_text
 
     # ------------------------------------------------------------ callbacks
+    def _on_text(self, text: object = "") -> None:
+        self._safely(self.search, str(text))
+
+    def _on_search_result(self, index: object = 0) -> None:
+        self._safely(self.search_with_result, int(str(index)) + 1)
+
     def _on_ready(self) -> None:
         if self.preload:
             self.loader.start()
 
-    def _on_params(self, _change: dict[str, Any]) -> None:
+    def _on_params(self, _change: JSON) -> None:
         if self._query is not None:
             self._safely(self._run, self._query, self._query_text)
 
-    def _on_filter(self, _change: dict[str, Any]) -> None:
+    def _on_filter(self, _change: JSON) -> None:
         if self._results is not None:
             self._render(self._results, self._query_text, self._query)
 
@@ -230,7 +237,7 @@ class TextSearchApp(GalleryApp):
         return self._run(match.id, match.text)
 
     # -------------------------------------------------------------- helpers
-    def _explain(self) -> dict[str, Any]:
+    def _explain(self) -> dict[str, object]:
         return {"text": f"Type a sentence to find the {self.noun} that say something similar, in other words too: "
                         f"the search compares meanings (sentence embeddings), not letters. Try one of these:",
                 "examples": list(EXAMPLES)}
@@ -302,8 +309,8 @@ class TextSearchApp(GalleryApp):
             g.render_id += 1
             g.status = self._status_dict(results, total_ms)
 
-    def _status_dict(self, results: Results | None = None, total_ms: float | None = None) -> dict[str, Any]:
-        status: dict[str, Any] = {"model": self.loader.status()}
+    def _status_dict(self, results: Results | None = None, total_ms: float | None = None) -> dict[str, object]:
+        status: dict[str, object] = {"model": self.loader.status()}
         r = results if results is not None else self._results
         if r is not None:
             index = self.db.manifest.index
@@ -319,7 +326,7 @@ class TextSearchApp(GalleryApp):
     def _show_status(self) -> None:
         self.gallery.status = self._status_dict()
 
-    def _safely(self, func: Any, *args: Any) -> Any:
+    def _safely(self, func: Callable[..., object], *args: object) -> object:
         try:
             return func(*args)
         except Exception as exc:

@@ -16,10 +16,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from .._util.types import JSON, Widget
 from ..errors import DatabaseError
 from ..measure.plot import plot_tuning
 from ..measure.tune_report import TuneReport, human_bytes
@@ -30,9 +34,12 @@ from ..store import Database
 from .common import find_database, index_words, log_to_file, no_database_message, quiet_output
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from ..search import Results
+
+T = TypeVar("T")
 
 __all__ = [
     "NoDatabaseError",
@@ -69,7 +76,7 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=DPI)
 
 
-def _photo_axis(ax: Any, tile: np.ndarray, title: str = "", *, colour: str | None = None) -> None:
+def _photo_axis(ax: Axes, tile: np.ndarray, title: str = "", *, colour: str | None = None) -> None:
     ax.imshow(tile)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -82,27 +89,27 @@ def _photo_axis(ax: Any, tile: np.ndarray, title: str = "", *, colour: str | Non
             spine.set_linewidth(3)
 
 
-def show(fig: Figure) -> Any:
+def show(fig: Figure) -> Widget:
     """The figure as a PNG image for the notebook's output area (``IPython.display.Image``)."""
     from IPython.display import Image  # noqa: PLC0415  (only in a notebook)
 
     return Image(data=figure_png(fig), format="png")
 
 
-def quiet() -> Any:
+def quiet() -> AbstractContextManager[Path]:
     """A ``with`` block whose TensorFlow, Faiss and library output goes to the apps' log, not to the notebook."""
     log_to_file()
     return quiet_output()
 
 
-def text(markdown: str) -> Any:
+def text(markdown: str) -> Widget:
     """Markdown for the output area (live numbers in a sentence)."""
     from IPython.display import Markdown  # noqa: PLC0415  (only in a notebook)
 
     return Markdown(markdown)
 
 
-def image(png: bytes) -> Any:
+def image(png: bytes) -> Widget:
     """PNG bytes (e.g. :func:`~similar_images.methods.explain.explanation_png`) for the output area."""
     from IPython.display import Image  # noqa: PLC0415  (only in a notebook)
 
@@ -113,7 +120,8 @@ class NoDatabaseError(DatabaseError):
     """The walkthrough has no database to open (in a notebook: the cell shows how to build one, no traceback)."""
 
 
-def _one_line(shell: Any, etype: type, evalue: BaseException, tb: Any, tb_offset: Any = None) -> list[str]:
+def _one_line(shell: Widget, etype: type, evalue: BaseException, tb: TracebackType | None,
+              tb_offset: int | None = None) -> list[str]:
     """IPython's handler of :class:`NoDatabaseError`: no traceback under the message ``open_database`` displayed
     (a kernel shows nothing more; a terminal shows this one line)."""
     return [f"{etype.__name__}: {evalue}"]
@@ -145,7 +153,7 @@ def open_database(path: str | os.PathLike[str], *, weights: str | None = None) -
         raise NoDatabaseError(f"{message.title}; build one as shown above, then run the notebook again") from exc
 
 
-def _ipython() -> Any:
+def _ipython() -> Widget:
     try:
         from IPython import get_ipython  # noqa: PLC0415  (only in a notebook)
     except ImportError:
@@ -153,7 +161,7 @@ def _ipython() -> Any:
     return get_ipython()
 
 
-def database_summary(db: Database) -> Any:
+def database_summary(db: Database) -> Widget:
     """One Markdown line: photos, model, vector size and index of the database."""
     return text(f"**This database:** {len(db):,} photos, model `{db.model_name}`, {db.dim}-d vectors, "
                 f"{index_words(db)}.")
@@ -207,6 +215,8 @@ def results_figure(db: Database, results: Results, *, columns: int = 5) -> Figur
     n = len(results) + 1
     rows = math.ceil(n / columns)
     fig = _figure(2.8 * columns, 3.0 * rows)
+    if results.query_id is None:
+        raise ValueError("results_figure shows the results of a search by database id")
     items = [(results.query_id, "query", HIGHLIGHT)] + [(m.id, f"#{m.rank}  {m.score:.3f}", None) for m in results]
     for j, (item, title, colour) in enumerate(items):
         _photo_axis(fig.add_subplot(rows, columns, j + 1), thumbnail_array(db.item(item), 160), title, colour=colour)
@@ -414,8 +424,8 @@ def tradeoff_figure(report: TuneReport, factory: str | None, params: dict[str, i
 
 
 # --------------------------------------------------------------------------- sliders
-def figure_slider(values: Sequence[Any], draw: Callable[[Any], Figure], *, description: str,
-                  value: Any = None) -> Any:
+def figure_slider(values: Sequence[T], draw: Callable[[T], Figure], *, description: str,
+                  value: T | None = None) -> Widget:
     """A slider over ``values`` and the figure ``draw(value)`` below it, redrawn when the slider moves.
 
     Returns an ``ipywidgets.VBox``; its ``slider`` and ``image`` attributes are the two widgets.
@@ -429,20 +439,20 @@ def figure_slider(values: Sequence[Any], draw: Callable[[Any], Figure], *, descr
                                      layout=widgets.Layout(width="60%"))
     image = widgets.Image(value=figure_png(draw(start)), format="png", layout=widgets.Layout(max_width="100%"))
 
-    def redraw(change: dict[str, Any]) -> None:
+    def redraw(change: JSON) -> None:
         image.value = figure_png(draw(change["new"]))
 
     slider.observe(redraw, names="value")
     box = widgets.VBox([slider, image])
-    box.slider, box.image = slider, image  # type: ignore[attr-defined]
+    box.slider, box.image = slider, image
     return box
 
 
-def pq_slider(points: Sequence[PQPoint]) -> Any:
+def pq_slider(points: Sequence[PQPoint]) -> Widget:
     """A slider over the measured ``M`` values, redrawing :func:`pq_sweep_figure` with that ``M`` marked."""
     return figure_slider([p.m for p in points], lambda m: pq_sweep_figure(points, m), description="M sub-vectors")
 
 
-def nprobe_slider(points: Sequence[NprobePoint]) -> Any:
+def nprobe_slider(points: Sequence[NprobePoint]) -> Widget:
     """A slider over the measured ``nprobe`` values, redrawing :func:`nprobe_figure` with that value marked."""
     return figure_slider([p.nprobe for p in points], lambda n: nprobe_figure(points, n), description="nprobe")

@@ -20,9 +20,9 @@ from ..store.streaming import extract_while_downloading
 from ._common import configure_logging, handle_errors
 
 try:  # readers that search an unfinished database from its first shard
-    from ..store.live import build_progress  # type: ignore[import-not-found,unused-ignore]
+    from ..store.live import build_progress
 except ImportError:  # without them, a database can be searched once its extraction has finished
-    build_progress = None
+    build_progress = None  # type: ignore[assignment]
 
 #: Set to a zip's address to fetch it instead of the COCO one (the benchmark and tests serve their own).
 URL_ENV = "SIMILAR_IMAGES_COCO_URL"

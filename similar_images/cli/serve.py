@@ -19,7 +19,7 @@ from ._common import configure_logging, handle_errors, query_backend_options
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
-def _log_config(level: str) -> dict[str, Any]:
+def _log_config(level: str) -> dict[str, object]:
     """Uvicorn's logging setup plus a handler for the package's own loggers (applied in every worker)."""
     from uvicorn.config import LOGGING_CONFIG  # noqa: PLC0415  (heavy: the HTTP server stack)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._util.types import JSON
 from ..errors import ConfigError
 from .backends import RECIPE_VERSION, QuantizationSettings
 from .base import ITEM_KINDS, Embedder, ItemKind, item_kind, l2_normalize
@@ -71,7 +72,7 @@ __all__ = [
 ]
 
 
-def embedder_from_info(info: dict[str, Any], *, kind: str = "image", weights: str | None = None,
+def embedder_from_info(info: JSON, *, kind: str = "image", weights: str | None = None,
                        **options: Any) -> Embedder:
     """Rebuild the embedder described by ``info`` (a manifest's ``model`` section).
 
@@ -105,7 +106,7 @@ def embedder_from_info(info: dict[str, Any], *, kind: str = "image", weights: st
                          seed=int(info.get("seed", 0)), **options)
 
 
-def _registered_spec(info: dict[str, Any], kind: str) -> ModelSpec | TextEncoderSpec | None:
+def _registered_spec(info: JSON, kind: str) -> ModelSpec | TextEncoderSpec | None:
     kind = str(info.get("kind", kind))
     lookup = get_text_encoder if kind == "text" else get_model_spec
     try:
@@ -114,14 +115,14 @@ def _registered_spec(info: dict[str, Any], kind: str) -> ModelSpec | TextEncoder
         return None  # e.g. a plugin model whose module is not imported
 
 
-def default_index_name(info: dict[str, Any], *, kind: str = "image") -> str:
+def default_index_name(info: JSON, *, kind: str = "image") -> str:
     """The name of the default index for vectors made by the embedder ``info`` describes (a key of
     :data:`similar_images.index.factory.DEFAULTS`); ``"ivf-pq"`` for an unregistered model."""
     spec = _registered_spec(info, kind)
     return spec.default_index if spec is not None else "ivf-pq"
 
 
-def registered_dim(info: dict[str, Any], *, kind: str = "image") -> int | None:
+def registered_dim(info: JSON, *, kind: str = "image") -> int | None:
     """The dimension of the registered model ``info`` names (``None`` when it is not registered)."""
     spec = _registered_spec(info, kind)
     return spec.dim if spec is not None else None

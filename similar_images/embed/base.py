@@ -44,7 +44,7 @@ class Embedder(Protocol):
     @property
     def dim(self) -> int: ...
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         """A JSON description (``name`` and ``dim`` at least), stored as the manifest's ``model``."""
         ...
 

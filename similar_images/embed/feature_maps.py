@@ -36,11 +36,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from .._util.registry import Registry
+from .._util.types import KerasModel
 from ..errors import ConfigError, FeatureMapError
 from .tf_import import import_keras, import_tensorflow
 
@@ -143,7 +144,7 @@ def pool(maps: np.ndarray, pooling: Pooling) -> np.ndarray:
     return maps.max(axis=(1, 2))
 
 
-def _keras() -> Any:
+def _keras() -> KerasModel:
     return import_keras()
 
 
@@ -163,7 +164,7 @@ class FeatureMapModel:
             fixed-size ``(H, W, C)`` map.
     """
 
-    def __init__(self, keras_model: Any, spec: FeatureMapSpec, preprocess: Any) -> None:
+    def __init__(self, keras_model: KerasModel, spec: FeatureMapSpec, preprocess: KerasModel) -> None:
         keras = _keras()
         self.spec = spec
         self._preprocess = preprocess
@@ -190,7 +191,7 @@ class FeatureMapModel:
         self._model = keras.Model(inputs[0] if len(inputs) == 1 else inputs, [layer.output, outputs[0]],
                                   name=f"{keras_model.name}_feature_map")
         self._lock = threading.Lock()
-        self._forward: Any = None
+        self._forward: KerasModel = None
         self.forward_passes = 0
         self.backward_passes = 0
 
@@ -205,7 +206,7 @@ class FeatureMapModel:
         return cls(embedder.model, spec, embedder.spec.preprocess)
 
     @classmethod
-    def from_model_spec(cls, model_spec: ModelSpec, keras_model: Any) -> FeatureMapModel:
+    def from_model_spec(cls, model_spec: ModelSpec, keras_model: KerasModel) -> FeatureMapModel:
         """The feature-map model of a built model of ``model_spec``."""
         return cls(keras_model, feature_map_spec(model_spec.name), model_spec.preprocess)
 
@@ -227,7 +228,7 @@ class FeatureMapModel:
                 f"{scale:.3g}); register it with pooling=None to get a gradient map instead"
             )
 
-    def _compiled_forward(self) -> Any:
+    def _compiled_forward(self) -> KerasModel:
         """The forward pass as one TensorFlow graph for any batch size (traced once: no retracing per size)."""
         if self._forward is None:
             tf = import_tensorflow()

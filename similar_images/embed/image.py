@@ -169,9 +169,9 @@ class ImageEmbedder(SpecBacked):
         _ = self.runner
         return self
 
-    def inference_info(self) -> dict[str, Any]:
+    def inference_info(self) -> dict[str, object]:
         """The backend, the precision asked for and the one that runs, and ``auto``'s figures (for summaries)."""
-        out: dict[str, Any] = {"backend": self.backend, "requested_precision": self.requested_precision,
+        out: dict[str, object] = {"backend": self.backend, "requested_precision": self.requested_precision,
                                "precision": self.precision}
         if self.choice is not None:
             out["choice"] = self.choice.to_dict()
@@ -187,7 +187,7 @@ class ImageEmbedder(SpecBacked):
         _ = self.runner(self.spec.preprocess(np.zeros((1, self.spec.input_size[1], self.spec.input_size[0], 3),
                                                        dtype=np.uint8)))
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         """Model description for manifests (what :func:`~similar_images.embed.embedder_from_info` rebuilds)."""
         info = {**self.spec.info(), "weights": weights_label(self.weights), "seed": self.seed}
         if self.max_pixels != DEFAULT_MAX_PIXELS:  # recorded only when changed: older manifests stay equal

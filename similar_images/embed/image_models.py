@@ -24,11 +24,11 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .._util.registry import Registry
+from .._util.types import KerasModel
 from ..errors import SourceNotFoundError, WeightsError
 from .tf_import import import_keras
 
@@ -83,12 +83,12 @@ class ModelSpec:
     dim: int
     layer: str
     input_size: tuple[int, int]
-    builder: Callable[[str | None], Any] = field(repr=False, compare=False)
+    builder: Callable[[str | None], KerasModel] = field(repr=False, compare=False)
     preprocess: Callable[[np.ndarray], np.ndarray] = field(repr=False, compare=False)
     description: str = ""
     default_index: str = "ivf-pq"
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         """The JSON-serialisable description stored in manifests."""
         return {"name": self.name, "dim": self.dim, "layer": self.layer, "input_size": list(self.input_size)}
 
@@ -147,7 +147,7 @@ def weights_label(weights: str | None) -> str:
     return "random" if weights is None else weights
 
 
-def _keras() -> Any:
+def _keras() -> KerasModel:
     return import_keras()
 
 
@@ -158,7 +158,8 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _load_applications_model(factory: Callable[..., Any], weights: str | None, what: str, **kwargs: Any) -> Any:
+def _load_applications_model(factory: Callable[..., KerasModel], weights: str | None, what: str,
+                             **kwargs: object) -> KerasModel:
     try:
         with warnings.catch_warnings():
             # Keras warns once per layer it cannot match ("Skipping nested container ..."): hundreds of lines for a
@@ -180,7 +181,7 @@ def _load_applications_model(factory: Callable[..., Any], weights: str | None, w
         ) from exc
 
 
-def _build_vgg16_fc2(weights: str | None) -> Any:
+def _build_vgg16_fc2(weights: str | None) -> KerasModel:
     keras = _keras()
     try:
         base = _load_applications_model(
@@ -198,8 +199,8 @@ def _build_vgg16_fc2(weights: str | None) -> Any:
     return keras.Model(base.inputs, base.get_layer("fc2").output, name="vgg16_fc2")
 
 
-def _build_vgg16_pooled(pooling: str) -> Callable[[str | None], Any]:
-    def build(weights: str | None) -> Any:
+def _build_vgg16_pooled(pooling: str) -> Callable[[str | None], KerasModel]:
+    def build(weights: str | None) -> KerasModel:
         keras = _keras()
         return _load_applications_model(
             keras.applications.VGG16,
@@ -213,7 +214,7 @@ def _build_vgg16_pooled(pooling: str) -> Callable[[str | None], Any]:
     return build
 
 
-def _build_mobilenetv2(weights: str | None) -> Any:
+def _build_mobilenetv2(weights: str | None) -> KerasModel:
     keras = _keras()
     return _load_applications_model(
         keras.applications.MobileNetV2,

@@ -99,7 +99,7 @@ class TextEncoderSpec:
             raise ConfigError(f"The text encoder {self.name} does not run on {backend}; it runs on {runs}")
         return self.backends[backend]
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         """The JSON-serialisable description stored in manifests."""
         return {"name": self.name, "dim": self.dim, "max_length": self.max_length}
 
@@ -305,7 +305,7 @@ class TextEmbedder(SpecBacked):
         """Load the encoder now (a build does this before it starts its clock)."""
         _ = self.encoder
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         """Model description for manifests."""
         label = self.source
         if self.spec.name == DEFAULT_TEXT_ENCODER:

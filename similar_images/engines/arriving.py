@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..embed import Embedder
 from ..index import IndexConfig
-from .local import BuildJob, Engine, IndexBuild, IndexFiles, LocalEngine
+from .local import BuildJob, Engine, IndexBuild, IndexFiles, LocalEngine, ShardEmbedder
 
 __all__ = ["ArrivingEngine"]
 
@@ -36,7 +35,7 @@ class ArrivingEngine:
         describe = getattr(self.inner, "describe", None)
         return {"name": "arriving", "inner": describe() if describe is not None else type(self.inner).__name__}
 
-    def run(self, job: BuildJob, shards: Sequence[int], embedder: Embedder | None,
+    def run(self, job: BuildJob, shards: Sequence[int], embedder: ShardEmbedder | None,
             progress: Callable[[int], None]) -> None:
         """Embed ``shards`` in order, each run of them as soon as their items have arrived."""
         todo = sorted(shards)

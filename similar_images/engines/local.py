@@ -32,11 +32,29 @@ __all__ = [
     "IndexBuild",
     "IndexFiles",
     "LocalEngine",
+    "ShardEmbedder",
     "describe_engine",
     "prepare_one",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class ShardEmbedder(Protocol):
+    """What a build needs of an embedder: an :class:`~similar_images.embed.Embedder` is one; so is an embedder
+    that gives several vectors per item (``multi_vector = True``: SIFT descriptors), whose ``embed_prepared``
+    returns ``(vectors, rows per item)``."""
+
+    kind: str
+
+    @property
+    def dim(self) -> int: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+    def prepare(self, item: Any, /) -> Any: ...
+
+    def embed_prepared(self, batch: Sequence[Any], /) -> np.ndarray | tuple[np.ndarray, Sequence[int]]: ...
 
 
 @dataclass
@@ -123,7 +141,7 @@ class Engine(Protocol):
         """The engine and its settings, for manifests."""
         ...
 
-    def run(self, job: BuildJob, shards: Sequence[int], embedder: Embedder | None,
+    def run(self, job: BuildJob, shards: Sequence[int], embedder: ShardEmbedder | None,
             progress: Callable[[int], None]) -> None:
         """Embed every shard in ``shards`` and commit each with ``job.write_shard``.
 
@@ -159,7 +177,7 @@ def describe_engine(engine: Engine | None) -> dict[str, Any]:
     return describe() if describe is not None else {"name": type(engine).__name__}
 
 
-def prepare_one(embedder: Embedder, item: str) -> tuple[Any, str | None]:
+def prepare_one(embedder: ShardEmbedder, item: str) -> tuple[Any, str | None]:
     """``(prepared, None)``, or ``(None, reason)`` when the item cannot be used (never raises for bad input)."""
     try:
         return embedder.prepare(item), None
@@ -195,7 +213,7 @@ class LocalEngine:
         """The engine, for manifests."""
         return {"name": "local"}
 
-    def run(self, job: BuildJob, shards: Sequence[int], embedder: Embedder | None,
+    def run(self, job: BuildJob, shards: Sequence[int], embedder: ShardEmbedder | None,
             progress: Callable[[int], None]) -> None:
         """Embed ``shards`` in this process and commit each (see :meth:`Engine.run`)."""
         emb = embedder if embedder is not None else job.make_embedder()
@@ -253,7 +271,7 @@ class LocalEngine:
         index, report = build_index(vectors, config, ids=ids)
         return IndexBuild(index, report)
 
-    def _batches(self, job: BuildJob, shards: Sequence[int], emb: Embedder, progress: Callable[[int], None],
+    def _batches(self, job: BuildJob, shards: Sequence[int], emb: ShardEmbedder, progress: Callable[[int], None],
                  *, count_prepared: bool = True) -> Iterator[_Batch]:
         positions = (p for s in shards for p in job.shard_items(s))
         prepared = self._prepared(job, emb, positions)
@@ -278,7 +296,7 @@ class LocalEngine:
             batch.last = True
             yield batch
 
-    def _prepared(self, job: BuildJob, emb: Embedder,
+    def _prepared(self, job: BuildJob, emb: ShardEmbedder,
                   positions: Iterator[int]) -> Iterator[tuple[int, Any, str | None]]:
         """``(position, prepared, error)`` in order, prepared in a thread pool ahead of the consumer."""
         if not getattr(emb, "parallel_prepare", True) or job.workers <= 1:

@@ -466,7 +466,7 @@ class SparkEngine:
             reports.sort(key=lambda r: r.partition)
             files = [r.path for r in reports]
             if on_disk is not None:
-                merged = merge_on_disk(trained, files, on_disk)
+                merged = merge_on_disk(trained, files, Path(on_disk))
             else:
                 merged = merge_in_memory(trained, (faiss.read_index(f) for f in files))
         finally:

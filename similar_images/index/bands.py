@@ -42,9 +42,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any
 
 import numpy as np
+
+from .._util.types import JSON
 
 __all__ = ["ScoreBands", "BAND_NAMES", "neighbour_percentiles", "BandWords", "calibrate_words", "folder_labels",
            "class_agreement"]
@@ -108,13 +109,13 @@ class ScoreBands:
         return cls.from_percentiles(pct) if pct else None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ScoreBands:
+    def from_dict(cls, d: JSON) -> ScoreBands:
         """Read the form written by :meth:`to_dict`."""
         return cls(near_duplicate=float(d["near_duplicate"]), very_similar=float(d["very_similar"]),
                    similar=float(d["similar"]), n=int(d.get("n", 0)),
                    percentiles={k: int(v) if k == "n" else float(v) for k, v in d.get("percentiles", {}).items()})
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """The JSON form stored in the manifest."""
         return {"near_duplicate": self.near_duplicate, "very_similar": self.very_similar, "similar": self.similar,
                 "n": self.n, "percentiles": dict(self.percentiles)}
@@ -187,7 +188,7 @@ def _knn(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 256) -> 
     return np.concatenate(scores), np.concatenate(ids)
 
 
-def class_agreement(vectors: np.ndarray, labels: Sequence[str], bands: ScoreBands, queries: np.ndarray, *,
+def class_agreement(vectors: np.ndarray, labels: Sequence[str] | np.ndarray, bands: ScoreBands, queries: np.ndarray, *,
                     k: int = 10) -> dict[str, tuple[int, int]]:
     """For each band: ``(results, results of the query's class)`` over the ``k`` nearest other items of each
     query (exact search).

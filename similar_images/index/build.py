@@ -13,7 +13,6 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from .io import index_nbytes
 from .params import default_search_params, set_search_params, unwrap
 from .recall import eval_sample, recall_at_k, recall_within, sample_rows
 from .rerank import DEFAULT_RERANK
+from .types import FaissIndex
 
 __all__ = ["IndexConfig", "BuildReport", "build_index", "add_vectors", "train_index", "finish_index",
            "quiet_clustering"]
@@ -98,13 +98,13 @@ class BuildReport:
     recall_at_10_served: float | None = None
     nprobe_recalls: dict[str, float] | None = None
     neighbour_similarity: dict[str, float] | None = None
-    score_bands: dict[str, Any] | None = None
+    score_bands: dict[str, object] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def quiet_clustering(index: Any) -> None:
+def quiet_clustering(index: FaissIndex) -> None:
     """Silence Faiss' per-quantizer "please provide at least N training points" lines on stderr
     (one warning through ``logging`` replaces them)."""
     for sub in unwrap(index):
@@ -113,7 +113,7 @@ def quiet_clustering(index: Any) -> None:
                 cp.min_points_per_centroid = 1
 
 
-def add_vectors(index: Any, vectors: np.ndarray, ids: np.ndarray, batch_size: int = 65_536) -> None:
+def add_vectors(index: FaissIndex, vectors: np.ndarray, ids: np.ndarray, batch_size: int = 65_536) -> None:
     """Add vectors with explicit int64 ids, in batches (``vectors`` may be a memmap)."""
     for start in range(0, len(ids), batch_size):
         stop = min(start + batch_size, len(ids))
@@ -122,7 +122,7 @@ def add_vectors(index: Any, vectors: np.ndarray, ids: np.ndarray, batch_size: in
 
 
 def train_index(vectors: np.ndarray, factory: str, *, train_size: int | None = None,
-                seed: int = 1234) -> tuple[Any, int, float]:
+                seed: int = 1234) -> tuple[FaissIndex, int, float]:
     """An empty index of type ``factory``, trained on a random sample of ``vectors``.
 
     Args:
@@ -168,7 +168,7 @@ def train_index(vectors: np.ndarray, factory: str, *, train_size: int | None = N
 
 
 def build_index(vectors: np.ndarray, config: IndexConfig | None = None,
-                ids: np.ndarray | None = None) -> tuple[Any, BuildReport]:
+                ids: np.ndarray | None = None) -> tuple[FaissIndex, BuildReport]:
     """Train an index on a sample of ``vectors``, add them all, and measure it.
 
     Args:
@@ -198,7 +198,7 @@ def build_index(vectors: np.ndarray, config: IndexConfig | None = None,
     return index, report
 
 
-def finish_index(index: Any, vectors: np.ndarray, ids: np.ndarray, config: IndexConfig, *, factory: str,
+def finish_index(index: FaissIndex, vectors: np.ndarray, ids: np.ndarray, config: IndexConfig, *, factory: str,
                  n_train: int, train_seconds: float, add_seconds: float, t_start: float) -> BuildReport:
     """Set the search defaults of a filled index, calibrate its nprobe and measure its recall.
 
@@ -222,7 +222,7 @@ def finish_index(index: Any, vectors: np.ndarray, ids: np.ndarray, config: Index
     recall = served = float("nan")
     nprobe_recalls = None
     neighbours: dict[str, float] | None = None
-    bands: dict[str, Any] | None = None
+    bands: dict[str, object] | None = None
     if sample is not None and sample.truth_scores is not None:
         neighbours = neighbour_percentiles(sample.truth_scores[:, 0]) or None
         bands = ScoreBands.from_percentiles(neighbours).to_dict() if neighbours else None

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import numpy as np
 
 from .params import ivf_of
 from .recall import EvalSample, eval_sample, recall_stalled, recall_within
 from .rerank import DEFAULT_RERANK
+from .types import FaissIndex
 
 __all__ = ["NPROBE_TOLERANCE", "MAX_SCAN_BYTES", "choose_nprobe", "nprobe_cap", "nprobe_steps", "calibrate_nprobe"]
 
@@ -40,7 +40,7 @@ def choose_nprobe(recalls: dict[int, float], tolerance: float = NPROBE_TOLERANCE
     return min(p for p, r in recalls.items() if r >= best * (1.0 - tolerance) - 1e-12)
 
 
-def nprobe_cap(index: Any, max_scan_bytes: int | None = MAX_SCAN_BYTES) -> int | None:
+def nprobe_cap(index: FaissIndex, max_scan_bytes: int | None = MAX_SCAN_BYTES) -> int | None:
     """The largest nprobe whose lists hold at most ``max_scan_bytes`` of codes on average (at least 1, at most
     nlist); ``None`` for an index without an inverted file."""
     ivf = ivf_of(index)
@@ -60,7 +60,7 @@ def nprobe_steps(cap: int) -> list[int]:
     return steps + ([cap] if cap > 1 else [])
 
 
-def calibrate_nprobe(index: Any, vectors: np.ndarray, *, ids: np.ndarray | None = None, n_queries: int = 1000,
+def calibrate_nprobe(index: FaissIndex, vectors: np.ndarray, *, ids: np.ndarray | None = None, n_queries: int = 1000,
                      k: int = 10, depth: int = DEFAULT_RERANK, tolerance: float = NPROBE_TOLERANCE,
                      max_scan_bytes: int | None = MAX_SCAN_BYTES, seed: int = 0,
                      sample: EvalSample | None = None) -> tuple[int, dict[int, float]]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
@@ -36,6 +35,7 @@ from ..errors import ConfigError
 from .build import add_vectors
 from .factory import make_index
 from .params import ivf_of
+from .types import FaissIndex
 
 __all__ = ["is_ivf_factory", "add_to_copy", "merge_in_memory", "merge_on_disk", "estimate_index_bytes"]
 
@@ -47,24 +47,24 @@ def is_ivf_factory(factory: str, d: int) -> bool:
     return ivf_of(make_index(factory, d)) is not None
 
 
-def _copy(index_or_bytes: Any) -> Any:
+def _copy(index_or_bytes: FaissIndex | np.ndarray) -> FaissIndex:
     data = index_or_bytes if isinstance(index_or_bytes, np.ndarray) else faiss.serialize_index(index_or_bytes)
     return faiss.deserialize_index(data)
 
 
-def add_to_copy(trained: Any, vectors: np.ndarray, ids: np.ndarray, *, batch_size: int = 65_536) -> Any:
+def add_to_copy(trained: FaissIndex, vectors: np.ndarray, ids: np.ndarray, *, batch_size: int = 65_536) -> FaissIndex:
     """A copy of the trained empty index (an index or its ``faiss.serialize_index`` bytes) holding ``vectors``."""
     index = _copy(trained)
     add_vectors(index, vectors, np.asarray(ids, dtype=np.int64), batch_size)
     return index
 
 
-def _check_empty(trained: Any) -> None:
+def _check_empty(trained: FaissIndex) -> None:
     if trained.ntotal != 0:
         raise ConfigError(f"The trained index must be empty to merge parts into it; it holds {trained.ntotal}")
 
 
-def merge_in_memory(trained: Any, parts: Iterable[Any]) -> Any:
+def merge_in_memory(trained: FaissIndex, parts: Iterable[FaissIndex]) -> FaissIndex:
     """Merge the parts (copies of ``trained`` filled by :func:`add_to_copy`) into a copy of ``trained``.
 
     Parts are consumed one at a time (each may be read from disk just before and freed just after); Faiss'
@@ -79,7 +79,7 @@ def merge_in_memory(trained: Any, parts: Iterable[Any]) -> Any:
     return out
 
 
-def merge_on_disk(trained: Any, part_files: Iterable[str | Path], ivfdata: str | Path) -> Any:
+def merge_on_disk(trained: FaissIndex, part_files: Iterable[str | Path], ivfdata: str | Path) -> FaissIndex:
     """Merge the parts saved in ``part_files`` into on-disk inverted lists stored in ``ivfdata``.
 
     The returned index (a copy of ``trained``) keeps only its quantizers in memory; its lists are

@@ -23,12 +23,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import Any
 
 import faiss
 
 from ..errors import ConfigError, IndexDescriptionError, IndexTrainingError
 from .params import unwrap
+from .types import FaissIndex
 
 __all__ = [
     "MIN_PQ_VECTORS",
@@ -118,7 +118,7 @@ def factory_for(name: str, n: int, d: int) -> str:
         raise ConfigError(f"Unknown default index {name!r}; expected one of {sorted(DEFAULTS)}") from None
 
 
-def make_index(factory: str, d: int, *, metric: str = "ip") -> Any:
+def make_index(factory: str, d: int, *, metric: str = "ip") -> FaissIndex:
     """Create an untrained index that accepts explicit ids.
 
     IVF indexes store ids natively; every other index is wrapped in
@@ -154,7 +154,7 @@ def make_index(factory: str, d: int, *, metric: str = "ip") -> Any:
     # polysemous search, which this package never uses.
     for sub in unwrap(index):
         if getattr(sub, "do_polysemous_training", False):
-            sub.do_polysemous_training = False
+            setattr(sub, "do_polysemous_training", False)  # noqa: B010  (IndexPQ, IndexIVFPQ: not on faiss.Index)
     top = faiss.downcast_index(index)
     native_ids = isinstance(top, (faiss.IndexIVF, faiss.IndexIDMap, faiss.IndexIDMap2)) or (
         isinstance(top, faiss.IndexPreTransform) and isinstance(faiss.downcast_index(top.index), faiss.IndexIVF)
@@ -264,7 +264,7 @@ def _check_factory_numbers(factory: str) -> None:
             )
 
 
-def min_training_vectors(index: Any) -> int:
+def min_training_vectors(index: FaissIndex) -> int:
     """The fewest training vectors Faiss accepts for ``index`` (0 if it needs no training)."""
     need = 0
     for sub in unwrap(index):
@@ -274,8 +274,9 @@ def min_training_vectors(index: Any) -> int:
         if pq is not None and hasattr(pq, "ksub"):
             need = max(need, int(pq.ksub))
         if isinstance(sub, faiss.IndexPreTransform):
-            for i in range(sub.chain.size()):
-                vt = faiss.downcast_VectorTransform(sub.chain.at(i))
+            chain = sub.chain  # a SWIG vector at run time (faiss' stubs say list)
+            for i in range(chain.size()):  # type: ignore[attr-defined]
+                vt = faiss.downcast_VectorTransform(chain.at(i))  # type: ignore[attr-defined]
                 if isinstance(vt, faiss.OPQMatrix):
                     need = max(need, 2 ** 8)
         if not sub.is_trained:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import Any
 
 import faiss
 
 from .._util.io import atomic_path
+from .types import FaissIndex
 
 __all__ = ["write_index", "read_index", "index_nbytes"]
 
 
-def index_nbytes(index: Any) -> int:
+def index_nbytes(index: FaissIndex) -> int:
     """Size of the serialised index in bytes (what it occupies on disk and, roughly, in memory)."""
     return int(faiss.serialize_index(index).size)
 
@@ -23,7 +23,7 @@ def index_nbytes(index: Any) -> int:
 _FULL_MESSAGES = {os.strerror(errno.ENOSPC): errno.ENOSPC, os.strerror(errno.EDQUOT): errno.EDQUOT}
 
 
-def write_index(index: Any, path: str | Path) -> None:
+def write_index(index: FaissIndex, path: str | Path) -> None:
     """Atomically write a Faiss index.
 
     Raises:
@@ -39,7 +39,7 @@ def write_index(index: Any, path: str | Path) -> None:
             raise OSError(code, os.strerror(code), str(tmp)) from exc  # atomic_path turns it into DiskFullError
 
 
-def read_index(path: str | Path, *, mmap: bool = False) -> Any:
+def read_index(path: str | Path, *, mmap: bool = False) -> FaissIndex:
     """Read a Faiss index (optionally memory-mapped, for indexes that support it).
 
     On-disk inverted lists (an ``.ivfdata`` file) are looked up in the index file's own folder, so a database

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
 
 import faiss
 
 from ..errors import ConfigError
+from .types import FaissIndex
 
 __all__ = [
     "SEARCH_PARAMS",
@@ -38,10 +38,10 @@ _NEEDS = {"nprobe": "IVF indexes", "efSearch": "HNSW indexes",
           "k_factor": "indexes with a refine stage (',RFlat')"}
 
 
-def unwrap(index: Any) -> list[Any]:
+def unwrap(index: FaissIndex) -> list[FaissIndex]:
     """The chain of (downcast) indexes inside wrappers: IDMap, PreTransform, Refine."""
-    chain = []
-    cur = faiss.downcast_index(index)
+    chain: list[FaissIndex] = []
+    cur: FaissIndex | None = faiss.downcast_index(index)
     while cur is not None:
         chain.append(cur)
         nxt = None
@@ -53,7 +53,7 @@ def unwrap(index: Any) -> list[Any]:
     return chain
 
 
-def ivf_of(index: Any) -> Any | None:
+def ivf_of(index: FaissIndex) -> faiss.IndexIVF | None:
     """The inverted-file index inside ``index`` (any wrappers), or ``None``."""
     try:
         return faiss.extract_index_ivf(index)
@@ -66,7 +66,7 @@ def fallback_nprobe(nlist: int) -> int:
     return min(nlist, max(16, math.ceil(nlist / 8)))
 
 
-def default_search_params(index: Any) -> dict[str, int]:
+def default_search_params(index: FaissIndex) -> dict[str, int]:
     """Search-time defaults when nothing is measured: nprobe = :func:`fallback_nprobe` for IVF, efSearch = 64
     for HNSW, k_factor 4 for a refine stage (:func:`~similar_images.index.build.build_index` calibrates nprobe)."""
     params: dict[str, int] = {}
@@ -80,7 +80,7 @@ def default_search_params(index: Any) -> dict[str, int]:
     return params
 
 
-def set_search_params(index: Any, params: dict[str, int | None]) -> dict[str, int]:
+def set_search_params(index: FaissIndex, params: Mapping[str, int | None]) -> dict[str, int]:
     """Apply search parameters (``nprobe``, ``efSearch``, ``k_factor``); ``None`` values are skipped.
 
     nprobe is capped at the number of lists.

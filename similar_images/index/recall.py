@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from .exact import exact_search
+from .types import FaissIndex
 
 __all__ = [
     "recall_at_k",
@@ -104,7 +104,7 @@ class EvalSample:
     k: int
     truth_scores: np.ndarray | None = None
 
-    def search(self, index: Any, width: int) -> np.ndarray:
+    def search(self, index: FaissIndex, width: int) -> np.ndarray:
         """The index's top ``width`` ids of every query, the query's own id removed."""
         _, found = index.search(self.queries, min(width + 1, index.ntotal))
         return drop_self(found, self.self_ids, width)[0]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..index import IndexConfig, build_index, drop_self, exact_search, set_search_params
+from ..index.types import FaissIndex
 
 if TYPE_CHECKING:
     from ..store import Database
@@ -42,7 +43,7 @@ class NeighbourComparison:
     description: str
 
 
-def compare_neighbours(db: Database, query_id: int, *, k: int = 10, index: Any = None,
+def compare_neighbours(db: Database, query_id: int, *, k: int = 10, index: FaissIndex | None = None,
                        factory: str | None = None, params: dict[str, int] | None = None,
                        train_size: int | None = None) -> NeighbourComparison:
     """The exact top-k of a database item next to an index's top-k.
@@ -79,15 +80,15 @@ def compare_neighbours(db: Database, query_id: int, *, k: int = 10, index: Any =
         desc += " (" + ", ".join(f"{n}={v}" for n, v in used.items()) + ")"
     es, ei = exact_search(db.vectors, xq, k + 1, exclude=db.removed if db.removed.any() else None)
     as_, ai = index.search(xq, k + 1)
-    ei, es = drop_self(ei, [qid], k, es)
-    ai, as_ = drop_self(ai, [qid], k, as_)
+    ei, kept_es = drop_self(ei, [qid], k, es)
+    ai, kept_as = drop_self(ai, [qid], k, as_)
     exact_ids = [int(i) for i in ei[0] if i >= 0]
     approx_ids = [int(i) for i in ai[0] if i >= 0]
     missed = [i for i in exact_ids if i not in set(approx_ids)]
     extra = [i for i in approx_ids if i not in set(exact_ids)]
-    assert es is not None and as_ is not None
+    assert kept_es is not None and kept_as is not None
     return NeighbourComparison(
-        query_id=qid, exact_ids=exact_ids, exact_scores=[float(s) for s in es[0][:len(exact_ids)]],
-        approx_ids=approx_ids, approx_scores=[float(s) for s in as_[0][:len(approx_ids)]], missed=missed,
+        query_id=qid, exact_ids=exact_ids, exact_scores=[float(s) for s in kept_es[0][:len(exact_ids)]],
+        approx_ids=approx_ids, approx_scores=[float(s) for s in kept_as[0][:len(approx_ids)]], missed=missed,
         extra=extra, recall=1.0 - len(missed) / max(len(exact_ids), 1) if exact_ids else math.nan, description=desc,
     )

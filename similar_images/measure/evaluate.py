@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -138,7 +138,7 @@ class LatencyStats:
     batch_size: int
     threads: int | None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
@@ -164,7 +164,7 @@ class EvaluationReport:
     recall_served: dict[int, float] = field(default_factory=dict)
     latency_served: LatencyStats | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "database": self.database,
             "n_items": self.n_items,
@@ -193,9 +193,10 @@ class EvaluationReport:
         else:
             params = ", ".join(f"{k}={v}" for k, v in self.search_params.items()) or "none"
             lines.append(f"  index {self.factory} (search params: {params})")
-            lines.append(f"  index size {self.index_bytes:,} bytes = {self.index_bytes / self.vectors_bytes:.3f} x the "
+            index_bytes = self.index_bytes or 0  # measured whenever there is an index
+            lines.append(f"  index size {index_bytes:,} bytes = {index_bytes / self.vectors_bytes:.3f} x the "
                          f"raw vectors ({self.vectors_bytes:,} bytes)" if self.vectors_bytes else
-                         f"  index size {self.index_bytes:,} bytes")
+                         f"  index size {index_bytes:,} bytes")
             lines.append(f"  queries: {self.n_queries} {self.queries}")
             lines.append("")
             srv = bool(self.recall_served)
@@ -230,7 +231,7 @@ class EvaluationReport:
 
 
 # --------------------------------------------------------------------------- helpers
-def measure_latency(search: Callable[[np.ndarray, int], Any], queries: np.ndarray, k: int, *,
+def measure_latency(search: Callable[[np.ndarray, int], object], queries: np.ndarray, k: int, *,
                     n_single: int = 200, threads: int | None = 1, warmup: int = 3) -> LatencyStats:
     """Time a search function on single queries and on one batch.
 

@@ -76,11 +76,11 @@ def plot_tuning(report: TuneReport, path: str | os.PathLike[str] | None = None, 
     marks = [("original: ", report.original, "X", "black", (10, -24)),
              ("pick: ", report.pick(mode), "*", "red", (-40, -34)),
              ("build-index default: ", report.current_default, "D", "#6a3d9a", (-150, -26))]
-    for prefix, p, marker, colour, offset in marks:
-        if p is None:
+    for prefix, mark, marker, colour, offset in marks:
+        if mark is None:
             continue
-        ax.scatter([lat(p)], [rec(p)], marker=marker, s=200, color=colour, zorder=5)
-        ax.annotate(prefix + p.label + f"\n({p.memory_ratio:.3f} x Flat memory)", (lat(p), rec(p)),
+        ax.scatter([lat(mark)], [rec(mark)], marker=marker, s=200, color=colour, zorder=5)
+        ax.annotate(prefix + mark.label + f"\n({mark.memory_ratio:.3f} x Flat memory)", (lat(mark), rec(mark)),
                     textcoords="offset points", xytext=offset, fontsize=9, color=colour, zorder=6,
                     bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
     ax.set_xscale("log")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
+from .._util.types import JSON
 from ..errors import InputError
 from ..index import choose_nprobe
 
@@ -52,7 +52,7 @@ class TunePoint:
         ps = " ".join(f"{k}={v}" for k, v in self.params.items())
         return f"{self.factory} {ps}".strip()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         for key in ("recall", "latency_ms", "p99_ms", "batch_ms", "memory_ratio", "bytes_per_vector",
                     "build_seconds", "recall_served", "latency_served_ms"):
@@ -159,14 +159,14 @@ class TuneReport:
                         else max(pts, key=lambda p: (p.recall_in(mode), -p.latency_in(mode))))
         return rows
 
-    def _decision(self, served: bool) -> dict[str, Any]:
-        def d(p: TunePoint | None) -> dict[str, Any] | None:
+    def _decision(self, served: bool) -> dict[str, object]:
+        def d(p: TunePoint | None) -> dict[str, object] | None:
             return p.to_dict() if p else None
 
         return {"chosen": d(self.pick(served)), "fastest": d(self.pick(served, by="latency")),
                 "budgets": {f"{frac:g}": d(p) for frac, p in self.budgets(served).items()}}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         orig, cur = self.original, self.current_default
         out = {
             "n_vectors": self.n_vectors, "dim": self.dim, "k": self.k, "n_queries": self.n_queries,
@@ -185,7 +185,7 @@ class TuneReport:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TuneReport:
+    def from_dict(cls, data: JSON) -> TuneReport:
         """Rebuild a report from :meth:`to_dict`'s output (e.g. a saved ``--json`` file), to re-plot or re-decide
         without measuring again.
 

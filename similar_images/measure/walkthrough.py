@@ -19,6 +19,7 @@ here prints.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -228,9 +229,8 @@ def brute_force_cost(vectors: np.ndarray, *, steps: int = 6, n_queries: int = 30
     xq = x[rng.choice(n, size=min(n_queries, n), replace=False)]
     ms = []
     for size in sizes:
-        xb = x[:size]
-        stats = measure_latency(lambda q, kk, xb=xb: exact_search(xb, q, kk), xq, min(k, size),
-                                n_single=len(xq), threads=threads)
+        stats = measure_latency(functools.partial(_exact_over, x[:size]), xq, min(k, size), n_single=len(xq),
+                                threads=threads)
         ms.append(stats.median_ms)
     slope, intercept = np.polyfit(np.asarray(sizes, dtype=np.float64), np.asarray(ms), 1)
     slope = max(float(slope), 0.0)
@@ -310,7 +310,7 @@ def pq_anatomy(vectors: np.ndarray, m: int, *, row: int = 0, nbits: int = 8, see
     codebooks = faiss.vector_to_array(pq.centroids).reshape(m, 2 ** nbits, d // m)
     one = x[row:row + 1]
     packed = pq.compute_codes(one)
-    recon = pq.decode(packed)[0]
+    recon = pq.decode(packed)[0]  # type: ignore[call-arg,func-returns-value,index]  # faiss' stubs: decode(x, n)
     # the code of each sub-vector: the nearest centroid of its codebook (what compute_codes packed)
     subs = one[0].reshape(m, d // m)
     code = np.array([int(np.argmin(((codebooks[j] - subs[j]) ** 2).sum(axis=1))) for j in range(m)])
@@ -371,7 +371,7 @@ def _pq_point(x: np.ndarray, m: int, nbits: int, seed: int, sample: EvalSample, 
     d = x.shape[1]
     pq = _train_pq(x, m, nbits, seed)
     codes = pq.compute_codes(x)
-    err = float(np.mean(np.sum((pq.decode(codes) - x) ** 2, axis=1))) / norm2
+    err = float(np.mean(np.sum((pq.decode(codes) - x) ** 2, axis=1))) / norm2  # type: ignore[call-arg,func-returns-value]
     index = faiss.IndexPQ(d, m, nbits, faiss.METRIC_INNER_PRODUCT)
     index.pq = pq
     index.is_trained = True
@@ -410,12 +410,22 @@ class IVFClusters:
         return [int(c) for c in np.argsort(-self.sizes, kind="stable")[:count]]
 
 
+def _exact_over(xb: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return exact_search(xb, q, k)
+
+
+def _the_ivf(index: faiss.Index) -> faiss.IndexIVF:
+    ivf = ivf_of(index)
+    assert ivf is not None, "an IVF index"
+    return ivf
+
+
 def _ivf(x: np.ndarray, nlist: int, seed: int) -> faiss.Index:
     if not 1 <= nlist <= len(x):
         raise ConfigError(f"nlist must be between 1 and the number of vectors ({len(x)}), got {nlist}")
     index = make_index(f"IVF{nlist},Flat", x.shape[1])
     quiet_clustering(index)
-    ivf = ivf_of(index)
+    ivf = _the_ivf(index)
     ivf.cp.seed = seed
     index.train(x)
     return index
@@ -432,7 +442,7 @@ def ivf_clusters(vectors: np.ndarray, nlist: int, *, seed: int = 0, threads: int
     x = _as_vectors(vectors)
     with faiss_threads(threads):
         index = _ivf(x, nlist, seed)
-        quantizer = ivf_of(index).quantizer
+        quantizer = _the_ivf(index).quantizer
         scores, lists = quantizer.search(x, 1)
     assignment = lists[:, 0].astype(np.int64)
     centroids = quantizer.reconstruct_n(0, nlist)
@@ -479,11 +489,12 @@ def nprobe_sweep(vectors: np.ndarray, nlist: int, nprobes: Sequence[int] | None 
     with faiss_threads(1):
         index = _ivf(x, nlist, seed)
         add_vectors(index, x, np.arange(len(x), dtype=np.int64))
-    sizes = np.asarray([ivf_of(index).get_list_size(c) for c in range(nlist)], dtype=np.float64)
+    ivf = _the_ivf(index)
+    sizes = np.asarray([ivf.get_list_size(c) for c in range(nlist)], dtype=np.float64)
     if nprobes is None:
         nprobes = sorted({min(nlist, 2 ** i) for i in range(int(math.log2(nlist)) + 2)})
     sample = _sample(x, n_queries, k, seed)
-    quantizer = ivf_of(index).quantizer
+    quantizer = ivf.quantizer
     points = []
     for nprobe in nprobes:
         set_search_params(index, {"nprobe": int(nprobe)})

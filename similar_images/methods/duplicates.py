@@ -49,6 +49,7 @@ import numpy as np
 from .._util import io as _io
 from ..errors import ConfigError, IndexNotBuiltError
 from ..index import exact_search, make_index, set_search_params, unwrap
+from ..index.types import FaissIndex
 
 if TYPE_CHECKING:
     from ..store import Database
@@ -140,7 +141,7 @@ class DuplicateReport:
     seconds: float
     truncated_queries: int = 0
     method: str = "range_search"
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.id_a)
@@ -164,7 +165,7 @@ class DuplicateReport:
         return DuplicateReport(a, b, s, connected_components(a, b), cfg, self.n_items, self.seconds,
                                self.truncated_queries, self.method, dict(self.extra))
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, object]:
         """Counts and settings, JSON-serialisable."""
         sizes = [len(g) for g in self.groups]
         return {
@@ -303,7 +304,7 @@ def _flat_range_pairs(db: Database, live: np.ndarray, config: DuplicateConfig) -
     return out_a, out_b, out_s
 
 
-def _index_range_pairs(index: Any, db: Database, live: np.ndarray,
+def _index_range_pairs(index: FaissIndex, db: Database, live: np.ndarray,
                        config: DuplicateConfig) -> tuple[list[np.ndarray], ...]:
     """range_search of every query batch against a saved index whose ids are database ids."""
     radius = _radius(config.threshold)
@@ -318,7 +319,7 @@ def _index_range_pairs(index: Any, db: Database, live: np.ndarray,
     return out_a, out_b, out_s
 
 
-def _knn_growing_pairs(index: Any, db: Database, live: np.ndarray, config: DuplicateConfig,
+def _knn_growing_pairs(index: FaissIndex, db: Database, live: np.ndarray, config: DuplicateConfig,
                        set_k: Callable[[int], None]) -> tuple[tuple[list[np.ndarray], ...], int]:
     """k-NN search with k doubling until the k-th score of every query falls below the threshold."""
     t = np.float32(config.threshold)
@@ -355,7 +356,7 @@ def _knn_growing_pairs(index: Any, db: Database, live: np.ndarray, config: Dupli
     return (out_a, out_b, out_s), truncated
 
 
-def _build_hnsw(db: Database, live: np.ndarray, config: DuplicateConfig) -> tuple[Any, Any]:
+def _build_hnsw(db: Database, live: np.ndarray, config: DuplicateConfig) -> tuple[FaissIndex, faiss.IndexHNSW]:
     """A fresh inner-product HNSW index over the live vectors (ids = database ids)."""
     index = make_index(f"HNSW{config.hnsw_m}", db.dim)
     hnsw = next(s for s in unwrap(index) if isinstance(s, faiss.IndexHNSW))
@@ -383,7 +384,7 @@ def find_duplicate_pairs(db: Database, config: DuplicateConfig | None = None) ->
     t0 = time.perf_counter()
     method = "range_search"
     truncated = 0
-    extra: dict[str, Any] = {}
+    extra: dict[str, object] = {}
     if len(live) < 2:
         parts: tuple[list[np.ndarray], ...] = ([], [], [])
     elif config.index == "flat":

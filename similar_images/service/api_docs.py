@@ -21,8 +21,9 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
+
+from .._util.types import JSON
 
 __all__ = ["render_api_docs", "HTTP_METHODS"]
 
@@ -53,7 +54,7 @@ nav li { margin: 0.15rem 0; }
 """
 
 
-def _esc(value: Any) -> str:
+def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
@@ -84,7 +85,7 @@ def _schema_anchor(name: str) -> str:
     return _anchor("schema", name)
 
 
-def _type(schema: Mapping[str, Any] | None) -> str:
+def _type(schema: JSON | None) -> str:
     """A one-line HTML description of a JSON schema's type (references link to the schemas section)."""
     if not schema:
         return "any"
@@ -123,9 +124,9 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _properties(schema: Mapping[str, Any]) -> str:
+def _properties(schema: JSON) -> str:
     """The table of an object schema's properties, or its type when it has none."""
-    props: Mapping[str, Any] = schema.get("properties") or {}
+    props: JSON = schema.get("properties") or {}
     if not props:
         return f"<p>{_type(schema)}</p>"
     required = set(schema.get("required", ()))
@@ -134,7 +135,7 @@ def _properties(schema: Mapping[str, Any]) -> str:
     return _table(("Field", "Type", "Required", "Description"), rows)
 
 
-def _parameters(params: list[Mapping[str, Any]]) -> str:
+def _parameters(params: list[JSON]) -> str:
     if not params:
         return ""
     rows = []
@@ -147,7 +148,7 @@ def _parameters(params: list[Mapping[str, Any]]) -> str:
     return "<h4>Parameters</h4>" + _table(("Name", "In", "Type", "Required", "Default", "Description"), rows)
 
 
-def _request_body(body: Mapping[str, Any] | None) -> str:
+def _request_body(body: JSON | None) -> str:
     if not body:
         return ""
     parts = ["<h4>Request body" + (" (required)" if body.get("required") else "") + "</h4>",
@@ -162,7 +163,7 @@ def _request_body(body: Mapping[str, Any] | None) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def _responses(responses: Mapping[str, Any]) -> str:
+def _responses(responses: JSON) -> str:
     if not responses:
         return ""
     rows = []
@@ -173,7 +174,7 @@ def _responses(responses: Mapping[str, Any]) -> str:
     return "<h4>Responses</h4>" + _table(("Status", "Description", "Media types"), rows)
 
 
-def _operations(spec: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any], list[Mapping[str, Any]]]]:
+def _operations(spec: JSON) -> list[tuple[str, str, JSON, list[JSON]]]:
     """``(path, method, operation, parameters)`` of every operation, parameters of the path item included."""
     ops = []
     for path, item in (spec.get("paths") or {}).items():
@@ -185,7 +186,7 @@ def _operations(spec: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, An
     return ops
 
 
-def _operation(path: str, method: str, op: Mapping[str, Any], params: list[Mapping[str, Any]]) -> str:
+def _operation(path: str, method: str, op: JSON, params: list[JSON]) -> str:
     summary = (op.get("summary") or "").strip()
     description = (op.get("description") or "").strip()
     first, _, rest = description.partition("\n\n")
@@ -204,7 +205,7 @@ def _operation(path: str, method: str, op: Mapping[str, Any], params: list[Mappi
     ) if part)
 
 
-def render_api_docs(spec: Mapping[str, Any], *, openapi_url: str = "/openapi.json") -> str:
+def render_api_docs(spec: JSON, *, openapi_url: str = "/openapi.json") -> str:
     """Render an OpenAPI description as a self-contained HTML page.
 
     Args:
@@ -223,7 +224,7 @@ def render_api_docs(spec: Mapping[str, Any], *, openapi_url: str = "/openapi.jso
         f"<code>{_esc(path)}</code></a> {_inline(op.get('summary') or '')}</li>"
         for path, method, op, _ in ops
     )
-    schemas: Mapping[str, Any] = (spec.get("components") or {}).get("schemas") or {}
+    schemas: JSON = (spec.get("components") or {}).get("schemas") or {}
     schema_html = "\n".join(
         f'<section id="{_schema_anchor(name)}"><h3><code>{_esc(name)}</code></h3>'
         f"{_markdown(schema.get('description'))}{_properties(schema)}</section>"

@@ -62,7 +62,7 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 
-def _ascii_int(value: Any) -> Any:
+def _ascii_int(value: object) -> object:
     """A query or path parameter's text as an integer by :func:`~similar_images._util.parsing.parse_int`, as
     :func:`~.logic.as_int` parses the JSON and form fields (pydantic's own parsing takes ``"1_000"``, ``"1.0"``
     and numbers too large for Faiss)."""
@@ -84,7 +84,7 @@ def _names(names: list[str], most: int = 5) -> str:
 MAX_DETAIL_CHARS = 1000
 
 
-def _error_body(status: int, code: str, detail: Any) -> dict[str, Any]:
+def _error_body(status: int, code: str, detail: Any) -> dict[str, object]:
     if isinstance(detail, str):  # one line, bounded, and encodable: a lone surrogate would fail the JSON answer
         detail = " ".join(detail.splitlines())[:MAX_DETAIL_CHARS].encode("utf-8", "backslashreplace").decode()
     return {"error": code, "detail": detail, "status": status}
@@ -207,14 +207,14 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
         thumb_url: str
 
     class SearchOut(BaseModel):
-        query: dict[str, Any]
+        query: dict[str, object]
         k: int
         count: int
         model: str
         query_id: int | None
         search_ms: float
         total_ms: float
-        params: dict[str, Any]
+        params: dict[str, object]
         results: list[MatchOut]
         elapsed_ms: float
 
@@ -223,7 +223,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
         detail: Any
         status: int
 
-    error_responses: dict[int | str, dict[str, Any]] = {
+    error_responses: dict[int | str, dict[str, object]] = {
         code: {"model": ErrorOut, "description": desc} for code, desc in (
             (400, "Bad request or bad URL"), (404, "Unknown id"), (408, "The body was not received in time"),
             (413, "Body too large"), (415, "Not an image"), (422, "Invalid parameter"),
@@ -231,7 +231,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
     }
 
     def service(request: Request) -> ServiceState:
-        return request.app.state.service  # type: ignore[no-any-return]
+        return request.app.state.service
 
     @app.exception_handler(SimilarImagesError)
     async def _library_error(request: Request, exc: SimilarImagesError) -> JSONResponse:
@@ -276,12 +276,12 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
         return HTMLResponse(render_api_docs(app.openapi(), openapi_url=openapi_url), headers=_DOCS_HEADERS)
 
     @app.get("/health", summary="Status of the worker that answers")
-    async def health(request: Request) -> dict[str, Any]:  # on the event loop: answers however busy the threads
+    async def health(request: Request) -> dict[str, object]:  # on the event loop: answers however busy the threads
         """The worker's process id, the database (items searchable now, model, index), how far its build has got
         (``build``: ready, total, phase, rate, ETA) and the server's limits."""
         return service(request).health()
 
-    async def fetched(state: ServiceState, url: Any) -> bytes | None:
+    async def fetched(state: ServiceState, url: object) -> bytes | None:
         """The body of a URL query, fetched in the service's fetch threads (a slow URL holds one of those, never
         a thread that answers other requests); ``None`` without a URL."""
         if url is None:
@@ -341,7 +341,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
         fields_only = mime in ("application/json", "application/x-www-form-urlencoded")  # no image in these
         body = await _read_body(request, min(MAX_FIELDS_BYTES, state.config.max_upload_bytes) if fields_only
                                 else state.config.max_upload_bytes)
-        fields_: dict[str, Any] = {k: v for k, v in request.query_params.items() if k in _JSON_FIELDS}
+        fields_: dict[str, object] = {k: v for k, v in request.query_params.items() if k in _JSON_FIELDS}
         data: bytes | None = None
         filename: str | None = None
         if mime == "application/json":
@@ -359,7 +359,7 @@ def create_app(config: "ServeConfig | None" = None) -> "FastAPI":
                                    f"{', '.join(sorted(_JSON_FIELDS))} (upload files as multipart)")
             fields_.update({key: v for key, v in obj.items() if v is not None})
         elif mime in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            async def replay() -> dict[str, Any]:
+            async def replay() -> dict[str, object]:
                 return {"type": "http.request", "body": body, "more_body": False}
 
             form = await Request(request.scope, replay).form(max_files=1, max_fields=len(_FORM_FIELDS))

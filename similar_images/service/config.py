@@ -6,8 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
+from .._util.types import JSON
 from ..errors import ConfigError
 
 __all__ = ["ServeConfig", "ENV_PREFIX", "APP_FACTORY", "MIN_THUMB_SIZE"]
@@ -129,7 +129,7 @@ class ServeConfig:
             ConfigError: If ``SIMILAR_IMAGES_SERVE_DB`` is missing or a value does not parse.
         """
         environ = os.environ if environ is None else environ
-        kwargs: dict[str, Any] = {}
+        kwargs: JSON = {}
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is None:

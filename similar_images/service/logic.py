@@ -16,7 +16,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import faiss
 import numpy as np
@@ -28,6 +28,7 @@ from ..embed import item_kind
 from ..errors import DatabaseNotReadyError, ImageLoadError
 from ..methods.explain import Explanation, explain, explanation_png
 from ..presentation.thumbnails import make_thumbnail
+from ..search import Query
 from ..store import Database
 from ..store.live import LiveDatabase
 from .batching import SerializedEmbedder
@@ -51,7 +52,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def as_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+def as_int(value: object, name: str, *, minimum: int | None = None) -> int:
     """A request field as an integer: a JSON integer, or text of an optional sign and ASCII digits
     (:func:`~similar_images._util.parsing.parse_int`), the same in every route and content type.
 
@@ -73,7 +74,7 @@ def as_int(value: Any, name: str, *, minimum: int | None = None) -> int:
     return result
 
 
-def as_bool(value: Any, name: str) -> bool:
+def as_bool(value: object, name: str) -> bool:
     """A request field as a boolean (``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``).
 
     Raises:
@@ -137,7 +138,7 @@ class ServiceState:
         if self.embedder is None:
             self.embedder = SerializedEmbedder(db.embedder, batch=self.config.batch_queries,
                                                max_batch=self.config.max_batch)
-        db.embedder = self.embedder  # type: ignore[assignment]
+        db.embedder = self.embedder
 
     @property
     def db(self) -> Database:
@@ -156,7 +157,7 @@ class ServiceState:
                            max_bytes=self.config.max_upload_bytes,
                            policy=AddressPolicy(allow_private=self.config.allow_private_urls))
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> dict[str, object]:
         assert self.live is not None
         db = self.live.current()
         index = db.manifest.index if db is not None else None
@@ -182,7 +183,7 @@ class ServiceState:
         }
 
     # ------------------------------------------------------------ validation
-    def check_k(self, k: Any) -> int:
+    def check_k(self, k: object) -> int:
         if k is None:
             return self.config.default_k
         value = as_int(k, "k")
@@ -194,7 +195,7 @@ class ServiceState:
         if not item_kind(self.db.kind).files:
             raise UnsupportedQueryError(f"This database holds {self.db.kind}s, not images: search it by id")
 
-    def fetch(self, url: Any) -> bytes:
+    def fetch(self, url: object) -> bytes:
         """Download a query image.
 
         Raises:
@@ -212,7 +213,7 @@ class ServiceState:
         self.require_images()
         return fetch_url(url, config)
 
-    def start_fetch(self, url: Any) -> Future[bytes]:
+    def start_fetch(self, url: object) -> Future[bytes]:
         """Fetch a query image in the fetch threads (see :attr:`ServeConfig.max_fetches`), not the caller's.
 
         Returns:
@@ -239,8 +240,8 @@ class ServiceState:
             self.fetch_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------- search
-    def search(self, query: Any, k: int, query_info: dict[str, Any], *, exact: bool = False,
-               nprobe: int | None = None, ef_search: int | None = None) -> dict[str, Any]:
+    def search(self, query: Query, k: int, query_info: dict[str, object], *, exact: bool = False,
+               nprobe: int | None = None, ef_search: int | None = None) -> dict[str, object]:
         """Run one search; ``query`` is an id (already checked) or image bytes."""
         t0 = time.perf_counter()
         if self.config.faiss_threads:
@@ -254,15 +255,15 @@ class ServiceState:
         results = db.search(query, k, exact=exact, nprobe=nprobe, ef_search=ef_search)
         out = results.to_dict()
         if item_kind(db.kind).files:
-            for r in out["results"]:
+            for r in cast("list[dict[str, object]]", out["results"]):
                 r["image_url"] = f"/images/{r['id']}"
                 r["thumb_url"] = f"/images/{r['id']}?size=thumb"
         return {"query": query_info, "k": k, "count": len(results), "model": db.model_name, **out,
                 "elapsed_ms": round((time.perf_counter() - t0) * 1e3, 3)}
 
-    def search_request(self, *, item_id: Any = None, url: Any = None, data: bytes | None = None,
-                       filename: str | None = None, k: Any = None, exact: Any = False, nprobe: Any = None,
-                       ef_search: Any = None, fetched: bytes | None = None) -> dict[str, Any]:
+    def search_request(self, *, item_id: object = None, url: object = None, data: bytes | None = None,
+                       filename: str | None = None, k: object = None, exact: object = False, nprobe: object = None,
+                       ef_search: object = None, fetched: bytes | None = None) -> dict[str, object]:
         """Validate one request's fields (exactly one of id, url, data) and search (blocking).
 
         ``fetched`` is the body of ``url`` when the caller fetched it already (see :meth:`start_fetch`).
@@ -277,13 +278,13 @@ class ServiceState:
         exact_b = as_bool(exact, "exact")
         nprobe_i = None if nprobe is None else as_int(nprobe, "nprobe", minimum=1)
         ef_i = None if ef_search is None else as_int(ef_search, "ef_search", minimum=1)
-        query: Any
+        query: Query
         if item_id is not None:
             query = self.db.check_id(as_int(item_id, "id"))
-            info: dict[str, Any] = {"type": "id", "id": query}
+            info: dict[str, object] = {"type": "id", "id": query}
         elif url is not None:
             query = fetched if fetched is not None else self.fetch(url)
-            info = {"type": "url", "url": url.strip(), "bytes": len(query)}
+            info = {"type": "url", "url": str(url).strip(), "bytes": len(query)}
         else:
             assert data is not None
             if not data:
@@ -295,7 +296,7 @@ class ServiceState:
         return out
 
     # ---------------------------------------------------------------- explanations
-    def check_explain(self, *, query_id: Any = None, url: Any = None, item_id: Any = None,
+    def check_explain(self, *, query_id: object = None, url: object = None, item_id: object = None,
                       method: str = "auto") -> None:
         """Validate an explanation request's fields (before its URL, if any, is fetched).
 
@@ -314,14 +315,14 @@ class ServiceState:
         if query_id is not None:
             as_int(query_id, "query_id")
 
-    def explain(self, *, query_id: Any = None, url: Any = None, item_id: Any = None,
+    def explain(self, *, query_id: object = None, url: object = None, item_id: object = None,
                 method: str = "auto", fetched: bytes | None = None) -> Explanation:
         """Why database item ``item_id`` is similar to the query (a database id or an image URL).
 
         ``fetched`` is the body of ``url`` when the caller fetched it already (see :meth:`start_fetch`).
         """
         self.check_explain(query_id=query_id, url=url, item_id=item_id, method=method)
-        query: Any
+        query: Query
         if query_id is not None:
             query = self.db.check_id(as_int(query_id, "query_id"))
         else:

@@ -58,7 +58,7 @@ def available() -> bool:
     return _SIMPLEJPEG is not None
 
 
-def load_scaled(source: Any, min_size: tuple[int, int], max_pixels: int) -> Image.Image | None:
+def load_scaled(source: object, min_size: tuple[int, int], max_pixels: int) -> Image.Image | None:
     """Decode a JPEG at the smallest libjpeg-turbo scale that keeps ``min_size`` (width, height).
 
     Returns:

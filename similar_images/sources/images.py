@@ -125,11 +125,11 @@ def read_file_list(path: str | os.PathLike[str]) -> list[Path]:
         line = data[:exc.start].count(b"\n") + 1
         raise _file_list_error(path, f"not UTF-8 text (byte {exc.start:,}, line {line:,})") from None
     out: list[Path] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
+    for raw in text.splitlines():
+        entry = raw.strip()
+        if not entry or entry.startswith("#"):
             continue
-        p = Path(line).expanduser()
+        p = Path(entry).expanduser()
         out.append(p if p.is_absolute() else (base / p))
     return out
 
@@ -182,7 +182,7 @@ def _open(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
             raise ImageLoadError(f"empty file (0 bytes): {p}")
         fp = p
     elif hasattr(source, "read"):
-        fp = source  # type: ignore[assignment]
+        fp = source
     else:
         raise ImageLoadError(
             f"unsupported image source of type {type(source).__name__}; "
@@ -199,7 +199,7 @@ def _open(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     except UnidentifiedImageError as exc:
         raise ImageLoadError(f"not a readable image ({exc.__class__.__name__}: {exc})") from exc
     except PermissionError as exc:
-        raise ImageLoadError(f"permission denied: {exc.filename or source}") from exc
+        raise ImageLoadError(f"permission denied: {exc.filename or str(source)}") from exc
     except OSError as exc:
         raise ImageLoadError(f"cannot open image: {exc}") from exc
 

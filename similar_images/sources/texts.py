@@ -32,7 +32,7 @@ def shorten(text: str, limit: int = DISPLAY_CHARS) -> str:
     return f"{text[:limit].rstrip()}... [{len(text) - limit:,} more characters]"
 
 
-def _clean(value: Any) -> str | None:
+def _clean(value: object) -> str | None:
     """The usable text of a cell, or ``None`` for a missing, NaN or blank one."""
     if value is None:
         return None
@@ -69,7 +69,7 @@ class TextTable:
         return h.hexdigest()
 
 
-def _collect(values: Iterable[tuple[int, str, Any]], *, limit: int | None, dedupe: bool) -> TextTable:
+def _collect(values: Iterable[tuple[int, str, object]], *, limit: int | None, dedupe: bool) -> TextTable:
     texts: list[str] = []
     rows: list[int] = []
     failures: list[tuple[str, str]] = []
@@ -180,7 +180,7 @@ def _read_file(path: Path, *, column: str, limit: int | None, dedupe: bool, enco
                 )
         col = header.index(column)
 
-        def values() -> Iterator[tuple[int, str, Any]]:
+        def values() -> Iterator[tuple[int, str, object]]:
             i = 0
             start = reader.line_num + 1  # the line the next record starts on
             try:

@@ -49,7 +49,11 @@ def embed_items(items: Sequence[str], embedder: Embedder, db_path: str | os.Path
                        batch_size=config.batch_size, workers=config.workers or min(8, os.cpu_count() or 1),
                        embedder_info=embedder.info(), kind=embedder.kind, dim=embedder.dim)
         with tqdm(total=len(items), unit=config.unit, desc="add", disable=not config.verbose) as bar:
-            (engine or LocalEngine()).run(job, list(range(job.n_shards)), embedder, bar.update)
+
+            def progress(n: int) -> None:
+                bar.update(n)
+
+            (engine or LocalEngine()).run(job, list(range(job.n_shards)), embedder, progress)
         metas = [_io.read_json(shard_meta(work, s)) for s in range(job.n_shards)]
         ok = [job.items[i] for m in metas for i in m["ok"]]
         vectors = [np.load(work / m["vectors"], allow_pickle=False) for m in metas]

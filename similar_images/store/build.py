@@ -40,8 +40,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._util import io as _io
-from ..embed import Embedder, item_kind, l2_normalize
-from ..engines.local import BuildJob, Engine, LocalEngine
+from ..embed import item_kind, l2_normalize
+from ..engines.local import BuildJob, Engine, LocalEngine, ShardEmbedder
 from ..engines.shards import shard_meta, valid_shard
 from ..errors import ConfigError, DatabaseError
 from .folder import (
@@ -194,7 +194,7 @@ def unit_rows(arr: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- the build
 def build_database(
     items: Sequence[str],
-    embedder: Embedder,
+    embedder: ShardEmbedder,
     db_path: str | os.PathLike[str],
     config: BuildConfig | None = None,
     *,
@@ -364,7 +364,7 @@ def _finished_build(db: Path, partial: Path, settings: dict[str, Any], fmt: str)
     except (OSError, ValueError, DatabaseError):
         return None
     if not isinstance(saved, dict) or saved.get("settings") != settings \
-            or manifest.extra.get("build", {}).get("plan_digest") != saved.get("digest"):
+            or manifest.build_plan_digest != saved.get("digest"):
         return None
     logger.info("%s is already complete (an earlier run stopped while cleaning up); removing %s", db, partial)
     shutil.rmtree(partial, ignore_errors=True)

@@ -165,7 +165,7 @@ def extract_features(
         logger.info("Inference: %s %s (asked: %s)", embedder.backend, embedder.precision,
                     embedder.requested_precision)
 
-    def extra(s: BuildSummary) -> dict[str, Any]:
+    def extra(s: BuildSummary) -> dict[str, object]:
         return {"extraction": {**asdict(config), "images": s.total, "seconds_last_run": round(s.seconds, 3),
                                "images_per_second_last_run": round(s.items_per_second, 2),
                                "engine": describe_engine(engine), "inference": embedder.inference_info()}}
@@ -275,7 +275,7 @@ def build_text_database(source: str | os.PathLike[str] | Sequence[Any], db_path:
                        "start is embedded; they are stored whole", len(over), len(table.texts), embedder.window,
                        embedder.spec.name, first)
 
-    def extra(s: BuildSummary) -> dict[str, Any]:
+    def extra(s: BuildSummary) -> dict[str, object]:
         return {"text_build": {**{k: v for k, v in asdict(config).items() if k != "verbose"}, "input": where,
                                "texts_over_window": len(over), "window_tokens": embedder.window,
                                "rows_read": table.rows_read, "duplicates_skipped": table.duplicates,

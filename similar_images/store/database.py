@@ -189,7 +189,8 @@ class Database:
             if embedder is not None and not isinstance(embedder, TextEmbedder):
                 raise ConfigError(f"config is a TextBuildConfig (texts) but the embedder embeds {embedder.kind}s; "
                                   "pass an ExtractConfig to build an image database")
-            build_text_database(source, path, config, force=force, embedder=embedder, engine=engine)
+            texts = source if isinstance(source, (str, os.PathLike, Sequence)) else list(source)
+            build_text_database(texts, path, config, force=force, embedder=embedder, engine=engine)
         else:
             raise ConfigError(f"config must be an ExtractConfig (images) or a TextBuildConfig (texts), "
                               f"not {type(config).__name__}")
@@ -766,7 +767,7 @@ def _newest_generation(db: Path) -> int:
 
 def measured_agreement(manifest: Manifest, precision: str) -> float | None:
     """The top-10 agreement with fp32 of ``precision`` measured when the database was extracted (``auto``)."""
-    choice = manifest.extra.get("extraction", {}).get("inference", {}).get("choice") or {}
+    choice = manifest.precision_choice
     for c in choice.get("candidates", []):
         if c.get("precision") == precision and c.get("agreement") is not None:
             return float(c["agreement"])

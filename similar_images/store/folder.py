@@ -261,7 +261,7 @@ def vectors_crc32(vectors: np.ndarray, start: int, stop: int, crc: int = 0) -> i
     """The CRC-32 of the bytes of rows ``start`` to ``stop`` of ``vectors``, continuing ``crc``."""
     step = max(1, (64 * 2**20) // max(1, vectors.shape[1] * 4))  # 64 MB at a time
     for lo in range(start, stop, step):
-        crc = zlib.crc32(memoryview(np.ascontiguousarray(vectors[lo:min(stop, lo + step)])).cast("B"), crc)
+        crc = zlib.crc32(np.ascontiguousarray(vectors[lo:min(stop, lo + step)]).data.cast("B"), crc)
     return crc
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from .._util import io as _io
 from .._util.locks import LockTimeoutError, file_lock
+from .._util.types import JSON
 from ..engines.shards import shard_meta
 from ..errors import DatabaseError, DatabaseNotFoundError, DatabaseNotReadyError
 from .build import unit_rows
@@ -62,7 +63,7 @@ class _Shard:
     mtime: float
 
 
-def _read_plan(partial: Path) -> tuple[dict[str, Any], int]:
+def _read_plan(partial: Path) -> tuple[JSON, int]:
     """``(settings, planned items)`` of the build in ``partial``.
 
     Raises:
@@ -132,7 +133,7 @@ def open_partial(path: str | os.PathLike[str], *, model: str | None = None, weig
     dim = int(info["dim"])
     key = (str(db.resolve()), n, shard_size, dim, json.dumps(info, sort_keys=True, default=str))
     shared = getattr(previous, "_live_buffer", None)
-    done = int(previous.manifest.extra["build"]["shards_ready"]) if shared is not None else 0  # type: ignore
+    done = previous.manifest.shards_ready if previous is not None and shared is not None else 0
     if shared is None or shared[0] != key or done > len(shards):  # another build, or it re-embeds a shard
         shared, done = (key, np.empty((n, dim), dtype=np.float32)), 0
     buffer: np.ndarray = shared[1]
@@ -229,7 +230,7 @@ class BuildProgress:
         """Whether a build or an index build is running."""
         return self.phase in ("extracting", "indexing")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["building"] = self.building
         d["rate"] = None if self.rate is None else round(self.rate, 3)
@@ -271,7 +272,7 @@ def build_progress(path: str | os.PathLike[str]) -> BuildProgress:
         settings, n = _read_plan(partial)
     except (FileNotFoundError, DatabaseError):
         settings, n = {}, -1
-    if manifest is not None and (n < 0 or manifest.extra.get("build", {}).get("plan_digest")):
+    if manifest is not None and (n < 0 or manifest.build_plan_digest):
         ready = manifest.counts.items - len(manifest.removed_ids)
         indexed = manifest.index is not None
         phase = "indexing" if not indexed and _writer_running(db) else "ready"
@@ -307,7 +308,7 @@ def _rate(shards: list[_Shard], partial: Path) -> float | None:
 
 
 # --------------------------------------------------------------------------- following
-def stamp(path: str | os.PathLike[str]) -> tuple[Any, ...]:
+def stamp(path: str | os.PathLike[str]) -> tuple[object, ...]:
     """What changes whenever a database folder commits a change: the manifest's identity (it is replaced
     atomically by every commit) and the ``.partial/`` folder's listing (every committed shard adds a file)."""
     db = Path(path).expanduser()
@@ -351,11 +352,11 @@ class LiveDatabase:
         self.on_open = on_open
         self.open_options = open_options
         self._db: Database | None = None
-        self._stamp: tuple[Any, ...] | None = None
+        self._stamp: tuple[object, ...] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
         self._reloading: threading.Thread | None = None
-        self._failed: tuple[Any, ...] | None = None  # the stamp of a version that failed to open
+        self._failed: tuple[object, ...] | None = None  # the stamp of a version that failed to open
         self.reloads = 0
 
     def current(self) -> Database | None:

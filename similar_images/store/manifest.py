@@ -11,7 +11,10 @@ numbers, :meth:`Manifest.save` writes it atomically.
 
 Sections the package does not interpret (``extraction``, ``text_build``, ...)
 are kept as they are in :attr:`Manifest.extra`, so that a manifest written by
-an older version is saved back unchanged.
+an older version is saved back unchanged; code reads them through typed
+accessors (:attr:`Manifest.build_plan_digest`, :attr:`Manifest.shards_ready`,
+:attr:`Manifest.extraction`, :attr:`Manifest.text_build`,
+:attr:`Manifest.precision_choice`), never through ``extra`` itself.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._util import io as _io
+from .._util.types import JSON
 from .._version import __version__
 from ..errors import DatabaseCorruptError, DatabaseError, DatabaseFileError, DatabaseNotFoundError
 
@@ -68,7 +72,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _plain_file_name(name: Any) -> bool:
+def _plain_file_name(name: object) -> bool:
     """Whether ``name`` is the name of a file directly inside the database folder (no folder, no ``..``)."""
     return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
         and "\x00" not in name
@@ -86,7 +90,7 @@ class Checksum:
     crc32: int
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Checksum:
+    def from_dict(cls, d: JSON) -> Checksum:
         return cls(rows=int(d["rows"]), crc32=int(d["crc32"]))
 
     def to_dict(self) -> dict[str, int]:
@@ -116,7 +120,7 @@ class Counts:
     _KEYS = ("items", "failed", "removed", "indexed", "added_after_training")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Counts:
+    def from_dict(cls, d: JSON) -> Counts:
         values = {k: int(d.get(k, 0)) for k in cls._KEYS}
         extra = {k: int(v) for k, v in d.items() if k not in cls._KEYS}
         return cls(**values, extra=extra)
@@ -141,21 +145,21 @@ class IndexInfo:
     search_params: dict[str, int] = field(default_factory=dict)
     filtered_ids: list[int] = field(default_factory=list)
     built_at: str | None = None
-    figures: dict[str, Any] = field(default_factory=dict)
+    figures: JSON = field(default_factory=dict)
 
     _KEYS = ("factory", "search_params", "filtered_ids", "built_at")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> IndexInfo:
+    def from_dict(cls, d: JSON) -> IndexInfo:
         return cls(factory=str(d["factory"]), search_params={k: int(v) for k, v in d.get("search_params", {}).items()},
                    filtered_ids=[int(i) for i in d.get("filtered_ids", [])], built_at=d.get("built_at"),
                    figures={k: v for k, v in d.items() if k not in cls._KEYS})
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {**self.figures, "factory": self.factory, "search_params": dict(self.search_params),
                 "filtered_ids": list(self.filtered_ids), "built_at": self.built_at}
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, default: object = None) -> Any:
         """A figure by name (``recall_at_10``, ``index_bytes``, ...), or one of the attributes."""
         if key in self._KEYS:
             return getattr(self, key)
@@ -184,7 +188,7 @@ class Manifest:
     """
 
     kind: str
-    model: dict[str, Any]
+    model: JSON
     files: dict[str, str | None]
     counts: Counts = field(default_factory=Counts)
     index: IndexInfo | None = None
@@ -197,7 +201,7 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=package_versions)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: JSON = field(default_factory=dict)
 
     _KEYS = ("format", "format_version", "kind", "created_at", "updated_at", "model", "metric", "normalized", "files",
              "checksums", "counts", "removed_ids", "index", "versions")
@@ -222,9 +226,46 @@ class Manifest:
         """A deep copy, to change and commit."""
         return copy.deepcopy(self)
 
+    # ------------------------------------------------------------------ sections kept in extra
+    def section(self, name: str) -> JSON:
+        """A section kept as it is in :attr:`extra` (``build``, ``extraction``, ``text_build``, ...): ``{}`` when
+        absent or not a JSON object. Read sections through the typed accessors below, not through ``extra``."""
+        value = self.extra.get(name)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def build_plan_digest(self) -> str | None:
+        """The digest of the build plan that made the database (``build.plan_digest``; ``None`` when the build
+        recorded none: a database built before plans, or the live view of a running build)."""
+        digest = self.section("build").get("plan_digest")
+        return str(digest) if digest else None
+
+    @property
+    def shards_ready(self) -> int:
+        """Shards committed so far, for the live view of a running build (``build.shards_ready``; 0 otherwise)."""
+        return int(self.section("build").get("shards_ready") or 0)
+
+    @property
+    def extraction(self) -> JSON:
+        """How the vectors were extracted (``extraction``: settings, engine, inference; ``{}`` when not recorded)."""
+        return self.section("extraction")
+
+    @property
+    def text_build(self) -> JSON:
+        """How a text database was built (``text_build``: backend, window, duplicates; ``{}`` when not recorded)."""
+        return self.section("text_build")
+
+    @property
+    def precision_choice(self) -> JSON:
+        """How ``--precision auto`` chose (``extraction.inference.choice``: the candidates with their measured
+        agreement; ``{}`` when the precision was given or not recorded)."""
+        inference = self.extraction.get("inference")
+        choice = inference.get("choice") if isinstance(inference, dict) else None
+        return choice if isinstance(choice, dict) else {}
+
     # ------------------------------------------------------------------ dict form
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, where: str = "manifest") -> Manifest:
+    def from_dict(cls, d: JSON, *, where: str = "manifest") -> Manifest:
         """Build and check a manifest from its JSON form.
 
         Raises:
@@ -253,7 +294,7 @@ class Manifest:
             raise DatabaseCorruptError(f"{where} is damaged ({missing}); rebuild the database") from None
         return m
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """The JSON form (keys in the order of the files written by earlier versions)."""
         return {
             "format": self.format,

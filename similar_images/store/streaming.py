@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..embed.backends import DEFAULT_CALIBRATION_SIZE
 from ..engines.arriving import ArrivingEngine
 from ..index import IndexConfig
 from ..sources.coco import DownloadConfig
@@ -73,7 +74,7 @@ def extract_while_downloading(download: DownloadConfig, db: str | os.PathLike[st
         items = [str(p) for p in stream.items]
         calibration = None
         if not (db / MANIFEST).exists() and (config.precision == "auto" or config.backend == "openvino"):
-            n = min(config.calibration_size, len(items))
+            n = min(config.calibration_size or DEFAULT_CALIBRATION_SIZE, len(items))
             logger.info("Waiting for the first %d photos to calibrate the precision", n)
             stream.wait_ready(n)
             calibration = items[:n]

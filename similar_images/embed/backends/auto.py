@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
+from ..._util.types import JSON
 from .base import Runner
 
 __all__ = [
@@ -156,16 +156,16 @@ class PrecisionChoice:
     k: int | None = None
     sample_size: int | None = None
     candidates: list[CandidateFigures] = field(default_factory=list)
-    cpu: dict[str, Any] = field(default_factory=dict)
+    cpu: dict[str, object] = field(default_factory=dict)
     measured: bool = False
     from_cache: bool = False
     seconds: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PrecisionChoice:
+    def from_dict(cls, data: JSON) -> PrecisionChoice:
         d = dict(data)
         d["candidates"] = [CandidateFigures(**c) for c in d.get("candidates", [])]
         return cls(**d)

@@ -9,7 +9,7 @@ import platform
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -130,7 +130,7 @@ class CpuCapabilities:
     flags: tuple[str, ...]
     source: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["flags"] = list(self.flags)
         return d

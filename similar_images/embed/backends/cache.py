@@ -28,9 +28,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from ..._util import io as _io
+from ..._util.types import JSON
 
 __all__ = ["CACHE_ENV", "FORMAT", "ModelCache", "cache_key", "default_cache_dir", "file_sha256", "package_versions"]
 
@@ -91,7 +91,7 @@ def package_versions(*names: str) -> dict[str, str]:
     return out
 
 
-def cache_key(fields: Mapping[str, Any]) -> str:
+def cache_key(fields: Mapping[str, object]) -> str:
     """A short stable hash of JSON-serialisable ``fields`` (and the cache format)."""
     text = json.dumps({"format": FORMAT, **fields}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
@@ -115,12 +115,12 @@ class ModelCache:
     def models_dir(self) -> Path:
         return self.root / "models"
 
-    def entry_path(self, fields: Mapping[str, Any]) -> Path:
+    def entry_path(self, fields: Mapping[str, object]) -> Path:
         """Where the entry for ``fields`` lives (it may not exist)."""
         label = f"{_safe(str(fields.get('model', 'model')))}-{_safe(str(fields.get('precision', 'x')))}"
         return self.models_dir / f"{label}-{cache_key(fields)}"
 
-    def lookup(self, fields: Mapping[str, Any]) -> Path | None:
+    def lookup(self, fields: Mapping[str, object]) -> Path | None:
         """The valid entry for ``fields``, or ``None``; a corrupt entry is moved aside (and deleted)."""
         path = self.entry_path(fields)
         if not path.exists():
@@ -154,11 +154,11 @@ class ModelCache:
                 return f"{name} does not match its SHA-256"
         return None
 
-    def metadata(self, path: Path) -> dict[str, Any]:
+    def metadata(self, path: Path) -> dict[str, object]:
         """The ``entry.json`` of an entry."""
         return _io.read_json(path / _ENTRY_JSON)
 
-    def get_or_build(self, fields: Mapping[str, Any], build: Callable[[Path], Mapping[str, Any] | None]
+    def get_or_build(self, fields: Mapping[str, object], build: Callable[[Path], Mapping[str, object] | None]
                      ) -> tuple[Path, bool]:
         """Return the entry for ``fields``, building it with ``build(folder)`` if needed.
 
@@ -214,10 +214,10 @@ class ModelCache:
 
     # ---- small JSON records (e.g. the measured choice of precision) ----
 
-    def record_path(self, kind: str, fields: Mapping[str, Any]) -> Path:
+    def record_path(self, kind: str, fields: Mapping[str, object]) -> Path:
         return self.root / kind / f"{cache_key(fields)}.json"
 
-    def load_record(self, kind: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+    def load_record(self, kind: str, fields: Mapping[str, object]) -> JSON | None:
         """A JSON record stored with :meth:`save_record` for the same fields, or ``None``."""
         path = self.record_path(kind, fields)
         try:
@@ -231,7 +231,7 @@ class ModelCache:
             return None
         return data.get("record")
 
-    def save_record(self, kind: str, fields: Mapping[str, Any], record: Mapping[str, Any]) -> Path:
+    def save_record(self, kind: str, fields: Mapping[str, object], record: Mapping[str, object]) -> Path:
         """Atomically store a JSON ``record`` under ``fields``."""
         path = self.record_path(kind, fields)
         _io.write_json(path, {"key": cache_key(fields), "fields": dict(fields), "record": dict(record)})

@@ -8,7 +8,6 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -76,7 +75,7 @@ class Calibration:
         Raises:
             BackendError: If no image of the sample can be read.
         """
-        key = tuple(input_size)
+        key = (int(input_size[0]), int(input_size[1]))
         if key in self._arrays:
             return self._arrays[key]
         w, h = input_size
@@ -153,12 +152,12 @@ class Calibration:
         h.update(np.ascontiguousarray(arrays).data)
         return h.hexdigest()
 
-    def quantization_key(self) -> dict[str, Any]:
+    def quantization_key(self) -> dict[str, object]:
         """The quantization settings as they shape an int8 model (cache keys, manifests): the recipe's version
         and settings, with ``auto`` decided for this CPU."""
         return self.quantization.to_dict()
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, object]:
         """The JSON settings that shape a quantized model or a measured choice."""
         return {"size": self.sample_size, "seed": self.seed, "threshold": self.threshold, "k": self.k,
                 "quantization": self.quantization_key()}

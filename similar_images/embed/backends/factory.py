@@ -7,10 +7,10 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from ..._util.types import KerasModel, OVHandle
 from ...errors import BackendError
 from ..image_models import ModelSpec, get_model_spec, resolve_weights
 from .auto import (
@@ -41,7 +41,7 @@ __all__ = ["RunnerFactory", "make_runner", "weights_identity"]
 logger = logging.getLogger(__name__)
 
 
-def weights_identity(weights: str | None, seed: int) -> dict[str, Any]:
+def weights_identity(weights: str | None, seed: int) -> dict[str, object]:
     """What the weights are, for cache keys: a file's SHA-256, ``imagenet``, or random with its seed."""
     if weights is None:
         return {"random_seed": seed}
@@ -76,7 +76,7 @@ class RunnerFactory:
         self.requests = requests
         self.emulate = emulate
         self._keras: dict[str, KerasRunner] = {}
-        self._ov_fp32: Any = None
+        self._ov_fp32: OVHandle = None
         self.cache_hits: dict[str, bool] = {}
 
     # ---- sources ----
@@ -87,18 +87,18 @@ class RunnerFactory:
             self._keras[precision] = KerasRunner(self.spec, self.weights, seed=self.seed, precision=precision)
         return self._keras[precision]
 
-    def keras_model(self, precision: str = "fp32") -> Any:
+    def keras_model(self, precision: str = "fp32") -> KerasModel:
         """The Keras model of one precision (built on first use)."""
         return self.keras_runner(precision).model
 
-    def _fields(self, precision: str, **extra: Any) -> dict[str, Any]:
+    def _fields(self, precision: str, **extra: object) -> dict[str, object]:
         return {"kind": "openvino-ir", "model": self.spec.name, "spec": self.spec.info(),
                 "weights": weights_identity(self.weights, self.seed), "precision": precision,
                 "versions": package_versions("openvino", "nncf" if precision == "int8" else "openvino", "keras",
                                              "tensorflow"),
                 **extra}
 
-    def ov_fp32(self) -> Any:
+    def ov_fp32(self) -> OVHandle:
         """The float OpenVINO model: a cached IR path, or an in-memory model."""
 
         if self._ov_fp32 is not None:
@@ -107,7 +107,7 @@ class RunnerFactory:
             self._ov_fp32 = convert_keras_model(self.keras_model("fp32"), self.spec.input_size)
             return self._ov_fp32
 
-        def build(folder: Path) -> dict[str, Any]:
+        def build(folder: Path) -> dict[str, object]:
             save_ov_model(convert_keras_model(self.keras_model("fp32"), self.spec.input_size), folder / "model.xml")
             return {}
 
@@ -116,14 +116,14 @@ class RunnerFactory:
         self._ov_fp32 = entry / "model.xml"
         return self._ov_fp32
 
-    def ov_int8(self, calibration: Calibration) -> Any:
+    def ov_int8(self, calibration: Calibration) -> OVHandle:
         """The int8 OpenVINO model quantized on ``calibration``'s sample (cached)."""
 
         import_nncf()  # fail early, with the install command, before any work
         arrays = calibration.arrays(self.spec.input_size)
         x = self.spec.preprocess(arrays)
 
-        def quantized() -> Any:
+        def quantized() -> OVHandle:
             fp32 = self.ov_fp32()
             model = openvino_core().read_model(str(fp32)) if isinstance(fp32, Path) else fp32
             return quantize_int8(model, x, calibration.quantization)
@@ -133,7 +133,7 @@ class RunnerFactory:
         fields = self._fields("int8", calibration={"digest": Calibration.digest(arrays), "images": len(arrays),
                                                    **calibration.quantization_key()})
 
-        def build(folder: Path) -> dict[str, Any]:
+        def build(folder: Path) -> dict[str, object]:
             save_ov_model(quantized(), folder / "model.xml")
             return {}
 
@@ -171,7 +171,7 @@ class RunnerFactory:
     # ---- runners ----
 
     def runner(self, backend: str, precision: str, calibration: Calibration | None = None,
-               info: dict[str, Any] | None = None) -> Runner:
+               info: dict[str, object] | None = None) -> Runner:
         """A runner of exactly this backend and precision (no fallback, no measurement)."""
         if backend == "keras":
             runner = self.keras_runner(precision)

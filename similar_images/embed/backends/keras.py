@@ -8,10 +8,11 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..._util.types import KerasModel
 from ...errors import BackendError
 from ..tf_import import import_keras
 from .base import check_precision
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 _POLICY_LOCK = threading.Lock()
 
 
-def build_keras_model(spec: ModelSpec, weights: str | None, *, seed: int = 0, precision: str = "fp32") -> Any:
+def build_keras_model(spec: ModelSpec, weights: str | None, *, seed: int = 0, precision: str = "fp32") -> KerasModel:
     """Build ``spec``'s Keras model, in float32 or under the ``mixed_bfloat16`` policy.
 
     Args:
@@ -72,7 +73,7 @@ class KerasRunner:
     backend = "keras"
 
     def __init__(self, spec: ModelSpec, weights: str | None, *, seed: int = 0, precision: str = "fp32",
-                 model: Any = None, info: dict[str, Any] | None = None) -> None:
+                 model: KerasModel = None, info: dict[str, object] | None = None) -> None:
         precision = check_precision(precision, allow_auto=False)
         if precision == "int8":
             raise BackendError("The keras backend runs fp32 or bf16", hint="int8 needs backend='openvino' (pip install "
@@ -81,13 +82,13 @@ class KerasRunner:
         self.weights = weights
         self.seed = seed
         self.precision = precision
-        self.extra: dict[str, Any] = dict(info or {})
-        self._model: Any = model
+        self.extra: dict[str, object] = dict(info or {})
+        self._model: KerasModel = model
         self._build_lock = threading.Lock()
         self._lock = threading.Lock()
 
     @property
-    def model(self) -> Any:
+    def model(self) -> KerasModel:
         """The Keras model, built on first use."""
         if self._model is None:
             with self._build_lock:
@@ -117,7 +118,7 @@ class KerasRunner:
                 for fut in pending:
                     fut.cancel()
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         """JSON description for manifests and summaries."""
         return {"backend": self.backend, "precision": self.precision, **self.extra}
 

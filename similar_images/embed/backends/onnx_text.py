@@ -64,7 +64,7 @@ def _check_layout(folder: Path) -> int:
     """
     modules = _read_json(folder / "modules.json") or []
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
-    pooling: dict[str, Any] = {}
+    pooling: dict[str, object] = {}
     for m in modules:
         if isinstance(m, dict) and str(m.get("type", "")).endswith("Pooling"):
             pooling = _read_json(folder / str(m.get("path", "")) / "config.json") or {}
@@ -86,7 +86,7 @@ def _weights_file(folder: Path) -> Path:
     raise ConfigError(f"{folder} holds no {' or '.join(_WEIGHT_FILES)}: it is not a local transformer model folder")
 
 
-def _export(folder: Path, out: Path) -> dict[str, Any]:
+def _export(folder: Path, out: Path) -> dict[str, object]:
     """Export the transformer with mean pooling to ``out/model.onnx``."""
     try:
         import onnx  # noqa: PLC0415, F401  (heavy: needed by torch.onnx.export)

@@ -11,10 +11,10 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from ..._util.types import KerasModel, OVHandle
 from ...errors import BackendError, BackendUnavailableError
 from .auto import topk_agreement
 from .base import CPU_ENV, check_precision, cpu_capabilities
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 INSTALL_COMMAND = "pip install openvino nncf"
 
 
-def import_openvino() -> Any:
+def import_openvino() -> OVHandle:
     """Import OpenVINO, or raise :class:`BackendUnavailableError` naming the install command."""
     try:
         import openvino  # noqa: PLC0415  (heavy: OpenVINO runtime)
@@ -54,7 +54,7 @@ def import_openvino() -> Any:
     return openvino
 
 
-def import_nncf() -> Any:
+def import_nncf() -> OVHandle:
     """Import NNCF (int8 quantization), or raise :class:`BackendUnavailableError` naming the install command."""
     try:
         import nncf  # noqa: PLC0415  (heavy: NNCF pulls in its own stack)
@@ -67,11 +67,11 @@ def import_nncf() -> Any:
     return nncf
 
 
-_CORE: Any = None
+_CORE: OVHandle = None
 _CORE_LOCK = threading.Lock()
 
 
-def openvino_core() -> Any:
+def openvino_core() -> OVHandle:
     """The process's shared ``openvino.Core``."""
     global _CORE
     with _CORE_LOCK:
@@ -93,7 +93,7 @@ def openvino_capabilities(device: str = "CPU") -> list[str]:
     return caps
 
 
-def precision_name(value: Any) -> str:
+def precision_name(value: object) -> str:
     """An OpenVINO element type as its short name: ``bf16``, ``f32`` ...
 
     ``str()`` of an ``openvino.Type`` is ``<Type: 'bfloat16'>``; its ``get_type_name()`` is ``bf16``. Strings in
@@ -106,12 +106,12 @@ def precision_name(value: Any) -> str:
     return {"bfloat16": "bf16", "float32": "f32", "float16": "f16"}.get(name, name)
 
 
-def runs_bf16(inference_precision: Any) -> bool:
+def runs_bf16(inference_precision: object) -> bool:
     """Whether OpenVINO's ``INFERENCE_PRECISION_HINT`` (a type, or its text) is bfloat16."""
     return precision_name(inference_precision) == "bf16"
 
 
-def convert_keras_model(model: Any, input_size: tuple[int, int]) -> Any:
+def convert_keras_model(model: KerasModel, input_size: tuple[int, int]) -> OVHandle:
     """Convert a Keras model to an ``openvino.Model`` with a dynamic batch dimension.
 
     Args:
@@ -130,7 +130,7 @@ def convert_keras_model(model: Any, input_size: tuple[int, int]) -> Any:
     return ov_model
 
 
-def save_ov_model(ov_model: Any, xml: Path) -> None:
+def save_ov_model(ov_model: OVHandle, xml: Path) -> None:
     """Save an OpenVINO model as IR (``.xml`` + ``.bin``) without compressing weights to fp16."""
     import_openvino().save_model(ov_model, str(xml), compress_to_fp16=False)
 
@@ -192,8 +192,8 @@ class QuantizationSettings:
         """The agreement accuracy control restores: ``target_agreement``, or :data:`DEFAULT_TARGET_AGREEMENT`."""
         return float(self.target_agreement if self.target_agreement is not None else DEFAULT_TARGET_AGREEMENT)
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
             "preset": self.preset, "fast_bias_correction": self.fast_bias_correction, "keep_ends": self.keep_ends,
             "keep_depthwise": self.keep_depthwise, "overflow_fix": self.resolved_overflow_fix(),
             "calibration_batch": self.calibration_batch}
@@ -211,7 +211,7 @@ DEFAULT_TARGET_AGREEMENT = 0.993
 _WEIGHTED = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")
 
 
-def end_layers(ov_model: Any) -> list[str]:
+def end_layers(ov_model: OVHandle) -> list[str]:
     """Friendly names of the first and the last weighted operation of an OpenVINO model."""
     names = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() in _WEIGHTED]
     if not names:
@@ -219,7 +219,8 @@ def end_layers(ov_model: Any) -> list[str]:
     return sorted({names[0], names[-1]})
 
 
-def quantize_int8(ov_model: Any, calibration: np.ndarray, settings: QuantizationSettings | None = None) -> Any:
+def quantize_int8(ov_model: OVHandle, calibration: np.ndarray,
+                  settings: QuantizationSettings | None = None) -> OVHandle:
     """Quantize an OpenVINO model to int8 with NNCF post-training quantization.
 
     With ``settings.accuracy_control`` (the default) NNCF's accuracy-aware quantization runs: the validation
@@ -250,7 +251,7 @@ def quantize_int8(ov_model: Any, calibration: np.ndarray, settings: Quantization
     presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
     if settings.preset not in presets:
         raise BackendError(f"Unknown quantization preset {settings.preset!r}; choose performance or mixed")
-    kwargs: dict[str, Any] = {
+    kwargs: dict[str, object] = {
         "subset_size": len(items),
         "preset": presets[settings.preset],
         "fast_bias_correction": settings.fast_bias_correction,
@@ -287,8 +288,8 @@ def quantize_int8(ov_model: Any, calibration: np.ndarray, settings: Quantization
         nncf_logger.setLevel(level)
 
 
-def agreement_validation(ov_model: Any, x: np.ndarray, k: int = 10, batch: int = 16
-                         ) -> tuple[list[tuple[np.ndarray, np.ndarray]], Any]:
+def agreement_validation(ov_model: OVHandle, x: np.ndarray, k: int = 10, batch: int = 16
+                         ) -> tuple[list[tuple[np.ndarray, np.ndarray]], OVHandle]:
     """The validation data and function of accuracy-aware quantization: top-``k`` agreement with fp32.
 
     Args:
@@ -307,7 +308,8 @@ def agreement_validation(ov_model: Any, x: np.ndarray, k: int = 10, batch: int =
              for i in range(0, len(x), batch)]
     reference = np.concatenate([_infer(compiled, images) for _ids, images in items])
 
-    def validate(model: Any, data: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, list[list[np.ndarray]]]:
+    def validate(model: OVHandle,
+                 data: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, list[list[np.ndarray]]]:
         ids, outs = [], []
         for item_ids, images in data:
             ids.append(item_ids)
@@ -320,7 +322,7 @@ def agreement_validation(ov_model: Any, x: np.ndarray, k: int = 10, batch: int =
     return items, validate
 
 
-def _infer(compiled: Any, x: np.ndarray) -> np.ndarray:
+def _infer(compiled: OVHandle, x: np.ndarray) -> np.ndarray:
     request = compiled.create_infer_request()
     request.infer({0: x})
     return request.get_output_tensor(0).data.copy().reshape(len(x), -1)
@@ -344,8 +346,8 @@ class OpenVINORunner:
 
     backend = "openvino"
 
-    def __init__(self, model: Any, precision: str = "fp32", *, hint: str = "throughput",
-                 requests: int | None = None, device: str = "CPU", info: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: OVHandle, precision: str = "fp32", *, hint: str = "throughput",
+                 requests: int | None = None, device: str = "CPU", info: dict[str, object] | None = None) -> None:
         import_openvino()
         self.precision = check_precision(precision, allow_auto=False)
         hint = hint.lower()
@@ -364,10 +366,10 @@ class OpenVINORunner:
             logger.warning("OpenVINO runs %s in %s on this %s: it has no native bf16", device,
                            self.inference_precision, device)
         self.requests = requests or max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self.extra: dict[str, Any] = dict(info or {})
+        self.extra: dict[str, object] = dict(info or {})
         self._request = self.compiled.create_infer_request()
         self._request_lock = threading.Lock()
-        self._queue: Any = None  # reused by run_batches: requests keep their buffers between calls
+        self._queue: OVHandle = None  # reused by run_batches: requests keep their buffers between calls
         self._queue_lock = threading.Lock()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -397,14 +399,14 @@ class OpenVINORunner:
             if owned:
                 self._queue_lock.release()
 
-    def _run(self, queue: Any, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        done: dict[int, Any] = {}
+    def _run(self, queue: OVHandle, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        done: dict[int, np.ndarray | BaseException] = {}
         keep: dict[int, np.ndarray] = {}  # inputs shared with running requests stay alive until they finish
         cond = threading.Condition()
 
-        def callback(request: Any, job: int) -> None:
+        def callback(request: OVHandle, job: int) -> None:
             try:
-                result: Any = request.get_output_tensor(0).data.copy()
+                result: np.ndarray | BaseException = request.get_output_tensor(0).data.copy()
             except BaseException as exc:  # noqa: BLE001  (handed to the consumer, never lost in OpenVINO's thread)
                 result = exc
             with cond:
@@ -444,7 +446,7 @@ class OpenVINORunner:
         finally:
             queue.wait_all()
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         """JSON description for manifests and summaries."""
         out = {"backend": self.backend, "precision": self.precision, "device": self.device, "hint": self.hint,
                "requests": self.requests, "inference_precision": self.inference_precision, **self.extra}

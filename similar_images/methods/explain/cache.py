@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+from collections.abc import Hashable
 
 from PIL import Image
 
 from ..._util.lru import LRUCache
-from ...sources.images import file_signature
+from ...sources.images import ImageSource, file_signature
 
 __all__ = ["ExplainCache", "default_cache", "source_key", "normalise_source"]
 
@@ -54,7 +54,7 @@ def default_cache() -> ExplainCache:
     return _DEFAULT_CACHE
 
 
-def normalise_source(source: Any) -> Any:
+def normalise_source(source: ImageSource) -> ImageSource:
     """Read file objects into bytes (so an image can be decoded twice: model input and overlay)."""
     if isinstance(source, (bytearray, memoryview)):
         return bytes(source)
@@ -65,7 +65,7 @@ def normalise_source(source: Any) -> Any:
     return source
 
 
-def source_key(source: Any) -> tuple[Any, ...] | None:
+def source_key(source: ImageSource) -> tuple[Hashable, ...] | None:
     if isinstance(source, str):
         return ("file", *file_signature(source))
     if isinstance(source, bytes):

@@ -8,8 +8,9 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Hashable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PIL import Image
@@ -18,6 +19,7 @@ from ..._util.http import FetchConfig, fetch_url, is_url
 from ...embed import ImageEmbedder, item_kind, weights_label
 from ...embed.feature_maps import FeatureMapModel, FeatureMapSpec, feature_map_spec
 from ...errors import ExplainError, QueryError
+from ...sources.images import ImageSource
 from .cache import ExplainCache, default_cache, normalise_source, source_key
 from .maps import (
     EXACT_AVG,
@@ -34,6 +36,7 @@ from .maps import (
 from .render import explanation_png
 
 if TYPE_CHECKING:
+    from ...search import Query
     from ...store import Database
 
 __all__ = ["Explainer", "explainer_for", "explain_pair", "explain"]
@@ -69,7 +72,7 @@ class Explainer:
             return self._model
 
     @property
-    def model_key(self) -> tuple[Any, ...]:
+    def model_key(self) -> tuple[Hashable, ...]:
         """What identifies the model in cache keys: name, weights (a file's mtime and size too), seed."""
         e = self.embedder
         label = weights_label(e.weights)
@@ -102,7 +105,7 @@ class Explainer:
             return EXACT_AVG if self.spec.pooling == "avg" else EXACT_MAX
         raise ExplainError(f"method must be 'auto', 'exact' or 'gradient', got {method!r}")
 
-    def feature_maps(self, sources: list[Any]) -> tuple[list[np.ndarray], int]:
+    def feature_maps(self, sources: list[ImageSource]) -> tuple[list[np.ndarray], int]:
         """Feature maps of images, from the cache or from one forward pass of those missing.
 
         Returns:
@@ -120,7 +123,7 @@ class Explainer:
             else:
                 out[i] = hit
         # The same image twice needs one row of the batch.
-        row_of: dict[Any, int] = {}
+        row_of: dict[Hashable, int] = {}
         firsts: list[int] = []
         rows: list[int] = []
         for i in todo:
@@ -134,11 +137,12 @@ class Explainer:
             maps, _ = self.feature_model.maps(batch)
             for i, row in zip(todo, rows):
                 out[i] = maps[row]
-                if keys[i] is not None:
-                    self.cache.maps.put(self.model_key + keys[i], maps[row], maps[row].nbytes)
+                key = keys[i]
+                if key is not None:
+                    self.cache.maps.put(self.model_key + key, maps[row], maps[row].nbytes)
         return [m for m in out if m is not None], (1 if todo else 0)
 
-    def search_vector(self, source: Any) -> np.ndarray:
+    def search_vector(self, source: ImageSource) -> np.ndarray:
         """The vector a search embeds ``source`` into: the embedder's own runner (its backend and precision),
         cached like the feature maps."""
         source = normalise_source(source)
@@ -153,8 +157,8 @@ class Explainer:
             self.cache.maps.put(full, vector, vector.nbytes)
         return vector
 
-    def explain_pair(self, query: Any, result: Any, *, method: MethodChoice = "auto", query_id: int | None = None,
-                     result_id: int | None = None, stored_score: float | None = None,
+    def explain_pair(self, query: ImageSource, result: ImageSource, *, method: MethodChoice = "auto",
+                     query_id: int | None = None, result_id: int | None = None, stored_score: float | None = None,
                      search_score: float | None = None) -> Explanation:
         """Explain the similarity of two images.
 
@@ -247,7 +251,7 @@ def _sum_to(grid_map: np.ndarray, total: float) -> np.ndarray:
     return m.astype(np.float32)
 
 
-_EXPLAINERS: weakref.WeakKeyDictionary[Any, Explainer] = weakref.WeakKeyDictionary()
+_EXPLAINERS: weakref.WeakKeyDictionary[ImageEmbedder, Explainer] = weakref.WeakKeyDictionary()
 _EXPLAINERS_LOCK = threading.Lock()
 
 
@@ -265,7 +269,7 @@ def explainer_for(embedder: ImageEmbedder) -> Explainer:
         return ex
 
 
-def explain_pair(embedder: ImageEmbedder, query: Any, result: Any, *, method: MethodChoice = "auto",
+def explain_pair(embedder: ImageEmbedder, query: ImageSource, result: ImageSource, *, method: MethodChoice = "auto",
                  cache: ExplainCache | None = None) -> Explanation:
     """Explain why two images are similar under an embedder's model.
 
@@ -285,7 +289,7 @@ def explain_pair(embedder: ImageEmbedder, query: Any, result: Any, *, method: Me
     return ex.explain_pair(query, result, method=method)
 
 
-def _resolve_query(db: Database, query: Any, fetch_config: FetchConfig | None) -> tuple[int | None, Any]:
+def _resolve_query(db: Database, query: Query, fetch_config: FetchConfig | None) -> tuple[int | None, ImageSource]:
     if isinstance(query, (bool, np.bool_)):
         raise QueryError("A query cannot be a boolean")
     if isinstance(query, (int, np.integer)):
@@ -307,7 +311,7 @@ def _resolve_query(db: Database, query: Any, fetch_config: FetchConfig | None) -
     raise QueryError(f"Unsupported query type {type(query).__name__}; use an id, a path, a URL, bytes or a PIL image")
 
 
-def explain(db: Database, query: Any, result_id: int, *, method: MethodChoice = "auto",
+def explain(db: Database, query: Query, result_id: int, *, method: MethodChoice = "auto",
             fetch_config: FetchConfig | None = None) -> Explanation:
     """Explain why a database result is similar to a query.
 
@@ -341,12 +345,14 @@ def explain(db: Database, query: Any, result_id: int, *, method: MethodChoice = 
     feature_map_spec(db.model_name)  # fail before loading anything for a model without a feature map
     rid = db.check_id(int(result_id))
     qid, qsource = _resolve_query(db, query, fetch_config)
-    ex = explainer_for(db.embedder)
+    # an image database's embedder (or the service's SerializedEmbedder, which passes attributes through to one)
+    embedder = cast("ImageEmbedder", db.embedder)
+    ex = explainer_for(embedder)
     stored = shown = None
     result_vector = np.asarray(db.vectors[rid], dtype=np.float64)
     if qid is not None:
         stored = shown = float(np.dot(np.asarray(db.vectors[qid], dtype=np.float64), result_vector))
-    elif (db.embedder.backend, db.embedder.precision) != ("keras", "fp32"):
+    elif (embedder.backend, embedder.precision) != ("keras", "fp32"):
         # A search embeds the query with the database's backend and precision, not the fp32 maps' model.
         shown = float(np.dot(ex.search_vector(qsource).astype(np.float64), result_vector))
     return ex.explain_pair(qsource, db.items[rid], method=method, query_id=qid, result_id=rid, stored_score=stored,

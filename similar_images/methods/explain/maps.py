@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ...errors import ExplainError
+from ...sources.images import ImageSource
 
 __all__ = ["METHODS", "EXACT_AVG", "EXACT_MAX", "GRADIENT", "MethodChoice", "Explanation", "exact_avg_maps",
            "exact_max_maps", "gradcam_map"]
@@ -158,8 +159,8 @@ class Explanation:
     backward_passes: int = 0
     seconds: float = 0.0
     model_score: float | None = None
-    query_source: Any = field(default=None, repr=False)
-    result_source: Any = field(default=None, repr=False)
+    query_source: ImageSource | None = field(default=None, repr=False)
+    result_source: ImageSource | None = field(default=None, repr=False)
     cache_key: Hashable | None = field(default=None, repr=False)
 
     @property
@@ -167,10 +168,10 @@ class Explanation:
         """Whether no model ran for this explanation."""
         return self.forward_passes == 0
 
-    def to_dict(self, *, decimals: int = 8) -> dict[str, Any]:
+    def to_dict(self, *, decimals: int = 8) -> dict[str, object]:
         """A JSON-serialisable form (maps as nested lists, rows top to bottom)."""
 
-        def side(m: np.ndarray, item_id: int | None, path: str | None) -> dict[str, Any]:
+        def side(m: np.ndarray, item_id: int | None, path: str | None) -> dict[str, object]:
             return {"id": item_id, "path": path, "sum": round(float(m.sum(dtype=np.float64)), decimals),
                     "map": np.round(m.astype(np.float64), decimals).tolist()}
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ...errors import ConfigError, ExplainError
-from ...sources.images import DEFAULT_MAX_PIXELS, load_image
+from ...sources.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .maps import Explanation
 
 __all__ = ["colorize", "render_explanation", "explanation_png"]
@@ -47,14 +46,14 @@ def _overlay(photo: Image.Image, grid_map: np.ndarray, vmax: float, alpha: float
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
 
 
-def _font(size: int) -> Any:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without FreeType sizes
         return ImageFont.load_default()
 
 
-def _panel_photo(source: Any, height: int, max_pixels: int) -> Image.Image:
+def _panel_photo(source: ImageSource, height: int, max_pixels: int) -> Image.Image:
     img = load_image(source, max_pixels=max_pixels, draft_size=None if isinstance(source, Image.Image)
                      else (height, height))
     w = max(1, min(2 * height, round(img.width * height / img.height)))
@@ -71,7 +70,7 @@ def _caption(label: str, item_id: int | None, path: str | None) -> str:
 
 
 def render_explanation(explanation: Explanation, *, height: int = 320, alpha: float = 0.55,
-                       query_image: Any = None, result_image: Any = None,
+                       query_image: ImageSource | None = None, result_image: ImageSource | None = None,
                        max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Draw the query and the result side by side, each with its map as a colour overlay.
 

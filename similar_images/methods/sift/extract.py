@@ -103,7 +103,7 @@ class SiftConfig:
         if not isinstance(self.factory, str) or not self.factory.strip():
             raise ConfigError("factory must be a Faiss index_factory string such as 'Flat', 'IVF1024,Flat' or 'HNSW32'")
 
-    def model_info(self) -> dict[str, Any]:
+    def model_info(self) -> dict[str, object]:
         """The ``model`` section of the manifest."""
         return {"name": "sift", "dim": SIFT_DIM, "max_features": self.max_features, "root_sift": self.root_sift,
                 "max_side": self.max_side}
@@ -275,7 +275,7 @@ def write_sift_database(
     *,
     config: SiftConfig | None = None,
     failures: Sequence[tuple[str, str]] = (),
-    extra: dict[str, Any] | None = None,
+    extra: dict[str, object] | None = None,
     force: bool = False,
 ) -> Manifest:
     """Write a SIFT database from ``(path, descriptors)`` records, streamed.

@@ -8,12 +8,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ...errors import ConfigError, DatabaseCorruptError, QueryError
 from ...index import read_index, set_search_params
+from ...index.types import FaissIndex
 from ...search import Match, Results
 from ...sources.images import ImageSource
 from ...store.folder import read_failures, read_items
@@ -83,7 +83,7 @@ class SiftMatch(Match):
         """``votes`` divided by the number of query descriptors (the score)."""
         return self.score
 
-    def to_dict(self, item_key: str = "path") -> dict[str, Any]:
+    def to_dict(self, item_key: str = "path") -> dict[str, object]:
         return {"rank": self.rank, "id": self.id, "votes": self.votes, "fraction": round(self.score, 6),
                 item_key: self.item}
 
@@ -96,11 +96,11 @@ class SiftResults(Results):
     """
 
     def __init__(self, matches: Iterable[SiftMatch], *, n_descriptors: int, search_ms: float, total_ms: float,
-                 params: dict[str, Any]) -> None:
+                 params: dict[str, object]) -> None:
         super().__init__(list(matches), search_ms=search_ms, total_ms=total_ms, query_id=None, params=params)
         self.n_descriptors = n_descriptors
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"n_descriptors": self.n_descriptors, **super().to_dict()}
 
 
@@ -114,7 +114,7 @@ class SiftDatabase:
     """
 
     def __init__(self, path: Path, manifest: Manifest, items: list[str], image_ids: np.ndarray,
-                 index: Any) -> None:
+                 index: FaissIndex) -> None:
         self.path = path
         self.manifest = manifest
         self.items = items
@@ -261,6 +261,6 @@ class SiftDatabase:
         n = len(desc)
         matches = [SiftMatch(rank=r + 1, id=int(i), score=float(votes[i]) / n, item=self.items[int(i)],
                              votes=int(votes[i])) for r, i in enumerate(top)]
-        params = {"knn": int(knn), "ratio": ratio, **used}
+        params: dict[str, object] = {"knn": int(knn), "ratio": ratio, **used}
         ms = (t1 - t0) * 1e3
         return SiftResults(matches, n_descriptors=n, search_ms=ms, total_ms=ms, params=params)
