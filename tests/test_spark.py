@@ -350,4 +350,4 @@ def test_cli_extract_add_and_build_index_on_spark(photo_list: Path, local_db: Pa
     opened = Database.open(db)
     assert opened.manifest.index.get("engine")["name"] == "spark" and opened.index.ntotal == len(opened)
     r = runner.invoke(main, ["extract", str(photo_list), str(tmp_path / "x"), "--master", "local[1]", "-q"])
-    assert r.exit_code == 2 and "--master and --partitions go with --engine spark" in r.output
+    assert r.exit_code == 2 and "--master, --partitions and --conf go with --engine spark" in r.output

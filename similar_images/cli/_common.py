@@ -26,6 +26,7 @@ from ..errors import (
 )
 from ..index import DEFAULT_RERANK, BuildReport, IndexConfig
 from ..search import Results
+from ..sources.images import normalize_path
 from ..sources.texts import shorten
 from ..store import Database
 
@@ -88,8 +89,26 @@ def parse_query(query: str, by_id: bool, *, guess: bool = False) -> str | int:
     return value
 
 
+def parse_spark_conf(ctx: click.Context | None, param: click.Parameter | None,
+                     values: tuple[str, ...]) -> dict[str, str]:
+    """``--conf KEY=VALUE`` options as a dict of Spark settings (a click callback; the last of a key wins).
+
+    Raises:
+        click.BadParameter: For a value without ``=`` or with an empty key.
+    """
+    out: dict[str, str] = {}
+    for value in values:
+        key, sep, setting = value.partition("=")
+        key = key.strip()
+        if not sep or not key or any(c.isspace() for c in key):
+            raise click.BadParameter(f"needs KEY=VALUE (e.g. spark.executor.memory=4g), got {shown(value)}",
+                                     ctx=ctx, param=param)
+        out[key] = setting.strip()
+    return out
+
+
 def engine_options(func: F) -> F:
-    """``--engine``, ``--master`` and ``--partitions``: where the embedding (or the index build) runs."""
+    """``--engine``, ``--master``, ``--partitions`` and ``--conf``: where the embedding (or the index build) runs."""
     options = [
         click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
                      help="local: this process; spark: Apache Spark (needs pyspark and Java; the database folder "
@@ -98,7 +117,12 @@ def engine_options(func: F) -> F:
                      help="Spark master with --engine spark: local[*], local[N], spark://HOST:7077, yarn ... "
                           "[default: the one spark-submit was given, else local[*]]."),
         click.option("--partitions", type=click.IntRange(1), default=None,
-                     help="Spark partitions (tasks) with --engine spark [default: one per shard to do]."),
+                     help="Spark partitions (tasks) with --engine spark [default: one per shard to do; for an "
+                          "index, max(Spark's default parallelism, one per million vectors)]."),
+        click.option("--conf", "spark_conf", multiple=True, metavar="KEY=VALUE", callback=parse_spark_conf,
+                     help="A Spark setting with --engine spark, as for spark-submit (repeatable), e.g. "
+                          "spark.executor.memory=4g; it wins over spark-defaults.conf (SPARK_CONF_DIR, else "
+                          "$SPARK_HOME/conf)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -122,13 +146,20 @@ def query_backend_options(func: F) -> F:
     return func
 
 
-def make_engine(engine: str, master: str | None, partitions: int | None) -> SparkEngine | None:
+def make_engine(engine: str, master: str | None, partitions: int | None,
+                spark_conf: dict[str, str] | None = None) -> SparkEngine | None:
     """The engine the options name (``None``: the local one)."""
     if engine == "local":
-        if master is not None or partitions is not None:
-            raise click.UsageError("--master and --partitions go with --engine spark")
+        if master is not None or partitions is not None or spark_conf:
+            raise click.UsageError("--master, --partitions and --conf go with --engine spark")
         return None
-    return SparkEngine(master=master, partitions=partitions)
+    return SparkEngine(master=master, partitions=partitions, conf=spark_conf)
+
+
+def engine_path(path: Path, engine: SparkEngine | None) -> Path:
+    """A database path as an engine gets it: for Spark absolute (``~`` expanded, links kept), since its
+    executors resolve a relative path in their own working folders; for the local engine as given."""
+    return path if engine is None else normalize_path(path)
 
 
 def run_build_index(db: Path, config: IndexConfig, *, force: bool, engine: SparkEngine | None = None,

@@ -50,6 +50,7 @@ from .._util import io as _io
 from .._util.locks import LockTimeoutError, file_lock
 from ..embed import Embedder, embedder_from_info, item_kind, l2_normalize
 from ..errors import ConfigError, DatabaseError, InputError, InterruptedBuildError
+from ..sources.images import normalize_path
 from .folder import (
     FAILURES,
     ITEMS,
@@ -568,7 +569,7 @@ def build_database(
         InterruptedBuildError: If an interrupted build with other settings is found.
     """
     config = config or BuildConfig()
-    db = Path(db_path).expanduser()
+    db = normalize_path(db_path)  # absolute (links kept): an engine's workers may run in other folders
     db.mkdir(parents=True, exist_ok=True)
     partial = db / PARTIAL_DIR
     info = embedder.info()
@@ -666,7 +667,7 @@ def embed_items(items: Sequence[str], embedder: Embedder, db_path: str | os.Path
         ``(items that embedded, their (m, dim) vectors, (item, reason) failures)``.
     """
     config = config or BuildConfig()
-    db = Path(db_path).expanduser()
+    db = normalize_path(db_path)  # absolute (links kept): an engine's workers may run in other folders
     remove_stale_work_dirs(db)
     with _work_dir(db) as work:
         job = BuildJob(partial=work, items=[str(x) for x in items], shard_size=config.shard_size,
