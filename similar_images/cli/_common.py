@@ -38,7 +38,7 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     # Other libraries' INFO lines (e.g. faiss.loader's four lines about CPU builds) are noise for a CLI user.
-    for name in ("faiss", "faiss.loader"):
+    for name in ("faiss", "faiss.loader", "py4j"):
         logging.getLogger(name).setLevel(logging.WARNING if level == logging.INFO else logging.NOTSET)
     quiet_tensorflow()  # TensorFlow is chatty on import (the user's own settings win)
 
