@@ -23,11 +23,18 @@ import pytest
 from conftest import ROOT
 
 from similar_images import Database, ExtractConfig, IndexConfig, extract_features
-from similar_images.engines.spark import FAULT_ENV, SparkEngine, build_index_spark
-from similar_images.engines.spark_context import check_spark
+from similar_images.engines.spark import (
+    FAULT_ENV,
+    ShardReport,
+    SparkEngine,
+    _check_landed,
+    _java_error_line,
+    build_index_spark,
+)
+from similar_images.engines.spark_context import check_spark, executor_python, spark_defaults
 from similar_images.errors import PartitionFailedError, SparkUnavailableError
 from similar_images.store import write_database
-from similar_images.store.build import BuildJob
+from similar_images.store.build import BuildJob, write_shard
 
 N_PHOTOS = 40
 SHARD = 8  # 42 inputs -> 6 shards
@@ -116,6 +123,85 @@ def test_missing_java_names_the_debian_package(monkeypatch: pytest.MonkeyPatch, 
 def test_engine_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="partitions"):
         SparkEngine(partitions=0)
+
+
+def test_spark_defaults_file_is_read_as_spark_reads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "spark-defaults.conf").write_text(
+        "# a comment\n! another\n\nspark.master   spark://10.0.0.1:7077\nspark.executor.memory=4g\n"
+        "spark.executorEnv.A : x y\nspark.driver.extraJavaOptions -Da=1 \\\n    -Db=2\nnot.spark.key 1\n")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    settings, path = spark_defaults()
+    assert path == tmp_path / "spark-defaults.conf"
+    assert settings == {"spark.master": "spark://10.0.0.1:7077", "spark.executor.memory": "4g",
+                        "spark.executorEnv.A": "x y", "spark.driver.extraJavaOptions": "-Da=1 -Db=2"}
+    monkeypatch.delenv("SPARK_CONF_DIR")
+    monkeypatch.setenv("SPARK_HOME", str(tmp_path / "home"))
+    assert spark_defaults() == ({}, None)  # no conf/spark-defaults.conf there
+
+
+def test_executors_run_the_drivers_python_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYSPARK_PYTHON", raising=False)
+    assert executor_python({}) == sys.executable  # for every master, not only local ones
+    monkeypatch.setenv("PYSPARK_PYTHON", "/opt/env/bin/python")
+    assert executor_python({}) == "/opt/env/bin/python"
+    assert executor_python({"spark.pyspark.python": "/cluster/python"}) == "/cluster/python"
+
+
+# The text of a real Py4JJavaError (its Java stack cut short): an executor whose Python lacks the package
+# (PYSPARK_PYTHON running `python -S -P`), captured from `SparkContext.parallelize(...).collect()`.
+_PY4J_MISSING_MODULE = """\
+An error occurred while calling z:org.apache.spark.api.python.PythonRDD.collectAndServe.
+: org.apache.spark.api.python.PythonException: [PYTHON_EXCEPTION] An exception was thrown from the Python \
+worker: Traceback (most recent call last):
+  File "/usr/lib/python3.11/site-packages/pyspark/worker.py", line 4197, in invoke_udf
+    func, profiler, deserializer, serializer = read_command(pickleSer, init_info.udf_info)
+                                               ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  File "/usr/lib/python3.11/site-packages/pyspark/worker_util.py", line 75, in read_command
+    command = serializer.loads(file)
+              ^^^^^^^^^^^^^^^^^^^^^^
+  File "/usr/lib/python3.11/site-packages/pyspark/serializers.py", line 483, in loads
+    return cloudpickle.loads(obj, encoding=encoding)
+           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+ModuleNotFoundError: No module named 'similar_images'
+ SQLSTATE: 38000
+\tat org.apache.spark.api.python.BasePythonRunner$ReaderIterator.handlePythonException(PythonRunner.scala:1097)
+\tat org.apache.spark.api.python.PythonRunner$$anon$5.read(PythonRunner.scala:1642)
+\tat java.base/java.lang.Thread.run(Thread.java:840)
+"""
+
+
+class _JavaError(Exception):
+    """Shaped as py4j's Py4JJavaError: the Java exception's text is in ``java_exception``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__("An error occurred while calling o42.collectAndServe")
+        self.java_exception = text
+
+
+def test_an_executors_python_error_is_named_by_its_exception_line() -> None:
+    line = _java_error_line(_JavaError(_PY4J_MISSING_MODULE.split("\n", 1)[1]))
+    assert line == "ModuleNotFoundError: No module named 'similar_images'"
+    stage = ("org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 in stage 0.0 failed 4 times, "
+             "most recent failure: Lost task 0.3 (TID 3) (10.0.0.2 executor 1): " + _PY4J_MISSING_MODULE)
+    assert _java_error_line(_JavaError(stage)) == "ModuleNotFoundError: No module named 'similar_images'"
+    lost = "org.apache.spark.SparkException: Job aborted: executor lost\n\tat org.apache.spark.X(X.scala:1)"
+    assert _java_error_line(_JavaError(lost)) == "org.apache.spark.SparkException: Job aborted: executor lost"
+
+
+def test_shards_committed_where_the_driver_does_not_look_are_named(tmp_path: Path) -> None:
+    job = BuildJob(tmp_path / "db" / ".partial", ["a.jpg", "b.jpg"], 1, 1, 1, {"name": "x", "dim": 1}, "image", 1)
+    job.partial.mkdir(parents=True)
+    elsewhere = "/var/lib/spark/work/app-1/0/db/.partial/shard-000001.json"
+    reports = [ShardReport(0, 0, 0, 1, 1, 0, 0.1, 0.1, skipped=True),
+               ShardReport(1, 0, 0, 1, 1, 0, 0.1, 0.1, path=elsewhere, host="worker-7")]
+    with pytest.raises(PartitionFailedError) as info:
+        _check_landed(job, reports)
+    message = str(info.value)
+    assert elsewhere in message and "worker-7" in message and str(job.partial) in message
+    assert "storage that the driver and every executor reach" in message
+    assert "run the same command again to" not in message  # running it again would fail the same way
+    write_shard(job.partial, 1, [1], np.zeros((1, 1), np.float32), [], 1)
+    _check_landed(job, reports)  # seen by the driver: nothing to say
 
 
 # ------------------------------------------------------------------ contexts (slow: Spark)

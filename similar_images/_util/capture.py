@@ -33,7 +33,8 @@ def _flush_c_stdout() -> None:
 
 @contextlib.contextmanager
 def stdout_to_log(logger: logging.Logger, level: int = logging.INFO) -> Iterator[None]:
-    """Log, line by line, what is written to file descriptor 1 inside the block (Python's prints included).
+    """Log, line by line, what is written to file descriptor 1 inside the block (by native code, or by Python
+    when ``sys.stdout`` writes to it).
 
     Args:
         logger: Where the lines go.

@@ -107,8 +107,17 @@ def parse_spark_conf(ctx: click.Context | None, param: click.Parameter | None,
     return out
 
 
-def engine_options(func: F) -> F:
-    """``--engine``, ``--master``, ``--partitions`` and ``--conf``: where the embedding (or the index build) runs."""
+def engine_options(func: F | None = None, *, index_only: bool = False) -> Any:
+    """``--engine``, ``--master``, ``--partitions`` and ``--conf``: where the embedding (or the index build) runs.
+
+    ``@engine_options`` for commands that embed (and may build an index); ``@engine_options(index_only=True)``
+    for those that only build an index (their ``--partitions`` help states the index build's default).
+    """
+    if func is None:
+        return functools.partial(engine_options, index_only=index_only)
+    index_default = "max(Spark's default parallelism, one per million vectors)"
+    partitions_default = (index_default if index_only
+                          else f"one per shard to do; for an index, {index_default}")
     options = [
         click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
                      help="local: this process; spark: Apache Spark (needs pyspark and Java; the database folder "
@@ -117,8 +126,7 @@ def engine_options(func: F) -> F:
                      help="Spark master with --engine spark: local[*], local[N], spark://HOST:7077, yarn ... "
                           "[default: the one spark-submit was given, else local[*]]."),
         click.option("--partitions", type=click.IntRange(1), default=None,
-                     help="Spark partitions (tasks) with --engine spark [default: one per shard to do; for an "
-                          "index, max(Spark's default parallelism, one per million vectors)]."),
+                     help=f"Spark partitions (tasks) with --engine spark [default: {partitions_default}]."),
         click.option("--conf", "spark_conf", multiple=True, metavar="KEY=VALUE", callback=parse_spark_conf,
                      help="A Spark setting with --engine spark, as for spark-submit (repeatable), e.g. "
                           "spark.executor.memory=4g; it wins over spark-defaults.conf (SPARK_CONF_DIR, else "

@@ -139,7 +139,7 @@ def register(group: click.Group) -> None:
     @click.option("--force", is_flag=True, help="Replace an existing index.")
     @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
     @click.option("--quiet", "-q", is_flag=True, help="Only the result.")
-    @engine_options
+    @engine_options(index_only=True)
     @click.option("--on-disk/--in-memory", "on_disk", default=None,
                   help="With --engine spark: merge the inverted lists into an index-NNNN.ivfdata file beside the "
                        "index (memory-mapped) or in memory [default: on disk when the index would not fit in "

@@ -124,7 +124,7 @@ def register(group: click.Group) -> None:
     @index_build_options
     @click.option("--force", is_flag=True, help="Replace an existing index.")
     @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
-    @engine_options
+    @engine_options(index_only=True)
     @handle_errors
     def build_index(db: Path, factory: str | None, nprobe: int | None, train_size: int | None, eval_queries: int,
                     force: bool, as_json: bool, engine: str, master: str | None, partitions: int | None,

@@ -430,7 +430,7 @@ class SparkEngine:
                     if exc.__class__.__name__ != "Py4JJavaError":
                         raise
                     raise PartitionFailedError(_job_failure("index build", exc, sc)) from exc
-                bc.destroy()
+                bc.destroy(blocking=True)  # a removal still in flight at stop() logs an error stack
             reports.sort(key=lambda r: r.partition)
             files = [r.path for r in reports]
             if on_disk is not None:
