@@ -9,6 +9,7 @@ trained quantizer.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -437,3 +438,116 @@ def test_cli_extract_add_and_build_index_on_spark(photo_list: Path, local_db: Pa
     assert opened.manifest.index.get("engine")["name"] == "spark" and opened.index.ntotal == len(opened)
     r = runner.invoke(main, ["extract", str(photo_list), str(tmp_path / "x"), "--master", "local[1]", "-q"])
     assert r.exit_code == 2 and "--master, --partitions and --conf go with --engine spark" in r.output
+
+
+# ------------------------------------------------------------------ cluster readiness (issue 25; slow: Spark)
+def _python_wrapper(path: Path, body: str) -> Path:
+    """An executable script for spark.pyspark.python / PYSPARK_PYTHON."""
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def _few_photos(coco_dir: Path, folder: Path, n: int) -> Path:
+    folder.mkdir()
+    for p in sorted((coco_dir / "val2014").glob("*.jpg"))[:n]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+@pytest.mark.slow
+def test_relative_database_path_with_executors_working_elsewhere(coco_dir: Path, mobilenet_weights: Path,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Executors run in their own working folders (as on a cluster): a relative DB reaches them absolute.
+
+    Before, they committed the shards into ``elsewhere/db/.partial`` and the driver said "run the same
+    command again", which failed the same way."""
+    from click.testing import CliRunner
+
+    from similar_images.cli import main
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    python = _python_wrapper(tmp_path / "python", f'cd "{elsewhere}" && exec "{sys.executable}" "$@"')
+    monkeypatch.setenv("PYSPARK_PYTHON", str(python))
+    _few_photos(coco_dir, tmp_path / "imgs", 4)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["extract", "imgs", "db", "-m", "mobilenetv2", "-w", str(mobilenet_weights),
+                                  "--precision", "fp32", "--shard-size", "2", "-q", "--engine", "spark",
+                                  "--master", "local[1]"])
+    assert r.exit_code == 0, r.output
+    assert len(Database.open(tmp_path / "db", load_index=False)) == 4
+    assert not list(elsewhere.iterdir())
+
+
+@pytest.mark.slow
+def test_executor_python_without_the_package_is_named(coco_dir: Path, mobilenet_weights: Path,
+                                                      tmp_path: Path) -> None:
+    """--conf spark.pyspark.python names the executors' Python; one that lacks the package is reported by its
+    exception line, not by the first line of the Java stack ("...PythonException: ... Traceback ...")."""
+    from click.testing import CliRunner
+
+    from similar_images.cli import main
+
+    site = Path(np.__file__).parents[1]  # numpy's and pyspark's site-packages, without its .pth files (-S)
+    bare = _python_wrapper(tmp_path / "bare-python", f'PYTHONPATH="{site}" exec "{sys.executable}" -S -P "$@"')
+    assert subprocess.run([str(bare), "-c", "import similar_images"], capture_output=True).returncode == 1
+    imgs = _few_photos(coco_dir, tmp_path / "imgs", 2)
+    r = CliRunner().invoke(main, ["extract", str(imgs), str(tmp_path / "db"), "-m", "mobilenetv2", "-w",
+                                  str(mobilenet_weights), "--precision", "fp32", "-q", "--engine", "spark",
+                                  "--master", "local[1]", "--conf", f"spark.pyspark.python={bare}"])
+    assert r.exit_code == 1, r.output
+    message = r.output.strip().splitlines()[-1]
+    assert "(ModuleNotFoundError: No module named 'similar_images')" in message, r.output
+    assert f"The executors run {bare}" in message and "Traceback" not in message
+
+
+@pytest.mark.slow
+def test_spark_defaults_conf_is_honoured_and_given_settings_win(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "spark-defaults.conf").write_text("spark.executorEnv.SI_A  from-file\n"
+                                                  "spark.executorEnv.SI_B  from-file\n")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    with SparkEngine("local[1]", conf={"spark.executorEnv.SI_B": "given"}).context() as sc:
+        assert sc.parallelize([0], 1).mapPartitions(_env_in_task("SI_A")).collect() == ["from-file"]
+        assert sc.parallelize([0], 1).mapPartitions(_env_in_task("SI_B")).collect() == ["given"]
+        assert sc.pythonExec == sys.executable
+
+
+@pytest.mark.slow
+def test_the_command_runs_under_spark_submit(coco_dir: Path, mobilenet_weights: Path, tmp_path: Path) -> None:
+    """The command docs/spark.md gives: spark-submit runs similar_images/__main__.py, whose master is used."""
+    import pyspark
+
+    import similar_images
+
+    imgs = _few_photos(coco_dir, tmp_path / "imgs", 2)
+    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    entry = Path(similar_images.__file__).parent / "__main__.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([str(submit), "--master", "local[1]", str(entry), "extract", str(imgs), "db", "-m",
+                          "mobilenetv2", "-w", str(mobilenet_weights), "--precision", "fp32", "-q", "--engine",
+                          "spark"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Extracted 2 of 2 images" in out.stdout
+    db = Database.open(tmp_path / "db", load_index=False)
+    assert len(db) == 2 and db.manifest.extra["extraction"]["engine"]["master"] == "local[1]"
+
+
+@pytest.mark.slow
+def test_json_output_stays_json_with_an_on_disk_index(tmp_path: Path) -> None:
+    """Faiss prints "resizing ... .ivfdata" and "IO_FLAG_ONDISK_SAME_DIR ..." on file descriptor 1: they go to
+    the log, and build-index --json and search --json print valid JSON."""
+    db = _synthetic_db(tmp_path / "db", n=3000)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cli = [sys.executable, "-m", "similar_images"]
+    built = subprocess.run([*cli, "build-index", str(db), "--index", "IVF32,PQ8", "--eval-queries", "20", "--json",
+                            "--engine", "spark", "--master", "local[2]", "--on-disk"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert json.loads(built.stdout)["n_vectors"] == 3000
+    assert list(db.glob("*.ivfdata"))
+    found = subprocess.run([*cli, "search", str(db), "0", "--id", "--json", "-k", "3"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stderr[-3000:]
+    assert json.loads(found.stdout)["results"][0]["id"] == 0
