@@ -112,6 +112,8 @@ def register(group: click.Group) -> None:
                                shard_size=shard_size, max_pixels=max_pixels, verbose=not quiet, backend=backend,
                                precision=precision, calibration_size=calibration_size, agreement=agreement,
                                decoder=decoder)
+        if runner is not None and index_factory is not None:  # one Spark application for both jobs (a second
+            click.get_current_context().with_resource(runner.context())  # waits for the first's executors to go)
         s = extract_features(images, db, config, force=force, engine=runner)
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
         click.echo(f"Extracted {s.extracted} of {s.total} images{resumed} into {db} in {s.seconds:.1f} s "

@@ -101,6 +101,8 @@ def register(group: click.Group) -> None:
         config = TextBuildConfig(encoder=encoder, source=model_path, column=column, limit=limit,
                                  dedupe=not keep_duplicates, encoding=encoding, batch_size=batch_size,
                                  chunk_size=chunk_size, verbose=not quiet, backend=backend)
+        if runner is not None and not no_index:  # one Spark application for both jobs (a second waits for
+            click.get_current_context().with_resource(runner.context())  # the first's executors to go)
         s = build_text_database(csv_file, db, config, force=force, engine=runner)
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
         click.echo(f"Encoded {s.encoded} texts from {s.total} rows{resumed} into {db} in {s.seconds:.1f} s "

@@ -469,16 +469,26 @@ def _absolute_item(path: str) -> str:
     return path if "://" in path else str(normalize_path(path))
 
 
-def _check_landed(job: BuildJob, reports: Sequence[ShardReport]) -> None:
+def _check_landed(job: BuildJob, reports: Sequence[ShardReport], grace: float = 10.0) -> None:
     """Raise if shards that executors committed are not where the driver reads them.
+
+    A network file system may show another machine's new files a little late: the driver looks again for
+    ``grace`` seconds before it concludes.
 
     Raises:
         PartitionFailedError: Naming where the executors wrote and where the driver looked: the database
             folder is not on storage the driver and every executor reach at the same path.
     """
-    lost = [r for r in reports if not r.skipped and not shard_done(job.partial, r.shard)]
-    if not lost:
-        return
+    deadline = time.monotonic() + grace
+    while True:
+        lost = [r for r in reports if not r.skipped and not shard_done(job.partial, r.shard)]
+        if not lost:
+            return
+        if time.monotonic() >= deadline:
+            break
+        with contextlib.suppress(OSError):
+            os.listdir(job.partial)  # refreshes a network file system's view of the folder
+        time.sleep(0.5)
     first = lost[0]
     hosts = sorted({r.host for r in lost if r.host})
     raise PartitionFailedError(
