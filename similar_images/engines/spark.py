@@ -287,14 +287,17 @@ class SparkEngine:
             ``spark://host:7077``, ``yarn``, ... ``None``: the one ``spark-submit`` was given, else ``local[*]``.
         partitions: Spark partitions (tasks) per job; ``None``: one per shard to do (extraction), or
             :meth:`default_index_partitions` (index build). Each partition holds whole shards.
-        conf: More Spark settings (``spark.executor.memory``, ``spark.executorEnv.NAME``, ...).
+        conf: More Spark settings (``spark.executor.memory``, ``spark.executorEnv.NAME``,
+            ``spark.pyspark.python``, ...), over those of ``spark-defaults.conf``.
         threads_per_task: Model threads in each task; ``None``: ``spark.task.cpus`` (1 by default), so that
             ``N`` tasks use ``N`` cores.
         app_name: The application name shown by the cluster manager.
 
     A Spark context that is already active (e.g. in a ``spark-submit`` script that made one) is used as
     it is and left running; otherwise each call starts one and stops it, with Spark's logging at WARN
-    and its scratch folders in a temporary folder.
+    and its scratch folders in a temporary folder. Executors get absolute paths (links kept), since they
+    resolve relative ones in their own working folders, and run the driver's Python unless
+    ``spark.pyspark.python`` or ``PYSPARK_PYTHON`` names another.
     """
 
     def __init__(self, master: str | None = None, partitions: int | None = None, *,
