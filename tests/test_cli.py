@@ -322,3 +322,38 @@ def test_quickstart_prints_the_address_voila_serves_on_and_passes_the_precision(
             with socket.create_connection(("127.0.0.1", served), timeout=10):
                 pass  # Voila listens where the quickstart says
     assert '"requested_precision": "bf16"' in (db / "manifest.json").read_text()
+
+
+@pytest.mark.parametrize("command", [["extract", "IMAGES", "DB"], ["build-index", "DB"], ["add", "DB", "IMAGES"],
+                                     ["text", "build", "CSV", "DB"], ["text", "build-index", "DB"]])
+def test_spark_conf_is_checked_before_anything_runs(tmp_path: Path, command: list[str]) -> None:
+    """--conf KEY=VALUE (repeatable) on every command with --engine spark: a malformed one is a one-line usage
+    error, and --conf without --engine spark is refused like --master."""
+    (tmp_path / "DB").mkdir()
+    (tmp_path / "IMAGES").mkdir()
+    (tmp_path / "CSV").write_text("text\nhello\n")
+    args = [str(tmp_path / a) if a in ("IMAGES", "DB", "CSV") else a for a in command]
+    runner = CliRunner()
+    r = runner.invoke(main, [*args, "--engine", "spark", "--conf", "spark.executor.memory=4g", "--conf", "foo"])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines()[-1] == (
+        "Error: Invalid value for '--conf': needs KEY=VALUE (e.g. spark.executor.memory=4g), got 'foo'")
+    r = runner.invoke(main, [*args, "--conf", "spark.executor.memory=4g"])
+    assert r.exit_code == 2 and "--master, --partitions and --conf go with --engine spark" in r.output
+
+
+def test_spark_conf_values_become_the_engines_settings() -> None:
+    from similar_images.cli._common import make_engine, parse_spark_conf
+
+    conf = parse_spark_conf(None, None, ("spark.executor.memory = 4g", "spark.executorEnv.A=x=y",
+                                         "spark.executor.memory=2g"))
+    assert conf == {"spark.executor.memory": "2g", "spark.executorEnv.A": "x=y"}  # the last of a key wins
+    engine = make_engine("spark", "spark://127.0.0.1:7077", None, conf)
+    assert engine is not None and engine.conf == conf
+
+
+def test_build_index_help_states_the_real_partitions_default() -> None:
+    r = CliRunner().invoke(main, ["build-index", "--help"])
+    text = " ".join(r.output.split())
+    assert "max(Spark's default parallelism, one per million vectors)" in text, r.output
+    assert "one per shard" not in text  # what it used to say: extraction's default

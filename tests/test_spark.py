@@ -9,6 +9,7 @@ trained quantizer.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,8 +25,9 @@ from conftest import ROOT
 
 from similar_images import Database, ExtractConfig, IndexConfig
 from similar_images.engines.local import BuildJob
-from similar_images.engines.spark import FAULT_ENV, SparkEngine
-from similar_images.engines.spark_context import check_spark
+from similar_images.engines.shards import write_shard
+from similar_images.engines.spark import FAULT_ENV, ShardReport, SparkEngine, _check_landed, _java_error_line
+from similar_images.engines.spark_context import check_spark, executor_python, spark_defaults
 from similar_images.errors import PartitionFailedError, SparkUnavailableError
 from similar_images.store import extract_features, write_database
 
@@ -116,6 +118,85 @@ def test_missing_java_names_the_debian_package(monkeypatch: pytest.MonkeyPatch, 
 def test_engine_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="partitions"):
         SparkEngine(partitions=0)
+
+
+def test_spark_defaults_file_is_read_as_spark_reads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "spark-defaults.conf").write_text(
+        "# a comment\n! another\n\nspark.master   spark://10.0.0.1:7077\nspark.executor.memory=4g\n"
+        "spark.executorEnv.A : x y\nspark.driver.extraJavaOptions -Da=1 \\\n    -Db=2\nnot.spark.key 1\n")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    settings, path = spark_defaults()
+    assert path == tmp_path / "spark-defaults.conf"
+    assert settings == {"spark.master": "spark://10.0.0.1:7077", "spark.executor.memory": "4g",
+                        "spark.executorEnv.A": "x y", "spark.driver.extraJavaOptions": "-Da=1 -Db=2"}
+    monkeypatch.delenv("SPARK_CONF_DIR")
+    monkeypatch.setenv("SPARK_HOME", str(tmp_path / "home"))
+    assert spark_defaults() == ({}, None)  # no conf/spark-defaults.conf there
+
+
+def test_executors_run_the_drivers_python_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYSPARK_PYTHON", raising=False)
+    assert executor_python({}) == sys.executable  # for every master, not only local ones
+    monkeypatch.setenv("PYSPARK_PYTHON", "/opt/env/bin/python")
+    assert executor_python({}) == "/opt/env/bin/python"
+    assert executor_python({"spark.pyspark.python": "/cluster/python"}) == "/cluster/python"
+
+
+# The text of a real Py4JJavaError (its Java stack cut short): an executor whose Python lacks the package
+# (PYSPARK_PYTHON running `python -S -P`), captured from `SparkContext.parallelize(...).collect()`.
+_PY4J_MISSING_MODULE = """\
+An error occurred while calling z:org.apache.spark.api.python.PythonRDD.collectAndServe.
+: org.apache.spark.api.python.PythonException: [PYTHON_EXCEPTION] An exception was thrown from the Python \
+worker: Traceback (most recent call last):
+  File "/usr/lib/python3.11/site-packages/pyspark/worker.py", line 4197, in invoke_udf
+    func, profiler, deserializer, serializer = read_command(pickleSer, init_info.udf_info)
+                                               ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  File "/usr/lib/python3.11/site-packages/pyspark/worker_util.py", line 75, in read_command
+    command = serializer.loads(file)
+              ^^^^^^^^^^^^^^^^^^^^^^
+  File "/usr/lib/python3.11/site-packages/pyspark/serializers.py", line 483, in loads
+    return cloudpickle.loads(obj, encoding=encoding)
+           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+ModuleNotFoundError: No module named 'similar_images'
+ SQLSTATE: 38000
+\tat org.apache.spark.api.python.BasePythonRunner$ReaderIterator.handlePythonException(PythonRunner.scala:1097)
+\tat org.apache.spark.api.python.PythonRunner$$anon$5.read(PythonRunner.scala:1642)
+\tat java.base/java.lang.Thread.run(Thread.java:840)
+"""
+
+
+class _JavaError(Exception):
+    """Shaped as py4j's Py4JJavaError: the Java exception's text is in ``java_exception``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__("An error occurred while calling o42.collectAndServe")
+        self.java_exception = text
+
+
+def test_an_executors_python_error_is_named_by_its_exception_line() -> None:
+    line = _java_error_line(_JavaError(_PY4J_MISSING_MODULE.split("\n", 1)[1]))
+    assert line == "ModuleNotFoundError: No module named 'similar_images'"
+    stage = ("org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 in stage 0.0 failed 4 times, "
+             "most recent failure: Lost task 0.3 (TID 3) (10.0.0.2 executor 1): " + _PY4J_MISSING_MODULE)
+    assert _java_error_line(_JavaError(stage)) == "ModuleNotFoundError: No module named 'similar_images'"
+    lost = "org.apache.spark.SparkException: Job aborted: executor lost\n\tat org.apache.spark.X(X.scala:1)"
+    assert _java_error_line(_JavaError(lost)) == "org.apache.spark.SparkException: Job aborted: executor lost"
+
+
+def test_shards_committed_where_the_driver_does_not_look_are_named(tmp_path: Path) -> None:
+    job = BuildJob(tmp_path / "db" / ".partial", ["a.jpg", "b.jpg"], 1, 1, 1, {"name": "x", "dim": 1}, "image", 1)
+    job.partial.mkdir(parents=True)
+    elsewhere = "/var/lib/spark/work/app-1/0/db/.partial/shard-000001.json"
+    reports = [ShardReport(0, 0, 0, 1, 1, 0, 0.1, 0.1, skipped=True),
+               ShardReport(1, 0, 0, 1, 1, 0, 0.1, 0.1, path=elsewhere, host="worker-7")]
+    with pytest.raises(PartitionFailedError) as info:
+        _check_landed(job, reports, grace=0.2)
+    message = str(info.value)
+    assert elsewhere in message and "worker-7" in message and str(job.partial) in message
+    assert "storage that the driver and every executor reach" in message
+    assert "run the same command again to" not in message  # running it again would fail the same way
+    write_shard(job.partial, 1, [1], np.zeros((1, 1), np.float32), [], 1)
+    _check_landed(job, reports)  # seen by the driver: nothing to say
 
 
 # ------------------------------------------------------------------ contexts (slow: Spark)
@@ -352,4 +433,117 @@ def test_cli_extract_add_and_build_index_on_spark(photo_list: Path, local_db: Pa
     opened = Database.open(db)
     assert opened.manifest.index.get("engine")["name"] == "spark" and opened.index.ntotal == len(opened)
     r = runner.invoke(main, ["extract", str(photo_list), str(tmp_path / "x"), "--master", "local[1]", "-q"])
-    assert r.exit_code == 2 and "--master and --partitions go with --engine spark" in r.output
+    assert r.exit_code == 2 and "--master, --partitions and --conf go with --engine spark" in r.output
+
+
+# ------------------------------------------------------------------ cluster readiness (issue 25; slow: Spark)
+def _python_wrapper(path: Path, body: str) -> Path:
+    """An executable script for spark.pyspark.python / PYSPARK_PYTHON."""
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def _few_photos(coco_dir: Path, folder: Path, n: int) -> Path:
+    folder.mkdir()
+    for p in sorted((coco_dir / "val2014").glob("*.jpg"))[:n]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+@pytest.mark.slow
+def test_relative_database_path_with_executors_working_elsewhere(coco_dir: Path, mobilenet_weights: Path,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Executors run in their own working folders (as on a cluster): a relative DB reaches them absolute.
+
+    Before, they committed the shards into ``elsewhere/db/.partial`` and the driver said "run the same
+    command again", which failed the same way."""
+    from click.testing import CliRunner
+
+    from similar_images.cli import main
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    python = _python_wrapper(tmp_path / "python", f'cd "{elsewhere}" && exec "{sys.executable}" "$@"')
+    monkeypatch.setenv("PYSPARK_PYTHON", str(python))
+    _few_photos(coco_dir, tmp_path / "imgs", 4)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["extract", "imgs", "db", "-m", "mobilenetv2", "-w", str(mobilenet_weights),
+                                  "--precision", "fp32", "--shard-size", "2", "-q", "--engine", "spark",
+                                  "--master", "local[1]"])
+    assert r.exit_code == 0, r.output
+    assert len(Database.open(tmp_path / "db", load_index=False)) == 4
+    assert not list(elsewhere.iterdir())
+
+
+@pytest.mark.slow
+def test_executor_python_without_the_package_is_named(coco_dir: Path, mobilenet_weights: Path,
+                                                      tmp_path: Path) -> None:
+    """--conf spark.pyspark.python names the executors' Python; one that lacks the package is reported by its
+    exception line, not by the first line of the Java stack ("...PythonException: ... Traceback ...")."""
+    from click.testing import CliRunner
+
+    from similar_images.cli import main
+
+    site = Path(np.__file__).parents[1]  # numpy's and pyspark's site-packages, without its .pth files (-S)
+    bare = _python_wrapper(tmp_path / "bare-python", f'PYTHONPATH="{site}" exec "{sys.executable}" -S -P "$@"')
+    assert subprocess.run([str(bare), "-c", "import similar_images"], capture_output=True).returncode == 1
+    imgs = _few_photos(coco_dir, tmp_path / "imgs", 2)
+    r = CliRunner().invoke(main, ["extract", str(imgs), str(tmp_path / "db"), "-m", "mobilenetv2", "-w",
+                                  str(mobilenet_weights), "--precision", "fp32", "-q", "--engine", "spark",
+                                  "--master", "local[1]", "--conf", f"spark.pyspark.python={bare}"])
+    assert r.exit_code == 1, r.output
+    message = r.output.strip().splitlines()[-1]
+    assert "(ModuleNotFoundError: No module named 'similar_images')" in message, r.output
+    assert f"The executors run {bare}" in message and "Traceback" not in message
+
+
+@pytest.mark.slow
+def test_spark_defaults_conf_is_honoured_and_given_settings_win(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "spark-defaults.conf").write_text("spark.executorEnv.SI_A  from-file\n"
+                                                  "spark.executorEnv.SI_B  from-file\n")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    with SparkEngine("local[1]", conf={"spark.executorEnv.SI_B": "given"}).context() as sc:
+        assert sc.parallelize([0], 1).mapPartitions(_env_in_task("SI_A")).collect() == ["from-file"]
+        assert sc.parallelize([0], 1).mapPartitions(_env_in_task("SI_B")).collect() == ["given"]
+        assert sc.pythonExec == sys.executable
+
+
+@pytest.mark.slow
+def test_the_command_runs_under_spark_submit(coco_dir: Path, mobilenet_weights: Path, tmp_path: Path) -> None:
+    """The command docs/spark.md gives: spark-submit runs similar_images/__main__.py, whose master is used."""
+    import pyspark
+
+    import similar_images
+
+    imgs = _few_photos(coco_dir, tmp_path / "imgs", 2)
+    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    entry = Path(similar_images.__file__).parent / "__main__.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([str(submit), "--master", "local[1]", str(entry), "extract", str(imgs), "db", "-m",
+                          "mobilenetv2", "-w", str(mobilenet_weights), "--precision", "fp32", "-q", "--engine",
+                          "spark"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Extracted 2 of 2 images" in out.stdout
+    db = Database.open(tmp_path / "db", load_index=False)
+    assert len(db) == 2 and db.manifest.extra["extraction"]["engine"]["master"] == "local[1]"
+
+
+@pytest.mark.slow
+def test_json_output_stays_json_with_an_on_disk_index(tmp_path: Path) -> None:
+    """Faiss prints "resizing ... .ivfdata" and "IO_FLAG_ONDISK_SAME_DIR ..." on file descriptor 1: they go to
+    the log, and build-index --json and search --json print valid JSON."""
+    db = _synthetic_db(tmp_path / "db", n=3000)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cli = [sys.executable, "-m", "similar_images"]
+    built = subprocess.run([*cli, "build-index", str(db), "--index", "IVF32,PQ8", "--eval-queries", "20", "--json",
+                            "--engine", "spark", "--master", "local[2]", "--on-disk"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert json.loads(built.stdout)["n_vectors"] == 3000
+    assert list(db.glob("*.ivfdata"))
+    found = subprocess.run([*cli, "search", str(db), "0", "--id", "--json", "-k", "3"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stderr[-3000:]
+    assert json.loads(found.stdout)["results"][0]["id"] == 0

@@ -33,6 +33,7 @@ from ..index import DEFAULT_RERANK, BuildReport, IndexConfig
 from ..measure.tune_report import PARAM_NAMES, TunePoint
 from ..methods.sift.extract import FORMAT as SIFT_FORMAT
 from ..search import Results
+from ..sources.images import normalize_path
 from ..sources.texts import shorten
 from ..store import Database
 
@@ -44,7 +45,7 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     # Other libraries' INFO lines (e.g. faiss.loader's four lines about CPU builds) are noise for a CLI user.
-    for name in ("faiss", "faiss.loader"):
+    for name in ("faiss", "faiss.loader", "py4j"):
         logging.getLogger(name).setLevel(logging.WARNING if level == logging.INFO else logging.NOTSET)
     quiet_tensorflow()  # TensorFlow is chatty on import (the user's own settings win)
 
@@ -173,8 +174,35 @@ def parse_query(query: str, by_id: bool, *, guess: bool = False) -> str | int:
     return value
 
 
-def engine_options(func: F) -> F:
-    """``--engine``, ``--master`` and ``--partitions``: where the embedding (or the index build) runs."""
+def parse_spark_conf(ctx: click.Context | None, param: click.Parameter | None,
+                     values: tuple[str, ...]) -> dict[str, str]:
+    """``--conf KEY=VALUE`` options as a dict of Spark settings (a click callback; the last of a key wins).
+
+    Raises:
+        click.BadParameter: For a value without ``=`` or with an empty key.
+    """
+    out: dict[str, str] = {}
+    for value in values:
+        key, sep, setting = value.partition("=")
+        key = key.strip()
+        if not sep or not key or any(c.isspace() for c in key):
+            raise click.BadParameter(f"needs KEY=VALUE (e.g. spark.executor.memory=4g), got {shown(value)}",
+                                     ctx=ctx, param=param)
+        out[key] = setting.strip()
+    return out
+
+
+def engine_options(func: F | None = None, *, index_only: bool = False) -> Any:
+    """``--engine``, ``--master``, ``--partitions`` and ``--conf``: where the embedding (or the index build) runs.
+
+    ``@engine_options`` for commands that embed (and may build an index); ``@engine_options(index_only=True)``
+    for those that only build an index (their ``--partitions`` help states the index build's default).
+    """
+    if func is None:
+        return functools.partial(engine_options, index_only=index_only)
+    index_default = "max(Spark's default parallelism, one per million vectors)"
+    partitions_default = (index_default if index_only
+                          else f"one per shard to do; for an index, {index_default}")
     options = [
         click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
                      help="local: this process; spark: Apache Spark (needs pyspark and Java; the database folder "
@@ -183,7 +211,11 @@ def engine_options(func: F) -> F:
                      help="Spark master with --engine spark: local[*], local[N], spark://HOST:7077, yarn ... "
                           "[default: the one spark-submit was given, else local[*]]."),
         click.option("--partitions", type=click.IntRange(1), default=None,
-                     help="Spark partitions (tasks) with --engine spark [default: one per shard to do]."),
+                     help=f"Spark partitions (tasks) with --engine spark [default: {partitions_default}]."),
+        click.option("--conf", "spark_conf", multiple=True, metavar="KEY=VALUE", callback=parse_spark_conf,
+                     help="A Spark setting with --engine spark, as for spark-submit (repeatable), e.g. "
+                          "spark.executor.memory=4g; it wins over spark-defaults.conf (SPARK_CONF_DIR, else "
+                          "$SPARK_HOME/conf)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -207,13 +239,20 @@ def query_backend_options(func: F) -> F:
     return func
 
 
-def make_engine(engine: str, master: str | None, partitions: int | None) -> SparkEngine | None:
+def make_engine(engine: str, master: str | None, partitions: int | None,
+                spark_conf: dict[str, str] | None = None) -> SparkEngine | None:
     """The engine the options name (``None``: the local one)."""
     if engine == "local":
-        if master is not None or partitions is not None:
-            raise click.UsageError("--master and --partitions go with --engine spark")
+        if master is not None or partitions is not None or spark_conf:
+            raise click.UsageError("--master, --partitions and --conf go with --engine spark")
         return None
-    return SparkEngine(master=master, partitions=partitions)
+    return SparkEngine(master=master, partitions=partitions, conf=spark_conf)
+
+
+def engine_path(path: Path, engine: SparkEngine | None) -> Path:
+    """A database path as an engine gets it: for Spark absolute (``~`` expanded, links kept), since its
+    executors resolve a relative path in their own working folders; for the local engine as given."""
+    return path if engine is None else normalize_path(path)
 
 
 def run_build_index(db: Path, config: IndexConfig, *, force: bool, engine: SparkEngine | None = None,

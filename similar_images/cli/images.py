@@ -26,6 +26,7 @@ from ._common import (
     echo_build_report,
     echo_results,
     engine_options,
+    engine_path,
     handle_errors,
     index_build_options,
     make_engine,
@@ -85,7 +86,7 @@ def register(group: click.Group) -> None:
     def extract(images: Path, db: Path, model: str, weights: str, batch_size: int, workers: int | None,
                 shard_size: int, max_pixels: int, backend: str, precision: str, calibration_size: int | None,
                 agreement: float, decoder: str, force: bool, index_factory: str | None, quiet: bool, verbose: int,
-                engine: str, master: str | None, partitions: int | None) -> None:
+                engine: str, master: str | None, partitions: int | None, spark_conf: dict[str, str]) -> None:
         """Extract feature vectors of IMAGES into the database folder DB.
 
         IMAGES is a folder (searched recursively for jpg, jpeg, png, bmp, gif,
@@ -104,12 +105,15 @@ def register(group: click.Group) -> None:
         Example: similar-images extract photos/ photos-db --model vgg16-avg --index auto
         """
         configure_logging(verbose, quiet)
-        runner = make_engine(engine, master, partitions)
+        runner = make_engine(engine, master, partitions, spark_conf)
+        db = engine_path(db, runner)
         wanted = None if index_factory is None or index_factory.strip().lower() == "auto" else index_factory
         config = ExtractConfig(model=model, weights=weights, batch_size=batch_size, workers=workers,
                                shard_size=shard_size, max_pixels=max_pixels, verbose=not quiet, backend=backend,
                                precision=precision, calibration_size=calibration_size, agreement=agreement,
                                decoder=decoder)
+        if runner is not None and index_factory is not None:  # one Spark application for both jobs (a second
+            click.get_current_context().with_resource(runner.context())  # waits for the first's executors to go)
         s = extract_features(images, db, config, force=force, engine=runner)
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
         click.echo(f"Extracted {s.extracted} of {s.total} images{resumed} into {db} in {s.seconds:.1f} s "
@@ -137,7 +141,7 @@ def register(group: click.Group) -> None:
     @click.option("--force", is_flag=True, help="Replace an existing index.")
     @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
     @click.option("--quiet", "-q", is_flag=True, help="Only the result.")
-    @engine_options
+    @engine_options(index_only=True)
     @click.option("--on-disk/--in-memory", "on_disk", default=None,
                   help="With --engine spark: merge the inverted lists into an index-NNNN.ivfdata file beside the "
                        "index (memory-mapped) or in memory [default: on disk when the index would not fit in "
@@ -146,7 +150,7 @@ def register(group: click.Group) -> None:
     def build_index(db: Path, factory: str | None, train_size: int | None, nprobe: int | None,
                     ef_search: int | None, k_factor: int | None, eval_queries: int, force: bool,
                     as_json: bool, quiet: bool, engine: str, master: str | None, partitions: int | None,
-                    on_disk: bool | None) -> None:
+                    spark_conf: dict[str, str], on_disk: bool | None) -> None:
         """Train a Faiss index over the vectors of DB and measure it.
 
         Prints recall@10 against exact search (the index alone, and as
@@ -161,7 +165,8 @@ def register(group: click.Group) -> None:
         Example: similar-images build-index photos-db --index IVF64,PQ16 --nprobe 8
         """
         configure_logging(0, quiet or as_json)
-        runner = make_engine(engine, master, partitions)
+        runner = make_engine(engine, master, partitions, spark_conf)
+        db = engine_path(db, runner)
         config = IndexConfig(factory=factory, train_size=train_size, nprobe=nprobe, ef_search=ef_search,
                              k_factor=k_factor, eval_queries=eval_queries)
         report = run_build_index(db, config, force=force, engine=runner, on_disk=on_disk)
@@ -256,7 +261,7 @@ def register(group: click.Group) -> None:
     @engine_options
     @handle_errors
     def add(db: Path, images: Path, weights: str | None, backend: str | None, precision: str | None, quiet: bool,
-            engine: str, master: str | None, partitions: int | None) -> None:
+            engine: str, master: str | None, partitions: int | None, spark_conf: dict[str, str]) -> None:
         """Add the images in IMAGES (a folder or file list) to DB without retraining.
 
         New images get new ids; images already in DB are skipped.
@@ -264,7 +269,8 @@ def register(group: click.Group) -> None:
         Example: similar-images add photos-db more-photos/
         """
         configure_logging(0, quiet)
-        runner = make_engine(engine, master, partitions)
+        runner = make_engine(engine, master, partitions, spark_conf)
+        db = engine_path(db, runner)
         database = Database.open(db, weights=weights, backend=backend, precision=precision)
         summary = database.add(images, verbose=not quiet, engine=runner)
         first = f" (ids {summary.ids[0]}..{summary.ids[-1]})" if summary.ids else ""

@@ -24,6 +24,7 @@ from ._common import (
     echo_build_report,
     echo_results,
     engine_options,
+    engine_path,
     handle_errors,
     index_build_options,
     make_engine,
@@ -82,7 +83,8 @@ def register(group: click.Group) -> None:
               encoder: str, model_path: str | None, batch_size: int, chunk_size: int, backend: str,
               factory: str | None,
               nprobe: int | None, train_size: int | None, eval_queries: int, no_index: bool, force: bool,
-              quiet: bool, engine: str, master: str | None, partitions: int | None) -> None:
+              quiet: bool, engine: str, master: str | None, partitions: int | None,
+              spark_conf: dict[str, str]) -> None:
         """Embed the texts of CSV into the database folder DB and train its index.
 
         CSV needs a header row; the texts are read from --column. Empty texts
@@ -94,10 +96,13 @@ def register(group: click.Group) -> None:
         Example: similar-images text build tweets.csv tweets-db
         """
         configure_logging(0, quiet)
-        runner = make_engine(engine, master, partitions)
+        runner = make_engine(engine, master, partitions, spark_conf)
+        db = engine_path(db, runner)
         config = TextBuildConfig(encoder=encoder, source=model_path, column=column, limit=limit,
                                  dedupe=not keep_duplicates, encoding=encoding, batch_size=batch_size,
                                  chunk_size=chunk_size, verbose=not quiet, backend=backend)
+        if runner is not None and not no_index:  # one Spark application for both jobs (a second waits for
+            click.get_current_context().with_resource(runner.context())  # the first's executors to go)
         s = build_text_database(csv_file, db, config, force=force, engine=runner)
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
         click.echo(f"Encoded {s.encoded} texts from {s.total} rows{resumed} into {db} in {s.seconds:.1f} s "
@@ -121,10 +126,11 @@ def register(group: click.Group) -> None:
     @index_build_options
     @click.option("--force", is_flag=True, help="Replace an existing index.")
     @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
-    @engine_options
+    @engine_options(index_only=True)
     @handle_errors
     def build_index(db: Path, factory: str | None, nprobe: int | None, train_size: int | None, eval_queries: int,
-                    force: bool, as_json: bool, engine: str, master: str | None, partitions: int | None) -> None:
+                    force: bool, as_json: bool, engine: str, master: str | None, partitions: int | None,
+                    spark_conf: dict[str, str]) -> None:
         """Train (or with --force retrain) the index of the text database DB.
 
         Like 'similar-images build-index', with the text default (PQ16).
@@ -133,7 +139,8 @@ def register(group: click.Group) -> None:
         """
         configure_logging(0, True)
         config = IndexConfig(factory=factory, nprobe=nprobe, train_size=train_size, eval_queries=eval_queries)
-        report = run_build_index(db, config, force=force, engine=make_engine(engine, master, partitions))
+        runner = make_engine(engine, master, partitions, spark_conf)
+        report = run_build_index(engine_path(db, runner), config, force=force, engine=runner)
         if as_json:
             click.echo(json.dumps(report.to_dict(), indent=2))
         else:

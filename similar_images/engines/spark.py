@@ -36,6 +36,7 @@ import math
 import os
 import resource
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -50,6 +51,7 @@ from ..embed.tf_import import import_tensorflow
 from ..errors import ConfigError, PartitionFailedError
 from ..index import IndexConfig, finish_index, train_index, write_index
 from ..index.distributed import add_to_copy, estimate_index_bytes, is_ivf_factory, merge_in_memory, merge_on_disk
+from ..sources.images import normalize_path
 from .local import BuildJob, IndexBuild, IndexFiles, LocalEngine
 from .shards import shard_done
 from .spark_context import max_failures, spark_context
@@ -85,6 +87,10 @@ class ShardReport:
     model_seconds: float = 0.0
     skipped: bool = False
     peak_rss_mb: float = 0.0
+    #: The commit marker the task wrote, as an absolute path on its executor, and that executor's host name:
+    #: the driver checks that it sees the shard there too (storage every executor reaches).
+    path: str = ""
+    host: str = ""
 
 
 @dataclass
@@ -227,11 +233,13 @@ def _extract_partition(job: BuildJob, attempts: int, threads: int | None, partit
                 t0, c0 = time.perf_counter(), time.process_time()
                 _maybe_inject_fault(shard)
                 LocalEngine().run(local, [shard], emb, lambda _n: None)
-                meta = json.loads((job.partial / f"shard-{shard:06d}.json").read_text(encoding="utf-8"))
+                marker = job.partial / f"shard-{shard:06d}.json"
+                meta = json.loads(marker.read_text(encoding="utf-8"))
                 done.add(shard)
                 yield ShardReport(shard, partition, attempt, os.getpid(), len(meta["ok"]), len(meta["failures"]),
                                   time.perf_counter() - t0, time.process_time() - c0, model_seconds,
-                                  peak_rss_mb=_peak_rss_mb())
+                                  peak_rss_mb=_peak_rss_mb(), path=os.path.abspath(marker),
+                                  host=socket.gethostname())
                 model_seconds = 0.0
         except Exception as exc:
             if attempt + 1 < attempts:
@@ -277,7 +285,8 @@ class SparkEngine:
             ``spark://host:7077``, ``yarn``, ... ``None``: the one ``spark-submit`` was given, else ``local[*]``.
         partitions: Spark partitions (tasks) per job; ``None``: one per shard to do (extraction), or
             :meth:`default_index_partitions` (index build). Each partition holds whole shards.
-        conf: More Spark settings (``spark.executor.memory``, ``spark.executorEnv.NAME``, ...).
+        conf: More Spark settings (``spark.executor.memory``, ``spark.executorEnv.NAME``,
+            ``spark.pyspark.python``, ...), over those of ``spark-defaults.conf``.
         threads_per_task: Model threads in each task; ``None``: ``spark.task.cpus`` (1 by default), so that
             ``N`` tasks use ``N`` cores.
         app_name: The application name shown by the cluster manager.
@@ -286,7 +295,9 @@ class SparkEngine:
 
     A Spark context that is already active (e.g. in a ``spark-submit`` script that made one) is used as
     it is and left running; otherwise each call starts one and stops it, with Spark's logging at WARN
-    and its scratch folders in a temporary folder.
+    and its scratch folders in a temporary folder. Executors get absolute paths (links kept), since they
+    resolve relative ones in their own working folders, and run the driver's Python unless
+    ``spark.pyspark.python`` or ``PYSPARK_PYTHON`` names another.
     """
 
     def __init__(self, master: str | None = None, partitions: int | None = None, *,
@@ -337,8 +348,11 @@ class SparkEngine:
         shards = list(shards)
         if not shards:
             return
-        groups = _split([(s, job.shard_items(s).start, [job.items[i] for i in job.shard_items(s)])
+        # Executors resolve paths in their own working folders: hand them absolute ones (links kept).
+        item = _absolute_item if job.kind == "image" else str
+        groups = _split([(s, job.shard_items(s).start, [item(job.items[i]) for i in job.shard_items(s)])
                          for s in shards], self.partitions or len(shards))
+        job = dataclasses.replace(job, partial=normalize_path(job.partial))
         light = dataclasses.replace(job, items=[], n_items=len(job.items))  # items travel with their partitions
         with self.context() as sc:
             attempts = max_failures(sc.master, sc.getConf())
@@ -359,7 +373,7 @@ class SparkEngine:
                 if exc.__class__.__name__ != "Py4JJavaError":
                     raise
                 raise PartitionFailedError(
-                    f"The Spark job failed ({_java_error_line(exc)}). Committed shards are kept in {job.partial}",
+                    f"{_job_failure('job', exc, sc)} Committed shards are kept in {job.partial}",
                     hint="Fix the cause and build again with the same settings to resume.", path=job.partial,
                 ) from exc
             finally:
@@ -368,6 +382,7 @@ class SparkEngine:
                 report.job_seconds = time.perf_counter() - t0
         report.shards = [r for r in results if isinstance(r, ShardReport)]
         report.failures = [r for r in results if isinstance(r, PartitionFailure)]
+        _check_landed(job, report.shards)
         if report.failures:
             failed = sorted(s for f in report.failures for s in f.shards)
             raise PartitionFailedError(
@@ -459,10 +474,15 @@ class SparkEngine:
                 elements = [(bounds[i], bounds[i + 1], None if ids is None else ids[bounds[i]:bounds[i + 1]])
                             for i in range(parts) if bounds[i + 1] > bounds[i]]
                 bc = sc.broadcast(faiss.serialize_index(trained))
-                task = _partial_task(_add_partition, bc, str(Path(vectors_path).resolve()), n_rows, dim,
-                                     str(work.resolve()), batch_size)
-                reports = sc.parallelize(elements, len(elements)).mapPartitionsWithIndex(task).collect()
-                bc.destroy()
+                task = _partial_task(_add_partition, bc, str(normalize_path(vectors_path)), n_rows, dim,
+                                     str(normalize_path(work)), batch_size)
+                try:
+                    reports = sc.parallelize(elements, len(elements)).mapPartitionsWithIndex(task).collect()
+                except Exception as exc:
+                    if exc.__class__.__name__ != "Py4JJavaError":
+                        raise
+                    raise PartitionFailedError(_job_failure("index build", exc, sc)) from exc
+                bc.destroy(blocking=True)  # a removal still in flight at stop() logs an error stack
             reports.sort(key=lambda r: r.partition)
             files = [r.path for r in reports]
             if on_disk is not None:
@@ -496,10 +516,72 @@ def _watch_shards(job: BuildJob, shards: Sequence[int], progress: Callable[[int]
             return
 
 
+def _absolute_item(path: str) -> str:
+    """An image path as executors must get it: absolute (``~`` expanded, links kept); URLs as they are."""
+    return path if "://" in path else str(normalize_path(path))
+
+
+def _check_landed(job: BuildJob, reports: Sequence[ShardReport], grace: float = 10.0) -> None:
+    """Raise if shards that executors committed are not where the driver reads them.
+
+    A network file system may show another machine's new files a little late: the driver looks again for
+    ``grace`` seconds before it concludes.
+
+    Raises:
+        PartitionFailedError: Naming where the executors wrote and where the driver looked: the database
+            folder is not on storage the driver and every executor reach at the same path.
+    """
+    deadline = time.monotonic() + grace
+    while True:
+        lost = [r for r in reports if not r.skipped and not shard_done(job.partial, r.shard)]
+        if not lost:
+            return
+        if time.monotonic() >= deadline:
+            break
+        with contextlib.suppress(OSError):
+            os.listdir(job.partial)  # refreshes a network file system's view of the folder
+        time.sleep(0.5)
+    first = lost[0]
+    hosts = sorted({r.host for r in lost if r.host})
+    raise PartitionFailedError(
+        f"Spark executors committed {len(lost)} shard(s) (the first, {first.shard}, as {first.path or '?'} on "
+        f"{', '.join(hosts) or 'an executor'}), but this driver ({socket.gethostname()}) does not see them in "
+        f"{job.partial}: the database folder must be on storage that the driver and every executor reach at "
+        "the same path (a shared file system), so running the same command again would fail the same way."
+    )
+
+
+def _job_failure(what: str, exc: BaseException, sc: Any) -> str:
+    """``The Spark <what> failed (<the cause's line>).``, with advice when an executor's Python misses a module."""
+    cause = _java_error_line(exc)
+    message = f"The Spark {what} failed ({cause})."
+    if cause.startswith(("ModuleNotFoundError", "ImportError")):
+        message += (f" The executors run {getattr(sc, 'pythonExec', 'python3')}: install similar-images there, "
+                    "or name a Python that has it with the setting spark.pyspark.python.")
+    return message
+
+
 def _java_error_line(exc: BaseException) -> str:
+    """The line of a failed Spark job's error that names the cause.
+
+    For an error raised in an executor's Python, its exception line (``ModuleNotFoundError: No module named
+    ...``), found at the end of the Python traceback the Java error quotes; otherwise the first line.
+    """
     text = str(getattr(exc, "java_exception", exc))
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    return (lines[0] if lines else exc.__class__.__name__)[:300]
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if "Traceback (most recent call last):" not in line:
+            continue
+        cause = None
+        for follow in lines[i + 1:]:
+            if follow.startswith("\tat ") or follow.lstrip().startswith("at org.apache."):
+                break  # the Java stack
+            if follow.strip() and not follow[0].isspace():
+                cause = follow.strip()  # the last unindented line of the traceback: its exception
+        if cause:
+            return cause[:300]
+    stripped = [ln.strip() for ln in lines if ln.strip()]
+    return (stripped[0] if stripped else exc.__class__.__name__)[:300]
 
 
 def _available_memory() -> int:

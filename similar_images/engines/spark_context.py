@@ -4,6 +4,11 @@
 or a new one: Spark's logging at WARN, the web UI and the console progress bar off, its scratch folders in
 one temporary folder per process (removed at exit), and in local mode the driver bound to 127.0.0.1.
 Settings given to one context of a process never carry over to the next.
+
+Settings, from the strongest: those given (``--conf``), then ``spark-defaults.conf`` (in ``SPARK_CONF_DIR``,
+else ``$SPARK_HOME/conf``; under ``spark-submit``, whatever it was given), then this module's defaults.
+Executors run the driver's Python (``sys.executable``) unless ``spark.pyspark.python`` or the environment
+variable ``PYSPARK_PYTHON`` names another.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 from ..errors import SparkUnavailableError
 
-__all__ = ["check_spark", "spark_context", "max_failures"]
+__all__ = ["check_spark", "spark_context", "max_failures", "spark_defaults", "read_properties", "executor_python"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +122,57 @@ def _start_gateway(submitted: bool) -> None:
     SparkContext._ensure_initialized(conf=SparkConf(loadDefaults=False).set("spark.driver.extraJavaOptions", opts))
 
 
+# ------------------------------------------------------------------ settings
+def read_properties(text: str) -> dict[str, str]:
+    """The settings of a Java properties file such as ``spark-defaults.conf`` (``key value`` or ``key=value``).
+
+    As Spark reads it: ``#`` and ``!`` comment lines, a key ends at the first ``=``, ``:`` or blank, a trailing
+    backslash continues a line, values are trimmed; only ``spark.*`` keys are kept.
+    """
+    out: dict[str, str] = {}
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line[0] in "#!"):
+            continue
+        if line.endswith("\\") and not line.endswith("\\\\"):
+            pending += line[:-1]
+            continue
+        logical.append(pending + line)
+        pending = ""
+    if pending:
+        logical.append(pending)
+    for line in logical:
+        m = re.match(r"([^=:\s]+)\s*[=:]?\s*(.*)", line)
+        if m and m.group(1).startswith("spark."):
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def spark_defaults() -> tuple[dict[str, str], Path | None]:
+    """The settings of ``spark-defaults.conf`` (``SPARK_CONF_DIR``, else ``$SPARK_HOME/conf``) and its path.
+
+    ``({}, None)`` when neither variable names a folder holding one.
+    """
+    folder = os.environ.get("SPARK_CONF_DIR") or (
+        str(Path(os.environ["SPARK_HOME"]) / "conf") if os.environ.get("SPARK_HOME") else None)
+    if not folder:
+        return {}, None
+    path = Path(folder).expanduser() / "spark-defaults.conf"
+    try:
+        return read_properties(path.read_text(encoding="utf-8")), path
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SparkUnavailableError(f"Could not read Spark's settings file {path}: {exc}") from exc
+
+
+def executor_python(conf: Any) -> str:
+    """The Python the executors run: ``spark.pyspark.python``, else ``PYSPARK_PYTHON``, else this one."""
+    return conf.get("spark.pyspark.python", None) or os.environ.get("PYSPARK_PYTHON") or sys.executable
+
+
 def _last_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return (lines[-1] if lines else exc.__class__.__name__)[:300]
@@ -154,9 +210,18 @@ def spark_context(master: str | None = None, settings: dict[str, str] | None = N
         raise SparkUnavailableError(
             f"Spark's JVM did not start ({exc.__class__.__name__}: {_last_line(exc)}). {_JAVA_HINT}"
         ) from exc
-    # Under spark-submit its settings are the defaults; otherwise none (settings given to an earlier
-    # context of this process must not leak into this one).
+    # Under spark-submit its settings (spark-defaults.conf included) are the defaults; otherwise those of
+    # spark-defaults.conf, read here: the JVM's own copy of them (system properties) would also carry the
+    # settings given to an earlier context of this process into this one.
     conf = SparkConf(loadDefaults=submitted)
+    if not submitted:
+        defaults, where = spark_defaults()
+        if defaults:
+            logger.info("Spark settings from %s: %s", where, ", ".join(sorted(defaults)))
+        for key, value in defaults.items():
+            conf.set(key, value)
+    for key, value in (settings or {}).items():
+        conf.set(key, value)
     master = master or conf.get("spark.master", None) or "local[*]"
     local = master.startswith("local")
     conf.setMaster(master).setAppName(app_name)
@@ -168,11 +233,11 @@ def spark_context(master: str | None = None, settings: dict[str, str] | None = N
     if local:
         conf.setIfMissing("spark.driver.host", "127.0.0.1")
         conf.setIfMissing("spark.driver.bindAddress", "127.0.0.1")
-    for key, value in (settings or {}).items():
-        conf.set(key, value)
-    env_python = "PYSPARK_PYTHON" not in os.environ and local
-    if env_python:  # local executors run this interpreter, not whatever `python3` is on PATH
-        os.environ["PYSPARK_PYTHON"] = sys.executable
+    # Executors run this interpreter (or the one configured), not whatever `python3` is on their PATH.
+    # pyspark reads the executors' Python from PYSPARK_PYTHON when the context starts.
+    python = executor_python(conf)
+    saved_python = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = python
     t0 = time.perf_counter()
     try:
         sc = SparkContext(conf=conf)
@@ -181,13 +246,15 @@ def spark_context(master: str | None = None, settings: dict[str, str] | None = N
             f"Spark did not start ({exc.__class__.__name__}: {_last_line(exc)}). Check the master {master!r}."
         ) from exc
     finally:
-        if env_python:
+        if saved_python is None:
             del os.environ["PYSPARK_PYTHON"]
+        else:
+            os.environ["PYSPARK_PYTHON"] = saved_python
     sc.setLogLevel("WARN")
     seconds = time.perf_counter() - t0
     if started is not None:
         started.append(seconds)
-    logger.info("Started Spark (%s) in %.1f s", master, seconds)
+    logger.info("Started Spark (%s) in %.1f s; executors run %s", master, seconds, python)
     try:
         yield sc
     finally:

@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
+from .._util.capture import stdout_to_log
 from ..errors import ConfigError
 from .build import add_vectors
 from .factory import make_index
@@ -89,7 +90,8 @@ def merge_on_disk(trained: FaissIndex, part_files: Iterable[str | Path], ivfdata
     _check_empty(trained)
     out = _copy(trained)
     Path(ivfdata).unlink(missing_ok=True)
-    merge_ondisk(out, [str(f) for f in part_files], str(ivfdata))
+    with stdout_to_log(logger, logging.DEBUG):  # Faiss prints "resizing ..." to standard output
+        merge_ondisk(out, [str(f) for f in part_files], str(ivfdata))
     return out
 
 

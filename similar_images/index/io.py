@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from pathlib import Path
 
 import faiss
 
+from .._util.capture import stdout_to_log
 from .._util.io import atomic_path
 from .types import FaissIndex
 
 __all__ = ["write_index", "read_index", "index_nbytes"]
+
+logger = logging.getLogger(__name__)
 
 
 def index_nbytes(index: FaissIndex) -> int:
@@ -48,4 +52,8 @@ def read_index(path: str | Path, *, mmap: bool = False) -> FaissIndex:
     flags = faiss.IO_FLAG_ONDISK_SAME_DIR
     if mmap:
         flags |= faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
-    return faiss.read_index(str(path), flags)
+    if not any(Path(path).parent.glob("*.ivfdata")):
+        return faiss.read_index(str(path), flags)
+    # Faiss prints the on-disk lists' new location to standard output: to the log instead (--json stays JSON).
+    with stdout_to_log(logger, logging.DEBUG):
+        return faiss.read_index(str(path), flags)

@@ -25,6 +25,7 @@ from .._util.locks import LockTimeoutError, file_lock
 from ..embed import Embedder
 from ..engines.local import BuildJob, Engine, LocalEngine
 from ..engines.shards import shard_meta
+from ..sources.images import normalize_path
 from .build import BuildConfig
 
 __all__ = ["embed_items", "remove_stale_work_dirs"]
@@ -42,7 +43,7 @@ def embed_items(items: Sequence[str], embedder: Embedder, db_path: str | os.Path
         ``(items that embedded, their (m, dim) vectors, (item, reason) failures)``.
     """
     config = config or BuildConfig()
-    db = Path(db_path).expanduser()
+    db = normalize_path(db_path)  # absolute (links kept): an engine's workers may run in other folders
     remove_stale_work_dirs(db)
     with _work_dir(db) as work:
         job = BuildJob(partial=work, items=[str(x) for x in items], shard_size=config.shard_size,

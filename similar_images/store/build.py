@@ -44,6 +44,7 @@ from ..embed import item_kind, l2_normalize
 from ..engines.local import BuildJob, Engine, LocalEngine, ShardEmbedder
 from ..engines.shards import shard_meta, valid_shard
 from ..errors import ConfigError, DatabaseError
+from ..sources.images import normalize_path
 from .folder import (
     FAILURES,
     ITEMS,
@@ -228,7 +229,7 @@ def build_database(
     """
     config = config or BuildConfig()
     writer = writer or VectorDatabaseWriter()
-    db = Path(db_path).expanduser()
+    db = normalize_path(db_path)  # absolute (links kept): an engine's workers may run in other folders
     db.mkdir(parents=True, exist_ok=True)
     partial = db / PARTIAL_DIR
     info = embedder.info()
