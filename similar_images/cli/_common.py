@@ -17,6 +17,7 @@ from ..embed.backends import BACKENDS, PRECISIONS
 from ..embed.tf_import import quiet_tensorflow
 from ..engines.spark import SparkEngine, build_index_spark
 from ..errors import (
+    AutoPrecisionOnClusterError,
     DatabaseExistsError,
     IndexExistsError,
     IndexNotBuiltError,
@@ -72,6 +73,9 @@ def cli_message(exc: SimilarImagesError) -> str:
     if isinstance(exc, InterruptedBuildError):
         return (f"{exc.path} holds an interrupted build with other settings ({exc.settings}), {exc.shards} shard(s) "
                 "done. Re-run with the same options to resume it, or pass --force to start over.")
+    if isinstance(exc, AutoPrecisionOnClusterError):
+        return (f"--precision auto measures this machine's CPU, but the executors of {exc.master} run on other "
+                "machines; pass --precision fp32 (or bf16/int8 if every executor's CPU runs it natively)")
     if isinstance(exc, IndexNotBuiltError):
         return f"{exc.path} has no index; run 'similar-images build-index {exc.path}' first, or use --index flat"
     return str(exc)

@@ -287,7 +287,14 @@ class SparkEngine:
     A Spark context that is already active (e.g. in a ``spark-submit`` script that made one) is used as
     it is and left running; otherwise each call starts one and stops it, with Spark's logging at WARN
     and its scratch folders in a temporary folder.
+
+    The driver never loads the model for extraction (``embeds_in_this_process`` is false): executors do, once
+    per Python worker. On a master other than ``local``, ``precision="auto"`` is refused
+    (:meth:`remote_master`): it would be measured on the driver's CPU, not on the executors'.
     """
+
+    #: Builds skip warming the model up in the driver: the executors' Python workers load it.
+    embeds_in_this_process = False
 
     def __init__(self, master: str | None = None, partitions: int | None = None, *,
                  conf: dict[str, str] | None = None, threads_per_task: int | None = None,
@@ -313,6 +320,21 @@ class SparkEngine:
             self.last_startup_seconds = started[0] if started else 0.0
             self.last_master = sc.master
             yield sc
+
+    def remote_master(self) -> str | None:
+        """The master when its executors may run on other machines than this one (not ``local``), else ``None``.
+
+        With no master given: the one ``spark-submit`` was given (read from its JVM), else ``local[*]``.
+        """
+        master = self.master or self.last_master
+        if master is None and "PYSPARK_GATEWAY_PORT" in os.environ:  # started by spark-submit
+            from pyspark import SparkConf, SparkContext  # noqa: PLC0415  (heavy: the Spark engine only)
+
+            SparkContext._ensure_initialized()
+            master = SparkConf().get("spark.master", None)
+        if master is None or master == "local" or master.startswith("local["):
+            return None
+        return master
 
     def describe(self) -> dict[str, Any]:
         """The engine's settings, for manifests (the master is the one the last context used)."""

@@ -225,7 +225,8 @@ class BuildJob:
 
 
 class Engine(Protocol):
-    """Runs the shards of a build (an engine may also have ``describe() -> dict`` for manifests)."""
+    """Runs the shards of a build (an engine may also have ``describe() -> dict`` for manifests, and
+    ``embeds_in_this_process = False`` when other processes load the model, so that a build does not load it here)."""
 
     def run(self, job: BuildJob, shards: Sequence[int], embedder: Embedder | None,
             progress: Callable[[int], None]) -> None:
@@ -273,6 +274,9 @@ class LocalEngine:
     Args:
         prefetch_batches: Batches prepared ahead of the one the model runs on.
     """
+
+    #: The model runs here: a build warms it up before it starts its clock.
+    embeds_in_this_process = True
 
     def __init__(self, prefetch_batches: int = 2) -> None:
         self.prefetch_batches = prefetch_batches
@@ -603,7 +607,7 @@ def build_database(
                     bar.update(n)
 
                 warm = getattr(embedder, "warm_up", None)
-                if warm is not None:
+                if warm is not None and getattr(engine, "embeds_in_this_process", True):
                     warm()  # build the model before the clock starts: the speed reported is the pipeline's
                     t0 = time.perf_counter()
                 (engine or LocalEngine()).run(job, todo, embedder, progress)
