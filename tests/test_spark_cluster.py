@@ -108,7 +108,9 @@ def test_cluster_extract_and_build_index_equal_the_local_engine(
     assert not list(tmp_path.glob("db/.partial*")), "the build's shards stayed uncommitted"
     _assert_same_database(tmp_path / "db", reference)
     manifest = Database.open(tmp_path / "db", load_index=False).manifest
-    assert manifest.extra["extraction"]["engine"]["master"] == spark_cluster.url  # type: ignore[attr-defined]
+    engine = manifest.extra["extraction"]["engine"]
+    assert engine["master"] == spark_cluster.url  # type: ignore[attr-defined]
+    assert engine["run"] == {"partitions": 10, "precisions": ["fp32"]}  # what the executors ran, per run
     r = _cli(tmp_path, "build-index", "db", "--index", "IVF4,Flat", "-q", *spark)
     assert r.returncode == 0, r.stdout + r.stderr
     built = Database.open(tmp_path / "db")

@@ -87,6 +87,8 @@ class ShardReport:
     model_seconds: float = 0.0
     skipped: bool = False
     peak_rss_mb: float = 0.0
+    #: The precision the executor's model runs (its own CPU's: a precision it cannot run falls back to fp32).
+    precision: str = ""
 
 
 @dataclass
@@ -233,7 +235,7 @@ def _extract_partition(job: BuildJob, attempts: int, threads: int | None, partit
                 done.add(shard)
                 yield ShardReport(shard, partition, attempt, os.getpid(), len(meta["ok"]), len(meta["failures"]),
                                   time.perf_counter() - t0, time.process_time() - c0, model_seconds,
-                                  peak_rss_mb=_peak_rss_mb())
+                                  peak_rss_mb=_peak_rss_mb(), precision=str(getattr(emb, "precision", "")))
                 model_seconds = 0.0
         except Exception as exc:
             if attempt + 1 < attempts:
@@ -337,8 +339,14 @@ class SparkEngine:
         return master
 
     def describe(self) -> dict[str, Any]:
-        """The engine's settings, for manifests (the master is the one the last context used)."""
-        return {"name": "spark", "master": self.last_master or self.master or "local[*]", "partitions": self.partitions}
+        """The engine's settings, for manifests (the master is the one the last context used), and what the last
+        run's executors ran: their precisions (one, unless executors with other CPUs fell back) and partitions."""
+        out: dict[str, Any] = {"name": "spark", "master": self.last_master or self.master or "local[*]",
+                               "partitions": self.partitions}
+        if self.last_run is not None:
+            out["run"] = {"partitions": self.last_run.partitions,
+                          "precisions": sorted({r.precision for r in self.last_run.shards if r.precision})}
+        return out
 
     # -------------------------------------------------------------- extraction
     def run(self, job: BuildJob, shards: Sequence[int], embedder: Any | None,
@@ -389,6 +397,11 @@ class SparkEngine:
                 report.job_seconds = time.perf_counter() - t0
         report.shards = [r for r in results if isinstance(r, ShardReport)]
         report.failures = [r for r in results if isinstance(r, PartitionFailure)]
+        planned = str(job.embedder_info.get("precision", "fp32"))
+        ran = sorted({r.precision for r in report.shards if r.precision and r.precision != planned})
+        if ran and job.kind == "image":
+            logger.warning("Executors ran precision %s instead of %s (their CPUs lack it natively); the run's "
+                           "precisions are recorded in the manifest", ", ".join(ran), planned)
         if report.failures:
             failed = sorted(s for f in report.failures for s in f.shards)
             raise PartitionFailedError(
@@ -527,8 +540,9 @@ def build_index_spark(db_path: str | os.PathLike[str], config: IndexConfig | Non
         add_seconds = time.perf_counter() - t0
         report = finish_index(index, vectors, live, config, factory=factory, n_train=n_train,
                               train_seconds=train_seconds, add_seconds=add_seconds, t_start=t_start)
+        described = {k: v for k, v in engine.describe().items() if k != "run"}  # "run": an extraction's
         db.install_index(index, report, force=True, extra={
-            "engine": {**engine.describe(), "partitions": len(parts), "on_disk": bool(on_disk),
+            "engine": {**described, "partitions": len(parts), "on_disk": bool(on_disk),
                        "ivfdata": ivfdata.name if ivfdata else None}})
     return report
 
