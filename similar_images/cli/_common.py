@@ -102,7 +102,8 @@ def engine_options(func: F) -> F:
                      help="Spark master with --engine spark: local[*], local[N], spark://HOST:7077, yarn ... "
                           "[default: the one spark-submit was given, else local[*]]."),
         click.option("--partitions", type=click.IntRange(1), default=None,
-                     help="Spark partitions (tasks) with --engine spark [default: one per shard to do]."),
+                     help="Spark partitions (tasks) with --engine spark [default: one per core, and at least one per "
+                          "4,096 items (extract, add, text build) or per million vectors (build-index)]."),
     ]
     for option in reversed(options):
         func = option(func)
