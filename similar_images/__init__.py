@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from . import errors
 from ._version import __version__
 from .errors import (
+    AutoPrecisionOnClusterError,
     BackendError,
     BackendUnavailableError,
     BadURLError,
