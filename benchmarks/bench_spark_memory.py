@@ -9,10 +9,11 @@ one-core task, the model built and warmed up, one batch of real photos embedded)
 
 1. without a limit: peak resident memory (``ru_maxrss``, what ``_peak_rss_mb`` reports) and peak address space
    (``VmPeak``);
-2. under ``RLIMIT_AS`` limits, bisected in 128 MiB steps: the smallest limit at which it loads and runs;
+2. under ``RLIMIT_AS`` at the peak address space rounded up to 256 MiB (it must run), and 256 MiB less (where
+   TensorFlow fails or spins on failed allocations: a probe that takes 3 times the unlimited run's time plus a
+   minute counts as failed);
 3. with ``--spark``: a real Spark ``local[1]`` extraction with ``spark.executor.pyspark.memory`` at the
-   recommended value (the smallest rounded up to 0.5 GiB, plus 0.5 GiB) and at the smallest limit less 512 MiB,
-   to check that the first runs and the second fails.
+   recommended value (the limit that runs rounded up to 0.5 GiB, plus 0.5 GiB), to check that it runs.
 
     python benchmarks/bench_spark_memory.py --spark
 """
@@ -26,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,15 +53,23 @@ print(json.dumps({"rss_mb": _peak_rss_mb(), "vmpeak_mb": int(peak) / 1024}))
 """
 
 
-def probe(model: str, weights: Path, limit_mb: int, photos: list[str]) -> dict[str, float] | None:
+def probe(model: str, weights: Path, limit_mb: int, photos: list[str], timeout: float = 900
+          ) -> dict[str, float] | None:
     """Run a task's model work in a fresh process under an address-space limit (0: none); None if it failed."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "TF_CPP_MIN_LOG_LEVEL": "2"}
-    r = subprocess.run([sys.executable, "-c", _PROBE, model, str(weights), str(limit_mb), json.dumps(photos)],
-                       capture_output=True, text=True, env=env, timeout=600)
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run([sys.executable, "-c", _PROBE, model, str(weights), str(limit_mb), json.dumps(photos)],
+                           capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  {model} under {limit_mb} MiB: no result in {timeout:.0f} s", flush=True)
+        return None
+    print(f"  {model} under {limit_mb or 'no'} MiB: exit {r.returncode} in {time.perf_counter() - t0:.0f} s",
+          flush=True)
     if r.returncode != 0:
         return None
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "seconds": time.perf_counter() - t0}
 
 
 def spark_run(model: str, weights: Path, limit_mb: int, photos: list[str]) -> str:
@@ -91,22 +101,20 @@ def main() -> None:
         weights = MODELS[model]
         free = probe(model, weights, 0, photos)
         assert free is not None, f"{model} does not run even without a limit"
-        lo, hi = int(free["rss_mb"]), int(math.ceil(free["vmpeak_mb"] / 128) * 128) + 128
-        while probe(model, weights, hi, photos) is None:  # VmPeak may undercount what a limit must allow
-            lo, hi = hi, hi * 2
-        while hi - lo > 128:
-            mid = (lo + hi) // 2
-            if probe(model, weights, mid, photos) is None:
-                lo = mid
-            else:
-                hi = mid
-        advice = int(math.ceil(hi / 512) * 512) + 512
+        limit = int(math.ceil(free["vmpeak_mb"] / 256) * 256)
+        patience = 3 * free["seconds"] + 60
+        while probe(model, weights, limit, photos, patience) is None:  # VmPeak may undercount what is needed
+            limit += 256
+            assert limit < free["vmpeak_mb"] + 2048, f"{model} does not run under {limit} MiB"
+        below = limit - 256
+        fails = probe(model, weights, below, photos, patience) is None
+        advice = int(math.ceil(limit / 512) * 512) + 512
         print(f"{model}: peak resident {free['rss_mb']:.0f} MiB; peak address space {free['vmpeak_mb']:.0f} MiB; "
-              f"smallest RLIMIT_AS that loads and runs it: {hi} MiB (fails at {lo}); advice: "
+              f"RLIMIT_AS {limit} MiB: runs; {below} MiB: {'fails' if fails else 'runs too'}; advice: "
               f"spark.executor.pyspark.memory={advice}m", flush=True)
         if args.spark:
-            print(f"  Spark local[1], pyspark.memory={advice}m: {spark_run(model, weights, advice, photos)}; "
-                  f"{max(512, lo - 512)}m: {spark_run(model, weights, max(512, lo - 512), photos)}", flush=True)
+            print(f"  Spark local[1], spark.executor.pyspark.memory={advice}m: "
+                  f"{spark_run(model, weights, advice, photos)}", flush=True)
 
 
 if __name__ == "__main__":
