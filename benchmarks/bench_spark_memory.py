@@ -35,6 +35,7 @@ ASSETS = Path(os.environ.get("SIMILAR_IMAGES_ASSETS", ROOT.parent / "shared" / "
 MODELS = {
     "mobilenetv2": ASSETS / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
     "vgg16-avg": ASSETS / "weights" / "vgg16_imagenet_notop.weights.h5",
+    "vgg16-fc2": Path("random"),  # the fc layers' ImageNet weights are not in the assets: same sizes, random values
 }
 
 _PROBE = r"""
@@ -91,7 +92,7 @@ def spark_run(model: str, weights: Path, limit_mb: int, photos: list[str]) -> st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join(MODELS), help=f"some of: {', '.join(MODELS)}")
     ap.add_argument("--images", type=Path, default=ASSETS / "images" / "coco" / "val2014")
     ap.add_argument("--spark", action="store_true", help="check the limits with real Spark local[1] runs")
     args = ap.parse_args()
