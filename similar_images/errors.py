@@ -10,6 +10,7 @@ dressing them up as user messages.
 
     SimilarImagesError
     |-- ConfigError (ValueError)           an option or setting has a bad value (batch_size=0, unknown model)
+    |   `-- AutoPrecisionOnClusterError    precision auto with an engine whose executors run on other machines
     |-- InputError (ValueError)            an input cannot be used
     |   |-- SourceNotFoundError (FileNotFoundError)   a folder, file list or CSV does not exist
     |   |-- NoInputsError                  a folder or list holds nothing usable
@@ -56,6 +57,7 @@ from typing import Any
 __all__ = [
     "SimilarImagesError",
     "ConfigError",
+    "AutoPrecisionOnClusterError",
     "InputError",
     "SourceNotFoundError",
     "NoInputsError",
@@ -135,6 +137,25 @@ class SimilarImagesError(Exception):
 
 class ConfigError(SimilarImagesError, ValueError):
     """An option or setting has a bad value (e.g. ``batch_size=0``, an unknown model name)."""
+
+
+class AutoPrecisionOnClusterError(ConfigError):
+    """``precision="auto"`` with an engine whose executors run on other machines than this one.
+
+    ``auto`` is chosen by measuring the CPU it runs on: this machine's, whereas the executors of a cluster may have
+    other CPUs (a lower precision that is fast here can be emulated, hence slow, there). An explicit precision is
+    needed: fp32 runs everywhere.
+
+    Attributes:
+        master: The engine's cluster (e.g. the Spark master URL).
+    """
+
+    def __init__(self, master: str) -> None:
+        self.master = master
+        super().__init__(
+            f"precision 'auto' is chosen by measuring this machine's CPU, but the executors of {master} run on "
+            "other machines, whose CPUs may differ; set the precision explicitly (fp32 runs everywhere; bf16 or "
+            "int8 where every executor's CPU runs it natively)")
 
 
 class InputError(SimilarImagesError, ValueError):

@@ -317,3 +317,22 @@ def walkthrough_db(coco_dir: Path, mobilenet_weights: Path, tmp_path_factory: py
     extract_features(listing, db, ExtractConfig(model="mobilenetv2", weights=str(mobilenet_weights), verbose=False))
     Database.open(db, load_index=False).build_index()
     return db
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A Spark standalone cluster on 127.0.0.1: a master and 2 one-core workers (``tests/spark_cluster.py``),
+    shared by the session's tests and stopped at its end, with no process left behind."""
+    from spark_cluster import leftover_processes, standalone_cluster
+
+    from similar_images.engines.spark_context import check_spark
+
+    try:
+        check_spark()
+    except Exception as exc:  # noqa: BLE001  (SparkUnavailableError: no pyspark or no Java here)
+        pytest.skip(str(exc))
+    folder = tmp_path_factory.mktemp("spark-cluster")
+    with standalone_cluster(folder, workers=2) as cluster:
+        yield cluster
+    left = leftover_processes(folder)
+    assert not left, f"Spark processes left after the cluster stopped: {left}"

@@ -199,6 +199,57 @@ def test_shards_committed_where_the_driver_does_not_look_are_named(tmp_path: Pat
     _check_landed(job, reports)  # seen by the driver: nothing to say
 
 
+# ------------------------------------------------------------------ mixed clusters, driver (fast: no Spark)
+def test_auto_precision_is_refused_on_a_cluster_master(synthetic_images: Path, tiny_model: str,
+                                                       tmp_path: Path) -> None:
+    """auto measures the driver's CPU: with executors on other machines an explicit precision is asked for,
+    before anything is written (local masters keep auto: their executors share this CPU)."""
+    from click.testing import CliRunner
+
+    from similar_images.cli import main
+    from similar_images.errors import AutoPrecisionOnClusterError
+
+    master = "spark://127.0.0.1:7077"
+    with pytest.raises(AutoPrecisionOnClusterError, match="set the precision explicitly") as info:
+        extract_features(synthetic_images, tmp_path / "db", ExtractConfig(model=tiny_model, weights="random"),
+                         engine=SparkEngine(master))
+    assert info.value.master == master and not (tmp_path / "db").exists()
+    assert SparkEngine("local[2]").remote_master() is None and SparkEngine().remote_master() is None
+    r = CliRunner().invoke(main, ["extract", str(synthetic_images), str(tmp_path / "db"), "--model", tiny_model,
+                                  "--weights", "random", "--engine", "spark", "--master", master])
+    assert r.exit_code == 1 and not (tmp_path / "db").exists()
+    assert r.output.strip().splitlines() == [
+        f"Error: --precision auto measures this machine's CPU, but the executors of {master} run on other machines; "
+        "pass --precision fp32 (or bf16/int8 if every executor's CPU runs it natively)"]
+
+
+class _OtherProcesses:
+    """An engine whose model runs in other processes (as Spark's executors): here a fresh embedder per run."""
+
+    embeds_in_this_process = False
+
+    def run(self, job: BuildJob, shards: Any, embedder: Any, progress: Any) -> None:
+        from similar_images.engines.local import LocalEngine
+
+        LocalEngine().run(job, shards, None, progress)
+
+
+def test_driver_does_not_load_the_model_for_an_engine_that_embeds_elsewhere(synthetic_images: Path,
+                                                                             tiny_model: str, tmp_path: Path) -> None:
+    """The build's warm-up runs only where the model computes: the driver's embedder stays unloaded."""
+    from similar_images.embed import ImageEmbedder
+
+    assert SparkEngine.embeds_in_this_process is False
+    emb = ImageEmbedder(tiny_model, "random")
+    s = extract_features(synthetic_images, tmp_path / "db", ExtractConfig(model=tiny_model, weights="random",
+                                                                         precision="fp32", verbose=False),
+                         embedder=emb, engine=_OtherProcesses())  # type: ignore[arg-type]
+    assert s.extracted == 12 and emb._runner is None
+    extract_features(synthetic_images, tmp_path / "db2", ExtractConfig(model=tiny_model, weights="random",
+                                                                      precision="fp32", verbose=False), embedder=emb)
+    assert emb._runner is not None  # the local engine loads it, once, before its clock starts
+
+
 # ------------------------------------------------------------------ contexts (slow: Spark)
 def _env_in_task(name: str) -> Any:
     def task(_: Any) -> Any:

@@ -17,6 +17,7 @@ from ..embed.backends import BACKENDS, PRECISIONS
 from ..embed.tf_import import quiet_tensorflow
 from ..engines.spark import SparkEngine
 from ..errors import (
+    AutoPrecisionOnClusterError,
     BackendUnavailableError,
     DatabaseCorruptError,
     DatabaseExistsError,
@@ -80,6 +81,9 @@ def cli_message(exc: SimilarImagesError) -> str:
     if isinstance(exc, InterruptedBuildError):
         return (f"{exc.path} holds an interrupted build with other settings ({exc.settings}), {exc.shards} shard(s) "
                 "done. Re-run with the same options to resume it, or pass --force to start over.")
+    if isinstance(exc, AutoPrecisionOnClusterError):
+        return (f"--precision auto measures this machine's CPU, but the executors of {exc.master} run on other "
+                "machines; pass --precision fp32 (or bf16/int8 if every executor's CPU runs it natively)")
     if isinstance(exc, IndexNotBuiltError):
         return f"{exc.path} has no index; run 'similar-images build-index {exc.path}' first, or use --index flat"
     hint = advice(exc)
@@ -201,8 +205,9 @@ def engine_options(func: F | None = None, *, index_only: bool = False) -> Any:
     if func is None:
         return functools.partial(engine_options, index_only=index_only)
     index_default = "max(Spark's default parallelism, one per million vectors)"
+    extract_default = "one per Spark task slot (core), and at least one per 4,096 items"
     partitions_default = (index_default if index_only
-                          else f"one per shard to do; for an index, {index_default}")
+                          else f"{extract_default}; for an index, {index_default}")
     options = [
         click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
                      help="local: this process; spark: Apache Spark (needs pyspark and Java; the database folder "

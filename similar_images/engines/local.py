@@ -135,7 +135,11 @@ class IndexBuild(NamedTuple):
 
 
 class Engine(Protocol):
-    """Runs the shards of a build and builds indexes (see the module documentation)."""
+    """Runs the shards of a build and builds indexes (see the module documentation).
+
+    An engine whose model runs in other processes (Spark's executors) also says ``embeds_in_this_process = False``,
+    so that a build does not load the model here.
+    """
 
     def describe(self) -> dict[str, Any]:
         """The engine and its settings, for manifests."""
@@ -205,6 +209,9 @@ class LocalEngine:
     Args:
         prefetch_batches: Batches prepared ahead of the one the model runs on.
     """
+
+    #: The model runs here: a build warms it up before it starts its clock.
+    embeds_in_this_process = True
 
     def __init__(self, prefetch_batches: int = 2) -> None:
         self.prefetch_batches = prefetch_batches

@@ -264,7 +264,7 @@ def build_database(
                     bar.update(n)
 
                 warm = getattr(embedder, "warm_up", None)
-                if warm is not None:
+                if warm is not None and getattr(engine, "embeds_in_this_process", True):
                     warm()  # build the model before the clock starts: the speed reported is the pipeline's
                     t0 = time.perf_counter()
                 (engine or LocalEngine()).run(job, todo, embedder, progress)

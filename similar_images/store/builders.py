@@ -26,7 +26,7 @@ from ..embed import (
 from ..embed.backends import DEFAULT_THRESHOLD, PrecisionChoice, check_inference
 from ..embed.image import DECODERS
 from ..engines.local import Engine, describe_engine
-from ..errors import ConfigError
+from ..errors import AutoPrecisionOnClusterError, ConfigError
 from ..sources.images import DEFAULT_MAX_PIXELS, collect_inputs
 from ..sources.texts import read_texts
 from .build import BuildConfig, BuildSummary, build_database
@@ -146,8 +146,14 @@ def extract_features(
         DatabaseExistsError: If a database already exists at ``db_path`` and ``force`` is false.
         DatabaseError: If an interrupted extraction with other settings is found.
         SourceNotFoundError, NoInputsError: If the input does not exist or holds no image.
+        AutoPrecisionOnClusterError: If ``config.precision`` is ``"auto"`` and the engine's executors run on other
+            machines (a Spark master other than ``local``).
     """
     config = config or ExtractConfig()
+    remote = getattr(engine, "remote_master", None)
+    master = remote() if remote is not None and config.precision == "auto" else None
+    if master is not None:  # auto would measure this machine's CPU, not the executors'
+        raise AutoPrecisionOnClusterError(master)
     paths = [str(p) for p in collect_inputs(inputs)]
     if embedder is None:
         needs_sample = config.backend == "openvino" or config.precision == "auto"
