@@ -76,9 +76,9 @@ def probe(model: str, weights: Path, limit_mb: int, photos: list[str], timeout: 
 def spark_run(model: str, weights: Path, limit_mb: int, photos: list[str]) -> str:
     """A Spark ``local[1]`` extraction with ``spark.executor.pyspark.memory``: 'ran' or the error."""
     from similar_images import ExtractConfig
-    from similar_images.store import extract_features
     from similar_images.engines.spark import SparkEngine
     from similar_images.errors import SimilarImagesError
+    from similar_images.store import extract_features
 
     engine = SparkEngine("local[1]", conf={"spark.executor.pyspark.memory": f"{limit_mb}m"})
     config = ExtractConfig(model=model, weights=str(weights), precision="fp32", batch_size=32, shard_size=32,
