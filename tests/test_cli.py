@@ -77,7 +77,7 @@ def test_full_flow(tmp_path: Path, synthetic_images: Path, tiny_model: str) -> N
 
     r = runner.invoke(main, ["build-index", str(db), "--index", "Flat", "--json"])
     assert r.exit_code == 0, r.output
-    report = json.loads(r.output)
+    report = json.loads(r.stdout)
     assert report["factory"] == "Flat" and report["recall_at_10"] == 1.0
 
     r = runner.invoke(main, ["search", str(db), "3", "--id", "-k", "4"])
@@ -86,7 +86,7 @@ def test_full_flow(tmp_path: Path, synthetic_images: Path, tiny_model: str) -> N
 
     img = sorted(synthetic_images.rglob("img05*"))[0]
     r = runner.invoke(main, ["search", str(db), str(img), "-k", "2", "--json"])
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)
     assert out["results"][0]["path"] == str(img) and out["results"][0]["score"] == pytest.approx(1, abs=1e-4)
 
     r = runner.invoke(main, ["search", str(db), "x", "--id"])
@@ -96,7 +96,7 @@ def test_full_flow(tmp_path: Path, synthetic_images: Path, tiny_model: str) -> N
 
     r = runner.invoke(main, ["info", str(db)])
     assert "items: 12 (12 searchable, 0 removed), failed: 1" in r.output and "index: Flat" in r.output
-    assert json.loads(runner.invoke(main, ["info", str(db), "--json"]).output)["counts"]["failed"] == 1
+    assert json.loads(runner.invoke(main, ["info", str(db), "--json"]).stdout)["counts"]["failed"] == 1
 
     more = tmp_path / "more"
     more.mkdir()
@@ -165,7 +165,7 @@ def test_search_rerank_option_picks_exact_or_index_scores(tmp_path: Path) -> Non
     def top(*extra: str) -> dict:
         r = runner.invoke(main, ["search", str(db), "7", "--id", "-k", "3", "--json", *extra])
         assert r.exit_code == 0, r.output
-        return json.loads(r.output)["results"][0]
+        return json.loads(r.stdout)["results"][0]
 
     exact, approximate = top(), top("--rerank", "1")
     assert exact["id"] == 7 and exact["score"] == pytest.approx(1.0, abs=1e-5)
@@ -245,7 +245,7 @@ def test_a_bare_number_is_an_id_in_search_as_in_explain(tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(main, ["search", str(db), "7", "-k", "3", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["results"][0]["id"] == 7
+    assert json.loads(r.stdout)["results"][0]["id"] == 7
     r = runner.invoke(main, ["search", str(db), "128"])
     assert r.exit_code == 1 and "Unknown id 128" in r.output and "no image file is named '128'" in r.output
     # The same rule as explain's: digits naming an existing file are that file.
