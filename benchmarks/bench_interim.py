@@ -106,7 +106,7 @@ def main() -> None:
     e, m = float(np.median(exact_ms)), float(np.median(merged_ms))
     print(f"interim index, {n:,} x {d}, shards of {size:,}: {part.rows:,} rows in {part.factory} "
           f"(search params {params}), the last {n - part.rows:,} exact")
-    print(f"  opening the view that starts the training: {opened_s * 1e3:8.1f} ms (the training runs in the "
+    print(f"  first view (reads every shard; starts the training): {opened_s * 1e3:8.1f} ms (the training runs in the "
           "background)")
     print(f"  training in the background (1 thread):      {train_s:8.1f} s")
     print(f"  exact search over all {n:,} rows:         {e:8.2f} ms a query (median of {len(queries)})")

@@ -475,6 +475,28 @@ def test_a_partial_build_with_an_interim_index_is_searched_as_index_plus_exact_m
     queries = np.concatenate([build.vectors[:48:3], rng.normal(size=(8, SYN_DIM)).astype(np.float32)])
     found = set(_assert_same_as_exact(view, queries))
     assert any(i < 32 for i in found) and any(32 <= i < 48 for i in found)  # ids from both parts, global
+    from similar_images.errors import QueryError
+
+    with pytest.raises(QueryError, match="efSearch"):
+        view.search(0, k=3, ef_search=8)  # an HNSW setting on an IVF index: refused, the defaults stay
+    assert view.search(0, k=3).params["nprobe"] == 4
+
+
+def test_health_reports_the_rows_an_interim_index_answers_for(tmp_path: Path) -> None:
+    """/health says how many of the searchable rows an index answers for (the rest are searched exactly)."""
+    from similar_images.index import IndexConfig
+    from similar_images.service.config import ServeConfig
+    from similar_images.service.logic import ServiceState
+    from similar_images.store.live import LiveDatabase
+
+    build = SyntheticBuild(tmp_path / "db")
+    build.land(0, 1, 2)
+    state = ServiceState(config=ServeConfig(db=build.db))
+    state.live = LiveDatabase(build.db, interval=0.0, interim_index_at=2 * SYN_SHARD,
+                              interim_config=IndexConfig(**EXACT_IVF))
+    state.live.get()._interim.wait(60)
+    health = state.health()
+    assert health["items"] == 48 and health["indexed_rows"] == 48 and health["index"] is None
 
 
 def test_a_new_shard_is_found_before_the_interim_index_is_extended(tmp_path: Path) -> None:
