@@ -135,7 +135,7 @@ class InterimIndex:
                         new = self._train(vectors)
                     else:
                         new = self._extend(part, vectors)
-            except (IndexTrainingError, ConfigError, RuntimeError, MemoryError) as exc:
+            except (IndexTrainingError, ConfigError, RuntimeError, ValueError, MemoryError) as exc:
                 logger.warning("No interim index over %d rows (%s); searches over them stay exact", n, exc)
                 self._failed_at = n
                 continue
@@ -151,8 +151,9 @@ class InterimIndex:
 
     def _extend(self, part: IndexedPart, vectors: np.ndarray) -> IndexedPart:
         n = len(vectors)
-        with part.lock:  # a copy: views searching the published one never see it change
-            index = faiss.clone_index(part.index)
+        # A copy: views searching the published one never see it change. Not under its lock, so no request
+        # waits: a search only sets search parameters on it, which every search sets again before it runs.
+        index = faiss.clone_index(part.index)
         add_vectors(index, vectors[part.rows:n], np.arange(part.rows, n, dtype=np.int64),
                     self.config.add_batch_size)
         self.extensions += 1
