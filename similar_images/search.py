@@ -27,7 +27,7 @@ import numpy as np
 from ._util.http import FetchConfig
 from .embed import Embedder
 from .errors import ConfigError, QueryError
-from .index import DEFAULT_RERANK, exact_search, faiss_threads, rerank_exact, set_search_params
+from .index import DEFAULT_RERANK, exact_search, faiss_threads, merged_search, rerank_exact, set_search_params
 from .index.rerank import candidates_for
 from .index.types import FaissIndex
 
@@ -55,12 +55,16 @@ class Searchable(Protocol):
         vectors: ``(n, dim)`` stored L2-normalised vectors, row ``i`` = id ``i`` (a memmap is fine).
         items: Item ``i`` of id ``i`` (path or text).
         removed: Boolean mask over ids: removed items are never returned.
-        index: The Faiss index over the ids (``None``: searches are exact).
+        index: The Faiss index over the ids (``None``: searches are exact, or merged, see ``indexed_part``).
         index_lock: Held while search parameters are changed on the shared index.
         search_defaults: The index's saved search parameters (``nprobe`` ...).
         filtered_ids: Ids still in an index that cannot delete, filtered out of its results.
         embedder: Embeds queries the way the database was built.
         item_key: Key of the item in JSON results (``"path"`` or ``"text"``).
+
+    Optionally, where ``index`` is ``None``, an ``indexed_part`` attribute: an
+    :class:`~similar_images.index.IndexedPart` over the first rows (a database still being built); searches
+    then use it for those rows and exact search for the rest (:func:`~similar_images.index.merged_search`).
     """
 
     @property
@@ -212,7 +216,8 @@ def search_vectors(db: Searchable, xq: np.ndarray, k: int, *, exact: bool = Fals
         xq: ``(q, dim)`` normalised query vectors.
         k: Results per query.
         exact: Brute force over the stored vectors instead of the index.
-        nprobe, ef_search, k_factor: Index search parameters (default: the database's).
+        nprobe, ef_search, k_factor: Index search parameters (default: the database's, or those of the
+            ``indexed_part`` of a database still being built).
         rerank: Fetch ``k * rerank`` candidates from the index and re-rank
             them with the stored vectors, so that scores are exact cosine
             similarities (a compressed index's own scores are approximate, and
@@ -227,6 +232,14 @@ def search_vectors(db: Searchable, xq: np.ndarray, k: int, *, exact: bool = Fals
         raise QueryError(f"rerank must be a non-negative integer, got {rerank!r}")
     k_eff = min(k, max(len(db), 1))
     threads = 1 if len(xq) <= SINGLE_THREAD_MAX_QUERIES else None
+    part = None if exact or db.index is not None else getattr(db, "indexed_part", None)
+    if part is not None:  # an index over the first rows, exact search over the newer ones, merged
+        overrides = {"nprobe": nprobe, "efSearch": ef_search, "k_factor": k_factor}
+        try:
+            return merged_search(part, db.vectors, xq, k_eff, exclude=db.removed if db.removed.any() else None,
+                                 overrides=overrides, rerank=rerank, threads=threads)
+        except ConfigError as exc:
+            raise QueryError(str(exc)) from exc
     if exact or db.index is None:
         removed = db.removed if db.removed.any() else None
         with faiss_threads(threads):

@@ -387,3 +387,196 @@ def test_a_damaged_new_version_keeps_the_one_in_use_and_is_tried_again_when_the_
     assert live.reloads == opened and live._reloading is not None
     manifest.write_text(text)  # repaired: a new stamp
     wait_for(lambda: live.get() is not good and len(live.get()) == 12, "the repaired database", 10)
+
+
+# --------------------------------------------------------------------------- an interim index while a build runs
+SYN_DIM = 16
+SYN_SHARD = 16
+#: "IVF4,Flat" probing all 4 lists is exact: the merged search must give exact search's top k.
+EXACT_IVF = {"factory": "IVF4,Flat", "nprobe": 4, "eval_queries": 0}
+
+
+class SyntheticBuild:
+    """An unfinished build of clustered synthetic vectors (no model): the real plan and shard files, each shard
+    committed when the test says so."""
+
+    def __init__(self, db: Path, n: int = 8 * SYN_SHARD) -> None:
+        from similar_images._util import io as _io
+        from similar_images.store.plan import PLAN, PLAN_ITEMS
+
+        rng = np.random.default_rng(7)
+        centres = rng.normal(size=(6, SYN_DIM))
+        vectors = centres[rng.integers(0, 6, n)] + 0.4 * rng.normal(size=(n, SYN_DIM))
+        self.vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+        self.db, self.partial = db, db / PARTIAL_DIR
+        self.partial.mkdir(parents=True)
+        items = [f"/photos/{i:04d}.jpg" for i in range(n)]
+        (self.partial / PLAN_ITEMS).write_text("".join(json.dumps(x) + "\n" for x in items))
+        model = {"name": "synthetic", "dim": SYN_DIM, "weights": "random"}
+        _io.write_json(self.partial / PLAN, {"settings": {"kind": "image", "model": model,
+                                                         "shard_size": SYN_SHARD}, "n": n, "digest": "synthetic"})
+
+    def land(self, *shards: int) -> None:
+        from similar_images.engines.shards import write_shard
+
+        for s in shards:
+            lo, hi = s * SYN_SHARD, (s + 1) * SYN_SHARD
+            write_shard(self.partial, s, list(range(lo, hi)), self.vectors[lo:hi], [], SYN_DIM)
+
+    def open(self, previous: Any = None, **options: Any) -> Any:
+        from similar_images.index import IndexConfig
+        from similar_images.store.live import open_readable
+
+        options.setdefault("interim_index_at", 2 * SYN_SHARD)
+        options.setdefault("interim_config", IndexConfig(**EXACT_IVF))
+        return open_readable(self.db, previous=previous, **options)
+
+
+class GatedIndexEngine:
+    """The real LocalEngine's build_index, held until the test releases it (so a test sees a training run)."""
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "gated"}
+
+    def build_index(self, vectors: np.ndarray, config: Any, **kw: Any) -> Any:
+        self.started.set()
+        self.release.wait(60)
+        return LocalEngine().build_index(vectors, config, **kw)
+
+
+def _assert_same_as_exact(view: Any, queries: np.ndarray, k: int = 10) -> list[int]:
+    """Each query's merged top k equals exact search's; returns every id found."""
+    found = []
+    for q in queries:
+        merged, exact = view.search(q, k=k), view.search(q, k=k, exact=True)
+        assert merged.params["exact"] is False and merged.params["indexed_rows"] == view.indexed_part.rows
+        assert merged.ids == exact.ids
+        np.testing.assert_allclose(merged.scores, exact.scores, rtol=1e-5, atol=1e-6)
+        found += merged.ids
+    return found
+
+
+def test_a_partial_build_with_an_interim_index_is_searched_as_index_plus_exact_merged(tmp_path: Path) -> None:
+    """Before: a view of an unfinished build had no index and searched every committed row exactly, whatever
+    its size. Now an index trained over the first rows answers for them, the newer rows are searched exactly,
+    and the merge gives the same top k as exact search over all committed rows (IVF probing every list)."""
+    build = SyntheticBuild(tmp_path / "db")
+    build.land(0, 1)
+    first = build.open()
+    assert first._interim.wait(60) and first.indexed_part is not None and first.indexed_part.rows == 32
+    build.land(2)  # 16 new rows: fewer than interim_index_at, so the index is not extended
+    view = build.open(previous=first)
+    assert view._interim is first._interim and view._interim.wait(60)
+    assert view.indexed_part.rows == 32 and len(view) == 48 and view.index is None
+    rng = np.random.default_rng(1)
+    queries = np.concatenate([build.vectors[:48:3], rng.normal(size=(8, SYN_DIM)).astype(np.float32)])
+    found = set(_assert_same_as_exact(view, queries))
+    assert any(i < 32 for i in found) and any(32 <= i < 48 for i in found)  # ids from both parts, global
+    from similar_images.errors import QueryError
+
+    with pytest.raises(QueryError, match="efSearch"):
+        view.search(0, k=3, ef_search=8)  # an HNSW setting on an IVF index: refused, the defaults stay
+    assert view.search(0, k=3).params["nprobe"] == 4
+
+
+def test_health_reports_the_rows_an_interim_index_answers_for(tmp_path: Path) -> None:
+    """/health says how many of the searchable rows an index answers for (the rest are searched exactly)."""
+    from similar_images.index import IndexConfig
+    from similar_images.service.config import ServeConfig
+    from similar_images.service.logic import ServiceState
+    from similar_images.store.live import LiveDatabase
+
+    build = SyntheticBuild(tmp_path / "db")
+    build.land(0, 1, 2)
+    state = ServiceState(config=ServeConfig(db=build.db))
+    state.live = LiveDatabase(build.db, interval=0.0, interim_index_at=2 * SYN_SHARD,
+                              interim_config=IndexConfig(**EXACT_IVF))
+    state.live.get()._interim.wait(60)
+    health = state.health()
+    assert health["items"] == 48 and health["indexed_rows"] == 48 and health["index"] is None
+
+
+def test_a_new_shard_is_found_before_the_interim_index_is_extended(tmp_path: Path) -> None:
+    """The rows of a shard committed after the training are searched exactly until the index takes them."""
+    build = SyntheticBuild(tmp_path / "db")
+    build.land(0, 1)
+    first = build.open()
+    first._interim.wait(60)
+    build.land(2)
+    view = build.open(previous=first)
+    view._interim.wait(60)
+    assert view.indexed_part.rows == 32 and view._interim.extensions == 0
+    for i in range(32, 48):
+        hits = view.search(i, k=3)
+        assert hits.ids[0] == i and hits.params["exact"] is False and hits.params["indexed_rows"] == 32
+
+
+def test_the_interim_index_grows_by_adding_and_is_retrained_when_the_rows_grew_4x(tmp_path: Path) -> None:
+    """New rows are added to a copy of the trained index (the same centroids; a view searching the old one never
+    sees it change); after 4x the rows it was trained on, a new one is trained."""
+    import faiss
+
+    build = SyntheticBuild(tmp_path / "db")
+    build.land(0, 1)
+    first = build.open()
+    first._interim.wait(60)
+    trained = first.indexed_part
+    build.land(2, 3)  # 32 new rows: interim_index_at of them
+    grown = build.open(previous=first)
+    interim = grown._interim
+    assert interim.wait(60) and interim.trainings == 1 and interim.extensions == 1
+    part = grown.indexed_part
+    assert part.rows == 64 and part.trained_rows == 32 and part.index.ntotal == 64
+    centroids = [faiss.extract_index_ivf(p.index).quantizer.reconstruct_n(0, 4) for p in (trained, part)]
+    np.testing.assert_array_equal(centroids[0], centroids[1])  # added to, not retrained
+    assert trained.index.ntotal == 32 and first.indexed_part is None  # the older view: exact, never a wrong id
+    _assert_same_as_exact(grown, build.vectors[::5])
+    build.land(4, 5, 6, 7)  # 128 rows: 4x the 32 it was trained on
+    latest = build.open(previous=grown)
+    assert interim.wait(60) and interim.trainings == 2 and latest.indexed_part.trained_rows == 128
+    assert latest.indexed_part.rows == 128 and latest.search(100, k=1).ids == [100]
+
+
+def test_a_reader_never_waits_for_the_interim_index_and_answers_exactly_while_it_trains(tmp_path: Path) -> None:
+    """Training runs in a background thread: opening a view and searching it do not wait for it; a request
+    during the training is answered exactly, and the same view uses the index once it is trained."""
+    build = SyntheticBuild(tmp_path / "db")
+    build.land(0, 1)
+    engine = GatedIndexEngine()
+    view = build.open(interim_engine=engine)
+    assert engine.started.wait(30)
+    during = view.search(5, k=5)
+    assert view._interim.busy and not engine.release.is_set()  # answered while the training was held
+    assert during.params == {"exact": True} and during.ids == view.search(5, k=5, exact=True).ids
+    engine.release.set()
+    assert view._interim.wait(60)
+    after = view.search(5, k=5)
+    assert after.params["exact"] is False and after.ids == during.ids
+
+
+def test_the_interim_index_follows_a_real_build_and_gives_way_to_the_finished_database(
+        extraction: Extraction) -> None:
+    """What the service and the app hold (a LiveDatabase) trains the interim index, searches it merged with the
+    newest shards, and switches to the finished database when the build ends."""
+    from similar_images.index import IndexConfig
+    from similar_images.store.live import LiveDatabase
+
+    live = LiveDatabase(extraction.db, interval=0.0, interim_index_at=2 * SHARD,
+                        interim_config=IndexConfig(factory="IVF2,Flat", nprobe=2, eval_queries=0))
+    extraction.land(0)
+    extraction.land(1)
+    wait_for(lambda: (d := live.current()) is not None and len(d) == 2 * SHARD, "two shards")
+    live.get()._interim.wait(60)
+    extraction.land(2)
+    wait_for(lambda: len(live.get()) == 3 * SHARD, "the third shard")
+    view = live.get()
+    assert view.indexed_part is not None and view.indexed_part.rows == 2 * SHARD
+    hits = view.search(10, k=3 * SHARD)
+    assert hits.ids[0] == 10 and hits.ids == view.search(10, k=3 * SHARD, exact=True).ids
+    interim = view._interim
+    extraction.finish()
+    wait_for(lambda: not live.get().partial, "the finished database")
+    assert live.get().indexed_part is None and interim._closed

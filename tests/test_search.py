@@ -144,3 +144,29 @@ def test_rerank_gives_exact_cosine_scores_on_a_pq_index(tmp_path: Path) -> None:
     assert len(set(reranked.ids) & set(exact.ids)) >= len(set(raw.ids) & set(exact.ids))
     with pytest.raises(QueryError, match="rerank"):
         db.search(q, rerank=-1)
+
+
+def test_merged_search_equals_exact_search_and_skips_excluded_rows_in_both_parts() -> None:
+    """The index over the first rows + exact over the rest, merged: with an IVF probing every list, exactly
+    exact search's top k, global ids, excluded rows never returned (whichever part holds them)."""
+    from similar_images.index import IndexConfig, IndexedPart, build_index, exact_search, merged_search
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(200, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index, report = build_index(vectors[:150], IndexConfig(factory="IVF4,Flat", nprobe=4, eval_queries=0))
+    part = IndexedPart(index, 150, report.search_params, "IVF4,Flat", trained_rows=150)
+    queries = np.concatenate([vectors[[3, 160, 199]], rng.normal(size=(5, 16)).astype(np.float32)])
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exclude = np.zeros(200, dtype=bool)
+    exclude[[3, 10, 160, 170]] = True
+    for mask in (None, exclude):
+        scores, ids, params = merged_search(part, vectors, queries, 12, exclude=mask)
+        want_scores, want_ids = exact_search(vectors, queries, 12, exclude=mask)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
+        assert params == {"exact": False, "nprobe": 4, "indexed_rows": 150, "rerank": 4}
+    assert not np.isin(ids, [3, 10, 160, 170]).any() and (ids >= 150).any() and (ids < 150).any()
+    assert index.nprobe == 4  # an override is undone after the search
+    merged_search(part, vectors, queries, 5, overrides={"nprobe": 1})
+    assert index.nprobe == 4

@@ -8,6 +8,7 @@ This layer knows Faiss and numpy only: it never sees a database. Modules:
 * :mod:`.calibrate`: nprobe measured against exact search;
 * :mod:`.params`: search parameters through :class:`faiss.ParameterSpace`, thread counts;
 * :mod:`.exact`, :mod:`.recall`, :mod:`.rerank`: exact search, recall@k, exact re-ranking;
+* :mod:`.merged`: an index over the first rows and exact search over the rest, merged by score;
 * :mod:`.bands`: score bands in plain words, thresholds from the nearest-neighbour similarities;
 * :mod:`.io`: atomic reads and writes.
 
@@ -32,6 +33,7 @@ from .factory import (
     pq_factory,
 )
 from .io import index_nbytes, read_index, write_index
+from .merged import IndexedPart, merged_search
 from .params import default_search_params, faiss_threads, fallback_nprobe, ivf_of, set_search_params, unwrap
 from .recall import drop_self, recall_at_k, recall_stalled, recall_table, recall_within
 from .rerank import DEFAULT_RERANK, RerankedSearch, rerank_exact
@@ -62,6 +64,8 @@ __all__ = [
     "original_factory",
     "pq_factory",
     "index_nbytes",
+    "IndexedPart",
+    "merged_search",
     "read_index",
     "write_index",
     "default_search_params",

@@ -89,6 +89,17 @@ def as_bool(value: object, name: str) -> bool:
     raise InvalidParameterError(f"{name} must be true or false, got {shown(value)}")
 
 
+def _indexed_rows(db: Database | None) -> int:
+    """Rows an index answers for: all with the database's own index, the first ones of an unfinished build once
+    its reader's interim index is trained (the rest are searched exactly), else 0."""
+    if db is None:
+        return 0
+    if db.index is not None:
+        return db.ntotal
+    part = db.indexed_part
+    return part.rows if part is not None else 0
+
+
 @dataclass
 class ServiceState:
     """What one worker holds: the database it follows (:class:`~similar_images.store.live.LiveDatabase`: new
@@ -172,6 +183,7 @@ class ServiceState:
             "dim": db.dim if db is not None else None,
             "items": len(db) if db is not None else 0,
             "index": index.factory if index else None,
+            "indexed_rows": _indexed_rows(db),
             "build": progress.to_dict(),
             "uptime_s": round(time.time() - self.started_at, 3),
             "load_s": round(self.load_seconds, 3),

@@ -10,6 +10,8 @@
 * :mod:`.locking`: the write lock that serialises concurrent writers;
 * :mod:`.live`: reading a database that changes: :func:`open_readable` (what a build has committed so far),
   :class:`LiveDatabase` (a folder followed as any process changes it), :func:`build_progress`.
+* :mod:`.interim`: :class:`~.interim.InterimIndex`, the index a reader trains in the background over the rows
+  of a build still running (searches merge it with exact search over the newer rows).
 """
 
 from __future__ import annotations

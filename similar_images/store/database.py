@@ -59,6 +59,7 @@ from ..index import (
     DEFAULT_RERANK,
     BuildReport,
     IndexConfig,
+    IndexedPart,
     ScoreBands,
     add_vectors,
     factory_for,
@@ -86,6 +87,7 @@ from .folder import (
     verify_vectors,
     write_failures,
 )
+from .interim import InterimIndex
 from .locking import database_lock
 from .manifest import MANIFEST, Checksum, IndexInfo, Manifest, now
 
@@ -132,6 +134,8 @@ class Database:
         self._measured_bands: ScoreBands | None = None
         #: A read-only view of the shards an unfinished build has committed (see :mod:`.live`).
         self.partial = False
+        #: The interim index a reader trains over such a view's rows (see :mod:`.interim`).
+        self._interim: InterimIndex | None = None
 
     @staticmethod
     def _removed_mask(manifest: Manifest, n: int) -> np.ndarray:
@@ -319,6 +323,12 @@ class Database:
         """Removed ids still inside an index that cannot delete them (filtered out of its results)."""
         ids = self.manifest.index.filtered_ids if self.manifest.index else []
         return np.asarray(ids, dtype=np.int64)
+
+    @property
+    def indexed_part(self) -> IndexedPart | None:
+        """The interim index over the first rows of a view of an unfinished build, once trained (searches then
+        merge it with exact search over the newer rows); ``None`` otherwise."""
+        return self._interim.covering(len(self.items)) if self._interim is not None else None
 
     @property
     def ntotal(self) -> int:

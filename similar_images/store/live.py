@@ -12,6 +12,10 @@ background thread once it holds one) and swaps it in, so a request never
 waits for a reload and never sees a half-read database. :func:`build_progress`
 says how far a build has got.
 
+A reader that follows a build (``interim_index_at``, by default in :class:`LiveDatabase`) trains an interim
+index over the committed rows once there are enough of them (:mod:`.interim`, in the background); its views
+then search that index for the rows it holds and the newer rows exactly, the two merged.
+
 Example:
     >>> live = LiveDatabase("coco-db")            # doctest: +SKIP
     >>> live.get().search("cat.jpg", k=5)          # doctest: +SKIP
@@ -35,11 +39,14 @@ import numpy as np
 from .._util import io as _io
 from .._util.locks import LockTimeoutError, file_lock
 from .._util.types import JSON
+from ..engines.local import Engine
 from ..engines.shards import shard_meta
 from ..errors import DatabaseError, DatabaseNotFoundError, DatabaseNotReadyError
+from ..index import IndexConfig
 from .build import unit_rows
 from .database import Database, _check_inference
 from .folder import LOCK_FILE, PARTIAL_DIR
+from .interim import InterimIndex, default_interim_rows
 from .manifest import MANIFEST, Counts, Manifest
 from .plan import PLAN, PLAN_ITEMS, read_plan_items
 
@@ -51,6 +58,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_INTERVAL = 1.0
 #: Committed shards whose times give the build's rate (the most recent ones).
 _RATE_WINDOW = 8
+#: ``interim_index_at`` that picks the row count from the vectors' dimension (:func:`.default_interim_rows`).
+AUTO = "auto"
 
 
 # --------------------------------------------------------------------------- the partial view
@@ -107,13 +116,29 @@ def _prefix(shards: list[_Shard]) -> list[_Shard]:
 
 
 def open_partial(path: str | os.PathLike[str], *, model: str | None = None, weights: str | None = None,
-                 inference: dict[str, str] | None = None, previous: Database | None = None) -> Database:
-    """A read-only :class:`Database` of the shards a build has committed so far (no index: searches are exact).
+                 inference: dict[str, str] | None = None, previous: Database | None = None,
+                 interim_index_at: int | str | None = None, interim_config: IndexConfig | None = None,
+                 interim_engine: Engine | None = None) -> Database:
+    """A read-only :class:`Database` of the shards a build has committed so far (no index of its own).
 
     Ids are final: the view holds the committed shards from the first up to the first one still missing.
     The vectors live in one buffer sized for the whole build (its pages are only used as rows are written);
     a view made with the ``previous`` view of the same build shares its buffer and reads only the new shards,
     so following a build costs no copy of what was read already (a view's rows never change).
+
+    Searches are exact until an interim index is trained (``interim_index_at``, see :mod:`.interim`): then
+    they search it for the rows it holds and the others exactly, merged. The interim index is carried from
+    the ``previous`` view like the buffer.
+
+    Args:
+        path: The database folder.
+        model, weights, inference: As :meth:`Database.open` (the model the build must use, the weights and
+            inference settings of query embedding).
+        previous: The view opened before, whose buffer and interim index a view of the same build reuses.
+        interim_index_at: Rows from which an interim index is trained in the background (:data:`AUTO`: from
+            the dimension, :func:`~.interim.default_interim_rows`; ``None``: never, searches stay exact).
+        interim_config: Its index settings (default: the project's default index for the rows).
+        interim_engine: What trains it (default: the :class:`~similar_images.engines.local.LocalEngine`).
 
     Raises:
         FileNotFoundError: If the folder holds no build (or it finished while being read: open it again).
@@ -134,8 +159,12 @@ def open_partial(path: str | os.PathLike[str], *, model: str | None = None, weig
     key = (str(db.resolve()), n, shard_size, dim, json.dumps(info, sort_keys=True, default=str))
     shared = getattr(previous, "_live_buffer", None)
     done = previous.manifest.shards_ready if previous is not None and shared is not None else 0
+    interim: InterimIndex | None = getattr(previous, "_interim", None)
     if shared is None or shared[0] != key or done > len(shards):  # another build, or it re-embeds a shard
         shared, done = (key, np.empty((n, dim), dtype=np.float32)), 0
+        if interim is not None:
+            interim.close()
+        interim = None
     buffer: np.ndarray = shared[1]
     rows = sum(len(shard.ok) for shard in shards[:done])
     for shard in shards[done:]:
@@ -157,16 +186,25 @@ def open_partial(path: str | os.PathLike[str], *, model: str | None = None, weig
     view = Database(db, manifest, vectors, items, None, weights=weights, inference=checked)
     view.partial = True
     view._live_buffer = shared  # type: ignore[attr-defined]
+    if interim is None and interim_index_at is not None:
+        at = default_interim_rows(dim) if interim_index_at == AUTO else interim_index_at
+        interim = InterimIndex(at, config=interim_config, engine=interim_engine)  # type: ignore[arg-type]
+    if interim is not None:
+        interim.offer(vectors)  # starts training or extending in the background when due; never waits
+        view._interim = interim
     return view
 
 
 def open_readable(path: str | os.PathLike[str], *, model: str | None = None, weights: str | None = None,
                   load_index: bool = True, mmap_index: bool = False, backend: str | None = None,
                   precision: str | None = None, allow_backend_mismatch: bool = False,
-                  previous: Database | None = None) -> Database:
+                  previous: Database | None = None, interim_index_at: int | str | None = None,
+                  interim_config: IndexConfig | None = None, interim_engine: Engine | None = None) -> Database:
     """Open everything committed in a database folder, for reading: the database, or the part of it that its
     build has committed so far (see :func:`open_partial`). Takes the arguments of :meth:`Database.open`, and
-    ``previous``: the version opened before, whose shards a new view of the same build reuses.
+    ``previous``: the version opened before, whose shards (and interim index) a new view of the same build
+    reuses, and :func:`open_partial`'s ``interim_*`` settings (off by default: a reader that searches once
+    has no use for an index trained in the background).
 
     Raises:
         DatabaseNotReadyError: If a build has begun but committed nothing yet.
@@ -186,7 +224,9 @@ def open_readable(path: str | os.PathLike[str], *, model: str | None = None, wei
             if not (Path(path).expanduser() / PARTIAL_DIR / PLAN).exists():
                 raise
         try:
-            view = open_partial(path, model=model, weights=weights, inference=inference, previous=previous)
+            view = open_partial(path, model=model, weights=weights, inference=inference, previous=previous,
+                                interim_index_at=interim_index_at, interim_config=interim_config,
+                                interim_engine=interim_engine)
         except DatabaseNotReadyError:
             if not (Path(path).expanduser() / MANIFEST).exists():
                 raise
@@ -342,15 +382,20 @@ class LiveDatabase:
         interval: Seconds between two checks.
         on_open: Called with each newly opened version before it is served (e.g. to give it the embedder
             of the previous one; by default the previous version's embedder is carried over).
-        **open_options: Passed to :func:`open_readable` (``weights``, ``mmap_index``, ``backend``...).
+        interim_index_at: Rows of an unfinished build from which an interim index is trained in the
+            background (:data:`AUTO`: about 50 ms of exact search, :func:`~.interim.default_interim_rows`;
+            ``None``: never). See :func:`open_partial`.
+        **open_options: Passed to :func:`open_readable` (``weights``, ``mmap_index``, ``backend``,
+            ``interim_config``...).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, interval: float = DEFAULT_INTERVAL,
-                 on_open: Callable[[Database], None] | None = None, **open_options: Any) -> None:
+                 on_open: Callable[[Database], None] | None = None, interim_index_at: int | str | None = AUTO,
+                 **open_options: Any) -> None:
         self.path = Path(path).expanduser()
         self.interval = interval
         self.on_open = on_open
-        self.open_options = open_options
+        self.open_options = {**open_options, "interim_index_at": interim_index_at}
         self._db: Database | None = None
         self._stamp: tuple[object, ...] | None = None
         self._checked = 0.0
@@ -421,6 +466,9 @@ class LiveDatabase:
             old = self._db
             if old is not None and old._embedder is not None:
                 db.embedder = old._embedder
+            old_interim = getattr(old, "_interim", None)
+            if old_interim is not None and old_interim is not getattr(db, "_interim", None):
+                old_interim.close()  # the build finished (its own index replaces it) or started again
             if self.on_open is not None:
                 self.on_open(db)
             self._db, self._stamp = db, before
