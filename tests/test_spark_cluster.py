@@ -111,6 +111,9 @@ def test_cluster_extract_and_build_index_equal_the_local_engine(
     assert engine["run"] == {"partitions": 2, "precisions": ["fp32"]}  # one per core; what the executors ran
     r = _cli(tmp_path, "build-index", "db", "--index", "IVF4,Flat", "-q", *spark)
     assert r.returncode == 0, r.stdout + r.stderr
+    # success stays quiet: no "ERROR TransportResponseHandler ..." and no Java stack (the broadcast index is
+    # removed before Spark stops)
+    assert " ERROR " not in r.stderr and "Exception" not in r.stderr, r.stderr
     built = Database.open(tmp_path / "db")
     assert built.manifest.index.get("engine")["name"] == "spark" and built.index.ntotal == 150
     assert _top10(tmp_path / "db") == _top10(reference)
