@@ -226,12 +226,18 @@ def _database(path: Path, n: int = 40) -> Path:
     return path
 
 
-def test_cli_corrupt_index_advises_build_index_force(tmp_path: Path) -> None:
-    db = _database(tmp_path / "db")
+def _open_with_damaged_index(db: Path, content: bytes) -> pytest.ExceptionInfo[DatabaseCorruptError]:
+    """Overwrite the database's index file with ``content`` and open it: the error it raises."""
     manifest = json.loads((db / "manifest.json").read_text())
-    (db / manifest["files"]["index"]).write_bytes(b"not a faiss index")
+    (db / manifest["files"]["index"]).write_bytes(content)
     with pytest.raises(DatabaseCorruptError) as info:
         similar_images.Database.open(db)
+    return info
+
+
+def test_cli_corrupt_index_advises_build_index_force(tmp_path: Path) -> None:
+    db = _database(tmp_path / "db")
+    info = _open_with_damaged_index(db, b"not a faiss index")
     exc = info.value
     assert (Path(exc.database), exc.rebuild) == (db, "index") and Path(exc.path).parent == db
     assert "build-index" not in str(exc) and "force=True" in str(exc)
@@ -295,10 +301,7 @@ def test_the_service_and_the_apps_say_who_rebuilds_a_damaged_index(tmp_path: Pat
     from similar_images.service.errors import status_for
 
     db = _database(tmp_path / "db")
-    manifest = json.loads((db / "manifest.json").read_text())
-    (db / manifest["files"]["index"]).write_bytes(b"")
-    with pytest.raises(DatabaseCorruptError) as info:
-        similar_images.Database.open(db)
+    info = _open_with_damaged_index(db, b"")
     status, code, message = status_for(info.value)
     assert (status, code) == (503, "database_unavailable")
     assert message.endswith("The server's operator must rebuild the index and restart the server.")
