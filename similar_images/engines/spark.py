@@ -280,7 +280,7 @@ def default_extract_partitions(slots: int, n_items: int) -> int:
     """Partitions of an extraction by default: one per task slot, and at least one per
     :data:`ITEMS_PER_PARTITION` items (whole shards each, so never more than the shards).
 
-    A partition costs a fixed 0.3 to 0.6 s (scheduling, the task's round trip, the commit poll), so more partitions
+    A partition costs a fixed 0.1 to 0.6 s (scheduling, the task's round trip, the commit poll), so more partitions
     than slots only slow a job down, unless each holds enough work (docs/spark.md, "Measured": on a 2-worker
     cluster, 2 partitions ran 1.4x faster than one per shard of 32 photos). Committed shards are never redone
     when a task is retried, so a large partition loses at most one shard; :data:`ITEMS_PER_PARTITION` items
