@@ -152,6 +152,13 @@ def test_create_builds_a_text_database_from_a_text_build_config(tmp_path: Path) 
     results = tdb.search("the cat sat on the mat", k=2)
     assert results[0].text == "the cat sat on the mat" and results[1].text == "the cat sat on a hat"
 
+    from similar_images.apps.text_app import TextSearchApp
+
+    app = open_app(tdb.path, k=3)  # the apps' one entry point opens the text app for texts
+    assert isinstance(app, TextSearchApp) and app.db.kind == "text"
+    with pytest.raises(ConfigError, match="holds texts"):
+        open_app(tdb.path, weights="w.h5")
+
 
 def test_find_duplicates_finds_the_copied_photo(db: Database) -> None:
     report = find_duplicates(db, DuplicateConfig(threshold=0.999))

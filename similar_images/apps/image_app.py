@@ -58,6 +58,7 @@ from ..presentation.thumbnails import ThumbnailCache, ThumbnailConfig, make_thum
 from ..search import Match, Results, query_vectors
 from ..store import Database
 from ..store.live import LiveDatabase
+from ..store.manifest import Manifest
 from .common import (
     DatabaseMessage,
     ModelLoader,
@@ -73,6 +74,7 @@ from .common import (
     user_message,
 )
 from .gallery import ActionResult, ActionTarget, GalleryApp, GalleryWidget
+from .text_app import TextSearchApp, text_search_app
 
 __all__ = ["AppConfig", "QueryInfo", "SimilarImagesApp", "open_app", "explanation_for_page", "MAX_K",
            "UPLOAD_ACCEPT"]
@@ -794,13 +796,22 @@ _NOTE = ("IMAGES is a folder of images. Or, from the project folder, 'bash data_
          "MS-COCO photos and builds data/coco-db. Or point SIMILAR_IMAGES_DB at an existing database.")
 
 
+def _kind(folder: Path) -> str | None:
+    """The kind of items of the database in ``folder`` (``None`` when it cannot be read: the image app says why)."""
+    try:
+        return Manifest.load(folder).kind
+    except DatabaseError:
+        return None
+
+
 def open_app(path: str | os.PathLike[str], *, k: int = 8, weights: str | None = None,
-             preload_model: bool = True, **config: Any) -> SimilarImagesApp | DatabaseMessage:
+             preload_model: bool = True, **config: Any) -> SimilarImagesApp | TextSearchApp | DatabaseMessage:
     """Build the app for the database at ``path``, or explain how to build the database.
 
     This is what the notebook calls: it never raises for a missing or
     damaged database, it returns a :class:`DatabaseMessage` (displayed as
-    HTML, with the commands that build one) instead.
+    HTML, with the commands that build one) instead. A text database opens
+    the text-search app (:func:`~similar_images.apps.text_app.text_search_app`).
 
     Args:
         path: The database folder (see :func:`find_database` for relative paths).
@@ -816,6 +827,11 @@ def open_app(path: str | os.PathLike[str], *, k: int = 8, weights: str | None = 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up lines (the rest: quiet_output)
     log_to_file()
     resolved = find_database(path)
+    if _kind(resolved) == "text":
+        if weights is not None or config:
+            raise ConfigError(f"{path} holds texts: weights and {sorted(config) or 'the image settings'} apply to "
+                              "image databases")
+        return text_search_app(resolved, k=k)
     try:
         app = SimilarImagesApp.from_path(resolved, k=k, weights=weights, preload_model=preload_model, **config)
     except DatabaseError as exc:
