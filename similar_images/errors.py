@@ -420,7 +420,16 @@ class SparkUnavailableError(EngineError):
 
 
 class PartitionFailedError(EngineError):
-    """Shards of a distributed build failed for good; the committed ones are kept, and re-running resumes."""
+    """Shards of a distributed build failed for good; the committed ones are kept, and re-running resumes.
+
+    Attributes:
+        resumable: Whether building again with the same settings can finish the build (``False`` when the
+            executors' shards land where this process cannot see them: running again fails the same way).
+    """
+
+    def __init__(self, *args: object, resumable: bool = True, **data: Any) -> None:
+        super().__init__(*args, **data)
+        self.resumable = resumable
 
 
 class DownloadError(SimilarImagesError):

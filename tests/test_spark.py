@@ -195,6 +195,9 @@ def test_shards_committed_where_the_driver_does_not_look_are_named(tmp_path: Pat
     assert elsewhere in message and "worker-7" in message and str(job.partial) in message
     assert "storage that the driver and every executor reach" in message
     assert "run the same command again to" not in message  # running it again would fail the same way
+    from similar_images.cli._common import cli_message
+
+    assert info.value.resumable is False and "same command again" not in cli_message(info.value)  # nor the CLI
     write_shard(job.partial, 1, [1], np.zeros((1, 1), np.float32), [], 1)
     _check_landed(job, reports)  # seen by the driver: nothing to say
 

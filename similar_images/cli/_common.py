@@ -119,7 +119,7 @@ def advice(exc: SimilarImagesError) -> str | None:
             return f"Rebuild it with: similar-images build-index {exc.database} --force"
         return None
     if isinstance(exc, PartitionFailedError):
-        return "Run the same command again to resume."
+        return "Run the same command again to resume." if exc.resumable else None
     if isinstance(exc, DownloadError):
         return {"images": "Without network access: similar-images extract /path/to/your/images DB",
                 "texts": "Without network access: similar-images text build PATH/TO/texts.csv DB"}.get(

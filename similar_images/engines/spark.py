@@ -604,7 +604,8 @@ def _check_landed(job: BuildJob, reports: Sequence[ShardReport], grace: float = 
         f"Spark executors committed {len(lost)} shard(s) (the first, {first.shard}, as {first.path or '?'} on "
         f"{', '.join(hosts) or 'an executor'}), but this driver ({socket.gethostname()}) does not see them in "
         f"{job.partial}: the database folder must be on storage that the driver and every executor reach at "
-        "the same path (a shared file system); building again as it is would fail the same way."
+        "the same path (a shared file system); building again as it is would fail the same way.",
+        resumable=False,
     )
 
 
